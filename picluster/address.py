@@ -1,0 +1,107 @@
+"""
+Where a slave finds its master.
+
+C{--master} takes a client endpoint description, C{tcp:host=H:port=P} (or
+C{tcp:H:P}), or a plain C{H:P} / C{[v6]:P}, and turns it into the arguments
+of the reconnecting factory's C{connectTCP}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class MasterAddress:
+    """The master's host, port, and how long a connection attempt may take."""
+
+    host: str
+    port: int
+    timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def _split_escaped(text: str) -> list[str]:
+    """Split on colons, honouring the backslash escapes of endpoint strings."""
+    parts, current, chars = [], [], iter(text)
+    for char in chars:
+        if char == "\\":
+            current.append(next(chars, ""))
+        elif char == ":":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"port must be a number, not {text!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be between 1 and 65535, not {port}")
+    return port
+
+
+def parse_master(description: str) -> MasterAddress:
+    """
+    Parse a C{--master} value.
+
+    @raise ValueError: saying what is wrong with it.
+    """
+    description = description.strip()
+    if not description:
+        raise ValueError("the master's address is empty")
+    kind, _, rest = description.partition(":")
+    if kind.lower() == "tcp" and rest:
+        return _parse_tcp(rest)
+    if kind.lower() in ("ssl", "tls", "unix", "tcp6", "hostname"):
+        raise ValueError(f"{kind}: endpoints are not supported for the master yet; use tcp:")
+    if description.startswith("["):
+        host, bracket, port = description[1:].partition("]:")
+        if not bracket or not host:
+            raise ValueError(f"expected [IPv6]:PORT, not {description!r}")
+        return MasterAddress(host, _port(port))
+    host, colon, port = description.rpartition(":")
+    if not colon or not host:
+        raise ValueError(f"expected tcp:host=HOST:port=PORT or HOST:PORT, not {description!r}")
+    return MasterAddress(host, _port(port))
+
+
+def _parse_tcp(arguments: str) -> MasterAddress:
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for part in _split_escaped(arguments):
+        key, equals, value = part.partition("=")
+        if equals:
+            if key not in ("host", "port", "timeout"):
+                raise ValueError(f"unknown tcp: argument {key!r} (known: host, port, timeout)")
+            named[key] = value
+        else:
+            positional.append(part)
+    for key, value in zip(("host", "port"), positional):
+        named.setdefault(key, value)
+    if len(positional) > 2:
+        raise ValueError(f"too many tcp: arguments: {arguments!r}")
+    if not named.get("host"):
+        raise ValueError("tcp: needs a host")
+    if "port" not in named:
+        raise ValueError("tcp: needs a port")
+    timeout = DEFAULT_CONNECT_TIMEOUT
+    if "timeout" in named:
+        try:
+            timeout = float(named["timeout"])
+        except ValueError:
+            raise ValueError(f"timeout must be a number, not {named['timeout']!r}") from None
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+    return MasterAddress(named["host"], _port(named["port"]), timeout)

@@ -1,0 +1,167 @@
+"""
+Settings from the command line and from C{--config} files.
+
+Each option is declared once as a L{Setting}: its name, how to read its text
+and its default.  L{resolve} then takes the command line, falls back to the
+INI file (which also accepts the tutorial's C{rpicluster.cfg} as it is), then
+to the default, and turns any bad value into a L{usage.UsageError} that names
+the option and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.python import usage
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One option: C{--name} on the command line, C{name} in the file."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+    def as_parameter(self) -> list[Any]:
+        """The C{optParameters} row; the default is applied by L{resolve}."""
+        default = "" if self.default is None else f" [default: {self.default}]"
+        return [self.name, None, None, self.help + default]
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"must be a positive number of seconds, not {text!r}")
+    return value
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*(|k|kb|kib|m|mb|mib)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+
+#: Bounds of C{--max-frame}: room for a handshake, and what 4 bytes can say.
+SMALLEST_MAX_FRAME = 1024
+LARGEST_MAX_FRAME = 2**32 - 1
+
+
+def frame_size(text: str) -> int:
+    match = _SIZE.fullmatch(text)
+    if not match:
+        raise ValueError(f"expected a size in bytes such as 1048576 or 1M, not {text!r}")
+    value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not SMALLEST_MAX_FRAME <= value <= LARGEST_MAX_FRAME:
+        raise ValueError(
+            f"must be between {SMALLEST_MAX_FRAME} and {LARGEST_MAX_FRAME} bytes, not {value}"
+        )
+    return value
+
+
+def read_section(path: str, section: str) -> dict[str, str]:
+    """
+    Read one section of an INI file; a missing section reads as empty.
+
+    @raise usage.UsageError: when the file cannot be read or parsed.
+    """
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        with open(path, encoding="utf-8") as config_file:
+            parser.read_file(config_file)
+    except OSError as e:
+        raise usage.UsageError(f"--config: cannot read {path}: {e.strerror or e}") from None
+    except (configparser.Error, UnicodeDecodeError) as e:
+        raise usage.UsageError(f"--config: {path} is not a valid INI file: {e}") from None
+    if not parser.has_section(section):
+        return {}
+    return {key.replace("-", "_"): value.strip() for key, value in parser.items(section)}
+
+
+def resolve(
+    options: usage.Options,
+    section: str,
+    settings: list[Setting],
+    from_file: dict[str, str],
+) -> None:
+    """
+    Fill C{options} with every setting's value: command line, file, default.
+
+    @param from_file: The file's section, already translated from the
+        tutorial's keys; keys that match no setting are refused.
+    @raise usage.UsageError: naming the option or key and what is wrong.
+    """
+    known = {setting.key for setting in settings}
+    unknown = sorted(set(from_file) - known)
+    if unknown:
+        raise usage.UsageError(
+            f"--config {options['config']}: unknown key {unknown[0]!r} in [{section}]"
+            f" (known: {', '.join(sorted(known))})"
+        )
+    for setting in settings:
+        text = options.get(setting.name)
+        where = f"--{setting.name}"
+        if text is None and setting.key in from_file:
+            text = from_file[setting.key]
+            where = f"{setting.key} in [{section}] of {options['config']}"
+        if text is None:
+            options[setting.name] = setting.default
+            continue
+        try:
+            options[setting.name] = setting.parse(text)
+        except ValueError as e:
+            raise usage.UsageError(f"{where}: {e}") from None
+
+
+class Options(usage.Options):
+    """
+    Options shared by the master and the slave.
+
+    Subclasses list their L{Setting}s in C{settings} (and, for usage's sake,
+    as C{optParameters}) and their section of the config file in C{section};
+    C{translate_legacy} maps the tutorial's keys.
+    """
+
+    section = ""
+    settings: list[Setting] = []
+
+    optParameters = [["config", "c", None, "Read settings from this INI file"]]
+
+    def translate_legacy(self, from_file: dict[str, str]) -> dict[str, str]:
+        return from_file
+
+    def postOptions(self) -> None:
+        from_file: dict[str, str] = {}
+        if self["config"] is not None:
+            from_file = self.translate_legacy(read_section(self["config"], self.section))
+        resolve(self, self.section, self.settings, from_file)
+        self.check()
+
+    def check(self) -> None:
+        """Checks across options, once each has its value."""
+        if self["dead-after"] is None:
+            self["dead-after"] = 3 * self["keepalive"]
+        if self["dead-after"] <= self["keepalive"]:
+            raise usage.UsageError(
+                f"--dead-after ({self['dead-after']:g} s) must be longer than"
+                f" --keepalive ({self['keepalive']:g} s), or live peers would be dropped"
+            )
+
+
+#: Settings every picluster node has.
+COMMON_SETTINGS = [
+    Setting("keepalive", seconds, 5.0, "Seconds between keepalive pings"),
+    Setting(
+        "dead-after", seconds, None,
+        "Close a connection silent for this many seconds (3 x keepalive when unset)",
+    ),
+    Setting("max-frame", frame_size, 1024 * 1024, "Largest frame accepted, in bytes (K and M allowed)"),
+]

@@ -1,0 +1,451 @@
+"""
+The one protocol both ends of a picluster connection speak.
+
+L{PiClusterProtocol} keeps the three layers of a connection apart, as AMP
+does: framing (Twisted's L{Int32StringReceiver} and L{picluster.wire}),
+request bookkeeping (ids to waiting Deferreds, with timeouts and
+cancellation), and dispatch (a message type to a C{msg_<type>} method on the
+connection's L{PeerHandler}).  What a master or a slave does with a message
+lives in its handler, never here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from twisted.internet import defer, interfaces, protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from picluster import wire
+from picluster.errors import (
+    DisconnectionException,
+    FrameTooLarge,
+    RemoteError,
+    RequestTimeout,
+    describe_reason,
+)
+
+#: Seconds a request waits for its reply unless told otherwise.
+DEFAULT_REQUEST_TIMEOUT = 30.0
+
+#: Reply types that make a request's Deferred errback.
+_REFUSALS = frozenset({"bad_message", "error"})
+
+# Tolerance for float arithmetic when a dead-peer check lands exactly on time.
+_EPSILON = 1e-6
+
+
+def format_address(address: Any) -> str:
+    """Render an L{IAddress} as C{host:port} (C{[v6]:port} for IPv6)."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return str(address)
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+class PeerHandler:
+    """
+    What one side does with the messages of one connection.
+
+    The protocol calls C{msg_<type>(payload)} for every message that is not a
+    reply.  A handler method returns C{None} (the message is answered with
+    C{ack} if it carried an id), a C{(reply_type, payload)} pair (sent back as
+    the reply), or a Deferred firing with either; it raises
+    L{wire.BadMessage} to refuse the message.  Subclasses add the messages
+    their side serves; the ones here are common to both sides.
+    """
+
+    log = Logger()
+
+    def __init__(self, protocol: PiClusterProtocol):
+        self.protocol = protocol
+
+    def describe_peer(self) -> str:
+        """Name the peer for log lines and L{DisconnectionException}s."""
+        return f"peer {self.protocol.peer_address}"
+
+    def connection_made(self) -> None:
+        """The connection is up; start whatever this side does on it."""
+
+    def connection_lost(self, failure: Failure) -> None:
+        """
+        The connection is gone; C{failure} wraps a L{DisconnectionException}.
+        """
+
+    def msg_ping(self, payload: Any) -> tuple[str, Any]:
+        return ("pong", payload)
+
+    def msg_pong(self, payload: Any) -> None:
+        self.protocol.record_pong(payload)
+
+    def msg_message(self, payload: Any) -> None:
+        if not isinstance(payload, str):
+            raise wire.BadMessage("message payload must be a string")
+        self.log.info("Message from {peer}: {text}", peer=self.describe_peer(), text=payload)
+
+    def msg_bad_message(self, payload: Any) -> None:
+        self.log.warn(
+            "{peer} could not accept a message of ours: {problem}",
+            peer=self.describe_peer(),
+            problem=payload,
+        )
+
+    def msg_error(self, payload: Any) -> None:
+        self.log.warn("{peer} reported an error: {problem}", peer=self.describe_peer(), problem=payload)
+
+
+class PiClusterProtocol(Int32StringReceiver):
+    """
+    One picluster connection, master or slave side alike.
+
+    Per-connection state lives here and dies with the connection: the
+    requests still waiting for replies, when anything last arrived, the
+    latest keepalive round trip.  The factory supplies the settings and the
+    L{PeerHandler} that gives the connection its role.
+
+    @ivar pending_requests: Request id to the Deferred waiting for its reply.
+    @ivar last_received: When any bytes last arrived, in the clock's seconds.
+    @ivar rtt_ms: The latest keepalive round trip in milliseconds, or C{None}.
+    @ivar lost: The L{DisconnectionException} once the connection is gone.
+    """
+
+    log = Logger()
+
+    factory: PiClusterFactory
+    handler: PeerHandler
+    peer_address = "unknown"
+    last_received = 0.0
+    rtt_ms: float | None = None
+    lost: DisconnectionException | None = None
+    _close_cause: str | None = None
+
+    def __init__(self) -> None:
+        self.pending_requests: dict[int, defer.Deferred[dict[str, Any]]] = {}
+        self._request_ids = itertools.count(1)
+        self._keepalive: LoopingCall | None = None
+        self._dead_peer_check: Any = None
+        self._lost_waiters: list[defer.Deferred[DisconnectionException]] = []
+
+    # -- connection life -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.clock = factory.clock
+        self.MAX_LENGTH = factory.max_frame
+        self.peer_address = format_address(self.transport.getPeer())
+        if interfaces.ITCPTransport.providedBy(self.transport):
+            self.transport.setTcpKeepAlive(True)
+        self.last_received = self.clock.seconds()
+        self._dead_peer_check = self.clock.callLater(factory.dead_after, self._check_peer_alive)
+        self.handler = factory.make_handler(self)
+        self.handler.connection_made()
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        cause = self._close_cause or describe_reason(reason)
+        self.lost = DisconnectionException(self.handler.describe_peer(), cause, reason)
+        self.stop_keepalive()
+        if self._dead_peer_check is not None and self._dead_peer_check.active():
+            self._dead_peer_check.cancel()
+        self._dead_peer_check = None
+        # Swap the map out first: an errback may well try to send again.
+        pending, self.pending_requests = self.pending_requests, {}
+        for waiting in pending.values():
+            waiting.errback(self._lost_failure())
+        waiters, self._lost_waiters = self._lost_waiters, []
+        for waiter in waiters:
+            waiter.callback(self.lost)
+        self.handler.connection_lost(self._lost_failure())
+
+    def _lost_failure(self) -> Failure:
+        """A fresh Failure for each waiter, so tracebacks never pile up on one."""
+        assert self.lost is not None
+        lost = self.lost
+        return Failure(DisconnectionException(lost.peer, lost.cause, lost.reason))
+
+    def when_lost(self) -> defer.Deferred[DisconnectionException]:
+        """A Deferred firing with the L{DisconnectionException} once closed."""
+        if self.lost is not None:
+            return defer.succeed(self.lost)
+        waiter: defer.Deferred[DisconnectionException] = defer.Deferred()
+        self._lost_waiters.append(waiter)
+        return waiter
+
+    def close(self, cause: str, abort: bool = False) -> None:
+        """
+        Close the connection on purpose, saying why.
+
+        C{abort} drops it without flushing what is queued: right for a peer
+        that has stopped reading (a dead or hostile one), whose buffered
+        bytes would otherwise hold the connection open.
+        """
+        if self._close_cause is None:
+            self._close_cause = cause
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    @property
+    def closing(self) -> bool:
+        return self._close_cause is not None or self.lost is not None
+
+    # -- liveness ----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        # Any bytes at all are a sign of life: a large frame trickling in
+        # over a slow link must not get its sender declared dead.
+        self.last_received = self.clock.seconds()
+        super().dataReceived(data)
+
+    def _check_peer_alive(self) -> None:
+        dead_after = self.factory.dead_after
+        silent_for = self.clock.seconds() - self.last_received
+        if silent_for >= dead_after - _EPSILON:
+            self._dead_peer_check = None
+            self.log.warn(
+                "Closing connection to {peer}: nothing received for {silent:.1f} s",
+                peer=self.handler.describe_peer(),
+                silent=silent_for,
+            )
+            self.close(f"no sign of life for {silent_for:.0f} s", abort=True)
+        else:
+            self._dead_peer_check = self.clock.callLater(
+                dead_after - silent_for, self._check_peer_alive
+            )
+
+    def start_keepalive(self, interval: float) -> None:
+        """Ping the peer every C{interval} seconds, so that it knows we live."""
+        self.stop_keepalive()
+        self._keepalive = LoopingCall(self._send_ping)
+        self._keepalive.clock = self.clock
+        self._keepalive.start(interval, now=False).addErrback(
+            lambda failure: self.log.failure("Keepalive stopped", failure)
+        )
+
+    def stop_keepalive(self) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
+
+    def _send_ping(self) -> None:
+        if not self.closing:
+            self.send("ping", self.clock.seconds())
+
+    def record_pong(self, payload: Any) -> None:
+        """Note the round trip of one of our pings, echoed back in a pong."""
+        if type(payload) in (int, float):
+            rtt = self.clock.seconds() - payload
+            if 0 <= rtt <= self.factory.dead_after:
+                self.rtt_ms = rtt * 1000.0
+
+    # -- sending -------------------------------------------------------------
+
+    def send(
+        self, message_type: str, payload: Any = None, *, id: int | None = None,
+        reply_to: int | None = None,
+    ) -> None:
+        """
+        Send one message.
+
+        @raise DisconnectionException: the connection is already gone.
+        @raise FrameTooLarge: the message would exceed C{--max-frame}.
+        """
+        if self.lost is not None:
+            raise self._lost_failure().value
+        envelope: dict[str, Any] = {"type": message_type, "payload": payload}
+        if id is not None:
+            envelope["id"] = id
+        if reply_to is not None:
+            envelope["reply_to"] = reply_to
+        frame = wire.encode(envelope)
+        if len(frame) > self.MAX_LENGTH:
+            raise FrameTooLarge(
+                f"{message_type} message of {len(frame)} bytes exceeds the"
+                f" {self.MAX_LENGTH} byte frame limit"
+            )
+        self.sendString(frame)
+
+    def request(
+        self, message_type: str, payload: Any = None, timeout: float | None = None
+    ) -> defer.Deferred[dict[str, Any]]:
+        """
+        Send a message with an id and wait for its reply.
+
+        @return: A Deferred firing with the reply envelope; failing with
+            L{RemoteError} when the peer refuses it, L{RequestTimeout} when no
+            reply comes in time, L{DisconnectionException} when the connection
+            goes first.  Cancelling it forgets the request.
+        """
+        if timeout is None:
+            timeout = self.factory.request_timeout
+        request_id = next(self._request_ids)
+
+        def forget(_: defer.Deferred[dict[str, Any]]) -> None:
+            self.pending_requests.pop(request_id, None)
+
+        waiting: defer.Deferred[dict[str, Any]] = defer.Deferred(forget)
+        try:
+            self.send(message_type, payload, id=request_id)
+        except Exception:
+            return defer.fail()
+        self.pending_requests[request_id] = waiting
+        waiting.addCallback(self._check_reply, message_type)
+        waiting.addTimeout(
+            timeout,
+            self.clock,
+            onTimeoutCancel=lambda result, seconds: Failure(
+                RequestTimeout(message_type, seconds)
+            ),
+        )
+        return waiting
+
+    @staticmethod
+    def _check_reply(reply: dict[str, Any], message_type: str) -> dict[str, Any]:
+        if reply["type"] in _REFUSALS:
+            raise RemoteError(message_type, reply)
+        return reply
+
+    # -- receiving -------------------------------------------------------------
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        if self.closing:
+            return
+        self.log.warn(
+            "Closing connection to {peer}: a frame of {length} bytes exceeds"
+            " the {limit} byte limit",
+            peer=self.handler.describe_peer(),
+            length=length,
+            limit=self.MAX_LENGTH,
+        )
+        self.close(f"frame of {length} bytes exceeds the {self.MAX_LENGTH} byte limit", abort=True)
+
+    def stringReceived(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            envelope = wire.decode(frame)
+        except wire.BadMessage as bad:
+            self._refuse(bad, bad.reply_to)
+            return
+        reply_to = envelope.get("reply_to")
+        if reply_to is None:
+            self._dispatch(envelope)
+        else:
+            self._settle(reply_to, envelope)
+
+    def _settle(self, reply_to: int, reply: dict[str, Any]) -> None:
+        waiting = self.pending_requests.pop(reply_to, None)
+        if reply["type"] == "pong":
+            self.record_pong(reply.get("payload"))
+        if waiting is None:
+            # A late reply to a request that timed out or was cancelled.
+            self.log.debug(
+                "Ignoring {type} from {peer}: reply to unknown request {id}",
+                type=reply["type"], peer=self.handler.describe_peer(), id=reply_to,
+            )
+            return
+        waiting.callback(reply)
+
+    def _dispatch(self, envelope: dict[str, Any]) -> None:
+        message_type = envelope["type"]
+        msg_id = envelope.get("id")
+        method = getattr(self.handler, "msg_" + message_type, None)
+        if method is None:
+            self._refuse(wire.BadMessage("unknown message type", type=message_type), msg_id)
+            return
+        try:
+            result = method(envelope.get("payload"))
+        except wire.BadMessage as bad:
+            self._refuse(bad, msg_id)
+            return
+        except Exception:
+            self._fail(Failure(), message_type, msg_id)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(
+                self._answer, self._answer_failure,
+                callbackArgs=(msg_id,), errbackArgs=(message_type, msg_id),
+            )
+        else:
+            self._answer(result, msg_id)
+
+    def _answer(self, result: tuple[str, Any] | None, msg_id: int | None) -> None:
+        if result is None:
+            if msg_id is None:
+                return
+            result = ("ack", None)
+        if self.lost is None:
+            self.send(result[0], result[1], reply_to=msg_id)
+
+    def _answer_failure(self, failure: Failure, message_type: str, msg_id: int | None) -> None:
+        if failure.check(wire.BadMessage):
+            self._refuse(failure.value, msg_id)
+        else:
+            self._fail(failure, message_type, msg_id)
+
+    def _refuse(self, bad: wire.BadMessage, msg_id: int | None) -> None:
+        """Answer a message we cannot accept with C{bad_message}."""
+        self.log.info(
+            "Bad message from {peer}: {error}", peer=self.handler.describe_peer(), error=bad.error
+        )
+        if self.lost is None:
+            self.send("bad_message", bad.payload(), reply_to=msg_id)
+        if bad.close:
+            self.close(bad.error)
+
+    def _fail(self, failure: Failure, message_type: str, msg_id: int | None) -> None:
+        """Our own handler broke: log it, and tell a waiting peer."""
+        self.log.failure(
+            "Error handling {type} from {peer}", failure,
+            type=message_type, peer=self.handler.describe_peer(),
+        )
+        if msg_id is not None and self.lost is None:
+            self.send("error", {"error": f"internal error handling {message_type}"}, reply_to=msg_id)
+
+
+class PiClusterFactory(protocol.Factory):
+    """
+    The settings every picluster connection shares, and its handler's maker.
+
+    Subclasses say which L{PeerHandler} gives a connection its role; the
+    master's and the slave's factories also hold what outlives a connection.
+
+    @ivar keepalive: Seconds between our pings.
+    @ivar dead_after: Seconds of silence after which a peer counts as dead.
+    @ivar max_frame: The largest frame accepted, in bytes.
+    @ivar request_timeout: Seconds a request waits for its reply.
+    @ivar clock: The L{IReactorTime} used for every timer.
+    """
+
+    protocol = PiClusterProtocol
+    log = Logger()
+    #: Our own log lines say what matters; Twisted's "Starting factory" on
+    #: every reconnection attempt would bury them.
+    noisy = False
+
+    def __init__(
+        self,
+        *,
+        keepalive: float = 5.0,
+        dead_after: float | None = None,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        clock: interfaces.IReactorTime | None = None,
+    ):
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        self.keepalive = keepalive
+        self.dead_after = dead_after if dead_after is not None else 3 * keepalive
+        self.max_frame = max_frame
+        self.request_timeout = request_timeout
+        self.clock = clock
+
+    def make_handler(self, protocol: PiClusterProtocol) -> PeerHandler:
+        return PeerHandler(protocol)

@@ -1,0 +1,251 @@
+"""
+The slave: joins a master, reports its machine and vitals, and rejoins.
+
+Each connection runs one session, a Deferred chain (hello and welcome, then
+computer_details, then the master's own facts, then keepalives and vitals
+until the connection goes), whose errback handles the
+L{DisconnectionException}.  Reconnecting is the factory's job: a
+L{ReconnectingClientFactory} whose delay resets once a welcome arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from picluster import sysinfo
+from picluster.address import MasterAddress
+from picluster.errors import DisconnectionException, describe_reason
+from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
+
+#: The hello handshake version this slave speaks.
+PROTOCOL_VERSION = 1
+
+_UUID = re.compile(r"[0-9a-f]{32}")
+
+log = Logger()
+
+
+class HandshakeError(Exception):
+    """The master's welcome was not one this slave can work with."""
+
+
+class MasterConnection(PeerHandler):
+    """
+    The slave's session with its master over one connection.
+
+    The session is a chain of steps; the handshake is the first, and stays a
+    step of its own so that authentication can join it.
+    """
+
+    log = log
+
+    def __init__(self, protocol: PiClusterProtocol, slave: SlaveFactory):
+        super().__init__(protocol)
+        self.slave = slave
+        self._vitals_loop: LoopingCall | None = None
+        self.session: defer.Deferred[None] | None = None
+
+    def describe_peer(self) -> str:
+        return f"master {self.slave.master}"
+
+    def connection_made(self) -> None:
+        self.session = self.run_session()
+
+    def connection_lost(self, failure: Failure) -> None:
+        self._stop_reporting()
+
+    def run_session(self) -> defer.Deferred[None]:
+        """Run the session until the connection ends; never fails."""
+        session = self._handshake()
+        session.addCallback(self._introduce)
+        session.addCallback(self._ask_master_info)
+        session.addCallback(self._start_reporting)
+        session.addCallback(self._until_disconnected)
+        session.addErrback(self._session_ended)
+        return session
+
+    # -- steps -------------------------------------------------------------
+
+    def _handshake(self) -> defer.Deferred[dict[str, Any]]:
+        hello = {"uuid": self.slave.uuid, "version": PROTOCOL_VERSION}
+        return self.protocol.request("hello", hello).addCallback(self._welcomed)
+
+    def _welcomed(self, reply: dict[str, Any]) -> dict[str, Any]:
+        welcome = reply.get("payload")
+        if reply["type"] != "welcome" or not isinstance(welcome, dict):
+            raise HandshakeError(f"expected a welcome, got {reply['type']}")
+        uuid = welcome.get("uuid")
+        if not isinstance(uuid, str) or not _UUID.fullmatch(uuid):
+            raise HandshakeError(f"welcome carries no valid uuid: {uuid!r}")
+        keepalive = welcome.get("keepalive")
+        if type(keepalive) not in (int, float) or keepalive <= 0:
+            raise HandshakeError(f"welcome carries no valid keepalive: {keepalive!r}")
+        rejoined = uuid == self.slave.uuid
+        self.slave.uuid = uuid
+        self.slave.resetDelay()
+        self.log.info(
+            "{how} master {master} as {uuid}",
+            how="Rejoined" if rejoined else "Joined", master=self.slave.master, uuid=uuid,
+        )
+        return welcome
+
+    def _introduce(self, welcome: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        self._master_keepalive = float(welcome["keepalive"])
+        return self.protocol.request("computer_details", self.slave.computer_details)
+
+    def _ask_master_info(self, _: Any) -> defer.Deferred[None]:
+        return self.protocol.request("info", "computer_details").addCallback(self._log_master_info)
+
+    def _log_master_info(self, reply: dict[str, Any]) -> None:
+        facts = reply.get("payload")
+        if not isinstance(facts, dict):
+            facts = {}
+        self.log.info(
+            "Master is {hostname} ({cpu}, {cores} cores, {ram} bytes of RAM)",
+            hostname=facts.get("hostname"), cpu=facts.get("cpu"),
+            cores=facts.get("cpu_cores"), ram=facts.get("ram"), master_info=facts,
+        )
+
+    def _start_reporting(self, _: Any) -> None:
+        # Ping at least as often as the master expects, or it would count us dead.
+        self.protocol.start_keepalive(min(self.slave.keepalive, self._master_keepalive))
+        self._vitals_loop = LoopingCall(self._report_vitals)
+        self._vitals_loop.clock = self.slave.clock
+        self._vitals_loop.start(self.slave.vitals_interval, now=True).addErrback(
+            lambda failure: self.log.failure("Vitals reporting stopped", failure)
+        )
+
+    def _until_disconnected(self, _: Any) -> defer.Deferred[None]:
+        return self.protocol.when_lost().addCallback(Failure)
+
+    def _session_ended(self, failure: Failure) -> None:
+        self._stop_reporting()
+        if failure.check(DisconnectionException):
+            self.log.info(
+                "Got disconnection exception with message: {message}", message=str(failure.value)
+            )
+            return
+        self.log.failure("Session with {master} failed", failure, master=self.slave.master)
+        self.protocol.close(f"session failed: {failure.getErrorMessage()}")
+
+    # -- vitals ------------------------------------------------------------
+
+    def _report_vitals(self) -> defer.Deferred[None]:
+        return self.slave.sampler.sample().addCallback(self._send_vitals).addErrback(
+            self._vitals_failed
+        )
+
+    def _send_vitals(self, vitals: dict[str, Any]) -> None:
+        if not self.protocol.closing:
+            self.protocol.send("vitals", vitals)
+
+    def _vitals_failed(self, failure: Failure) -> None:
+        # Keep the loop going: one bad sample must not silence the node.
+        if not failure.check(DisconnectionException):
+            self.log.failure("Could not report vitals", failure)
+
+    def _stop_reporting(self) -> None:
+        if self._vitals_loop is not None and self._vitals_loop.running:
+            self._vitals_loop.stop()
+        self._vitals_loop = None
+
+
+class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
+    """
+    Connects to the master and reconnects, with backoff, whenever it goes.
+
+    What outlives a connection lives here: the uuid the master gave us
+    (presented again in every hello), the machine facts, the sampler.
+    """
+
+    #: Growth of the reconnection delay; gentler than RCF's e.
+    factor = 2.0
+
+    def __init__(
+        self,
+        master: MasterAddress,
+        *,
+        vitals_interval: float = 60.0,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
+        computer_details: dict[str, Any] | None = None,
+        sampler: Any = None,
+        **settings: Any,
+    ):
+        PiClusterFactory.__init__(self, **settings)
+        self.master = master
+        self.vitals_interval = vitals_interval
+        self.initialDelay = self.delay = initial_delay
+        self.maxDelay = max_delay
+        self.uuid: str | None = None
+        self.computer_details = (
+            computer_details if computer_details is not None else sysinfo.computer_details()
+        )
+        self.sampler = sampler if sampler is not None else sysinfo.VitalsSampler(reactor=self.clock)
+        self.connection: PiClusterProtocol | None = None
+
+    def make_handler(self, protocol: PiClusterProtocol) -> MasterConnection:
+        return MasterConnection(protocol, self)
+
+    def buildProtocol(self, addr: Any) -> PiClusterProtocol:
+        self.connection = super().buildProtocol(addr)
+        return self.connection
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.log.info("Connecting to master {master}", master=self.master)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        lost = DisconnectionException(f"master {self.master}", describe_reason(reason), reason)
+        self.log.info("Got disconnection exception with message: {message}", message=str(lost))
+        super().clientConnectionFailed(connector, reason)
+        self._log_retry()
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self.connection = None
+        super().clientConnectionLost(connector, reason)
+        self._log_retry()
+
+    def _log_retry(self) -> None:
+        if self.continueTrying and self._callID is not None:
+            delay = self._callID.getTime() - self.clock.seconds()
+            self.log.info("Reconnecting to master {master} in {delay:.1f} s",
+                          master=self.master, delay=delay)
+
+
+class SlaveService(service.Service):
+    """A picluster slave: keeps one connection to the master, come what may."""
+
+    def __init__(self, factory: SlaveFactory, *, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.factory = factory
+        self.reactor = reactor
+        self.connector: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.factory.continueTrying = True
+        master = self.factory.master
+        self.connector = self.reactor.connectTCP(
+            master.host, master.port, self.factory, timeout=master.timeout
+        )
+
+    def stopService(self) -> defer.Deferred[Any] | None:
+        super().stopService()
+        self.factory.stopTrying()
+        connection = self.factory.connection
+        if connection is not None and connection.lost is None:
+            closed = connection.when_lost()
+            connection.close("slave shutting down")
+            return closed.addCallback(lambda _: None)
+        if self.connector is not None:
+            self.connector.disconnect()
+        return None

@@ -1,0 +1,60 @@
+"""
+C{twistd picluster-master}: listen for slaves.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from picluster import config
+from picluster.master import MasterService, with_default_backlog
+
+
+def server_endpoint(text: str) -> str:
+    """Check a server endpoint description without listening on it."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, with_default_backlog(text))
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"not a usable server endpoint ({text!r}): {e}") from None
+    return text
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(":", "\\:")
+
+
+class Options(config.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a picluster master: accept slaves on --port, track their machine"
+        " facts and vitals, and answer questions about the cluster."
+    )
+    section = "master"
+    settings = [
+        config.Setting("port", server_endpoint, "tcp:12345", "Endpoint to listen on for slaves"),
+        *config.COMMON_SETTINGS,
+    ]
+    optParameters = [setting.as_parameter() for setting in settings]
+
+    def translate_legacy(self, from_file: dict[str, str]) -> dict[str, str]:
+        """Accept the tutorial's C{socket_port} and C{socket_bind_ip}."""
+        port = from_file.pop("socket_port", None)
+        interface = from_file.pop("socket_bind_ip", "")
+        if port is not None and "port" not in from_file:
+            description = f"tcp:{port.strip()}"
+            if interface.strip():
+                description += f":interface={_escape(interface.strip())}"
+            from_file["port"] = description
+        return from_file
+
+
+def makeService(options: Options) -> MasterService:
+    return MasterService(
+        options["port"],
+        keepalive=options["keepalive"],
+        dead_after=options["dead-after"],
+        max_frame=options["max-frame"],
+    )
