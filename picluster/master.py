@@ -90,6 +90,9 @@ class SlaveConnection(PeerHandler):
     def describe_peer(self) -> str:
         return f"slave {self.address} ({self.uuid})"
 
+    def log_fields(self) -> dict[str, Any]:
+        return {"peer": self.describe_peer(), "address": self.address, "uuid": self.uuid}
+
     def connection_made(self) -> None:
         self.master.registry.add(self)
         self.protocol.start_keepalive(self.master.keepalive)
@@ -218,8 +221,8 @@ class MasterFactory(PiClusterFactory):
         failure.trap(DisconnectionException)
         self.registry.remove(slave)
         self.log.info(
-            "Got disconnection exception with message: {message}",
-            message=str(failure.value), uuid=slave.uuid, address=slave.address,
+            "Got disconnection exception with message: {disconnection}",
+            disconnection=str(failure.value), uuid=slave.uuid, address=slave.address,
         )
         self.log.info(
             "Shutting down slave connection handler for {uuid} at {address}",

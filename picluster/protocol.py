@@ -71,6 +71,10 @@ class PeerHandler:
         """Name the peer for log lines and L{DisconnectionException}s."""
         return f"peer {self.protocol.peer_address}"
 
+    def log_fields(self) -> dict[str, Any]:
+        """Fields every log event about this connection carries."""
+        return {"peer": self.describe_peer(), "address": self.protocol.peer_address}
+
     def connection_made(self) -> None:
         """The connection is up; start whatever this side does on it."""
 
@@ -88,17 +92,17 @@ class PeerHandler:
     def msg_message(self, payload: Any) -> None:
         if not isinstance(payload, str):
             raise wire.BadMessage("message payload must be a string")
-        self.log.info("Message from {peer}: {text}", peer=self.describe_peer(), text=payload)
+        self.log.info("Message from {peer}: {text}", text=payload, **self.log_fields())
 
     def msg_bad_message(self, payload: Any) -> None:
         self.log.warn(
             "{peer} could not accept a message of ours: {problem}",
-            peer=self.describe_peer(),
             problem=payload,
+            **self.log_fields(),
         )
 
     def msg_error(self, payload: Any) -> None:
-        self.log.warn("{peer} reported an error: {problem}", peer=self.describe_peer(), problem=payload)
+        self.log.warn("{peer} reported an error: {problem}", problem=payload, **self.log_fields())
 
 
 class PiClusterProtocol(Int32StringReceiver):
@@ -211,8 +215,8 @@ class PiClusterProtocol(Int32StringReceiver):
             self._dead_peer_check = None
             self.log.warn(
                 "Closing connection to {peer}: nothing received for {silent:.1f} s",
-                peer=self.handler.describe_peer(),
                 silent=silent_for,
+                **self.handler.log_fields(),
             )
             self.close(f"no sign of life for {silent_for:.0f} s", abort=True)
         else:
@@ -320,9 +324,9 @@ class PiClusterProtocol(Int32StringReceiver):
         self.log.warn(
             "Closing connection to {peer}: a frame of {length} bytes exceeds"
             " the {limit} byte limit",
-            peer=self.handler.describe_peer(),
             length=length,
             limit=self.MAX_LENGTH,
+            **self.handler.log_fields(),
         )
         self.close(f"frame of {length} bytes exceeds the {self.MAX_LENGTH} byte limit", abort=True)
 
@@ -348,7 +352,7 @@ class PiClusterProtocol(Int32StringReceiver):
             # A late reply to a request that timed out or was cancelled.
             self.log.debug(
                 "Ignoring {type} from {peer}: reply to unknown request {id}",
-                type=reply["type"], peer=self.handler.describe_peer(), id=reply_to,
+                type=reply["type"], id=reply_to, **self.handler.log_fields(),
             )
             return
         waiting.callback(reply)
@@ -393,7 +397,7 @@ class PiClusterProtocol(Int32StringReceiver):
     def _refuse(self, bad: wire.BadMessage, msg_id: int | None) -> None:
         """Answer a message we cannot accept with C{bad_message}."""
         self.log.info(
-            "Bad message from {peer}: {error}", peer=self.handler.describe_peer(), error=bad.error
+            "Bad message from {peer}: {error}", error=bad.error, **self.handler.log_fields()
         )
         if self.lost is None:
             self.send("bad_message", bad.payload(), reply_to=msg_id)
@@ -404,7 +408,7 @@ class PiClusterProtocol(Int32StringReceiver):
         """Our own handler broke: log it, and tell a waiting peer."""
         self.log.failure(
             "Error handling {type} from {peer}", failure,
-            type=message_type, peer=self.handler.describe_peer(),
+            type=message_type, **self.handler.log_fields(),
         )
         if msg_id is not None and self.lost is None:
             self.send("error", {"error": f"internal error handling {message_type}"}, reply_to=msg_id)

@@ -130,7 +130,7 @@ class MasterConnection(PeerHandler):
         self._stop_reporting()
         if failure.check(DisconnectionException):
             self.log.info(
-                "Got disconnection exception with message: {message}", message=str(failure.value)
+                "Got disconnection exception with message: {disconnection}", disconnection=str(failure.value)
             )
             return
         self.log.failure("Session with {master} failed", failure, master=self.slave.master)
@@ -204,7 +204,7 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         lost = DisconnectionException(f"master {self.master}", describe_reason(reason), reason)
-        self.log.info("Got disconnection exception with message: {message}", message=str(lost))
+        self.log.info("Got disconnection exception with message: {disconnection}", disconnection=str(lost))
         super().clientConnectionFailed(connector, reason)
         self._log_retry()
 

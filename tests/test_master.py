@@ -1,0 +1,269 @@
+"""
+Tests for L{picluster.master}: what the master does with each slave message.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from picluster.master import DEFAULT_BACKLOG, with_default_backlog
+
+from .helpers import MASTER_FACTS, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent
+
+UUID_A = "0123456789abcdef0123456789abcdef"
+
+
+class MasterTestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.factory = master_factory(self.clock, keepalive=5)
+        self.registry = self.factory.registry
+
+    def slave(self, port: int = 4321) -> Any:
+        protocol, transport = connect(self.factory, port=port)
+        return protocol, transport
+
+    def ask(self, transport: Any, protocol: Any, envelope: dict[str, Any]) -> list[dict[str, Any]]:
+        transport.clear()
+        protocol.dataReceived(frame(envelope))
+        return sent(transport)
+
+
+class HelloTests(MasterTestCase):
+    """
+    hello gives a slave its uuid, or hands back the one it had.
+    """
+
+    def test_newSlave(self) -> None:
+        """A hello without a uuid is welcomed with the connection's fresh uuid."""
+        protocol, transport = self.slave()
+        [welcome] = self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": None, "version": 1}, "id": 1})
+        self.assertEqual(welcome["type"], "welcome")
+        self.assertEqual(welcome["reply_to"], 1)
+        self.assertRegex(welcome["payload"]["uuid"], r"^[0-9a-f]{32}$")
+        self.assertEqual(welcome["payload"]["uuid"], protocol.handler.uuid)
+        self.assertEqual((welcome["payload"]["keepalive"], welcome["payload"]["dead_after"]), (5, 15))
+
+    def test_everyConnectionHasUuid(self) -> None:
+        """A connection has a uuid and is registered before any hello."""
+        protocol, transport = self.slave()
+        [reply] = self.ask(transport, protocol, {"type": "info", "payload": "uuid"})
+        self.assertEqual(reply, {"type": "uuid", "payload": protocol.handler.uuid})
+        self.assertIs(self.registry.get(protocol.handler.uuid), protocol.handler)
+
+    def test_reclaimUnknownUuid(self) -> None:
+        """A well-formed earlier uuid is taken back even if never seen here."""
+        protocol, transport = self.slave()
+        born_with = protocol.handler.uuid
+        [welcome] = self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": UUID_A, "version": 1}})
+        self.assertEqual(welcome["payload"]["uuid"], UUID_A)
+        self.assertIs(self.registry.get(UUID_A), protocol.handler)
+        self.assertNotIn(born_with, self.registry)
+        self.assertEqual(len(self.registry), 1)
+
+    def test_uppercaseUuid(self) -> None:
+        """A uuid in capitals is the same uuid, kept in lowercase."""
+        protocol, transport = self.slave()
+        [welcome] = self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": UUID_A.upper(), "version": 1}})
+        self.assertEqual(welcome["payload"]["uuid"], UUID_A)
+
+    def test_newerConnectionWins(self) -> None:
+        """A uuid still held by a live connection moves to the newer one, closing the older."""
+        old, old_transport = self.slave(port=1)
+        self.ask(old_transport, old, {"type": "hello", "payload": {"uuid": UUID_A, "version": 1}})
+        new, new_transport = self.slave(port=2)
+        self.ask(new_transport, new, {"type": "hello", "payload": {"uuid": UUID_A, "version": 1}})
+        self.assertTrue(old_transport.disconnected, "older connection not aborted")
+        self.assertIs(self.registry.get(UUID_A), new.handler)
+        old.connectionLost(Failure(ConnectionLost()))
+        self.assertIs(self.registry.get(UUID_A), new.handler, "older connection's loss evicted the newer")
+        self.assertEqual(old.lost.cause, "replaced by a newer connection with the same uuid")
+        [reply] = self.ask(new_transport, new, {"type": "info", "payload": "slave_details"})
+        self.assertEqual([s["uuid"] for s in reply["payload"]], [UUID_A])
+
+    def test_malformedUuid(self) -> None:
+        """A malformed uuid is refused and the connection closed, its uuid unchanged."""
+        for bad_uuid in ["xyz", "0123", 12, UUID_A + "0", "g" * 32]:
+            protocol, transport = self.slave()
+            born_with = protocol.handler.uuid
+            [reply] = self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": bad_uuid, "version": 1}, "id": 3})
+            self.assertEqual(reply["type"], "bad_message")
+            self.assertEqual(reply["reply_to"], 3)
+            self.assertTrue(transport.disconnecting, f"not closed after uuid {bad_uuid!r}")
+            self.assertEqual(protocol.handler.uuid, born_with)
+
+    def test_unsupportedVersion(self) -> None:
+        """An unknown version is refused, naming the versions supported, and closed."""
+        protocol, transport = self.slave()
+        [reply] = self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": None, "version": 2}})
+        self.assertEqual(reply["payload"], {"error": "unsupported protocol version", "version": 2, "supported": [1]})
+        self.assertTrue(transport.disconnecting)
+
+    def test_framesAfterRefusedHelloIgnored(self) -> None:
+        """Once a hello is refused, frames already in the same read are not served."""
+        protocol, transport = self.slave()
+        transport.clear()
+        protocol.dataReceived(
+            frame({"type": "hello", "payload": {"uuid": "bad", "version": 1}})
+            + frame({"type": "info", "payload": "slave_details"})
+        )
+        self.assertEqual([r["type"] for r in sent(transport)], ["bad_message"])
+
+    def test_helloNotObject(self) -> None:
+        """A hello whose payload is not an object is refused."""
+        protocol, transport = self.slave()
+        [reply] = self.ask(transport, protocol, {"type": "hello", "payload": "hi"})
+        self.assertEqual(reply["payload"]["error"], "hello payload must be a JSON object")
+
+
+class InfoTests(MasterTestCase):
+    """
+    info answers questions about the master and the cluster.
+    """
+
+    def test_masterInfo(self) -> None:
+        """info computer_details is answered with the master's own facts."""
+        protocol, transport = self.slave()
+        [reply] = self.ask(transport, protocol, {"type": "info", "payload": "computer_details", "id": 8})
+        self.assertEqual(reply, {"type": "master_info", "payload": MASTER_FACTS, "reply_to": 8})
+
+    def test_slaveDetails(self) -> None:
+        """slave_details lists every open connection, the asking one included."""
+        first, first_transport = self.slave(port=1)
+        first.dataReceived(frame({"type": "computer_details", "payload": SLAVE_FACTS}))
+        first.dataReceived(frame({"type": "vitals", "payload": VITALS}))
+        self.clock.advance(2)
+        second, second_transport = self.slave(port=2)
+        [reply] = self.ask(second_transport, second, {"type": "info", "payload": "slave_details"})
+        self.assertEqual(reply["type"], "slave_details")
+        one, two = reply["payload"]
+        self.assertEqual(
+            {k: one[k] for k in ("uuid", "address", "hostname", "connected_at", "rtt_ms", "vitals", "computer_details")},
+            {
+                "uuid": first.handler.uuid,
+                "address": "10.0.0.2:1",
+                "hostname": "pi-one",
+                "connected_at": 1000.0,
+                "rtt_ms": None,
+                "vitals": VITALS,
+                "computer_details": SLAVE_FACTS,
+            },
+        )
+        self.assertEqual(one["last_seen"], 1000.0)
+        self.assertEqual(two["uuid"], second.handler.uuid)
+        self.assertEqual((two["hostname"], two["vitals"], two["computer_details"]), (None, None, None))
+        self.assertEqual(two["last_seen"], 1002.0)
+
+    def test_unknownInfo(self) -> None:
+        """Any other info request is refused, listing the known ones."""
+        protocol, transport = self.slave()
+        [reply] = self.ask(transport, protocol, {"type": "info", "payload": "secrets", "id": 2})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertEqual(reply["payload"]["known"], ["computer_details", "uuid", "slave_details"])
+        self.assertFalse(transport.disconnecting)
+
+
+class ReportTests(MasterTestCase):
+    """
+    computer_details and vitals are stored; bad ones change nothing.
+    """
+
+    def test_computerDetailsStored(self) -> None:
+        """computer_details are stored for the slave and acknowledged when asked."""
+        protocol, transport = self.slave()
+        [ack] = self.ask(transport, protocol, {"type": "computer_details", "payload": SLAVE_FACTS, "id": 4})
+        self.assertEqual(ack, {"type": "ack", "payload": None, "reply_to": 4})
+        self.assertEqual(protocol.handler.computer_details, SLAVE_FACTS)
+        self.assertEqual(protocol.handler.hostname, "pi-one")
+
+    def test_vitalsStoredWithTime(self) -> None:
+        """vitals are stored with the time they arrived."""
+        protocol, transport = self.slave()
+        self.clock.advance(10)
+        self.assertEqual(self.ask(transport, protocol, {"type": "vitals", "payload": VITALS}), [])
+        self.assertEqual((protocol.handler.vitals, protocol.handler.vitals_received_at), (VITALS, 1010.0))
+
+    def test_badReportsChangeNothing(self) -> None:
+        """Reports of the wrong shape are refused and the stored state stays."""
+        protocol, transport = self.slave()
+        self.ask(transport, protocol, {"type": "computer_details", "payload": SLAVE_FACTS})
+        self.ask(transport, protocol, {"type": "vitals", "payload": VITALS})
+        for message_type in ("computer_details", "vitals"):
+            for payload in (None, [1], "x", 3):
+                [reply] = self.ask(transport, protocol, {"type": message_type, "payload": payload})
+                self.assertEqual(reply["payload"]["error"], f"{message_type} payload must be a JSON object")
+        self.assertEqual((protocol.handler.computer_details, protocol.handler.vitals), (SLAVE_FACTS, VITALS))
+
+    def test_othersNoticeNothing(self) -> None:
+        """Garbage from one slave sends nothing to another and keeps it registered."""
+        good, good_transport = self.slave(port=1)
+        good_transport.clear()
+        bad, bad_transport = self.slave(port=2)
+        bad.dataReceived(b"\x00\x00\x00\x03abc" + frame([1]) + frame({"type": "nope"}))
+        self.assertEqual(len(sent(bad_transport)), 3)
+        self.assertEqual(good_transport.value(), b"")
+        self.assertFalse(good_transport.disconnecting or bad_transport.disconnecting)
+        self.assertEqual(len(self.registry), 2)
+
+    def test_keepalive(self) -> None:
+        """The master pings each slave every keepalive seconds."""
+        protocol, transport = self.slave()
+        transport.clear()
+        self.clock.advance(5)
+        self.assertEqual(sent(transport), [{"type": "ping", "payload": 1005.0}])
+
+
+class DepartureTests(MasterTestCase):
+    """
+    A slave that goes is taken out of the registry by the master's errback.
+    """
+
+    def test_removedAndLogged(self) -> None:
+        """The handler's errback removes the slave and logs the disconnection."""
+        protocol, transport = self.slave()
+        uuid = protocol.handler.uuid
+        with capturedLogs() as events:
+            protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertNotIn(uuid, self.registry)
+        messages = [formatEvent(e) for e in events]
+        self.assertIn(
+            f"Got disconnection exception with message: Lost connection to slave 10.0.0.2:4321 ({uuid}): connection closed by peer",
+            messages,
+        )
+        self.assertIn(f"Shutting down slave connection handler for {uuid} at 10.0.0.2:4321", messages)
+        self.assertTrue(all(e.get("uuid") == uuid for e in events if "Shutting" in formatEvent(e)))
+        # The master's own errback handled the failure; nothing is left to raise.
+        self.assertIsNone(self.successResultOf(protocol.handler.gone))
+
+    def test_silentSlaveDropped(self) -> None:
+        """A slave silent for dead_after seconds is closed and then removed."""
+        protocol, transport = self.slave()
+        self.clock.advance(15)
+        self.assertTrue(transport.disconnected)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        self.assertEqual(len(self.registry), 0)
+        self.assertEqual(protocol.lost.cause, "no sign of life for 15 s")
+
+
+class BacklogTests(unittest.TestCase):
+    """
+    The master's TCP port keeps a deep listen queue unless told otherwise.
+    """
+
+    def test_added(self) -> None:
+        """A TCP description without a backlog gets the default one."""
+        self.assertEqual(with_default_backlog("tcp:12345"), f"tcp:12345:backlog={DEFAULT_BACKLOG}")
+
+    def test_kept(self) -> None:
+        """An explicit backlog, or a non-TCP endpoint, is left alone."""
+        self.assertEqual(with_default_backlog("tcp:1:backlog=5"), "tcp:1:backlog=5")
+        self.assertEqual(with_default_backlog("unix:/tmp/sock"), "unix:/tmp/sock")
+        self.assertIsNotNone(re.match("tcp6:1:backlog=", with_default_backlog("tcp6:1")))

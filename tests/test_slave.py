@@ -1,0 +1,269 @@
+"""
+Tests for L{picluster.slave}: the session with the master, and rejoining it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from picluster import RemoteError
+from picluster.slave import HandshakeError, SlaveService
+
+from .helpers import SLAVE_FACTS, VITALS, connect, frame, master_factory, sent, slave_factory, connect_pair
+
+
+class SessionTests(unittest.TestCase):
+    """
+    Over one connection the slave says hello, introduces itself and reports.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.master = master_factory(self.clock, keepalive=5)
+        self.slave = slave_factory(self.clock, keepalive=5, vitals_interval=60)
+
+    def join(self) -> tuple[Any, Any, Any]:
+        slave_protocol, master_protocol, pump = connect_pair(self.master, self.slave, self.clock)
+        pump.flush()
+        return slave_protocol, master_protocol, pump
+
+    def run_for(self, pump: Any, seconds: int) -> None:
+        """Let time pass a second at a time, delivering what is sent."""
+        for _ in range(seconds):
+            self.clock.advance(1)
+            pump.flush()
+
+    def test_joins(self) -> None:
+        """The master learns the slave's uuid, facts and first vitals."""
+        slave_protocol, master_protocol, pump = self.join()
+        [record] = list(self.master.registry)
+        self.assertEqual(self.slave.uuid, record.uuid)
+        self.assertEqual(record.computer_details, SLAVE_FACTS)
+        self.assertEqual(record.vitals, VITALS)
+        self.assertEqual(self.slave.sampler.samples, 1)
+        self.assertNoResult(slave_protocol.handler.session)
+
+    def test_vitalsEveryInterval(self) -> None:
+        """Vitals go out every vitals interval while the connection lasts."""
+        slave_protocol, master_protocol, pump = self.join()
+        self.run_for(pump, 180)
+        self.assertEqual(self.slave.sampler.samples, 4)
+        [record] = list(self.master.registry)
+        self.assertEqual(record.vitals_received_at, self.clock.seconds())
+
+    def test_keepsConnectionAlive(self) -> None:
+        """With keepalives both ways, a quiet cluster stays connected for hours."""
+        slave_protocol, master_protocol, pump = self.join()
+        self.run_for(pump, 3600)
+        self.assertIsNone(slave_protocol.lost)
+        self.assertIsNone(master_protocol.lost)
+        self.assertIsNotNone(slave_protocol.rtt_ms)
+        self.assertIsNotNone(master_protocol.rtt_ms)
+
+    def test_pingsAsOftenAsMasterWants(self) -> None:
+        """A slave set to ping rarely pings as often as the master's keepalive."""
+        self.slave = slave_factory(self.clock, keepalive=60, dead_after=180)
+        self.master = master_factory(self.clock, keepalive=2)
+        slave_protocol, master_protocol, pump = self.join()
+        self.assertEqual(slave_protocol._keepalive.interval, 2)
+        self.run_for(pump, 20)
+        self.assertIsNone(master_protocol.lost, "master dropped a slave that pings too rarely")
+
+    def test_masterGoes(self) -> None:
+        """When the master goes, the session's errback logs it and stops reporting."""
+        slave_protocol, master_protocol, pump = self.join()
+        with capturedLogs() as events:
+            master_protocol.transport.loseConnection()
+            pump.flush()
+        self.assertIn(
+            "Got disconnection exception with message: Lost connection to master"
+            " 10.0.0.1:12345: connection closed by peer",
+            [formatEvent(e) for e in events],
+        )
+        samples = self.slave.sampler.samples
+        self.clock.advance(600)
+        self.assertEqual(self.slave.sampler.samples, samples)
+        self.assertIsNone(self.successResultOf(slave_protocol.handler.session))
+
+    def test_rejoinsWithSameUuid(self) -> None:
+        """After the master restarts, the slave presents and keeps its uuid."""
+        slave_protocol, master_protocol, pump = self.join()
+        uuid = self.slave.uuid
+        master_protocol.transport.loseConnection()
+        pump.flush()
+        self.master = master_factory(self.clock, keepalive=5)  # a restarted master
+        self.join()
+        [record] = list(self.master.registry)
+        self.assertEqual(record.uuid, uuid)
+        self.assertEqual(self.slave.uuid, uuid)
+
+
+class HandshakeFailureTests(unittest.TestCase):
+    """
+    A master that refuses or ignores the slave gets its connection closed.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.slave = slave_factory(self.clock, keepalive=5)
+        self.protocol, self.transport = connect(self.slave, host="10.0.0.1", port=12345)
+        [self.hello] = sent(self.transport)
+
+    def test_hello(self) -> None:
+        """The first thing a slave sends is a hello with its uuid and version."""
+        self.assertEqual(self.hello["type"], "hello")
+        self.assertEqual(self.hello["payload"], {"uuid": None, "version": 1})
+
+    def test_helloRefused(self) -> None:
+        """A bad_message answer to hello closes the connection, logged."""
+        self.protocol.dataReceived(
+            frame({"type": "bad_message", "payload": {"error": "unsupported protocol version"},
+                   "reply_to": self.hello["id"]})
+        )
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(RemoteError)), 1)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIn("unsupported protocol version", self.protocol.lost.cause)
+
+    def test_badWelcome(self) -> None:
+        """A welcome without a valid uuid closes the connection, logged."""
+        self.protocol.dataReceived(
+            frame({"type": "welcome", "payload": {"uuid": "nope", "keepalive": 5}, "reply_to": self.hello["id"]})
+        )
+        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(len(self.flushLoggedErrors(HandshakeError)), 1)
+        self.assertIsNone(self.slave.uuid)
+
+    def test_silentMaster(self) -> None:
+        """A master that never answers is dropped after dead_after seconds."""
+        self.clock.advance(15)
+        self.assertTrue(self.transport.disconnecting)
+
+
+class FakeConnector:
+    """Counts connection attempts, as a reactor's connector would make them."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def connect(self) -> None:
+        self.attempts += 1
+
+    def stopConnecting(self) -> None:
+        pass
+
+
+class ReconnectionTests(unittest.TestCase):
+    """
+    The slave's factory retries with a growing, bounded, resettable delay.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.slave = slave_factory(self.clock, initial_delay=1.0, max_delay=10.0)
+        self.connector = FakeConnector()
+
+    def fail_once(self) -> float:
+        """Fail a connection attempt; return how long until the retry."""
+        self.slave.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
+        [call] = self.clock.getDelayedCalls()
+        delay = call.getTime() - self.clock.seconds()
+        self.clock.advance(delay)
+        return delay
+
+    def test_firstRetryAfterInitialDelay(self) -> None:
+        """The first retry comes initial_delay seconds after a loss."""
+        self.slave.clientConnectionLost(self.connector, Failure(ConnectionDone()))
+        [call] = self.clock.getDelayedCalls()
+        self.assertAlmostEqual(call.getTime() - self.clock.seconds(), 1.0)
+        self.clock.advance(1.0)
+        self.assertEqual(self.connector.attempts, 1)
+
+    def test_backoffGrowsToMax(self) -> None:
+        """Each failed attempt doubles the delay, up to max_delay."""
+        delays = [self.fail_once() for _ in range(6)]
+        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 10.0, 10.0])
+        self.assertEqual(self.connector.attempts, 6)
+
+    def test_jitter(self) -> None:
+        """With Twisted's jitter on, delays spread around the nominal value."""
+        self.slave.jitter = 0.12
+        delays = set()
+        for _ in range(20):
+            self.slave.resetDelay()
+            delays.add(round(self.fail_once(), 6))
+        self.assertGreater(len(delays), 1)
+        self.assertTrue(all(0.5 < d < 1.5 for d in delays), delays)
+
+    def test_resetAfterWelcome(self) -> None:
+        """A welcome resets the delay, so the next loss retries promptly."""
+        for _ in range(4):
+            self.fail_once()
+        protocol, transport = connect(self.slave, host="10.0.0.1", port=12345)
+        [hello] = sent(transport)
+        protocol.dataReceived(frame({"type": "welcome", "reply_to": hello["id"], "payload": {
+            "uuid": "ab" * 16, "keepalive": 5, "dead_after": 15}}))
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.slave.clientConnectionLost(self.connector, Failure(ConnectionDone()))
+        retry = [c for c in self.clock.getDelayedCalls() if c.func.__name__ == "reconnector"]
+        self.assertAlmostEqual(retry[0].getTime() - self.clock.seconds(), 1.0)
+
+    def test_refusedLogged(self) -> None:
+        """A refused attempt is logged as a disconnection naming the master."""
+        with capturedLogs() as events:
+            self.fail_once()
+        messages = [formatEvent(e) for e in events]
+        self.assertIn(
+            "Got disconnection exception with message: Lost connection to master"
+            " 10.0.0.1:12345: connection refused",
+            messages,
+        )
+        self.assertIn("Reconnecting to master 10.0.0.1:12345 in 1.0 s", messages)
+
+
+class ServiceTests(unittest.TestCase):
+    """
+    SlaveService connects on start and stops trying on stop.
+    """
+
+    def test_connectsToMaster(self) -> None:
+        """Starting the service connects to the configured master."""
+        reactor = MemoryReactorClock()
+        factory = slave_factory(reactor)
+        service = SlaveService(factory, reactor=reactor)
+        service.startService()
+        [(host, port, used_factory, timeout, _)] = reactor.tcpClients
+        self.assertEqual((host, port, used_factory, timeout), ("10.0.0.1", 12345, factory, 30.0))
+
+    def test_stopStopsTrying(self) -> None:
+        """Stopping the service cancels a pending retry and tries no more."""
+        reactor = MemoryReactorClock()
+        factory = slave_factory(reactor)
+        service = SlaveService(factory, reactor=reactor)
+        service.startService()
+        factory.clientConnectionFailed(service.connector, Failure(ConnectionRefusedError()))
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        service.stopService()
+        self.assertEqual(reactor.getDelayedCalls(), [])
+        self.assertFalse(factory.continueTrying)
+
+    def test_stopClosesConnection(self) -> None:
+        """Stopping the service closes a live connection and waits for it."""
+        reactor = MemoryReactorClock()
+        factory = slave_factory(reactor)
+        service = SlaveService(factory, reactor=reactor)
+        service.startService()
+        protocol, transport = connect(factory, host="10.0.0.1", port=12345)
+        stopped = service.stopService()
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(stopped)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.successResultOf(stopped)
+        self.assertEqual(protocol.lost.cause, "slave shutting down")
