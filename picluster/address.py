@@ -8,6 +8,7 @@ of the reconnecting factory's C{connectTCP}.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
@@ -88,10 +89,12 @@ def _parse_tcp(arguments: str) -> MasterAddress:
             named[key] = value
         else:
             positional.append(part)
-    for key, value in zip(("host", "port"), positional):
-        named.setdefault(key, value)
-    if len(positional) > 2:
+    # As in Twisted's own parser, positional values fill the missing
+    # arguments in order: host, then port.
+    missing = [key for key in ("host", "port") if key not in named]
+    if len(positional) > len(missing):
         raise ValueError(f"too many tcp: arguments: {arguments!r}")
+    named.update(zip(missing, positional))
     if not named.get("host"):
         raise ValueError("tcp: needs a host")
     if "port" not in named:
@@ -102,6 +105,6 @@ def _parse_tcp(arguments: str) -> MasterAddress:
             timeout = float(named["timeout"])
         except ValueError:
             raise ValueError(f"timeout must be a number, not {named['timeout']!r}") from None
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
     return MasterAddress(named["host"], _port(named["port"]), timeout)

@@ -91,12 +91,15 @@ def resolve(
     section: str,
     settings: list[Setting],
     from_file: dict[str, str],
+    file_key_names: dict[str, str] | None = None,
 ) -> None:
     """
     Fill C{options} with every setting's value: command line, file, default.
 
     @param from_file: The file's section, already translated from the
         tutorial's keys; keys that match no setting are refused.
+    @param file_key_names: For translated keys, the names the file used, so
+        that an error names what the user wrote.
     @raise usage.UsageError: naming the option or key and what is wrong.
     """
     known = {setting.key for setting in settings}
@@ -111,7 +114,8 @@ def resolve(
         where = f"--{setting.name}"
         if text is None and setting.key in from_file:
             text = from_file[setting.key]
-            where = f"{setting.key} in [{section}] of {options['config']}"
+            written = (file_key_names or {}).get(setting.key, setting.key)
+            where = f"{written} in [{section}] of {options['config']}"
         if text is None:
             options[setting.name] = setting.default
             continue
@@ -136,13 +140,18 @@ class Options(usage.Options):
     optParameters = [["config", "c", None, "Read settings from this INI file"]]
 
     def translate_legacy(self, from_file: dict[str, str]) -> dict[str, str]:
+        """
+        Map the tutorial's keys onto settings, noting in C{file_key_names}
+        which keys a translated setting came from.
+        """
         return from_file
 
     def postOptions(self) -> None:
         from_file: dict[str, str] = {}
+        self.file_key_names: dict[str, str] = {}
         if self["config"] is not None:
             from_file = self.translate_legacy(read_section(self["config"], self.section))
-        resolve(self, self.section, self.settings, from_file)
+        resolve(self, self.section, self.settings, from_file, self.file_key_names)
         self.check()
 
     def check(self) -> None:

@@ -328,7 +328,9 @@ class PiClusterProtocol(Int32StringReceiver):
             limit=self.MAX_LENGTH,
             **self.handler.log_fields(),
         )
-        self.close(f"frame of {length} bytes exceeds the {self.MAX_LENGTH} byte limit", abort=True)
+        # Not an abort: nothing of ours is queued, so the peer gets a clean
+        # close it can read, and loseConnection stops reading at once.
+        self.close(f"frame of {length} bytes exceeds the {self.MAX_LENGTH} byte limit")
 
     def stringReceived(self, frame: bytes) -> None:
         if self.closing:
@@ -366,19 +368,15 @@ class PiClusterProtocol(Int32StringReceiver):
             return
         try:
             result = method(envelope.get("payload"))
+            if isinstance(result, defer.Deferred):
+                result.addCallback(self._answer, msg_id)
+                result.addErrback(self._answer_failure, message_type, msg_id)
+            else:
+                self._answer(result, msg_id)
         except wire.BadMessage as bad:
             self._refuse(bad, msg_id)
-            return
         except Exception:
             self._fail(Failure(), message_type, msg_id)
-            return
-        if isinstance(result, defer.Deferred):
-            result.addCallbacks(
-                self._answer, self._answer_failure,
-                callbackArgs=(msg_id,), errbackArgs=(message_type, msg_id),
-            )
-        else:
-            self._answer(result, msg_id)
 
     def _answer(self, result: tuple[str, Any] | None, msg_id: int | None) -> None:
         if result is None:
@@ -411,7 +409,11 @@ class PiClusterProtocol(Int32StringReceiver):
             type=message_type, **self.handler.log_fields(),
         )
         if msg_id is not None and self.lost is None:
-            self.send("error", {"error": f"internal error handling {message_type}"}, reply_to=msg_id)
+            if failure.check(FrameTooLarge):
+                problem = f"reply to {message_type} too large: {failure.getErrorMessage()}"
+            else:
+                problem = f"internal error handling {message_type}"
+            self.send("error", {"error": problem}, reply_to=msg_id)
 
 
 class PiClusterFactory(protocol.Factory):

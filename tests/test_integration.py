@@ -4,14 +4,17 @@ Master and slave services over real loopback TCP, in this process.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
 from picluster.master import MasterService
 from picluster.slave import SlaveFactory, SlaveService
+
+from .helpers import frame, parse_frames, raw_frame
 
 
 @defer.inlineCallbacks
@@ -77,3 +80,81 @@ class LoopbackTests(unittest.TestCase):
         self.assertIsNone(slave.uuid)
         master, _ = yield self.start_master(port)
         yield wait_until(lambda: len(master.registry) == 1, "the slave has joined")
+
+
+class RawPeer(protocol.Protocol):
+    """A peer that knows only the wire contract: raw frames in, raw bytes out."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+    def envelopes(self) -> list[dict[str, Any]]:
+        return parse_frames(self.received)
+
+
+class WireContractTests(unittest.TestCase):
+    """
+    A peer speaking bare frames over TCP, as the tutorial's slaves did.
+    """
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.master = MasterService("tcp:0:interface=127.0.0.1", keepalive=30, max_frame=4096)
+        self.master.startService()
+        self.addCleanup(self.master.stopService)
+        listening = yield self.master.when_listening()
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", listening.getHost().port)
+        self.peer = yield endpoints.connectProtocol(endpoint, RawPeer())
+        self.addCleanup(self.close_peer)
+
+    def close_peer(self) -> Any:
+        if not self.peer.closed.called:
+            self.peer.transport.loseConnection()
+        return self.peer.closed
+
+    @defer.inlineCallbacks
+    def test_seedStyleConversation(self) -> Any:
+        """Messages without ids get the seed's answers, in order, over real TCP."""
+        self.peer.transport.write(
+            frame({"type": "info", "payload": "uuid"})
+            + frame({"type": "message", "payload": "I am still alive, client: 1"})
+            + frame({"type": "ping", "payload": 99.5})
+            + raw_frame(b"{]")
+            + frame({"type": "info", "payload": "computer_details"})
+        )
+        yield wait_until(lambda: len(self.peer.envelopes()) == 4, "four replies arrived")
+        uuid, pong, bad, info = self.peer.envelopes()
+        self.assertEqual(uuid["type"], "uuid")
+        self.assertIn(uuid["payload"], self.master.registry)
+        self.assertEqual(pong, {"type": "pong", "payload": 99.5})
+        self.assertEqual(bad["type"], "bad_message")
+        self.assertEqual(info["type"], "master_info")
+        self.assertIn("hostname", info["payload"])
+
+    @defer.inlineCallbacks
+    def test_oversizeFrameClosesOnlyThatConnection(self) -> Any:
+        """A frame over --max-frame closes its connection and no other."""
+        other = yield endpoints.connectProtocol(
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.peer.transport.getPeer().port),
+            RawPeer(),
+        )
+
+        def close_other() -> defer.Deferred[None]:
+            if not other.closed.called:
+                other.transport.loseConnection()
+            return other.closed
+
+        self.addCleanup(close_other)
+        yield wait_until(lambda: len(self.master.registry) == 2, "both peers are registered")
+        self.peer.transport.write(struct.pack("!I", 4097) + b"x" * 100)
+        yield self.peer.closed
+        yield wait_until(lambda: len(self.master.registry) == 1, "the master dropped the sender")
+        other.transport.write(frame({"type": "ping", "payload": 1}))
+        yield wait_until(lambda: other.envelopes() == [{"type": "pong", "payload": 1}], "a pong")

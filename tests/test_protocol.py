@@ -48,6 +48,9 @@ class RecordingHandler(PeerHandler):
     def msg_broken(self, payload: Any) -> None:
         raise ZeroDivisionError("handler bug")
 
+    def msg_huge(self, payload: Any) -> tuple[str, Any]:
+        return ("huge", "x" * 10000)
+
     def msg_slow(self, payload: Any) -> defer.Deferred[Any]:
         self.later = defer.Deferred()
         return self.later
@@ -110,7 +113,7 @@ class FramingTests(ProtocolTestCase):
         self.assertEqual(data[4:], b'{"type":"store","payload":"x"}')
 
     def test_oversizeFrameCloses(self) -> None:
-        """A frame over the limit aborts the connection without being read."""
+        """A frame over the limit closes the connection without being read."""
         self.feed(struct.pack("!I", 4097) + b"{")
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.handler.received, [])
@@ -194,6 +197,25 @@ class BadInputTests(ProtocolTestCase):
         self.assertEqual(reply, {"type": "error", "payload": {"error": "internal error handling broken"}, "reply_to": 4})
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.assertFalse(self.transport.disconnecting)
+
+
+    def test_replyTooLarge(self) -> None:
+        """A reply too large for a frame is answered with error, not a crash."""
+        self.feed(frame({"type": "huge", "id": 5}))
+        [reply] = sent(self.transport)
+        self.assertEqual(reply["type"], "error")
+        self.assertEqual(reply["reply_to"], 5)
+        self.assertIn("reply to huge too large", reply["payload"]["error"])
+        self.assertEqual(len(self.flushLoggedErrors(FrameTooLarge)), 1)
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_deferredHandlerBug(self) -> None:
+        """A handler's Deferred failing unexpectedly is logged and answered with error."""
+        self.feed(frame({"type": "slow", "id": 8}))
+        self.handler.later.errback(KeyError("oops"))
+        [reply] = sent(self.transport)
+        self.assertEqual((reply["type"], reply["reply_to"]), ("error", 8))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
 
 
 class DispatchTests(ProtocolTestCase):

@@ -16,9 +16,13 @@ def server_endpoint(text: str) -> str:
     from twisted.internet import reactor
 
     try:
-        endpoints.serverFromString(reactor, with_default_backlog(text))
+        endpoint = endpoints.serverFromString(reactor, with_default_backlog(text))
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"not a usable server endpoint ({text!r}): {e}") from None
+    # serverFromString leaves the range of a TCP port to bind() to find out.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"not a usable server endpoint ({text!r}): port must be between 0 and 65535")
     return text
 
 
@@ -43,8 +47,9 @@ class Options(config.Options):
         """Accept the tutorial's C{socket_port} and C{socket_bind_ip}."""
         port = from_file.pop("socket_port", None)
         interface = from_file.pop("socket_bind_ip", "")
-        if port is not None and "port" not in from_file:
-            description = f"tcp:{port.strip()}"
+        if (port is not None or interface.strip()) and "port" not in from_file:
+            self.file_key_names["port"] = "socket_port/socket_bind_ip"
+            description = f"tcp:{(port or '12345').strip()}"
             if interface.strip():
                 description += f":interface={_escape(interface.strip())}"
             from_file["port"] = description

@@ -27,7 +27,7 @@ class Options(config.Options):
         config.Setting(
             "initial-delay", config.seconds, 1.0, "Seconds before the first reconnection attempt"
         ),
-        config.Setting("max-delay", config.seconds, 60.0, "Longest wait between reconnection attempts"),
+        config.Setting("max-delay", config.seconds, 60.0, "Longest wait between reconnection attempts, before jitter"),
     ]
     optParameters = [setting.as_parameter() for setting in settings]
 
@@ -36,7 +36,8 @@ class Options(config.Options):
         host = from_file.pop("master_ip", None)
         port = from_file.pop("socket_port", None)
         if (host or port) and "master" not in from_file:
-            host = (host or "127.0.0.1").strip()
+            self.file_key_names["master"] = "master_ip/socket_port"
+            host = (host or "127.0.0.1").strip().strip("[]")
             host = f"[{host}]" if ":" in host else host
             from_file["master"] = f"{host}:{(port or '12345').strip()}"
         return from_file

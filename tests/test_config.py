@@ -1,0 +1,593 @@
+"""
+Tests for the options of C{twistd picluster-master} and C{picluster-slave}:
+the command line, C{--config} files (the tutorial's C{rpicluster.cfg}
+included), the services they make, the master address parser and the
+twistd plugins.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python import usage
+from twisted.trial import unittest
+
+from picluster import address, config
+from picluster.address import MasterAddress, parse_master
+from picluster.master import DEFAULT_BACKLOG, MasterService, with_default_backlog
+from picluster.slave import SlaveService
+from picluster.tap import master as master_tap
+from picluster.tap import slave as slave_tap
+from tests.processes import REPO_ROOT, temp_dir, temp_path
+
+#: The tutorial's rpicluster.cfg, exactly as it ships.
+TUTORIAL_CFG = """\
+[master]
+socket_port = 12345
+socket_bind_ip =
+
+[slave]
+socket_port = 12345
+master_ip = 127.0.0.1
+"""
+
+
+class OptionsTestMixin:
+    """Parse options of one side, with or without a config file."""
+
+    options_class: type[config.Options]
+
+    def write_config(self, text: str) -> str:
+        path = temp_path(self)
+        with open(path, "w", encoding="utf-8") as config_file:
+            config_file.write(text)
+        return path
+
+    def parse(self, *arguments: str, config_text: str | None = None) -> config.Options:
+        options = self.options_class()
+        if config_text is not None:
+            arguments = ("--config", self.write_config(config_text), *arguments)
+        options.parseOptions(list(arguments))
+        return options
+
+    def refused(self, *arguments: str, config_text: str | None = None) -> str:
+        """The message of the UsageError that parsing these arguments raises."""
+        error = self.assertRaises(
+            usage.UsageError, self.parse, *arguments, config_text=config_text
+        )
+        return str(error)
+
+
+class CommonOptionsMixin(OptionsTestMixin):
+    """Options both sides share; mixed into each side's tests."""
+
+    section: str
+
+    def test_keepalive(self):
+        """--keepalive takes seconds and sets dead-after to three times it."""
+        options = self.parse("--keepalive", "2.5")
+        self.assertEqual(options["keepalive"], 2.5)
+        self.assertEqual(options["dead-after"], 7.5)
+
+    def test_deadAfter(self):
+        """--dead-after overrides the three-keepalives default."""
+        options = self.parse("--keepalive", "2", "--dead-after", "4.5")
+        self.assertEqual(options["dead-after"], 4.5)
+
+    def test_maxFrameUnits(self):
+        """--max-frame accepts plain bytes and K/M suffixes in any case."""
+        for text, size in [("2M", 2 * 1024**2), ("64k", 65536), ("3 MiB", 3 * 1024**2),
+                           ("1024", 1024), ("4096kb", 4 * 1024**2)]:
+            self.assertEqual(self.parse("--max-frame", text)["max-frame"], size, text)
+
+    def test_badKeepalive(self):
+        """Negative, zero, NaN, infinite or textual --keepalive is refused, naming it."""
+        for text in ["-1", "0", "nan", "inf", "soon", ""]:
+            message = self.refused("--keepalive", text)
+            self.assertTrue(message.startswith("--keepalive: "), message)
+            self.assertIn(repr(text), message)
+
+    def test_deadAfterNotLongerThanKeepalive(self):
+        """A --dead-after no longer than --keepalive is refused, naming both."""
+        for dead_after in ["5", "3"]:
+            message = self.refused("--keepalive", "5", "--dead-after", dead_after)
+            self.assertIn("--dead-after", message)
+            self.assertIn("--keepalive", message)
+
+    def test_badMaxFrame(self):
+        """Too small, too large or unreadable --max-frame is refused, naming it."""
+        for text in ["1000", "1023", "4096M", str(2**32), "lots", "1.5M", "-1", "2G", ""]:
+            message = self.refused("--max-frame", text)
+            self.assertTrue(message.startswith("--max-frame: "), f"{text}: {message}")
+
+    def test_maxFrameBounds(self):
+        """--max-frame accepts exactly its smallest and largest sizes."""
+        self.assertEqual(self.parse("--max-frame", "1K")["max-frame"], config.SMALLEST_MAX_FRAME)
+        self.assertEqual(
+            self.parse("--max-frame", str(config.LARGEST_MAX_FRAME))["max-frame"],
+            config.LARGEST_MAX_FRAME,
+        )
+
+    def test_newStyleCommonKeys(self):
+        """keepalive, dead_after and max_frame are read from the file."""
+        options = self.parse(
+            config_text=f"[{self.section}]\nkeepalive = 2\ndead_after = 9\nmax_frame = 2M\n"
+        )
+        self.assertEqual(options["keepalive"], 2.0)
+        self.assertEqual(options["dead-after"], 9.0)
+        self.assertEqual(options["max-frame"], 2 * 1024**2)
+
+    def test_dashedKey(self):
+        """dead-after is read from the file spelled with a dash too."""
+        options = self.parse(config_text=f"[{self.section}]\ndead-after = 11\n")
+        self.assertEqual(options["dead-after"], 11.0)
+
+    def test_commandLineBeatsFile(self):
+        """A value on the command line wins over the file's."""
+        options = self.parse(
+            "--keepalive", "3", config_text=f"[{self.section}]\nkeepalive = 2\ndead_after = 30\n"
+        )
+        self.assertEqual(options["keepalive"], 3.0)
+        self.assertEqual(options["dead-after"], 30.0)
+
+    def test_badValueInFile(self):
+        """A bad value in the file is refused, naming the key, section and file."""
+        path = self.write_config(f"[{self.section}]\nkeepalive = -2\n")
+        message = self.refused("--config", path)
+        self.assertTrue(
+            message.startswith(f"keepalive in [{self.section}] of {path}: "), message
+        )
+
+    def test_badFileValueHiddenByCommandLine(self):
+        """A bad value in the file does not matter when the command line sets it."""
+        options = self.parse("--keepalive", "4", config_text=f"[{self.section}]\nkeepalive = x\n")
+        self.assertEqual(options["keepalive"], 4.0)
+
+    def test_unknownKey(self):
+        """An unknown key in the node's own section is refused, naming key and file."""
+        path = self.write_config(f"[{self.section}]\nkeepalive = 2\ncolour = blue\n")
+        message = self.refused("--config", path)
+        self.assertIn(path, message)
+        self.assertIn("'colour'", message)
+        self.assertIn(f"[{self.section}]", message)
+
+    def test_missingFile(self):
+        """A --config file that does not exist is refused, naming it."""
+        path = temp_path(self)
+        message = self.refused("--config", path)
+        self.assertTrue(message.startswith("--config: cannot read "), message)
+        self.assertIn(path, message)
+        self.assertIn("No such file", message)
+
+    def test_directoryAsFile(self):
+        """A directory given as --config is refused, naming it."""
+        path = temp_dir(self)
+        message = self.refused("--config", path)
+        self.assertTrue(message.startswith("--config: cannot read "), message)
+        self.assertIn(path, message)
+
+    def test_notIni(self):
+        """A --config file that is not INI is refused as such."""
+        for text in ["keepalive = 2\n", "[master\n", '{"keepalive": 2}\n']:
+            path = self.write_config(text)
+            message = self.refused("--config", path)
+            self.assertIn(f"--config: {path} is not a valid INI file", message)
+
+    def test_notUtf8(self):
+        """A --config file that is not UTF-8 text is refused as not INI."""
+        path = temp_path(self)
+        with open(path, "wb") as config_file:
+            config_file.write(b"[" + self.section.encode() + b"]\nkeepalive = \xff\xfe\n")
+        self.assertIn("is not a valid INI file", self.refused("--config", path))
+
+    def test_emptyFile(self):
+        """An empty --config file, or one without this node's section, gives the defaults."""
+        for text in ["", "[elsewhere]\nkeepalive = 9\n"]:
+            options = self.parse(config_text=text)
+            self.assertEqual(options["keepalive"], 5.0)
+            self.assertEqual(options["dead-after"], 15.0)
+
+
+class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
+    """
+    C{twistd picluster-master} options.
+    """
+
+    options_class = master_tap.Options
+    section = "master"
+
+    def test_defaults(self):
+        """With no options the master listens on tcp:12345 with keepalive 5."""
+        options = self.parse()
+        self.assertEqual(options["port"], "tcp:12345")
+        self.assertEqual(options["keepalive"], 5.0)
+        self.assertEqual(options["dead-after"], 15.0)
+        self.assertEqual(options["max-frame"], 1024 * 1024)
+        self.assertIsNone(options["config"])
+
+    def test_makeServiceDefaults(self):
+        """makeService gives a MasterService on port 12345 with a 1024 backlog."""
+        service = master_tap.makeService(self.parse())
+        self.assertIsInstance(service, MasterService)
+        self.assertIs(service.listener.factory, service.factory)
+        self.assertIs(service.factory.registry, service.registry)
+        endpoint = service.listener.endpoint
+        self.assertEqual(endpoint._port, 12345)
+        self.assertEqual(endpoint._backlog, DEFAULT_BACKLOG)
+        self.assertEqual(DEFAULT_BACKLOG, 1024)
+        self.assertEqual(service.factory.keepalive, 5.0)
+        self.assertEqual(service.factory.dead_after, 15.0)
+        self.assertEqual(service.factory.max_frame, 1024 * 1024)
+        self.assertFalse(service.running)
+
+    def test_makeServiceSettings(self):
+        """makeService hands the port and every setting to the master."""
+        service = master_tap.makeService(
+            self.parse(
+                "--port", "tcp:2000:interface=127.0.0.1:backlog=7", "--keepalive", "2",
+                "--dead-after", "7", "--max-frame", "2M",
+            )
+        )
+        endpoint = service.listener.endpoint
+        self.assertEqual((endpoint._port, endpoint._interface, endpoint._backlog),
+                         (2000, "127.0.0.1", 7))
+        self.assertEqual(service.factory.keepalive, 2.0)
+        self.assertEqual(service.factory.dead_after, 7.0)
+        self.assertEqual(service.factory.max_frame, 2 * 1024**2)
+
+    def test_defaultBacklog(self):
+        """with_default_backlog adds backlog=1024 to TCP descriptions without one only."""
+        self.assertEqual(with_default_backlog("tcp:12345"), "tcp:12345:backlog=1024")
+        self.assertEqual(
+            with_default_backlog("TCP6:12345:interface=\\:\\:1"),
+            "TCP6:12345:interface=\\:\\:1:backlog=1024",
+        )
+        self.assertEqual(with_default_backlog("tcp:1:backlog=5"), "tcp:1:backlog=5")
+        self.assertEqual(with_default_backlog("unix:/tmp/sock"), "unix:/tmp/sock")
+
+    def test_tutorialConfig(self):
+        """The tutorial's rpicluster.cfg as it ships listens on tcp:12345, all interfaces."""
+        options = self.parse(config_text=TUTORIAL_CFG)
+        self.assertEqual(options["port"], "tcp:12345")
+        self.assertEqual(options["keepalive"], 5.0)
+        service = master_tap.makeService(options)
+        self.assertEqual(service.listener.endpoint._interface, "")
+
+    def test_tutorialConfigBindIp(self):
+        """The tutorial's socket_bind_ip becomes the interface, IPv6 colons escaped."""
+        for bind_ip, port, interface in [
+            ("127.0.0.1", "tcp:12345:interface=127.0.0.1", "127.0.0.1"),
+            ("::1", "tcp:12345:interface=\\:\\:1", "::1"),
+        ]:
+            text = TUTORIAL_CFG.replace("socket_bind_ip =", f"socket_bind_ip = {bind_ip}")
+            options = self.parse(config_text=text)
+            self.assertEqual(options["port"], port)
+            service = master_tap.makeService(options)
+            self.assertEqual(service.listener.endpoint._interface, interface)
+
+    def test_tutorialBindIpAlone(self):
+        """socket_bind_ip without socket_port listens there on the default port."""
+        options = self.parse(config_text="[master]\nsocket_bind_ip = 10.0.0.2\n")
+        self.assertEqual(options["port"], "tcp:12345:interface=10.0.0.2")
+
+    def test_newStylePort(self):
+        """port in [master] is read as an endpoint description, beating socket_port."""
+        options = self.parse(config_text="[master]\nport = tcp:2000\nsocket_port = 3000\n")
+        self.assertEqual(options["port"], "tcp:2000")
+
+    def test_commandLinePortBeatsTutorial(self):
+        """--port beats the tutorial's socket_port."""
+        options = self.parse("--port", "tcp:4000", config_text=TUTORIAL_CFG)
+        self.assertEqual(options["port"], "tcp:4000")
+
+    def test_badPort(self):
+        """A --port that no server endpoint parser accepts is refused, naming it."""
+        for text in ["tcp:notaport", "bogus:1", "tcp:", "tcp:1:backlog=many", "tcp:99999", "tcp:-1"]:
+            message = self.refused("--port", text)
+            self.assertTrue(message.startswith("--port: "), f"{text}: {message}")
+            self.assertIn(repr(text), message)
+
+    def test_badTutorialPort(self):
+        """A bad socket_port in the file is refused, naming the keys written, section and file."""
+        path = self.write_config("[master]\nsocket_port = twelve\n")
+        message = self.refused("--config", path)
+        self.assertTrue(message.startswith(f"socket_port/socket_bind_ip in [master] of {path}: "), message)
+
+    def test_slaveSectionIgnored(self):
+        """The master ignores the [slave] section, however wrong it is."""
+        options = self.parse(
+            config_text="[slave]\nmaster_ip = nowhere\nvitals = never\ncolour = blue\n"
+        )
+        self.assertEqual(options["port"], "tcp:12345")
+
+    def test_slaveKeysRefusedInOwnSection(self):
+        """A slave-only key in [master] is an unknown key."""
+        self.assertIn("'vitals'", self.refused(config_text="[master]\nvitals = 5\n"))
+
+
+class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
+    """
+    C{twistd picluster-slave} options.
+    """
+
+    options_class = slave_tap.Options
+    section = "slave"
+
+    def test_defaults(self):
+        """With no options the slave joins 127.0.0.1:12345 with the documented timings."""
+        options = self.parse()
+        self.assertEqual(options["master"], MasterAddress("127.0.0.1", 12345, 30.0))
+        self.assertEqual(options["keepalive"], 5.0)
+        self.assertEqual(options["dead-after"], 15.0)
+        self.assertEqual(options["vitals"], 60.0)
+        self.assertEqual(options["initial-delay"], 1.0)
+        self.assertEqual(options["max-delay"], 60.0)
+        self.assertEqual(options["max-frame"], 1024 * 1024)
+
+    def test_makeService(self):
+        """makeService hands the master's address and every setting to the factory."""
+        options = self.parse(
+            "--master", "tcp:host=pi0:port=2000:timeout=4", "--keepalive", "2",
+            "--dead-after", "7", "--vitals", "10", "--initial-delay", "0.5",
+            "--max-delay", "30", "--max-frame", "64K",
+        )
+        service = slave_tap.makeService(options)
+        self.assertIsInstance(service, SlaveService)
+        self.assertFalse(service.running)
+        factory = service.factory
+        self.assertEqual(factory.master, MasterAddress("pi0", 2000, 4.0))
+        self.assertEqual(factory.keepalive, 2.0)
+        self.assertEqual(factory.dead_after, 7.0)
+        self.assertEqual(factory.vitals_interval, 10.0)
+        self.assertEqual((factory.initialDelay, factory.delay, factory.maxDelay), (0.5, 0.5, 30.0))
+        self.assertEqual(factory.max_frame, 64 * 1024)
+        self.assertIsNone(factory.uuid)
+
+    def test_makeServiceDefaults(self):
+        """makeService with no options makes a factory for 127.0.0.1:12345."""
+        factory = slave_tap.makeService(self.parse()).factory
+        self.assertEqual(factory.master, MasterAddress("127.0.0.1", 12345))
+        self.assertEqual((factory.keepalive, factory.dead_after), (5.0, 15.0))
+        self.assertEqual(factory.vitals_interval, 60.0)
+        self.assertEqual((factory.initialDelay, factory.maxDelay), (1.0, 60.0))
+        self.assertEqual(factory.max_frame, 1024 * 1024)
+
+    def test_tutorialConfig(self):
+        """The tutorial's rpicluster.cfg as it ships joins 127.0.0.1:12345."""
+        options = self.parse(config_text=TUTORIAL_CFG)
+        self.assertEqual(options["master"], MasterAddress("127.0.0.1", 12345))
+
+    def test_tutorialConfigOtherMaster(self):
+        """The tutorial's master_ip and socket_port name the master, IPv6 included."""
+        for lines, expected in [
+            ("master_ip = 10.0.0.2\nsocket_port = 2000\n", MasterAddress("10.0.0.2", 2000)),
+            ("master_ip = ::1\nsocket_port = 2000\n", MasterAddress("::1", 2000)),
+            ("master_ip = [::1]\nsocket_port = 2000\n", MasterAddress("::1", 2000)),
+            ("master_ip = pi-master\n", MasterAddress("pi-master", 12345)),
+            ("socket_port = 2000\n", MasterAddress("127.0.0.1", 2000)),
+        ]:
+            options = self.parse(config_text="[slave]\n" + lines)
+            self.assertEqual(options["master"], expected, lines)
+
+    def test_newStyleKeys(self):
+        """master, vitals, initial_delay and max_delay are read from the file."""
+        options = self.parse(
+            config_text="[slave]\nmaster = tcp:host=pi0:port=2000\nvitals = 10\n"
+            "initial_delay = 0.5\nmax-delay = 30\n"
+        )
+        self.assertEqual(options["master"], MasterAddress("pi0", 2000))
+        self.assertEqual(options["vitals"], 10.0)
+        self.assertEqual(options["initial-delay"], 0.5)
+        self.assertEqual(options["max-delay"], 30.0)
+
+    def test_newStyleMasterBeatsTutorial(self):
+        """master in [slave] beats the tutorial's master_ip and socket_port."""
+        options = self.parse(
+            config_text="[slave]\nmaster = pi0:2000\nmaster_ip = 10.0.0.9\nsocket_port = 9\n"
+        )
+        self.assertEqual(options["master"], MasterAddress("pi0", 2000))
+
+    def test_commandLineMasterBeatsFile(self):
+        """--master beats the file's master_ip."""
+        options = self.parse("--master", "pi1:3000", config_text=TUTORIAL_CFG)
+        self.assertEqual(options["master"], MasterAddress("pi1", 3000))
+
+    def test_badMaster(self):
+        """An unusable --master is refused, naming it."""
+        for text in ["host:99999", "host:0", "ssl:host=x:port=1", "unix:/tmp/s", "tcp:port=1",
+                     "tcp:host=x", "nohostport", ":5", "", "[::1]", "tcp:host=x:port=1:bind=y"]:
+            message = self.refused("--master", text)
+            self.assertTrue(message.startswith("--master: "), f"{text!r}: {message}")
+
+    def test_badMasterInFile(self):
+        """A bad master_ip/socket_port in the file is refused, naming those keys and the file."""
+        path = self.write_config("[slave]\nmaster_ip = 10.0.0.2\nsocket_port = 123456\n")
+        message = self.refused("--config", path)
+        self.assertTrue(message.startswith(f"master_ip/socket_port in [slave] of {path}: "), message)
+
+    def test_badVitals(self):
+        """A zero or textual --vitals is refused, naming it."""
+        for text in ["0", "often"]:
+            self.assertTrue(self.refused("--vitals", text).startswith("--vitals: "))
+
+    def test_maxDelayShorterThanInitialDelay(self):
+        """A --max-delay shorter than --initial-delay is refused, naming both."""
+        message = self.refused("--initial-delay", "5", "--max-delay", "2")
+        self.assertIn("--max-delay", message)
+        self.assertIn("--initial-delay", message)
+
+    def test_equalDelays(self):
+        """A --max-delay equal to --initial-delay is accepted."""
+        options = self.parse("--initial-delay", "2", "--max-delay", "2")
+        self.assertEqual((options["initial-delay"], options["max-delay"]), (2.0, 2.0))
+
+    def test_masterSectionIgnored(self):
+        """The slave ignores the [master] section, however wrong it is."""
+        options = self.parse(
+            config_text="[master]\nport = bogus:1\nsocket_bind_ip = x\ncolour = blue\n"
+        )
+        self.assertEqual(options["master"], MasterAddress("127.0.0.1", 12345))
+
+    def test_masterKeysRefusedInOwnSection(self):
+        """A master-only key in [slave] is an unknown key."""
+        self.assertIn("'port'", self.refused(config_text="[slave]\nport = tcp:1\n"))
+
+
+class ParseMasterTests(unittest.TestCase):
+    """
+    L{parse_master} reads the forms C{--master} accepts.
+    """
+
+    def test_tcpNamed(self):
+        """tcp:host=H:port=P gives H and P with the default connect timeout."""
+        self.assertEqual(
+            parse_master("tcp:host=pi0:port=2000"),
+            MasterAddress("pi0", 2000, address.DEFAULT_CONNECT_TIMEOUT),
+        )
+
+    def test_tcpPositional(self):
+        """tcp:H:P reads the host and port by position."""
+        self.assertEqual(parse_master("tcp:10.0.0.2:2000"), MasterAddress("10.0.0.2", 2000))
+
+    def test_tcpMixed(self):
+        """Positional values fill whichever of host and port is not named."""
+        self.assertEqual(parse_master("tcp:pi0:port=2000"), MasterAddress("pi0", 2000))
+        self.assertEqual(parse_master("tcp:host=pi0:2000"), MasterAddress("pi0", 2000))
+
+    def test_tcpCaseAndSpace(self):
+        """The tcp: prefix is case-insensitive and surrounding space is ignored."""
+        self.assertEqual(parse_master("  TCP:host=pi0:port=7 "), MasterAddress("pi0", 7))
+
+    def test_hostPort(self):
+        """A plain H:P is a host and a port."""
+        self.assertEqual(parse_master("pi-master.local:12345"),
+                         MasterAddress("pi-master.local", 12345))
+
+    def test_bracketedIpv6(self):
+        """[v6]:P gives the bare IPv6 address."""
+        self.assertEqual(parse_master("[::1]:5"), MasterAddress("::1", 5))
+        self.assertEqual(parse_master("[fe80::1%eth0]:5"), MasterAddress("fe80::1%eth0", 5))
+
+    def test_escapedIpv6(self):
+        """tcp:host= takes an IPv6 address with its colons escaped."""
+        self.assertEqual(parse_master("tcp:host=\\:\\:1:port=5"), MasterAddress("::1", 5))
+
+    def test_timeout(self):
+        """timeout= sets the connect timeout in seconds."""
+        self.assertEqual(parse_master("tcp:host=pi0:port=5:timeout=2.5").timeout, 2.5)
+
+    def test_str(self):
+        """A MasterAddress prints as host:port, IPv6 hosts bracketed."""
+        self.assertEqual(str(MasterAddress("pi0", 5)), "pi0:5")
+        self.assertEqual(str(MasterAddress("::1", 5)), "[::1]:5")
+
+    def assert_refused(self, description: str, *words: str):
+        error = self.assertRaises(ValueError, parse_master, description)
+        for word in words:
+            self.assertIn(word, str(error), description)
+
+    def test_errors(self):
+        """Each malformed description is refused with a message saying what is wrong."""
+        self.assert_refused("", "empty")
+        self.assert_refused("   ", "empty")
+        self.assert_refused("nohostport", "HOST:PORT", "'nohostport'")
+        self.assert_refused(":5", "HOST:PORT")
+        self.assert_refused("host:", "port must be a number")
+        self.assert_refused("host:99999", "between 1 and 65535", "99999")
+        self.assert_refused("host:0", "between 1 and 65535")
+        self.assert_refused("host:http", "port must be a number", "'http'")
+        self.assert_refused("tcp:port=1", "needs a host")
+        self.assert_refused("tcp:host=pi0", "needs a port")
+        self.assert_refused("tcp:host=::1:port=5", "too many")
+        self.assert_refused("tcp:host=pi0:port=1:junk", "too many")
+        self.assert_refused("tcp:host=pi0:port=1:timeout=nan", "timeout must be a positive")
+        self.assert_refused("tcp:host=pi0:port=1:timeout=inf", "timeout must be a positive")
+        self.assert_refused("tcp:host=pi0:port=5:bind=x", "unknown tcp: argument", "'bind'")
+        self.assert_refused("tcp:a:1:2", "too many")
+        self.assert_refused("tcp:host=pi0:port=5:timeout=soon", "timeout must be a number")
+        self.assert_refused("tcp:host=pi0:port=5:timeout=0", "timeout must be a positive")
+        self.assert_refused("tcp:host=pi0:port=5:timeout=-1", "timeout must be a positive")
+        self.assert_refused("[::1]", "[IPv6]:PORT")
+        self.assert_refused("[]:5", "[IPv6]:PORT")
+        self.assert_refused("[::1]:x", "port must be a number")
+
+    def test_unsupportedKinds(self):
+        """Endpoint kinds other than tcp: are refused by name."""
+        for kind in ["ssl", "tls", "unix", "tcp6", "hostname", "SSL"]:
+            error = self.assertRaises(ValueError, parse_master, f"{kind}:host=x:port=1")
+            self.assertIn(f"{kind}: endpoints are not supported", str(error))
+
+
+class SettingTests(unittest.TestCase):
+    """
+    The value parsers behind the settings.
+    """
+
+    def test_seconds(self):
+        """seconds accepts positive finite numbers only."""
+        self.assertEqual(config.seconds("0.25"), 0.25)
+        self.assertEqual(config.seconds(" 3 "), 3.0)
+        for text in ["0", "-0.1", "nan", "-inf", "inf", "1e999", "five", ""]:
+            self.assertRaises(ValueError, config.seconds, text)
+
+    def test_frameSizeMessage(self):
+        """frame_size says what it expected and which bounds apply."""
+        self.assertIn("such as 1048576 or 1M", str(self.assertRaises(
+            ValueError, config.frame_size, "big")))
+        self.assertIn(str(config.SMALLEST_MAX_FRAME), str(self.assertRaises(
+            ValueError, config.frame_size, "1")))
+
+    def test_usageShowsDefaults(self):
+        """--help text of each side shows the defaults it will use."""
+        master_help = str(master_tap.Options())
+        self.assertIn("[default: tcp:12345]", master_help)
+        self.assertIn("--config=", master_help)
+        slave_help = str(slave_tap.Options())
+        self.assertIn("[default: tcp:host=127.0.0.1:port=12345]", slave_help)
+        self.assertIn("[default: 60.0]", slave_help)
+
+
+class PluginTests(unittest.TestCase):
+    """
+    twistd finds C{picluster-master} and C{picluster-slave}.
+    """
+
+    def test_getPlugins(self):
+        """getPlugins(IServiceMaker) finds both tapnames, backed by the tap modules."""
+        makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+        self.assertIn("picluster-master", makers)
+        self.assertIn("picluster-slave", makers)
+        self.assertIs(makers["picluster-master"].options, master_tap.Options)
+        self.assertIs(makers["picluster-master"].makeService, master_tap.makeService)
+        self.assertIs(makers["picluster-slave"].options, slave_tap.Options)
+        self.assertIs(makers["picluster-slave"].makeService, slave_tap.makeService)
+
+    def test_checkoutPluginFile(self):
+        """The checkout's plugin file declares both service makers."""
+        path = os.path.join(REPO_ROOT, "twisted", "plugins", "picluster_plugin.py")
+        spec = importlib.util.spec_from_file_location("_checkout_picluster_plugin", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        makers = {
+            maker.tapname: maker for maker in vars(module).values()
+            if IServiceMaker.providedBy(maker) and IPlugin.providedBy(maker)
+        }
+        self.assertEqual(sorted(makers), ["picluster-master", "picluster-slave"])
+        self.assertIs(makers["picluster-master"].options, master_tap.Options)
+        self.assertIs(makers["picluster-slave"].options, slave_tap.Options)
+
+    def test_pluginPackaging(self):
+        """twisted/plugins has no __init__.py and setup.cfg ships it."""
+        self.assertFalse(os.path.exists(os.path.join(REPO_ROOT, "twisted", "__init__.py")))
+        self.assertFalse(
+            os.path.exists(os.path.join(REPO_ROOT, "twisted", "plugins", "__init__.py"))
+        )
+        setup = configparser.ConfigParser(interpolation=None)
+        setup.read(os.path.join(REPO_ROOT, "setup.cfg"), encoding="utf-8")
+        self.assertIn("twisted.plugins", setup["options"]["packages"].split())
+        self.assertIn("picluster.tap", setup["options"]["packages"].split())
+        self.assertIn("picluster_plugin.py", setup["options.package_data"]["twisted.plugins"])

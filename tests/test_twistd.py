@@ -1,0 +1,155 @@
+"""
+End-to-end tests: real C{twistd} processes talking over real TCP.
+
+These are the only tests that wait for real time, each wait bounded; the
+children run the checkout (it is first on their C{PYTHONPATH}), except in
+L{InstalledPluginTests}, which checks what C{pip install} put in place.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.processes import ENDED_BY_SIGTERM, Child, Cluster, child_env
+
+
+class InstalledPluginTests(unittest.TestCase):
+    """
+    C{twistd} outside the checkout lists the installed plugins.
+    """
+
+    @defer.inlineCallbacks
+    def test_helpListsBothSubcommands(self):
+        """The installed twistd --help lists both picluster subcommands, twice, without errors."""
+        cluster = Cluster(self)
+        probe = Child(
+            self, "probe",
+            [sys.executable, "-c", "import picluster, twisted.plugins.picluster_plugin"],
+            cwd=cluster.cwd, env=child_env(checkout=False),
+        )
+        status = yield probe.wait_for_exit()
+        if status != 0:
+            raise unittest.SkipTest(
+                "picluster and its plugin are not importable outside the checkout"
+                f" (not installed?):\n{probe.stderr()}"
+            )
+        for run in ("first", "second"):
+            help_run = cluster.twistd(f"help-{run}", "--help", checkout=False)
+            status = yield help_run.wait_for_exit()
+            self.assertEqual(status, 0, help_run.report())
+            self.assertIn("picluster-master", help_run.stdout(), help_run.report())
+            self.assertIn("picluster-slave", help_run.stdout(), help_run.report())
+            self.assertNotIn("Traceback", help_run.output(), help_run.report())
+            self.assertNotIn("Unable to write", help_run.output(), help_run.report())
+
+
+class ReconnectionTests(unittest.TestCase):
+    """
+    A slave outlives its master and rejoins it under the same uuid.
+    """
+
+    @defer.inlineCallbacks
+    def test_slaveRejoinsRestartedMaster(self):
+        """After the master is SIGKILLed and restarted, the slave rejoins with its old uuid."""
+        cluster = Cluster(self)
+        first_master = cluster.master("master")
+        slave = cluster.slave("slave")
+
+        joined = yield cluster.wait_for_slaves(
+            "the slave to join and report its vitals",
+            lambda slaves: len(slaves) == 1 and slaves[0]["vitals"] is not None,
+        )
+        uuid = joined[0]["uuid"]
+        self.assertRegex(uuid, "^[0-9a-f]{32}$")
+        self.assertIsNotNone(joined[0]["hostname"])
+
+        first_master.signal(signal.SIGKILL)
+        status = yield first_master.wait_for_exit(report=cluster.report)
+        self.assertEqual(status, -signal.SIGKILL)
+
+        cluster.master("master-again")
+        rejoined = yield cluster.wait_for_slaves(
+            "the slave to rejoin the restarted master", lambda slaves: len(slaves) == 1
+        )
+        self.assertEqual(rejoined[0]["uuid"], uuid, cluster.report())
+
+        log = slave.output()
+        self.assertIn(
+            "Got disconnection exception with message: Lost connection to master", log,
+            cluster.report(),
+        )
+        self.assertIn(f"Rejoined master 127.0.0.1:{cluster.port} as {uuid}", log, cluster.report())
+        self.assertNotIn("Traceback", log, cluster.report())
+        self.assertTrue(slave.running, cluster.report())
+
+
+class BadOptionsTests(unittest.TestCase):
+    """
+    A bad option stops twistd at once with a usage message, not a traceback.
+    """
+
+    @defer.inlineCallbacks
+    def assert_refused(self, option: str, *arguments: str):
+        cluster = Cluster(self)
+        child = cluster.twistd("refused", *arguments)
+        status = yield child.wait_for_exit(timeout=10.0)
+        self.assertNotEqual(status, 0, child.report())
+        self.assertIn(f"{option}:", child.output(), child.report())
+        self.assertNotIn("Traceback", child.output(), child.report())
+        self.assertNotIn("starting up", child.output(), child.report())
+
+    def test_masterZeroKeepalive(self):
+        """twistd picluster-master --keepalive 0 exits non-zero naming --keepalive."""
+        return self.assert_refused("--keepalive", "picluster-master", "--keepalive", "0")
+
+    def test_slaveBadMaster(self):
+        """twistd picluster-slave --master host:99999 exits non-zero naming --master."""
+        return self.assert_refused("--master", "picluster-slave", "--master", "host:99999")
+
+
+class ShutdownTests(unittest.TestCase):
+    """
+    SIGTERM ends a node cleanly, and its peer carries on.
+    """
+
+    @defer.inlineCallbacks
+    def start_joined(self):
+        cluster = Cluster(self)
+        master = cluster.master("master")
+        slave = cluster.slave("slave")
+        yield cluster.wait_for_slaves("the slave to join", lambda slaves: len(slaves) == 1)
+        return cluster, master, slave
+
+    def assert_shut_down(self, child: Child, status: int, report: str):
+        # twistd re-raises SIGTERM on itself once it has shut down cleanly.
+        self.assertEqual(status, ENDED_BY_SIGTERM, report)
+        self.assertIn("Server Shut Down.", child.output(), report)
+        self.assertNotIn("Traceback", child.output(), report)
+
+    @defer.inlineCallbacks
+    def test_sigtermSlave(self):
+        """SIGTERM makes a joined slave close its connection and shut down; the master drops it."""
+        cluster, master, slave = yield self.start_joined()
+        slave.signal(signal.SIGTERM)
+        status = yield slave.wait_for_exit(report=cluster.report)
+        self.assert_shut_down(slave, status, cluster.report())
+        self.assertIn("Lost connection to master", slave.output(), cluster.report())
+        self.assertIn("slave shutting down", slave.output(), cluster.report())
+        yield cluster.wait_for_slaves("the master to drop the slave", lambda slaves: not slaves)
+        self.assertTrue(master.running, cluster.report())
+
+    @defer.inlineCallbacks
+    def test_sigtermMaster(self):
+        """SIGTERM makes a master close its slaves' connections and stop; the slave retries."""
+        cluster, master, slave = yield self.start_joined()
+        master.signal(signal.SIGTERM)
+        status = yield master.wait_for_exit(report=cluster.report)
+        self.assert_shut_down(master, status, cluster.report())
+        self.assertIn("master shutting down", master.output(), cluster.report())
+        yield cluster.wait_for_log(slave, f"Lost connection to master 127.0.0.1:{cluster.port}")
+        yield cluster.wait_for_log(slave, "connection refused")
+        self.assertTrue(slave.running, cluster.report())
