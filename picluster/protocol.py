@@ -146,6 +146,12 @@ class PiClusterProtocol(Int32StringReceiver):
         self.peer_address = format_address(self.transport.getPeer())
         if interfaces.ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
+        # Back-pressure: while the peer leaves our replies unread and the
+        # transport's buffer is full, the transport pauses us and we stop
+        # reading its requests, so a peer that never reads cannot make us
+        # buffer without bound.  (Int32StringReceiver is already a pausable
+        # push producer.)
+        self.transport.registerProducer(self, True)
         self.last_received = self.clock.seconds()
         self._dead_peer_check = self.clock.callLater(factory.dead_after, self._check_peer_alive)
         self.handler = factory.make_handler(self)
@@ -167,11 +173,17 @@ class PiClusterProtocol(Int32StringReceiver):
             waiter.callback(self.lost)
         self.handler.connection_lost(self._lost_failure())
 
-    def _lost_failure(self) -> Failure:
-        """A fresh Failure for each waiter, so tracebacks never pile up on one."""
+    def _disconnection(self) -> DisconnectionException:
+        """
+        A fresh exception for each waiter, all alike: raising one instance
+        over and over would pile every traceback onto it.
+        """
         assert self.lost is not None
         lost = self.lost
-        return Failure(DisconnectionException(lost.peer, lost.cause, lost.reason))
+        return DisconnectionException(lost.peer, lost.cause, lost.reason)
+
+    def _lost_failure(self) -> Failure:
+        return Failure(self._disconnection())
 
     def when_lost(self) -> defer.Deferred[DisconnectionException]:
         """A Deferred firing with the L{DisconnectionException} once closed."""
@@ -205,7 +217,8 @@ class PiClusterProtocol(Int32StringReceiver):
     def dataReceived(self, data: bytes) -> None:
         # Any bytes at all are a sign of life: a large frame trickling in
         # over a slow link must not get its sender declared dead.
-        self.last_received = self.clock.seconds()
+        if data:
+            self.last_received = self.clock.seconds()
         super().dataReceived(data)
 
     def _check_peer_alive(self) -> None:
@@ -262,7 +275,7 @@ class PiClusterProtocol(Int32StringReceiver):
         @raise FrameTooLarge: the message would exceed C{--max-frame}.
         """
         if self.lost is not None:
-            raise self._lost_failure().value
+            raise self._disconnection()
         envelope: dict[str, Any] = {"type": message_type, "payload": payload}
         if id is not None:
             envelope["id"] = id

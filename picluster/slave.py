@@ -124,6 +124,8 @@ class MasterConnection(PeerHandler):
         )
 
     def _until_disconnected(self, _: Any) -> defer.Deferred[None]:
+        # The loss is the session's end, so it comes as a failure: the
+        # errback below handles it like a loss at any earlier step.
         return self.protocol.when_lost().addCallback(Failure)
 
     def _session_ended(self, failure: Failure) -> None:

@@ -158,3 +158,21 @@ class WireContractTests(unittest.TestCase):
         yield wait_until(lambda: len(self.master.registry) == 1, "the master dropped the sender")
         other.transport.write(frame({"type": "ping", "payload": 1}))
         yield wait_until(lambda: other.envelopes() == [{"type": "pong", "payload": 1}], "a pong")
+
+    @defer.inlineCallbacks
+    def test_peerThatNeverReads(self) -> Any:
+        """A peer that stops reading makes the master stop reading it, and loses nothing."""
+        self.peer.transport.pauseProducing()
+        [slave] = list(self.master.registry)
+        requests = 40000
+        request = frame({"type": "info", "payload": "uuid", "id": 1})
+        for _ in range(requests // 1000):
+            self.peer.transport.write(request * 1000)
+            yield task.deferLater(reactor, 0, lambda: None)
+        yield wait_until(lambda: slave.protocol.paused, "the master stopped reading the peer")
+        self.peer.transport.resumeProducing()
+        yield wait_until(
+            lambda: self.peer.received.count(b'"reply_to":1}') == requests,
+            "every request was answered",
+        )
+        self.assertFalse(slave.protocol.paused)
