@@ -26,7 +26,16 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_refuse_constant)
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but reads as infinity, which no JSON can carry on:
+    # stored, it would make every later reply that includes it unsendable.
+    value = float(text)
+    if value - value != 0:
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
 
 
 class BadMessage(Exception):

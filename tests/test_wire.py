@@ -52,6 +52,15 @@ class DecodeTests(unittest.TestCase):
         """NaN is not JSON, whatever Python's json module would allow."""
         self.assertBad(b'{"type": "ping", "payload": NaN}', "frame is not valid JSON")
 
+    def test_hugeNumber(self) -> None:
+        """A number too large for a float is refused rather than read as infinity."""
+        bad = self.assertBad(b'{"type": "vitals", "payload": {"t": 1e400}}', "frame is not valid JSON")
+        self.assertIn("out of range", bad.payload()["detail"])
+
+    def test_hugeInteger(self) -> None:
+        """A huge integer is exact in JSON and in Python, so it is accepted."""
+        self.assertEqual(wire.decode(b'{"type": "x", "payload": 1' + b"0" * 400 + b"}")["payload"], 10**400)
+
     def test_deeplyNested(self) -> None:
         """A frame nested deeper than the parser goes is refused, not a crash."""
         self.assertBad(b"[" * 100000 + b"]" * 100000, "frame is not valid JSON")
