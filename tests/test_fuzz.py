@@ -12,9 +12,10 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from picluster import wire
+from picluster import RemoteError, wire
+from picluster.slave import HandshakeError
 
-from .helpers import connect, master_factory, parse_frames
+from .helpers import connect, master_factory, parse_frames, slave_factory
 
 REPLY_TYPES = {"ack", "bad_message", "welcome", "pong", "master_info", "uuid", "slave_details"}
 MESSAGE_TYPES = [
@@ -78,3 +79,25 @@ class HostilePeerTests(unittest.TestCase):
         self.assertEqual(len(factory.registry), 1)
         # What the master stored can always be sent on to others.
         wire.encode({"type": "slave_details", "payload": [protocol.handler.describe()]})
+
+
+class HostileMasterTests(unittest.TestCase):
+    """
+    Random frames from a master never break a slave.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(frames, max_size=12))
+    def test_anyFrames(self, frame_list: list[bytes]) -> None:
+        """Only the session's own refusals are logged, and replies are well-formed."""
+        clock = Clock()
+        factory = slave_factory(clock)
+        protocol, transport = connect(factory, host="10.0.0.1", port=12345)
+        for data in frame_list:
+            protocol.dataReceived(as_frame(data))
+        for reply in parse_frames(transport.value()):
+            self.assertIn(reply["type"], {"hello", "computer_details", "info", "vitals", "pong", "bad_message", "ack"})
+        # A bad answer to hello ends the session, logged; nothing else may fail.
+        self.flushLoggedErrors(HandshakeError, RemoteError)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertTrue(factory.uuid is None or len(factory.uuid) == 32)
