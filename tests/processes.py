@@ -163,8 +163,9 @@ class Child:
 def wait_until(
     check: Callable[[], Any],
     what: str,
-    report: Callable[[], str],
+    report: Callable[[], str] = str,
     timeout: float = WAIT,
+    poll: float = POLL,
 ) -> defer.Deferred[Any]:
     """
     Poll C{check} (which may return a Deferred) until its result is true.
@@ -175,7 +176,7 @@ def wait_until(
     deadline = reactor.seconds() + timeout
 
     @defer.inlineCallbacks
-    def poll() -> Any:
+    def poll_until_true() -> Any:
         while True:
             result = yield defer.maybeDeferred(check)
             if result:
@@ -184,9 +185,9 @@ def wait_until(
                 raise unittest.FailTest(
                     f"Gave up after {timeout:g} s waiting for {what}\n{report()}"
                 )
-            yield sleep(POLL)
+            yield sleep(poll)
 
-    return poll()
+    return poll_until_true()
 
 
 class Cluster:

@@ -14,17 +14,13 @@ from picluster.address import MasterAddress
 from picluster.master import MasterService
 from picluster.slave import SlaveFactory, SlaveService
 
+from . import processes
 from .helpers import frame, parse_frames, raw_frame
 
 
-@defer.inlineCallbacks
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll C{predicate} until it holds; fail naming C{what} after C{timeout}."""
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        yield task.deferLater(reactor, 0.02, lambda: None)
+def wait_until(check: Callable[[], Any], what: str) -> defer.Deferred[Any]:
+    """Poll C{check} often until it holds, failing the test after a while."""
+    return processes.wait_until(check, what, timeout=10.0, poll=0.02)
 
 
 class LoopbackTests(unittest.TestCase):
