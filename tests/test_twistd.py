@@ -153,3 +153,48 @@ class ShutdownTests(unittest.TestCase):
         yield cluster.wait_for_log(slave, f"Lost connection to master 127.0.0.1:{cluster.port}")
         yield cluster.wait_for_log(slave, "connection refused")
         self.assertTrue(slave.running, cluster.report())
+
+
+class SilenceTests(unittest.TestCase):
+    """
+    A peer that goes silent without closing (frozen, unplugged) is given up
+    on after --dead-after, and rejoins once it wakes.  SIGSTOP freezes a
+    process while its kernel keeps the TCP connection open: a real half-open
+    peer, which no in-memory test can stand in for.
+    """
+
+    @defer.inlineCallbacks
+    def start_joined(self):
+        cluster = Cluster(self)
+        master = cluster.master("master")
+        slave = cluster.slave("slave")
+        [joined] = yield cluster.wait_for_slaves("the slave to join", lambda slaves: len(slaves) == 1)
+        return cluster, master, slave, joined["uuid"]
+
+    @defer.inlineCallbacks
+    def test_frozenSlave(self):
+        """The master drops a frozen slave after dead-after; thawed, it rejoins as itself."""
+        cluster, master, slave, uuid = yield self.start_joined()
+        slave.signal(signal.SIGSTOP)
+        yield cluster.wait_for_slaves("the master to drop the frozen slave", lambda slaves: not slaves)
+        self.assertIn(f"({uuid}): nothing received for", master.output(), cluster.report())
+        slave.signal(signal.SIGCONT)
+        [back] = yield cluster.wait_for_slaves(
+            "the thawed slave to rejoin", lambda slaves: len(slaves) == 1
+        )
+        self.assertEqual(back["uuid"], uuid, cluster.report())
+        yield cluster.wait_for_log(slave, f"Rejoined master 127.0.0.1:{cluster.port} as {uuid}")
+
+    @defer.inlineCallbacks
+    def test_frozenMaster(self):
+        """A slave gives up on a frozen master, and rejoins it as itself once it thaws."""
+        cluster, master, slave, uuid = yield self.start_joined()
+        master.signal(signal.SIGSTOP)
+        yield cluster.wait_for_log(slave, "no sign of life")
+        master.signal(signal.SIGCONT)
+        yield cluster.wait_for_log(slave, f"Rejoined master 127.0.0.1:{cluster.port} as {uuid}")
+        [back] = yield cluster.wait_for_slaves(
+            "exactly one connection for the slave", lambda slaves: len(slaves) == 1
+        )
+        self.assertEqual(back["uuid"], uuid, cluster.report())
+        self.assertTrue(slave.running and master.running, cluster.report())
