@@ -248,6 +248,7 @@ class MasterService(service.MultiService):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
+        self.port = port
         self.registry = SlaveRegistry()
         self.factory = MasterFactory(self.registry, clock=reactor, **settings)
         self.listener = strports.service(with_default_backlog(port), self.factory, reactor=reactor)
@@ -257,9 +258,13 @@ class MasterService(service.MultiService):
         """The listening port, once the service has started listening."""
         listened: defer.Deferred[interfaces.IListeningPort] = defer.Deferred()
 
-        def relay(result: Any) -> Any:
-            listened.callback(result)
-            return result
+        def relay(port: Any) -> Any:
+            if port is None:
+                # The service's own errback has already logged why.
+                listened.errback(RuntimeError(f"the master could not listen on {self.port}"))
+            else:
+                listened.callback(port)
+            return port
 
         # StreamServerEndpointService keeps the listen() result here; relay
         # it rather than add callbacks that would change what it holds.

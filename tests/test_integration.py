@@ -8,6 +8,7 @@ import struct
 from typing import Any, Callable
 
 from twisted.internet import defer, endpoints, protocol, reactor, task
+from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
@@ -172,3 +173,21 @@ class WireContractTests(unittest.TestCase):
             "every request was answered",
         )
         self.assertFalse(slave.protocol.paused)
+
+
+class ListenFailureTests(unittest.TestCase):
+    """
+    A master that cannot listen says so instead of hanging.
+    """
+
+    @defer.inlineCallbacks
+    def test_portInUse(self) -> Any:
+        """Starting on a taken port raises at once (so twistd exits) and when_listening fails."""
+        first = MasterService("tcp:0:interface=127.0.0.1")
+        first.startService()
+        self.addCleanup(first.stopService)
+        port = (yield first.when_listening()).getHost().port
+        second = MasterService(f"tcp:{port}:interface=127.0.0.1")
+        self.assertRaises(CannotListenError, second.startService)
+        failure = yield self.assertFailure(second.when_listening(), RuntimeError)
+        self.assertIn(f"could not listen on tcp:{port}", str(failure))
