@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.application import service, strports
 from twisted.internet import defer, interfaces
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -253,6 +254,19 @@ class MasterService(service.MultiService):
         self.factory = MasterFactory(self.registry, clock=reactor, **settings)
         self.listener = strports.service(with_default_backlog(port), self.factory, reactor=reactor)
         self.listener.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen (twistd calls this first, before dropping privileges).
+
+        A port already taken is a common slip, not a bug: say so in one line
+        and exit, rather than end twistd with a traceback.
+        """
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            cause = getattr(e.socketError, "strerror", None) or e.socketError
+            raise SystemExit(f"picluster-master: cannot listen on {self.port}: {cause}") from e
 
     def when_listening(self) -> defer.Deferred[interfaces.IListeningPort]:
         """The listening port, once the service has started listening."""

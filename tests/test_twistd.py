@@ -111,6 +111,26 @@ class BadOptionsTests(unittest.TestCase):
         return self.assert_refused("--master", "picluster-slave", "--master", "host:99999")
 
 
+    @defer.inlineCallbacks
+    def test_masterPortTaken(self):
+        """A second master on a taken port exits non-zero with one line saying so."""
+        cluster = Cluster(self)
+        cluster.master("first")
+        yield cluster.wait_until(
+            lambda: cluster.slave_details().addCallback(lambda slaves: slaves is not None),
+            "the first master to answer",
+        )
+        second = cluster.master("second")
+        status = yield second.wait_for_exit(timeout=10.0)
+        self.assertNotEqual(status, 0, second.report())
+        self.assertIn(
+            f"picluster-master: cannot listen on tcp:{cluster.port}:interface=127.0.0.1:"
+            " Address already in use",
+            second.output(), second.report(),
+        )
+        self.assertNotIn("Traceback", second.output(), second.report())
+
+
 class ShutdownTests(unittest.TestCase):
     """
     SIGTERM ends a node cleanly, and its peer carries on.
