@@ -133,7 +133,11 @@ class SlaveConnection(PeerHandler):
         earlier = hello.get("uuid")
         if earlier is not None:
             if not isinstance(earlier, str) or not _UUID.fullmatch(earlier):
-                raise BadMessage("uuid must be null or 32 hex digits", close=True)
+                raise BadMessage(
+                    "uuid must be null or 32 hex digits",
+                    supported=list(SUPPORTED_VERSIONS),
+                    close=True,
+                )
             self._reclaim(earlier.lower())
         return (
             "welcome",

@@ -96,6 +96,7 @@ class HelloTests(MasterTestCase):
             born_with = protocol.handler.uuid
             [reply] = self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": bad_uuid, "version": 1}, "id": 3})
             self.assertEqual(reply["type"], "bad_message")
+            self.assertEqual(reply["payload"]["supported"], [1])
             self.assertEqual(reply["reply_to"], 3)
             self.assertTrue(transport.disconnecting, f"not closed after uuid {bad_uuid!r}")
             self.assertEqual(protocol.handler.uuid, born_with)
