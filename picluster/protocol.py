@@ -35,6 +35,10 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 #: Reply types that make a request's Deferred errback.
 _REFUSALS = frozenset({"bad_message", "error"})
 
+#: Bad messages logged per connection; past this they are only counted, so a
+#: peer spamming garbage cannot fill a Pi's SD card with log lines.
+LOGGED_BAD_MESSAGES = 10
+
 # Tolerance for float arithmetic when a dead-peer check lands exactly on time.
 _EPSILON = 1e-6
 
@@ -118,6 +122,7 @@ class PiClusterProtocol(Int32StringReceiver):
     @ivar last_received: When any bytes last arrived, in the clock's seconds.
     @ivar rtt_ms: The latest keepalive round trip in milliseconds, or C{None}.
     @ivar lost: The L{DisconnectionException} once the connection is gone.
+    @ivar bad_messages: How many messages from the peer were refused.
     """
 
     log = Logger()
@@ -128,6 +133,7 @@ class PiClusterProtocol(Int32StringReceiver):
     last_received = 0.0
     rtt_ms: float | None = None
     lost: DisconnectionException | None = None
+    bad_messages = 0
     _close_cause: str | None = None
 
     def __init__(self) -> None:
@@ -407,9 +413,16 @@ class PiClusterProtocol(Int32StringReceiver):
 
     def _refuse(self, bad: wire.BadMessage, msg_id: int | None) -> None:
         """Answer a message we cannot accept with C{bad_message}."""
-        self.log.info(
-            "Bad message from {peer}: {error}", error=bad.error, **self.handler.log_fields()
-        )
+        self.bad_messages += 1
+        if self.bad_messages <= LOGGED_BAD_MESSAGES:
+            self.log.info(
+                "Bad message from {peer}: {error}", error=bad.error, **self.handler.log_fields()
+            )
+            if self.bad_messages == LOGGED_BAD_MESSAGES:
+                self.log.warn(
+                    "{peer} keeps sending bad messages; further ones are answered, not logged",
+                    **self.handler.log_fields(),
+                )
         if self.lost is None:
             self.send("bad_message", bad.payload(), reply_to=msg_id)
         if bad.close:

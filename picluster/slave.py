@@ -132,7 +132,8 @@ class MasterConnection(PeerHandler):
         self._stop_reporting()
         if failure.check(DisconnectionException):
             self.log.info(
-                "Got disconnection exception with message: {disconnection}", disconnection=str(failure.value)
+                "Got disconnection exception with message: {disconnection}",
+                disconnection=str(failure.value),
             )
             return
         self.log.failure("Session with {master} failed", failure, master=self.slave.master)
@@ -206,7 +207,9 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         lost = DisconnectionException(f"master {self.master}", describe_reason(reason), reason)
-        self.log.info("Got disconnection exception with message: {disconnection}", disconnection=str(lost))
+        self.log.info(
+            "Got disconnection exception with message: {disconnection}", disconnection=str(lost)
+        )
         super().clientConnectionFailed(connector, reason)
         self._log_retry()
 

@@ -12,12 +12,13 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster import DisconnectionException, RemoteError, RequestTimeout
 from picluster.errors import FrameTooLarge
-from picluster.protocol import PeerHandler, PiClusterFactory
+from picluster.protocol import LOGGED_BAD_MESSAGES, PeerHandler, PiClusterFactory
 from picluster.wire import BadMessage
 
 from .helpers import connect, frame, raw_frame, sent
@@ -184,6 +185,15 @@ class BadInputTests(ProtocolTestCase):
         self.feed(raw_frame(b"\xff") + frame([1]) + frame({"type": "store", "payload": 3}))
         self.assertEqual([r["type"] for r in sent(self.transport)], ["bad_message", "bad_message"])
         self.assertEqual(self.handler.received, [3])
+
+    def test_badMessagesLoggedUpToLimit(self) -> None:
+        """A stream of bad frames is all answered and counted, but logged only so far."""
+        with capturedLogs() as events:
+            self.feed(raw_frame(b"junk") * (LOGGED_BAD_MESSAGES + 50))
+        self.assertEqual(len(sent(self.transport)), LOGGED_BAD_MESSAGES + 50)
+        self.assertEqual(self.protocol.bad_messages, LOGGED_BAD_MESSAGES + 50)
+        self.assertEqual(len(events), LOGGED_BAD_MESSAGES + 1)
+        self.assertIn("further ones are answered, not logged", formatEvent(events[-1]))
 
     def test_badMessageNotAnswered(self) -> None:
         """A bad_message from the peer is never answered, so two sides cannot loop."""
