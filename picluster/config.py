@@ -26,6 +26,8 @@ class Setting:
     parse: Callable[[str], Any]
     default: Any
     help: str
+    #: A switch: C{--name} on the command line, C{name = yes} in the file.
+    flag: bool = False
 
     @property
     def key(self) -> str:
@@ -35,6 +37,54 @@ class Setting:
         """The C{optParameters} row; the default is applied by L{resolve}."""
         default = "" if self.default is None else f" [default: {self.default}]"
         return [self.name, None, None, self.help + default]
+
+    def as_flag(self) -> list[Any]:
+        """The C{optFlags} row of a switch."""
+        return [self.name, None, self.help]
+
+
+def parameters(settings: list[Setting]) -> list[list[Any]]:
+    """The C{optParameters} of the settings that take a value."""
+    return [setting.as_parameter() for setting in settings if not setting.flag]
+
+
+def flags(settings: list[Setting]) -> list[list[Any]]:
+    """The C{optFlags} of the settings that are switches."""
+    return [setting.as_flag() for setting in settings if setting.flag]
+
+
+_TRUE = ("1", "yes", "true", "on")
+_FALSE = ("0", "no", "false", "off")
+
+
+def boolean(text: str) -> bool:
+    """A switch's value in a config file."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected yes or no, not {text!r}")
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """A parser of whole numbers from C{low} to C{high}."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return parse
+
+
+def word_list(text: str) -> tuple[str, ...]:
+    """A comma-separated list of words; empty items are dropped."""
+    return tuple(word.strip() for word in text.split(",") if word.strip())
 
 
 def seconds(text: str) -> float:
@@ -111,6 +161,9 @@ def resolve(
         )
     for setting in settings:
         text = options.get(setting.name)
+        if setting.flag:
+            # usage stores a switch as 0 or 1; only "given" beats the file.
+            text = "yes" if text else None
         where = f"--{setting.name}"
         if text is None and setting.key in from_file:
             text = from_file[setting.key]

@@ -54,6 +54,14 @@ class RequestTimeout(Exception):
         self.timeout = timeout
 
 
+class ServiceError(Exception):
+    """
+    A request was well formed but this side cannot serve it now (the task
+    database is unwritable, the queue is full).  Its message goes to the peer
+    in the C{error} reply as it is, so it must make sense to a user.
+    """
+
+
 class FrameTooLarge(ValueError):
     """An outgoing message would not fit in one frame."""
 

@@ -23,10 +23,15 @@ from picluster import sysinfo
 from picluster.errors import DisconnectionException
 from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 from picluster.registry import SlaveRegistry
+from picluster.scheduler import Scheduler
+from picluster.store import StoreError, TaskStore, check_database
 from picluster.wire import BadMessage
 
 #: Versions of the hello handshake this master speaks.
 SUPPORTED_VERSIONS = (1,)
+
+#: What a connection may say it is in its hello.
+ROLES = ("slave", "client")
 
 #: Listening backlog used when the port description names none: Twisted's
 #: 50 drops connections when a whole cluster rejoins a restarted master.
@@ -64,10 +69,15 @@ class SlaveConnection(PeerHandler):
     connection lasts.  Every connection has a uuid from the start; a hello
     may swap it for the uuid the slave had before.
 
+    A connection whose hello says C{"role": "client"} is not a slave: it
+    leaves the registry and may only ask about tasks and the cluster.
+
     @ivar gone: Errbacks with L{DisconnectionException} when the slave goes.
+    @ivar role: C{"slave"} or C{"client"} once the hello came, else C{None}.
     """
 
     log = log
+    role: str | None = None
 
     def __init__(self, protocol: PiClusterProtocol, master: MasterFactory):
         super().__init__(protocol)
@@ -89,6 +99,8 @@ class SlaveConnection(PeerHandler):
         return hostname if isinstance(hostname, str) else None
 
     def describe_peer(self) -> str:
+        if self.role == "client":
+            return f"client {self.address}"
         return f"slave {self.address} ({self.uuid})"
 
     def log_fields(self) -> dict[str, Any]:
@@ -106,7 +118,10 @@ class SlaveConnection(PeerHandler):
 
     def describe(self) -> dict[str, Any]:
         """This slave's entry in a C{slave_details} reply."""
+        worker = self.master.scheduler.workers.get(self)
         return {
+            "slots": worker.slots if worker is not None else None,
+            "running_tasks": len(worker.running) if worker is not None else 0,
             "uuid": self.uuid,
             "address": self.address,
             "hostname": self.hostname,
@@ -139,6 +154,15 @@ class SlaveConnection(PeerHandler):
                     close=True,
                 )
             self._reclaim(earlier.lower())
+        role = hello.get("role", "slave")
+        if role not in ROLES:
+            raise BadMessage("unknown role", role=role if isinstance(role, str) else None,
+                             known=list(ROLES), close=True)
+        if self.role is None:
+            self.role = role
+            if role == "client":
+                self.master.registry.remove(self)
+                self.log.info("{peer} is a client", peer=self.describe_peer())
         return (
             "welcome",
             {
@@ -196,11 +220,41 @@ class SlaveConnection(PeerHandler):
         )
 
 
+    # -- tasks -------------------------------------------------------------
+
+    def _when_ready(self, *roles: str) -> defer.Deferred[Scheduler]:
+        """The scheduler, once loaded, for a connection that said hello."""
+        if self.role not in roles:
+            raise BadMessage("say hello first" if self.role is None else f"not served to a {self.role}")
+        scheduler = self.master.scheduler
+        return scheduler.when_ready().addCallback(lambda _: scheduler)
+
+    def msg_worker(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready("slave").addCallback(lambda s: s.worker_joined(self, payload))
+
+    def msg_task_result(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready("slave").addCallback(lambda s: s.task_result(self, payload))
+
+    def msg_submit(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.submit(payload))
+
+    def msg_tasks(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.tasks(payload))
+
+    def msg_cancel(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.cancel(payload))
+
+    def msg_watch(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.watch(self, payload))
+
+
 class MasterFactory(PiClusterFactory):
     """
     Makes a L{SlaveConnection} for every accepted connection.
 
     @ivar registry: The live slaves, shared with the owning L{MasterService}.
+    @ivar scheduler: The task queue, shared likewise; serves tasks once started.
+    @ivar connections: Every open connection, slaves and clients alike.
     @ivar computer_details: The master's own machine facts.
     """
 
@@ -208,30 +262,38 @@ class MasterFactory(PiClusterFactory):
         self,
         registry: SlaveRegistry,
         *,
+        scheduler: Scheduler | None = None,
         computer_details: dict[str, Any] | None = None,
         **settings: Any,
     ):
         super().__init__(**settings)
         self.registry = registry
+        self.connections: set[SlaveConnection] = set()
+        self.scheduler = scheduler if scheduler is not None else Scheduler(
+            self.clock, overdue_grace=self.dead_after
+        )
         self.computer_details = (
             computer_details if computer_details is not None else sysinfo.computer_details()
         )
 
     def make_handler(self, protocol: PiClusterProtocol) -> SlaveConnection:
         slave = SlaveConnection(protocol, self)
+        self.connections.add(slave)
         slave.gone.addErrback(self._slave_gone, slave)
         return slave
 
     def _slave_gone(self, failure: Failure, slave: SlaveConnection) -> None:
         failure.trap(DisconnectionException)
+        self.connections.discard(slave)
         self.registry.remove(slave)
+        self.scheduler.forget(slave)
         self.log.info(
             "Got disconnection exception with message: {disconnection}",
             disconnection=str(failure.value), uuid=slave.uuid, address=slave.address,
         )
         self.log.info(
-            "Shutting down slave connection handler for {uuid} at {address}",
-            uuid=slave.uuid, address=slave.address,
+            "Shutting down {role} connection handler for {uuid} at {address}",
+            role=slave.role or "slave", uuid=slave.uuid, address=slave.address,
         )
 
 
@@ -239,8 +301,10 @@ class MasterService(service.MultiService):
     """
     A picluster master: the registry of slaves and the port they connect to.
 
-    Further parts of the master (the web page, the task queue) join as
-    child services, sharing L{registry}.
+    It also owns the L{Scheduler} and its task database at C{db} (an SQLite
+    file; C{":memory:"} keeps tasks only while the master runs).  Further
+    parts of the master (the web page) join as child services, sharing
+    L{registry} and L{scheduler}.
     """
 
     def __init__(
@@ -248,14 +312,23 @@ class MasterService(service.MultiService):
         port: str = "tcp:12345",
         *,
         reactor: Any = None,
+        db: str = ":memory:",
+        rejoin_grace: float = 30.0,
+        max_args: int | None = None,
         **settings: Any,
     ):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.port = port
+        self.db = db
+        self.reactor = reactor
         self.registry = SlaveRegistry()
         self.factory = MasterFactory(self.registry, clock=reactor, **settings)
+        self.scheduler = self.factory.scheduler
+        self.scheduler.rejoin_grace = rejoin_grace
+        if max_args is not None:
+            self.scheduler.max_args = max_args
         self.listener = strports.service(with_default_backlog(port), self.factory, reactor=reactor)
         self.listener.setServiceParent(self)
 
@@ -267,10 +340,21 @@ class MasterService(service.MultiService):
         and exit, rather than end twistd with a traceback.
         """
         try:
+            check_database(self.db)
+        except StoreError as e:
+            raise SystemExit(f"picluster-master: {e}") from e
+        try:
             super().privilegedStartService()
         except CannotListenError as e:
             cause = getattr(e.socketError, "strerror", None) or e.socketError
             raise SystemExit(f"picluster-master: cannot listen on {self.port}: {cause}") from e
+
+    def startService(self) -> None:
+        """Listen, and load the task queue; tasks are served once it is loaded."""
+        super().startService()
+        opened = TaskStore.open(self.db, self.reactor)
+        opened.addCallbacks(self.scheduler.start, self.scheduler.failed_to_start)
+        opened.addErrback(lambda failure: log.failure("Loading the task queue failed", failure))
 
     def when_listening(self) -> defer.Deferred[interfaces.IListeningPort]:
         """The listening port, once the service has started listening."""
@@ -290,10 +374,15 @@ class MasterService(service.MultiService):
         return listened
 
     def stopService(self) -> defer.Deferred[None]:
-        """Stop listening, then close every slave connection and wait for it."""
+        """
+        Stop listening, close every connection and wait for it, then write
+        what the task queue still holds and close its database.
+        """
         stopped = defer.maybeDeferred(super().stopService)
         closing = []
-        for slave in self.registry:
-            closing.append(slave.protocol.when_lost())
-            slave.protocol.close("master shutting down")
-        return defer.gatherResults([stopped, *closing]).addCallback(lambda _: None)
+        for connection in list(self.factory.connections):
+            closing.append(connection.protocol.when_lost())
+            connection.protocol.close("master shutting down")
+        closed = defer.gatherResults([stopped, *closing])
+        closed.addCallback(lambda _: self.scheduler.stop())
+        return closed.addCallback(lambda _: None)

@@ -26,6 +26,7 @@ from picluster.errors import (
     FrameTooLarge,
     RemoteError,
     RequestTimeout,
+    ServiceError,
     describe_reason,
 )
 
@@ -430,6 +431,11 @@ class PiClusterProtocol(Int32StringReceiver):
 
     def _fail(self, failure: Failure, message_type: str, msg_id: int | None) -> None:
         """Our own handler broke: log it, and tell a waiting peer."""
+        if failure.check(ServiceError):
+            # Expected and already logged where it arose: say it as it is.
+            if msg_id is not None and self.lost is None:
+                self.send("error", {"error": failure.getErrorMessage()}, reply_to=msg_id)
+            return
         self.log.failure(
             "Error handling {type} from {peer}", failure,
             type=message_type, **self.handler.log_fields(),

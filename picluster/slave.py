@@ -2,10 +2,15 @@
 The slave: joins a master, reports its machine and vitals, and rejoins.
 
 Each connection runs one session, a Deferred chain (hello and welcome, then
-computer_details, then the master's own facts, then keepalives and vitals
-until the connection goes), whose errback handles the
+computer_details, then the master's own facts, then the offer of work, then
+keepalives and vitals until the connection goes), whose errback handles the
 L{DisconnectionException}.  Reconnecting is the factory's job: a
 L{ReconnectingClientFactory} whose delay resets once a welcome arrives.
+
+Tasks run in the factory's L{TaskRunner}, so they outlive a connection: a
+run that ends while the master is away keeps its result until a later
+session delivers it, and a rejoining slave tells the master what it still
+runs.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from twisted.python.failure import Failure
 
 from picluster import sysinfo
 from picluster.address import MasterAddress
-from picluster.errors import DisconnectionException, describe_reason
+from picluster.errors import DisconnectionException, RemoteError, describe_reason
 from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
+from picluster.wire import BadMessage
 
 #: The hello handshake version this slave speaks.
 PROTOCOL_VERSION = 1
@@ -52,6 +58,10 @@ class MasterConnection(PeerHandler):
         self.slave = slave
         self._vitals_loop: LoopingCall | None = None
         self.session: defer.Deferred[None] | None = None
+        #: Whether the master took our offer of work on this connection.
+        self.working = False
+        #: Results sent on this connection and not yet acknowledged.
+        self._results_in_flight: set[tuple[int, int]] = set()
 
     def describe_peer(self) -> str:
         return f"master {self.slave.master}"
@@ -67,6 +77,7 @@ class MasterConnection(PeerHandler):
         session = self._handshake()
         session.addCallback(self._introduce)
         session.addCallback(self._ask_master_info)
+        session.addCallback(self._offer_work)
         session.addCallback(self._start_reporting)
         session.addCallback(self._until_disconnected)
         session.addErrback(self._session_ended)
@@ -113,6 +124,74 @@ class MasterConnection(PeerHandler):
             hostname=facts.get("hostname"), cpu=facts.get("cpu"),
             cores=facts.get("cpu_cores"), ram=facts.get("ram"), master_info=facts,
         )
+
+    def _offer_work(self, _: Any) -> defer.Deferred[None] | None:
+        runner = self.slave.runner
+        if runner is None:
+            return None
+        offer = {
+            "tasks": runner.offers(), "refused": runner.refusals(), "slots": runner.slots,
+            "tags": list(self.slave.tags), "holding": runner.holding(),
+        }
+        offered = self.protocol.request("worker", offer)
+        offered.addCallbacks(self._work_accepted, self._work_refused)
+        return offered
+
+    def _work_accepted(self, reply: dict[str, Any]) -> None:
+        runner = self.slave.runner
+        drop = (reply.get("payload") or {}).get("drop") or []
+        for run in drop:
+            if isinstance(run, dict) and type(run.get("id")) is int and type(run.get("attempt")) is int:
+                self.log.info("Master gave up task {id} (attempt {attempt}); stopping it",
+                              id=run["id"], attempt=run["attempt"])
+                runner.cancel(run["id"], run["attempt"])
+        self.working = True
+        for result in list(runner.results):
+            self.report_result(result)
+
+    def _work_refused(self, failure: Failure) -> None:
+        # A master that hands out no tasks (an older one) is still a master.
+        failure.trap(RemoteError)
+        self.log.warn("Master {master} does not hand out tasks: {problem}",
+                      master=self.slave.master, problem=failure.getErrorMessage())
+
+    def report_result(self, result: dict[str, Any]) -> None:
+        """Send one finished run's result; it is forgotten only once acknowledged."""
+        run = (result["id"], result["attempt"])
+        if not self.working or self.protocol.closing or run in self._results_in_flight:
+            return
+        self._results_in_flight.add(run)
+        sent = self.protocol.request("task_result", result)
+        sent.addCallbacks(self._result_stored, self._result_not_stored,
+                          callbackArgs=(run,), errbackArgs=(run,))
+
+    def _result_stored(self, _: Any, run: tuple[int, int]) -> None:
+        self._results_in_flight.discard(run)
+        self.slave.runner.acknowledged(*run)
+
+    def _result_not_stored(self, failure: Failure, run: tuple[int, int]) -> None:
+        self._results_in_flight.discard(run)
+        if failure.check(RemoteError):
+            # The master will never take it; keeping it would resend it forever.
+            self.log.error("Master refused the result of task {id} attempt {attempt}: {problem}",
+                           id=run[0], attempt=run[1], problem=failure.getErrorMessage())
+            self.slave.runner.acknowledged(*run)
+        elif not failure.check(DisconnectionException):
+            # A timeout: the master may be busy; the next session sends it again.
+            self.log.warn("No answer to the result of task {id}: {problem}",
+                          id=run[0], problem=failure.getErrorMessage())
+
+    def msg_run_task(self, payload: Any) -> None:
+        if self.slave.runner is None or not self.working:
+            raise BadMessage("this slave runs no tasks on this connection")
+        self.slave.runner.start(payload)
+
+    def msg_cancel_task(self, payload: Any) -> None:
+        if not isinstance(payload, dict) or type(payload.get("id")) is not int \
+                or type(payload.get("attempt")) is not int:
+            raise BadMessage('cancel_task payload must be {"id": int, "attempt": int}')
+        if self.slave.runner is not None:
+            self.slave.runner.cancel(payload["id"], payload["attempt"])
 
     def _start_reporting(self, _: Any) -> None:
         # Ping at least as often as the master expects, or it would count us dead.
@@ -166,7 +245,8 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
     Connects to the master and reconnects, with backoff, whenever it goes.
 
     What outlives a connection lives here: the uuid the master gave us
-    (presented again in every hello), the machine facts, the sampler.
+    (presented again in every hello), the machine facts, the sampler, and
+    the L{TaskRunner} with its runs and unsent results.
     """
 
     #: Growth of the reconnection delay; gentler than RCF's e.
@@ -181,9 +261,15 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
         max_delay: float = 60.0,
         computer_details: dict[str, Any] | None = None,
         sampler: Any = None,
+        runner: Any = None,
+        tags: tuple[str, ...] = (),
         **settings: Any,
     ):
         PiClusterFactory.__init__(self, **settings)
+        self.runner = runner
+        self.tags = tags
+        if runner is not None:
+            runner.on_result = self._run_finished
         self.master = master
         self.vitals_interval = vitals_interval
         self.initialDelay = self.delay = initial_delay
@@ -197,6 +283,12 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
 
     def make_handler(self, protocol: PiClusterProtocol) -> MasterConnection:
         return MasterConnection(protocol, self)
+
+    def _run_finished(self, result: dict[str, Any]) -> None:
+        """A run ended: tell the master now if connected, else at the next session."""
+        connection = self.connection
+        if connection is not None and isinstance(getattr(connection, "handler", None), MasterConnection):
+            connection.handler.report_result(result)
 
     def buildProtocol(self, addr: Any) -> PiClusterProtocol:
         self.connection = super().buildProtocol(addr)
@@ -244,13 +336,18 @@ class SlaveService(service.Service):
         )
 
     def stopService(self) -> defer.Deferred[Any] | None:
+        """Stop reconnecting, close the connection, and stop the running tasks."""
         super().stopService()
         self.factory.stopTrying()
+        waits = []
+        if self.factory.runner is not None:
+            waits.append(self.factory.runner.stop())
         connection = self.factory.connection
         if connection is not None and connection.lost is None:
-            closed = connection.when_lost()
+            waits.append(connection.when_lost())
             connection.close("slave shutting down")
-            return closed.addCallback(lambda _: None)
-        if self.connector is not None:
+        elif self.connector is not None:
             self.connector.disconnect()
-        return None
+        if not waits:
+            return None
+        return defer.gatherResults(waits).addCallback(lambda _: None)

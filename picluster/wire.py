@@ -65,6 +65,14 @@ class BadMessage(Exception):
         return {"error": self.error, **self.details}
 
 
+def loads(text: str) -> Any:
+    """
+    Parse JSON text as the wire does: C{NaN}, C{Infinity} and numbers such
+    as C{1e400} are refused (C{ValueError}), since no frame could carry them.
+    """
+    return _decoder.decode(text)
+
+
 def encode(envelope: dict[str, Any]) -> bytes:
     """
     Serialise an envelope to frame bytes.

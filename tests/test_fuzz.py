@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
 
 from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock

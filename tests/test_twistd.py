@@ -110,6 +110,22 @@ class BadOptionsTests(unittest.TestCase):
         """twistd picluster-slave --master host:99999 exits non-zero naming --master."""
         return self.assert_refused("--master", "picluster-slave", "--master", "host:99999")
 
+    def test_slaveNoSlots(self):
+        """twistd picluster-slave --slots 0 exits non-zero naming --slots."""
+        return self.assert_refused("--slots", "picluster-slave", "--slots", "0")
+
+    @defer.inlineCallbacks
+    def test_masterUnusableDatabase(self):
+        """A master whose --db cannot be opened exits non-zero with one line saying why."""
+        cluster = Cluster(self)
+        with open(f"{cluster.cwd}/notes.txt", "w") as notes:
+            notes.write("not a database\n" * 100)
+        master = cluster.master("master", "--db", "notes.txt")
+        status = yield master.wait_for_exit(timeout=10.0)
+        self.assertNotEqual(status, 0, master.report())
+        self.assertIn("picluster-master: cannot use task database notes.txt: file is not a database",
+                      master.output(), master.report())
+        self.assertNotIn("Traceback", master.output(), master.report())
 
     @defer.inlineCallbacks
     def test_masterPortTaken(self):

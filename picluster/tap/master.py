@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from picluster import config
 from picluster.master import MasterService, with_default_backlog
+from picluster.taskspec import DEFAULT_MAX_ARGS
 
 
 def server_endpoint(text: str) -> str:
@@ -26,6 +27,13 @@ def server_endpoint(text: str) -> str:
     return text
 
 
+def database_path(text: str) -> str:
+    """A task database path; whether it opens is checked as the master starts."""
+    if not text.strip():
+        raise ValueError("must name a file")
+    return text
+
+
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace(":", "\\:")
 
@@ -34,14 +42,27 @@ class Options(config.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a picluster master: accept slaves on --port, track their machine"
-        " facts and vitals, and answer questions about the cluster."
+        " facts and vitals, answer questions about the cluster, and hand out"
+        " the tasks submitted with the picluster command, queued in --db."
     )
     section = "master"
     settings = [
         config.Setting("port", server_endpoint, "tcp:12345", "Endpoint to listen on for slaves"),
         *config.COMMON_SETTINGS,
+        config.Setting(
+            "db", database_path, "picluster.db",
+            "SQLite file holding the task queue (created if missing)",
+        ),
+        config.Setting(
+            "rejoin-grace", config.seconds, 30.0,
+            "After a restart, seconds a running task waits for its slave to rejoin and claim it",
+        ),
+        config.Setting(
+            "max-args", config.frame_size, DEFAULT_MAX_ARGS,
+            "Largest JSON arguments of one task, in bytes (K and M allowed)",
+        ),
     ]
-    optParameters = [setting.as_parameter() for setting in settings]
+    optParameters = config.parameters(settings)
 
     def translate_legacy(self, from_file: dict[str, str]) -> dict[str, str]:
         """Accept the tutorial's C{socket_port} and C{socket_bind_ip}."""
@@ -56,10 +77,28 @@ class Options(config.Options):
         return from_file
 
 
+    def check(self) -> None:
+        super().check()
+        # A task's arguments travel inside one run_task frame, with room for
+        # the rest of the envelope.
+        if self["max-args"] > self["max-frame"] - 1024:
+            if self["max-args"] == DEFAULT_MAX_ARGS:
+                # Only --max-frame was lowered: lower the default with it.
+                self["max-args"] = max(2, self["max-frame"] // 2)
+                return
+            raise usage.UsageError(
+                f"--max-args ({self['max-args']} bytes) must be at least 1024 bytes"
+                f" smaller than --max-frame ({self['max-frame']} bytes)"
+            )
+
+
 def makeService(options: Options) -> MasterService:
     return MasterService(
         options["port"],
         keepalive=options["keepalive"],
         dead_after=options["dead-after"],
         max_frame=options["max-frame"],
+        db=options["db"],
+        rejoin_grace=options["rejoin-grace"],
+        max_args=options["max-args"],
     )

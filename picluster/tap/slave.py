@@ -4,6 +4,7 @@ C{twistd picluster-slave}: join a master and stay joined.
 
 from __future__ import annotations
 
+import psutil
 from twisted.python import usage
 
 from picluster import address, config
@@ -14,7 +15,8 @@ class Options(config.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a picluster slave: connect to the master at --master, report this"
-        " machine's facts and vitals, and reconnect whenever the master goes."
+        " machine's facts and vitals, run the tasks the master hands out"
+        " (--slots at a time), and reconnect whenever the master goes."
     )
     section = "slave"
     settings = [
@@ -28,8 +30,24 @@ class Options(config.Options):
             "initial-delay", config.seconds, 1.0, "Seconds before the first reconnection attempt"
         ),
         config.Setting("max-delay", config.seconds, 60.0, "Longest wait between reconnection attempts, before jitter"),
+        config.Setting(
+            "slots", config.whole_number(1, 1024), None,
+            "Tasks this slave runs at once (this machine's core count when unset)",
+        ),
+        config.Setting(
+            "tags", config.word_list, (), "Comma-separated tags that task requirements can ask for"
+        ),
+        config.Setting(
+            "allow-shell", config.word_list, (),
+            "Comma-separated commands the shell task may run (it is refused when unset)",
+        ),
+        config.Setting(
+            "allow-admin", config.boolean, False,
+            "Run the reboot, shutdown and update tasks (refused otherwise)", flag=True,
+        ),
     ]
-    optParameters = [setting.as_parameter() for setting in settings]
+    optParameters = config.parameters(settings)
+    optFlags = config.flags(settings)
 
     def translate_legacy(self, from_file: dict[str, str]) -> dict[str, str]:
         """Accept the tutorial's C{master_ip} and C{socket_port}."""
@@ -54,6 +72,16 @@ class Options(config.Options):
 
 
 def makeService(options: Options) -> SlaveService:
+    from twisted.internet import reactor
+
+    from picluster.tasks import TaskRegistry
+    from picluster.worker import TaskRunner
+
+    slots = options["slots"] or psutil.cpu_count() or 1
+    runner = TaskRunner(
+        TaskRegistry.load(), slots=slots, clock=reactor, reactor=reactor,
+        allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
+    )
     factory = SlaveFactory(
         options["master"],
         vitals_interval=options["vitals"],
@@ -62,5 +90,7 @@ def makeService(options: Options) -> SlaveService:
         keepalive=options["keepalive"],
         dead_after=options["dead-after"],
         max_frame=options["max-frame"],
+        runner=runner,
+        tags=options["tags"],
     )
     return SlaveService(factory)

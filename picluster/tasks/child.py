@@ -1,0 +1,210 @@
+"""
+Child processes, the slave's side: the commands a slave runs, and the child
+a process task runs in (L{picluster.tasks.childmain}).
+
+In its own process a CPU-bound task neither holds the slave's GIL (so
+keepalives keep flowing) nor escapes a timeout: the slave can kill it.
+L{spawn} starts any command (no shell, killable); L{task_request} and
+L{read_outcome} speak to the task child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+
+from picluster.tasks.errors import ChildCrashed, CommandFailed, TaskFailed
+from picluster.tasks.registry import ProcessResult, Task
+
+#: Seconds between SIGTERM and SIGKILL when a child must go.
+KILL_AFTER = 5.0
+
+#: How much of each output stream a command keeps unless told otherwise.
+OUTPUT_LIMIT = 64 * 1024
+
+#: How much of a traceback a result carries (the end, where the error is).
+TRACEBACK_LIMIT = 16 * 1024
+
+#: The command a process task runs in.
+TASK_ARGV = (sys.executable, "-m", "picluster.tasks.childmain")
+
+#: Kinds a task child may report; anything else it claims counts as C{error}.
+_CHILD_KINDS = frozenset({"error", "bad_arguments", "not_permitted"})
+
+
+# -- the slave's side ----------------------------------------------------------
+
+
+class ChildProcess(ProcessProtocol):
+    """
+    One command: feeds its stdin, keeps the head of its output, reports its end.
+
+    L{result} fires with a L{ProcessResult}, or fails with L{ChildCrashed} if
+    a signal we did not send ended it; cancelling it kills the command
+    (SIGTERM, then SIGKILL after L{KILL_AFTER} seconds).  L{gone} fires once
+    the process has ended, whatever happened.
+    """
+
+    def __init__(self, argv: Sequence[str], stdin: bytes | None, limit: int, clock: Any):
+        self.argv = list(argv)
+        self.stdin = stdin
+        self.limit = limit
+        self.clock = clock
+        self.output = {1: bytearray(), 2: bytearray()}
+        self.truncated = {1: False, 2: False}
+        self.result: defer.Deferred[ProcessResult] = defer.Deferred(self._kill)
+        self.gone: defer.Deferred[None] = defer.Deferred()
+        self._kill_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        if self.stdin:
+            self.transport.write(self.stdin)
+        self.transport.closeStdin()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        kept = self.output.get(fd)
+        if kept is None:
+            return
+        room = self.limit - len(kept)
+        if len(data) > room:
+            self.truncated[fd] = True
+        kept.extend(data[: max(room, 0)])
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+        exit_code, killed_by = reason.value.exitCode, reason.value.signal
+        # Once we kill it, result has already failed with CancelledError.
+        if not self.result.called:
+            if killed_by is not None:
+                self.result.errback(ChildCrashed(
+                    f"{self.argv[0]} was killed by {_signal_name(killed_by)}, not by this slave"
+                ))
+            else:
+                self.result.callback(ProcessResult(
+                    exit_code, bytes(self.output[1]), bytes(self.output[2]),
+                    self.truncated[1], self.truncated[2],
+                ))
+        self.gone.callback(None)
+
+    def _kill(self, _: defer.Deferred[ProcessResult]) -> None:
+        self._signal("TERM")
+        self._kill_call = self.clock.callLater(KILL_AFTER, self._signal, "KILL")
+
+    def _signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def spawn(
+    reactor: Any,
+    clock: Any,
+    argv: Sequence[str],
+    *,
+    stdin: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    limit: int = OUTPUT_LIMIT,
+) -> ChildProcess:
+    """
+    Start C{argv} without a shell, its first word looked up on the PATH of C{env}.
+
+    @param env: The whole environment (default: the slave's).
+    @raise CommandFailed: when there is no such command or it cannot start.
+    """
+    environment = dict(os.environ if env is None else env)
+    executable = shutil.which(argv[0], path=environment.get("PATH", os.defpath))
+    if executable is None:
+        raise CommandFailed(f"command not found: {argv[0]}")
+    process = ChildProcess(argv, stdin, limit, clock)
+    try:
+        reactor.spawnProcess(process, executable, list(argv), env=environment)
+    except OSError as e:
+        raise CommandFailed(f"cannot run {argv[0]}: {e}") from e
+    return process
+
+
+def task_request(task: Task, args: dict[str, Any]) -> bytes:
+    """What to write to a task child's stdin."""
+    function = task.function
+    reference = f"{function.__module__}:{function.__qualname__}"
+    if "<locals>" in reference or function.__module__ == "__main__":
+        raise TypeError(f"{task.name}: {reference} cannot be imported by a child process")
+    return json.dumps({"function": reference, "args": args}).encode("utf-8")
+
+
+def task_environment() -> dict[str, str]:
+    """The slave's environment, with its own import paths ahead of the child's."""
+    installed = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    paths = [os.path.abspath(path or ".") for path in sys.path]
+    paths = [
+        path for path in paths
+        if os.path.isdir(path) and not any(_within(path, top) for top in installed)
+    ]
+    inherited = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths + ([inherited] if inherited else [])))
+
+
+def _within(path: str, top: str) -> bool:
+    try:
+        return os.path.commonpath([path, os.path.abspath(top)]) == os.path.abspath(top)
+    except ValueError:
+        return False
+
+
+def read_outcome(result: ProcessResult, max_result_bytes: int) -> Any:
+    """
+    The result a task child wrote.
+
+    @raise TaskFailed: with the error it reported, or saying why it reported none.
+    """
+    if result.stdout_truncated:
+        raise TaskFailed(_error("ResultTooLarge",
+                                f"the result is larger than {max_result_bytes} bytes"))
+    lines = result.stdout.decode("utf-8", errors="replace").strip().splitlines()
+    try:
+        outcome = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        outcome = None
+    if isinstance(outcome, dict) and outcome.get("outcome") == "done" and "result" in outcome:
+        return outcome["result"]
+    if isinstance(outcome, dict) and isinstance(outcome.get("error"), dict):
+        reported = outcome["error"]
+        kind = reported.get("kind")
+        trace = reported.get("traceback")
+        raise TaskFailed(_error(
+            str(reported.get("type", "Exception")),
+            str(reported.get("message", "")),
+            kind if kind in _CHILD_KINDS else "error",
+            trace[-TRACEBACK_LIMIT:] if isinstance(trace, str) else None,
+        ))
+    stderr = result.stderr.decode("utf-8", errors="replace").strip()
+    last = f": {stderr.splitlines()[-1]}" if stderr else ""
+    raise TaskFailed(_error(
+        "ChildFailed",
+        f"the task's child exited with {result.exit_code} without an outcome{last}",
+        traceback=stderr[-TRACEBACK_LIMIT:] or None,
+    ))
+
+
+def _error(type_: str, message: str, kind: str = "error", traceback: str | None = None
+           ) -> dict[str, Any]:
+    return {"type": type_, "message": message, "traceback": traceback, "kind": kind}

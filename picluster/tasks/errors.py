@@ -1,0 +1,64 @@
+"""
+The exceptions of tasks, and the error kinds of the wire contract.
+
+Only the standard library is imported here: a task's child process imports
+this module on every run, and must start quickly even on a Pi.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BadArguments(Exception):
+    """The arguments do not fit the task; retrying cannot help (kind C{bad_arguments})."""
+
+
+class NotPermitted(Exception):
+    """This slave refuses to run the task as asked (kind C{not_permitted})."""
+
+
+class CommandFailed(Exception):
+    """
+    A command a task ran exited with a non-zero status (kind C{error}).
+
+    @ivar details: Output worth showing beside the message (reported in the
+        error's C{traceback} slot, which is otherwise empty for a command).
+    """
+
+    def __init__(self, message: str, details: str | None = None):
+        super().__init__(message)
+        self.details = details
+
+
+class ChildCrashed(Exception):
+    """
+    A child process died by a signal this slave did not send (kind C{crashed}).
+
+    Not the task's fault as far as anyone can tell (the OOM killer, say), so the
+    master may retry it elsewhere.
+    """
+
+
+class TaskFailed(Exception):
+    """A failure already described as a task_result C{error} object (from a child)."""
+
+    def __init__(self, error: dict[str, Any]):
+        super().__init__(error.get("message", ""))
+        self.error = error
+
+
+def admin_refusal(name: str) -> str:
+    """Why an admin task is refused on a slave without C{--allow-admin}."""
+    return f"{name} is refused: this slave was not started with --allow-admin"
+
+
+def error_kind(exception: BaseException) -> str:
+    """The contract's error kind for an exception a task raised."""
+    if isinstance(exception, BadArguments):
+        return "bad_arguments"
+    if isinstance(exception, NotPermitted):
+        return "not_permitted"
+    if isinstance(exception, ChildCrashed):
+        return "crashed"
+    return "error"

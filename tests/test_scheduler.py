@@ -1,0 +1,418 @@
+"""
+The master's task scheduling, over the wire, with a Clock and real SQLite.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from picluster.store import TaskStore
+
+from tests.taskhelpers import FakeClient, FakeSlave, SynchronousPool, task_master
+
+PRIMES = {"name": "primes", "args": {"start": 0, "stop": 100}}
+
+
+class Cluster(unittest.TestCase):
+    """A master with a client; tests add slaves."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pool = SynchronousPool()
+        self.master = task_master(self.clock, self.pool, overdue_grace=15.0)
+        self.scheduler = self.master.scheduler
+        self.client = FakeClient(self.master, self.clock)
+
+    def submit(self, *specs: dict, count: int = 1) -> list[int]:
+        reply = self.client.submit(*(specs or [PRIMES] * count))
+        self.assertEqual(reply["type"], "submitted", reply)
+        return [task["id"] for task in reply["payload"]["tasks"]]
+
+
+class SubmitTests(Cluster):
+    def test_submitStoresAndAnswersIds(self) -> None:
+        """A submission is stored and answered with one queued id per spec, in order."""
+        ids = self.submit(PRIMES, {"name": "sleep", "args": {"seconds": 1}})
+        self.assertEqual(ids, [1, 2])
+        records = self.client.records(1, 2)
+        self.assertEqual([records[1]["name"], records[2]["name"]], ["primes", "sleep"])
+        self.assertEqual({r["state"] for r in records.values()}, {"queued"})
+
+    def test_warnsOfNamesNoSlaveOffers(self) -> None:
+        """A name that no connected slave offers is named in a warning."""
+        FakeSlave(self.master, self.clock, tasks=("sleep",))
+        reply = self.client.submit(PRIMES, {"name": "sleep"})
+        self.assertEqual(len(reply["payload"]["warnings"]), 1)
+        self.assertIn("'primes'", reply["payload"]["warnings"][0])
+
+    def test_badSpecStoresNothing(self) -> None:
+        """One bad spec refuses the whole submission, naming its index."""
+        reply = self.client.submit(PRIMES, {"name": "primes", "args": [1, 2]})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertEqual(reply["payload"]["index"], 1)
+        self.assertIn("args must be a JSON object", reply["payload"]["error"])
+        self.assertEqual(self.client.request("tasks", {})["payload"]["tasks"], [])
+
+    def test_unknownRequirementRefused(self) -> None:
+        """An unknown requirement is refused with the known ones listed."""
+        reply = self.client.submit({"name": "primes", "requirements": {"gpu": True}})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertIn("unknown requirement 'gpu'", reply["payload"]["error"])
+        self.assertIn("min_ram", reply["payload"]["error"])
+
+    def test_oversizedArgumentsRefused(self) -> None:
+        """Arguments past --max-args are refused and nothing is stored."""
+        master = task_master(self.clock, max_args=100)
+        client = FakeClient(master, self.clock)
+        reply = client.submit({"name": "primes", "args": {"text": "x" * 200}})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertIn("exceed the 100 byte limit", reply["payload"]["error"])
+        self.assertEqual(client.request("tasks", {})["payload"]["tasks"], [])
+
+    def test_sameKeyIsStoredOnce(self) -> None:
+        """A resubmitted key answers the stored task instead of storing it twice."""
+        first = self.client.submit(dict(PRIMES, key="k1"))["payload"]["tasks"][0]
+        again = self.client.submit(dict(PRIMES, key="k1"), dict(PRIMES, key="k2"))["payload"]["tasks"]
+        self.assertEqual(again[0]["id"], first["id"])
+        self.assertTrue(again[0]["duplicate"])
+        self.assertFalse(again[1]["duplicate"])
+        self.assertEqual(len(self.client.request("tasks", {})["payload"]["tasks"]), 2)
+
+    def test_keyReusedForOtherArgumentsRefused(self) -> None:
+        """A key that names a task with other arguments is refused, storing nothing."""
+        self.client.submit(dict(PRIMES, key="k1"))
+        reply = self.client.submit({"name": "primes", "args": {"start": 5, "stop": 6}, "key": "k1"})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertIn("already names task 1", reply["payload"]["error"])
+
+    def test_taskMessagesNeedHello(self) -> None:
+        """A connection that has not said hello cannot submit."""
+        from tests.taskhelpers import Peer
+
+        peer = Peer(self.master, self.clock, "10.0.0.77")
+        reply = peer.request("submit", {"tasks": [PRIMES]})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertIn("say hello first", reply["payload"]["error"])
+
+    def test_clientIsNotASlave(self) -> None:
+        """A client is not listed among the slaves."""
+        FakeSlave(self.master, self.clock)
+        details = self.client.request("info", "slave_details")["payload"]
+        self.assertEqual([s["hostname"] for s in details], ["pi-one"])
+
+    def test_clientCannotReportResults(self) -> None:
+        """Only a slave may send task results."""
+        reply = self.client.request("task_result", {"id": 1, "attempt": 1, "outcome": "done"})
+        self.assertEqual(reply["type"], "bad_message")
+
+    def test_queueFullRefused(self) -> None:
+        """Past the open-task limit a submission is refused with a clear error."""
+        master = task_master(self.clock, max_open_tasks=2)
+        client = FakeClient(master, self.clock)
+        client.submit(PRIMES, PRIMES)
+        reply = client.submit(PRIMES)
+        self.assertEqual(reply["type"], "error")
+        self.assertIn("the queue is full", reply["payload"]["error"])
+
+
+class DispatchTests(Cluster):
+    def test_slotsBoundRunningTasks(self) -> None:
+        """A slave is given at most as many tasks as it has slots."""
+        slave = FakeSlave(self.master, self.clock, slots=2)
+        self.submit(count=5)
+        self.assertEqual([run["id"] for run in slave.runs()], [1, 2])
+        slave.finish({"id": 1, "attempt": 1}, 25)
+        self.assertEqual([run["id"] for run in slave.runs()], [3])
+
+    def test_workSpreadsAcrossSlaves(self) -> None:
+        """Equal slaves share the work evenly, oldest tasks first."""
+        one = FakeSlave(self.master, self.clock, slots=4)
+        two = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=4)
+        self.submit(count=6)
+        first, second = one.runs(), two.runs()
+        self.assertEqual((len(first), len(second)), (3, 3))
+        self.assertEqual(sorted(r["id"] for r in first + second), [1, 2, 3, 4, 5, 6])
+
+    def test_onlySlavesOfferingTheName(self) -> None:
+        """A task goes only to a slave that offers its name."""
+        sleeper = FakeSlave(self.master, self.clock, tasks=("sleep",))
+        self.submit(PRIMES)
+        self.assertEqual(sleeper.runs(), [])
+        self.assertIn("no connected slave offers 'primes'", self.client.record(1)["waiting"])
+        counter = FakeSlave(self.master, self.clock, "10.0.0.3", tasks=("primes",))
+        self.assertEqual([r["id"] for r in counter.runs()], [1])
+
+    def test_requirementsChooseTheSlave(self) -> None:
+        """min_ram, min_cores, tags and hostname each pick the slave that meets them."""
+        small = FakeSlave(self.master, self.clock, hostname="small", ram=1000, cores=1, slots=8)
+        big = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="big", ram=8000, cores=4,
+                        tags=("ssd",), slots=8)
+        for requirements in ({"min_ram": 4000}, {"min_cores": 2}, {"tags": ["ssd"]},
+                             {"hostname": "big"}):
+            self.submit(dict(PRIMES, requirements=requirements))
+        self.assertEqual(small.runs(), [])
+        self.assertEqual(len(big.runs()), 4)
+
+    def test_unmetRequirementsExplainWaiting(self) -> None:
+        """A task no slave can take says which requirement is unmet."""
+        FakeSlave(self.master, self.clock, ram=1000)
+        self.submit(dict(PRIMES, requirements={"min_ram": 4000}))
+        self.assertIn("min_ram=4000", self.client.record(1)["waiting"])
+
+    def test_busySlotsExplainWaiting(self) -> None:
+        """A task behind busy slots says so."""
+        FakeSlave(self.master, self.clock, slots=1)
+        self.submit(count=2)
+        self.assertIn("all 1 slots", self.client.record(2)["waiting"])
+        self.assertIsNone(self.client.record(1)["waiting"])
+
+    def test_refusedEverywhereFails(self) -> None:
+        """A task every able slave refuses outright fails at once with the reason."""
+        FakeSlave(self.master, self.clock, tasks=("reboot",),
+                  refused={"reboot": "not started with --allow-admin"})
+        self.submit({"name": "reboot"})
+        record = self.client.record(1)
+        self.assertEqual(record["state"], "failed")
+        self.assertEqual(record["error"]["kind"], "not_permitted")
+        self.assertIn("--allow-admin", record["error"]["message"])
+
+    def test_refusedRunIsRetried(self) -> None:
+        """A run the slave will not take goes back to the queue, counting the attempt."""
+        slave = FakeSlave(self.master, self.clock, slots=1)
+        self.submit(PRIMES)
+        (envelope,) = slave.take("run_task")
+        slave.send("bad_message", {"error": "no free slot"}, reply_to=envelope["id"])
+        self.assertEqual([r["attempt"] for r in slave.runs()], [2])
+        self.assertEqual(self.client.record(1)["attempts"], 2)
+
+
+class ResultTests(Cluster):
+    def test_resultRecorded(self) -> None:
+        """A result is stored with the slave, attempts and times."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(PRIMES)
+        (run,) = slave.runs()
+        self.clock.advance(3)
+        self.assertEqual(slave.finish(run, 25)["type"], "ack")
+        record = self.client.record(1)
+        self.assertEqual((record["state"], record["result"], record["attempts"]), ("done", 25, 1))
+        self.assertEqual((record["slave"], record["slave_hostname"]), (slave.uuid, "pi-one"))
+        self.assertEqual(record["finished_at"] - record["started_at"], 3)
+
+    def test_errorRecorded(self) -> None:
+        """A failed run is stored with the error's type, message and traceback, not retried."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(PRIMES)
+        (run,) = slave.runs()
+        slave.finish(run, error={"type": "ZeroDivisionError", "message": "division by zero",
+                                 "traceback": "Traceback ...", "kind": "error"})
+        record = self.client.record(1)
+        self.assertEqual(record["state"], "failed")
+        self.assertEqual(record["error"]["type"], "ZeroDivisionError")
+        self.assertEqual(record["error"]["traceback"], "Traceback ...")
+        self.assertEqual(slave.runs(), [])
+
+    def test_crashedRunRetried(self) -> None:
+        """A run the slave says crashed (retry) is queued again."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(PRIMES)
+        (run,) = slave.runs()
+        slave.finish(run, error={"type": "Crashed", "message": "killed by signal 9",
+                                 "kind": "crashed"}, retry=True)
+        self.assertEqual([r["attempt"] for r in slave.runs()], [2])
+
+    def test_duplicateResultRecordedOnce(self) -> None:
+        """The same result sent twice is acknowledged twice and recorded once."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(PRIMES)
+        (run,) = slave.runs()
+        slave.finish(run, 25)
+        finished = self.client.record(1)["finished_at"]
+        self.clock.advance(10)
+        self.assertEqual(slave.finish(run, 99)["type"], "ack")
+        record = self.client.record(1)
+        self.assertEqual((record["result"], record["finished_at"]), (25, finished))
+
+    def test_malformedResultRefused(self) -> None:
+        """A result without an outcome is a bad message and changes nothing."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(PRIMES)
+        slave.runs()
+        reply = slave.request("task_result", {"id": 1, "attempt": 1})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertEqual(self.client.record(1)["state"], "running")
+
+    def test_watchPushesTheEnd(self) -> None:
+        """A watcher is told when a watched task ends."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(count=2)
+        reply = self.client.request("watch", {"ids": [1, 2, 99]})
+        self.assertEqual([t["state"] for t in reply["payload"]["tasks"]], ["running", "running"])
+        runs = slave.runs()
+        slave.finish(runs[1], 7)
+        (update,) = self.client.take("task_update")
+        self.assertEqual((update["payload"]["task"]["id"], update["payload"]["task"]["result"]), (2, 7))
+
+
+class FaultTests(Cluster):
+    def test_lostSlaveTasksRunElsewhere(self) -> None:
+        """Tasks running on a lost slave are queued again and run on another."""
+        one = FakeSlave(self.master, self.clock, slots=2)
+        self.submit(count=2)
+        self.assertEqual(len(one.runs()), 2)
+        one.lose()
+        self.assertEqual({r["state"] for r in self.client.records(1, 2).values()}, {"queued"})
+        two = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=2)
+        runs = two.runs()
+        self.assertEqual([(r["id"], r["attempt"]) for r in runs], [(1, 2), (2, 2)])
+        two.finish(runs[0], 25)
+        record = self.client.record(1)
+        self.assertEqual((record["state"], record["attempts"], record["slave_hostname"]),
+                         ("done", 2, "pi-two"))
+
+    def test_retryLimitFailsTheTask(self) -> None:
+        """Past its retry limit a task lost with its slave fails with the reason."""
+        self.submit(dict(PRIMES, retries=1))
+        for host in ("10.0.0.2", "10.0.0.3"):
+            slave = FakeSlave(self.master, self.clock, host)
+            self.assertEqual(len(slave.runs()), 1)
+            slave.lose()
+        record = self.client.record(1)
+        self.assertEqual((record["state"], record["attempts"]), ("failed", 2))
+        self.assertEqual(record["error"]["type"], "SlaveLost")
+        self.assertIn("gave up after 2 attempts", record["error"]["message"])
+        self.assertIn("was lost", record["error"]["message"])
+
+    def test_lateResultOfEarlierRunKeptOnce(self) -> None:
+        """A late result of a re-run task is kept once, and the other run is called off."""
+        one = FakeSlave(self.master, self.clock, slots=1)
+        self.submit(PRIMES)
+        (first,) = one.runs()
+        one.lose()
+        two = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=1)
+        (second,) = two.runs()
+        # The first slave comes back under its uuid and still delivers.
+        back = FakeSlave(self.master, self.clock, "10.0.0.2", uuid=one.uuid, slots=1,
+                         holding=[{"id": 1, "attempt": 1}])
+        self.assertEqual(back.accepted["payload"]["drop"], [{"id": 1, "attempt": 1}])
+        back.finish(first, 25)
+        self.assertEqual(two.cancels(), [{"id": 1, "attempt": 2}])
+        self.assertEqual(two.finish(second, 25)["type"], "ack")
+        record = self.client.record(1)
+        self.assertEqual((record["state"], record["result"], record["slave"]), ("done", 25, one.uuid))
+
+    def test_rejoiningSlaveKeepsItsRun(self) -> None:
+        """A slave that rejoins still holding a run not yet given out keeps it."""
+        one = FakeSlave(self.master, self.clock, slots=1)
+        self.submit(PRIMES)
+        (run,) = one.runs()
+        one.lose()
+        back = FakeSlave(self.master, self.clock, uuid=one.uuid, slots=1,
+                         holding=[{"id": 1, "attempt": 1}])
+        self.assertEqual(back.accepted["payload"]["drop"], [])
+        self.assertEqual(back.runs(), [])
+        self.assertEqual(self.client.record(1)["state"], "running")
+        back.finish(run, 25)
+        self.assertEqual(self.client.record(1)["attempts"], 1)
+
+    def test_overdueTaskFails(self) -> None:
+        """A task with no result by its timeout (plus grace) fails, and its run is called off."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(dict(PRIMES, timeout=10))
+        slave.runs()
+        self.clock.advance(10 + 15 - 0.1)
+        self.assertEqual(self.client.record(1)["state"], "running")
+        self.clock.advance(0.2)
+        record = self.client.record(1)
+        self.assertEqual((record["state"], record["error"]["kind"]), ("failed", "timeout"))
+        self.assertEqual(slave.cancels(), [{"id": 1, "attempt": 1}])
+
+    def test_cancel(self) -> None:
+        """Cancelling stops a running task on its slave; a finished one cannot be cancelled."""
+        slave = FakeSlave(self.master, self.clock, slots=1)
+        self.submit(count=2)
+        self.assertEqual([r["id"] for r in slave.runs()], [1])
+        reply = self.client.request("cancel", {"id": 1})
+        self.assertEqual(reply["payload"]["tasks"][0]["state"], "cancelled")
+        self.assertEqual(slave.cancels(), [{"id": 1, "attempt": 1}])
+        self.assertEqual([r["id"] for r in slave.runs()], [2])
+        again = self.client.request("cancel", {"id": 1})
+        self.assertEqual(again["type"], "bad_message")
+        self.assertIn("already cancelled", again["payload"]["error"])
+        missing = self.client.request("cancel", {"id": 42})
+        self.assertIn("no task 42", missing["payload"]["error"])
+
+
+class RestartTests(unittest.TestCase):
+    def test_runningTasksWaitForTheirSlave(self) -> None:
+        """After a restart a slave that rejoins claims its runs; the rest run after the grace."""
+        clock = Clock()
+        pool = SynchronousPool()
+        master = task_master(clock, pool)
+        client = FakeClient(master, clock)
+        client.submit(PRIMES, PRIMES, PRIMES)
+        one = FakeSlave(master, clock, slots=2)
+        two = FakeSlave(master, clock, "10.0.0.3", hostname="pi-two", slots=1)
+        held_by_one = one.runs()
+        two.runs()
+        # The master dies; a new one opens the same database.
+        restarted = task_master(clock, pool, rejoin_grace=30.0)
+        client = FakeClient(restarted, clock)
+        self.assertIn("rejoin", client.record(1)["waiting"])
+        back = FakeSlave(restarted, clock, uuid=one.uuid, slots=2,
+                         holding=[{"id": r["id"], "attempt": 1} for r in held_by_one])
+        self.assertEqual(back.accepted["payload"]["drop"], [])
+        stranger = FakeSlave(restarted, clock, "10.0.0.9", hostname="pi-nine", slots=4)
+        self.assertEqual(stranger.runs(), [])
+        clock.advance(30)
+        self.assertEqual([(r["id"], r["attempt"]) for r in stranger.runs()], [(3, 2)])
+        records = client.records(1, 2, 3)
+        self.assertEqual([records[i]["state"] for i in (1, 2, 3)], ["running"] * 3)
+        self.assertEqual(records[1]["slave"], one.uuid)
+
+    def test_submittedTasksSurvive(self) -> None:
+        """Every acknowledged submission is in the database a new master opens."""
+        clock = Clock()
+        pool = SynchronousPool()
+        client = FakeClient(task_master(clock, pool), clock)
+        client.submit(*[PRIMES] * 5)
+        client = FakeClient(task_master(clock, pool), clock)
+        self.assertEqual(len(client.request("tasks", {"state": "queued"})["payload"]["tasks"]), 5)
+
+
+class FullDiskTests(Cluster):
+    def test_submitOnFullDiskStoresNothing(self) -> None:
+        """A submission the disk cannot hold gets a clear error, and nothing is stored."""
+        self.pool.fill_disk()
+        reply = self.client.submit(*[dict(PRIMES, args={"pad": "x" * 5000})] * 20)
+        self.assertEqual(reply["type"], "error")
+        self.assertIn("cannot store the tasks", reply["payload"]["error"])
+        self.assertIn("full", reply["payload"]["error"])
+        self.pool.free_disk()
+        self.assertEqual(self.client.request("tasks", {})["payload"]["tasks"], [])
+
+    def test_resultKeptUntilWritten(self) -> None:
+        """A result the disk cannot take yet is acknowledged only once written."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(PRIMES)
+        (run,) = slave.runs()
+        self.pool.fill_disk()
+        slave.send("task_result", {"id": 1, "attempt": 1, "outcome": "done",
+                                   "result": "y" * 50_000}, id=77)
+        self.assertEqual([m for m in slave.take("ack") if m.get("reply_to") == 77], [])
+        self.assertEqual(self.client.record(1)["state"], "done")
+        self.pool.free_disk()
+        self.clock.advance(1)
+        self.assertEqual(len([m for m in slave.take("ack") if m.get("reply_to") == 77]), 1)
+        restarted = FakeClient(task_master(self.clock, self.pool), self.clock)
+        self.assertEqual(restarted.record(1)["state"], "done")
+
+
+class StoreOpenTests(unittest.TestCase):
+    def test_newerSchemaRefused(self) -> None:
+        """A database made by a newer picluster is refused, not altered."""
+        pool = SynchronousPool()
+        pool.connection.execute("PRAGMA user_version = 99")
+        failure = self.failureResultOf(TaskStore.open(":memory:", Clock(), pool=pool))
+        self.assertIn("schema version 99", failure.getErrorMessage())

@@ -1,0 +1,143 @@
+"""
+The task database: real SQLite, through adbapi where threads matter.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from picluster.store import SCHEMA_VERSION, StoreError, TaskStore, check_database
+from picluster.taskspec import TaskSpec
+
+from tests.processes import temp_dir
+from tests.taskhelpers import SynchronousPool
+
+
+def spec(**fields: object) -> TaskSpec:
+    return TaskSpec.parse({"name": "primes", "args": {"start": 0, "stop": 10}, **fields})
+
+
+class ThreadedStoreTests(unittest.TestCase):
+    """The store as the master runs it: adbapi's thread pool on a file."""
+
+    @defer.inlineCallbacks
+    def test_submitQueryAndSaveRoundTrip(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        """Tasks submitted, saved and read back through adbapi keep every field."""
+        path = os.path.join(temp_dir(self), "tasks.db")
+        store = yield TaskStore.open(path, reactor)
+        self.addCleanup(store.close)
+        stored = yield store.submit([spec(key="a"), spec(timeout=5, retries=0)], 100.0)
+        self.assertEqual([(r["id"], duplicate) for r, duplicate in stored], [(1, False), (2, False)])
+        record = dict(stored[0][0], state="done", result={"count": 4}, attempts=1, finished_at=101.0)
+        yield store.save(record)
+        (found,) = yield store.query(ids=[1])
+        self.assertEqual((found["state"], found["result"], found["key"]), ("done", {"count": 4}, "a"))
+        queued = yield store.query(states=("queued",))
+        self.assertEqual([(r["id"], r["timeout"], r["retries"]) for r in queued], [(2, 5.0, 0)])
+        self.assertEqual(os.path.exists(path), True)
+
+    @defer.inlineCallbacks
+    def test_reopenedFileKeepsTasks(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        """A store closed and opened again finds what was committed, and ids go on."""
+        path = os.path.join(temp_dir(self), "tasks.db")
+        store = yield TaskStore.open(path, reactor)
+        yield store.submit([spec(), spec()], 1.0)
+        yield store.close()
+        store = yield TaskStore.open(path, reactor)
+        self.addCleanup(store.close)
+        stored = yield store.submit([spec()], 2.0)
+        self.assertEqual(stored[0][0]["id"], 3)
+        self.assertEqual(len((yield store.query())), 3)
+
+
+class GroupCommitTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pool = SynchronousPool()
+        self.store = self.successResultOf(TaskStore.open(":memory:", self.clock, pool=self.pool))
+
+    def test_savesCoalesce(self) -> None:
+        """Saves of one task made while a write runs become one newest write."""
+        (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
+        record = stored[0]
+        self.store._busy = True  # a transaction is under way
+        waits = [self.store.save(dict(record, attempts=n)) for n in (1, 2, 3)]
+        before = self.pool.interactions
+        self.store._busy = False
+        self.store._kick()
+        self.assertEqual(self.pool.interactions - before, 1)
+        for saved in waits:
+            self.successResultOf(saved)
+        (found,) = self.successResultOf(self.store.query(ids=[record["id"]]))
+        self.assertEqual(found["attempts"], 3)
+
+    def test_failedSaveIsRetried(self) -> None:
+        """A save the disk refuses stays pending and is written once it can be."""
+        (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
+        self.pool.fill_disk()
+        saved = self.store.save(dict(stored[0], result="z" * 100_000, state="done"))
+        self.assertNoResult(saved)
+        self.assertEqual(self.store.pending_saves(), 1)
+        self.clock.advance(1)  # still full: the retry fails and backs off
+        self.assertNoResult(saved)
+        self.pool.free_disk()
+        self.clock.advance(2)
+        self.successResultOf(saved)
+        self.assertEqual(self.store.pending_saves(), 0)
+
+    def test_queryRunsWhileDiskIsFull(self) -> None:
+        """Reading tasks still works while writes are failing."""
+        (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
+        self.pool.fill_disk()
+        self.store.save(dict(stored[0], result="z" * 100_000))
+        found = self.successResultOf(self.store.query())
+        self.assertEqual(len(found), 1)
+
+    def test_manyIdsQueried(self) -> None:
+        """A query naming more ids than SQLite takes in one statement finds them all."""
+        self.successResultOf(self.store.submit([spec() for _ in range(1200)], 1.0))
+        found = self.successResultOf(self.store.query(ids=list(range(1, 1300))))
+        self.assertEqual([r["id"] for r in found], list(range(1, 1201)))
+
+    def test_closeWritesPendingSaves(self) -> None:
+        """Closing writes what is dirty before closing the pool."""
+        (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
+        self.store._busy = True
+        self.store.save(dict(stored[0], state="cancelled"))
+        self.store._busy = False
+        self.successResultOf(self.store.close())
+        self.assertTrue(self.pool.closed)
+        (state,) = self.pool.connection.execute("SELECT state FROM tasks").fetchone()
+        self.assertEqual(state, "cancelled")
+        self.failureResultOf(self.store.query(), StoreError)
+
+
+class CheckDatabaseTests(unittest.TestCase):
+    def test_createsASchema(self) -> None:
+        """A new file gets the schema and its version."""
+        path = os.path.join(temp_dir(self), "new.db")
+        check_database(path)
+        with sqlite3.connect(path) as connection:
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+        self.assertEqual(version, SCHEMA_VERSION)
+
+    def test_missingDirectory(self) -> None:
+        """A path in a directory that does not exist is refused, naming it."""
+        path = os.path.join(temp_dir(self), "nowhere", "tasks.db")
+        error = self.assertRaises(StoreError, check_database, path)
+        self.assertIn(path, str(error))
+
+    def test_notADatabase(self) -> None:
+        """A file that is not SQLite is refused, and left as it was."""
+        path = os.path.join(temp_dir(self), "notes.txt")
+        with open(path, "w") as f:
+            f.write("shopping list\n" * 100)
+        error = self.assertRaises(StoreError, check_database, path)
+        self.assertIn("not a database", str(error))
+        with open(path) as f:
+            self.assertTrue(f.read().startswith("shopping list"))

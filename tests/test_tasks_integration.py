@@ -1,0 +1,153 @@
+"""
+Tasks end to end in one process: a real master with its SQLite queue, real
+slaves running real tasks, and the Python client, over loopback TCP.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from picluster.address import MasterAddress
+from picluster.client import Client
+from picluster.master import MasterService
+from picluster.slave import SlaveFactory, SlaveService
+from picluster.tasks import TaskRegistry
+from picluster.worker import TaskRunner
+
+from . import processes
+
+
+def wait_until(check: Any, what: str) -> defer.Deferred[Any]:
+    return processes.wait_until(check, what, timeout=15.0, poll=0.02)
+
+
+def naive_prime_count(start: int, stop: int) -> int:
+    return sum(1 for n in range(max(start, 2), stop) if all(n % d for d in range(2, int(n**0.5) + 1)))
+
+
+class TaskLoopbackTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def start_master(self, port: int = 0, db: str | None = None) -> Any:
+        db = db or os.path.join(processes.temp_dir(self), "tasks.db")
+        master = MasterService(f"tcp:{port}:interface=127.0.0.1", keepalive=1, db=db,
+                               rejoin_grace=1.0)
+        master.startService()
+        self.addCleanup(lambda: master.running and master.stopService())
+        listening = yield master.when_listening()
+        yield master.scheduler.when_ready()
+        return master, listening.getHost().port
+
+    def start_slave(self, port: int, slots: int = 2, **runner_settings: Any) -> SlaveService:
+        runner = TaskRunner(TaskRegistry.load(), slots=slots, clock=reactor, reactor=reactor,
+                            **runner_settings)
+        factory = SlaveFactory(MasterAddress("127.0.0.1", port), keepalive=1, initial_delay=0.05,
+                               max_delay=0.2, runner=runner)
+        slave = SlaveService(factory)
+        slave.startService()
+        self.addCleanup(lambda: slave.running and slave.stopService())
+        return slave
+
+    def client(self, port: int) -> Client:
+        client = Client(MasterAddress("127.0.0.1", port), initial_delay=0.05, max_delay=0.2)
+        self.addCleanup(client.close)
+        return client
+
+    @defer.inlineCallbacks
+    def test_primesAcrossSlaves(self) -> Any:
+        """A map of primes over two slaves gives every count right, from both slaves."""
+        master, port = yield self.start_master()
+        self.start_slave(port)
+        self.start_slave(port)
+        yield wait_until(lambda: len(master.scheduler.workers) == 2, "both slaves offer work")
+        client = self.client(port)
+        yield client.connect()
+        ranges = [(n * 500, n * 500 + 500) for n in range(12)]
+        submitted = yield client.submit(
+            [{"name": "primes", "args": {"start": a, "stop": b}} for a, b in ranges]
+        )
+        ids = [t["id"] for t in submitted["tasks"]]
+        records = yield client.wait(ids)
+        self.assertEqual([records[i]["result"] for i in ids],
+                         [naive_prime_count(a, b) for a, b in ranges])
+        self.assertEqual({records[i]["state"] for i in ids}, {"done"})
+        self.assertEqual(len({records[i]["slave"] for i in ids}), 2)
+
+    @defer.inlineCallbacks
+    def test_lostSlaveWorkFinishesElsewhere(self) -> Any:
+        """Tasks running on a slave that stops are run by the other one."""
+        master, port = yield self.start_master()
+        doomed = self.start_slave(port, slots=4)
+        yield wait_until(lambda: len(master.scheduler.workers) == 1, "the first slave offers work")
+        client = self.client(port)
+        submitted = yield client.submit([{"name": "sleep", "args": {"seconds": 0.5}}] * 4)
+        ids = [t["id"] for t in submitted["tasks"]]
+        yield wait_until(lambda: sum(len(w.running) for w in master.scheduler.workers.values()) == 4,
+                         "all four run on the first slave")
+        yield doomed.stopService()
+        self.start_slave(port, slots=4)
+        records = yield client.wait(ids)
+        self.assertEqual({r["state"] for r in records.values()}, {"done"})
+        self.assertEqual({r["attempts"] for r in records.values()}, {2})
+
+    @defer.inlineCallbacks
+    def test_badArgumentsFailWithoutRetry(self) -> Any:
+        """Arguments of the wrong shape fail the task once, with a clear error."""
+        master, port = yield self.start_master()
+        self.start_slave(port)
+        client = self.client(port)
+        submitted = yield client.submit([{"name": "primes", "args": {"begin": 1}}])
+        (task_id,) = [t["id"] for t in submitted["tasks"]]
+        records = yield client.wait([task_id])
+        record = records[task_id]
+        self.assertEqual((record["state"], record["attempts"]), ("failed", 1))
+        self.assertEqual(record["error"]["kind"], "bad_arguments")
+        self.assertIn("primes", record["error"]["message"])
+
+    @defer.inlineCallbacks
+    def test_shellNeedsAllowList(self) -> Any:
+        """shell runs only commands on the slave's allow-list."""
+        master, port = yield self.start_master()
+        self.start_slave(port, allowed_commands=("echo",))
+        client = self.client(port)
+        submitted = yield client.submit([
+            {"name": "shell", "args": {"command": ["echo", "hello"]}},
+            {"name": "shell", "args": {"command": "rm -rf /tmp/nothing-here"}},
+        ])
+        allowed, refused = [t["id"] for t in submitted["tasks"]]
+        records = yield client.wait([allowed, refused])
+        self.assertEqual(records[allowed]["result"]["stdout"], "hello\n")
+        self.assertEqual(records[refused]["state"], "failed")
+        self.assertEqual(records[refused]["error"]["kind"], "not_permitted")
+
+    @defer.inlineCallbacks
+    def test_adminTasksRefusedByDefault(self) -> Any:
+        """reboot fails at once, with the reason, on a cluster that allows no admin tasks."""
+        master, port = yield self.start_master()
+        self.start_slave(port)
+        yield wait_until(lambda: len(master.scheduler.workers) == 1, "the slave offers work")
+        client = self.client(port)
+        submitted = yield client.submit([{"name": "reboot"}])
+        (task_id,) = [t["id"] for t in submitted["tasks"]]
+        record = (yield client.wait([task_id]))[task_id]
+        self.assertEqual(record["state"], "failed")
+        self.assertIn("--allow-admin", record["error"]["message"])
+
+    @defer.inlineCallbacks
+    def test_waitRidesOutMasterRestart(self) -> Any:
+        """A client waiting on tasks gets their results across a master restart."""
+        db = os.path.join(processes.temp_dir(self), "tasks.db")
+        master, port = yield self.start_master(db=db)
+        client = self.client(port)
+        submitted = yield client.submit([{"name": "node_time"}, {"name": "node_time"}])
+        ids = [t["id"] for t in submitted["tasks"]]
+        waiting = client.wait(ids)
+        yield master.stopService()
+        master, _ = yield self.start_master(port, db=db)
+        self.start_slave(port)
+        records = yield waiting
+        self.assertEqual({r["state"] for r in records.values()}, {"done"})
+        self.assertIsInstance(records[ids[0]]["result"]["time"], float)

@@ -1,0 +1,727 @@
+"""
+Tests for L{picluster.worker.TaskRunner}, the slave side of distributed tasks.
+
+Most tests use L{FakeReactor}: a Clock with a thread pool that runs only when
+told and a spawnProcess that records the child and lets the test end it.
+L{RealProcessTests} run real children where the behaviour is about processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from picluster.tasks import Task, TaskRegistry
+from picluster.tasks.builtin import BUILTIN_TASKS
+from picluster.wire import BadMessage
+from picluster.worker import TaskRunner
+
+
+# Module-level, so that a child process can import them.
+def explode() -> None:
+    raise ValueError("boom")
+
+
+def print_and_answer() -> dict[str, bool]:
+    print("noise on stdout")
+    os.write(1, b"more noise, straight to fd 1\n")
+    return {"ok": True}
+
+
+def die_by_signal() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_forever() -> None:
+    time.sleep(3600)
+
+
+class ManualThreadPool:
+    """A thread pool whose work runs only when the test says so."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[Any, ...]] = []
+
+    def callInThreadWithCallback(self, on_result: Any, function: Any, *args: Any,
+                                 **kwargs: Any) -> None:
+        self.queued.append((on_result, function, args, kwargs))
+
+    def run_all(self) -> None:
+        while self.queued:
+            on_result, function, args, kwargs = self.queued.pop(0)
+            try:
+                result = function(*args, **kwargs)
+            except BaseException:
+                on_result(False, Failure())
+            else:
+                on_result(True, result)
+
+
+class FakeProcessTransport:
+    def __init__(self) -> None:
+        self.stdin = b""
+        self.stdin_closed = False
+        self.signals: list[str] = []
+        self.ended = False
+
+    def write(self, data: bytes) -> None:
+        self.stdin += data
+
+    def closeStdin(self) -> None:
+        self.stdin_closed = True
+
+    def signalProcess(self, name: str) -> None:
+        if self.ended:
+            raise ProcessExitedAlready()
+        self.signals.append(name)
+
+
+class Spawned:
+    """A child the fake reactor started."""
+
+    def __init__(self, protocol: Any, executable: str, args: list[str], env: Any) -> None:
+        self.protocol, self.executable, self.args, self.env = protocol, executable, args, env
+        self.transport = FakeProcessTransport()
+        protocol.makeConnection(self.transport)
+
+    def end(self, exit_code: int | None = 0, signal: int | None = None,
+            stdout: bytes = b"", stderr: bytes = b"") -> None:
+        if stdout:
+            self.protocol.childDataReceived(1, stdout)
+        if stderr:
+            self.protocol.childDataReceived(2, stderr)
+        self.transport.ended = True
+        reason = ProcessDone(0) if exit_code == 0 else ProcessTerminated(exit_code, signal)
+        self.protocol.processEnded(Failure(reason))
+
+    def request(self) -> Any:
+        return json.loads(self.transport.stdin)
+
+
+class FakeReactor(MemoryReactorClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = ManualThreadPool()
+        self.spawned: list[Spawned] = []
+
+    def getThreadPool(self) -> ManualThreadPool:
+        return self.pool
+
+    def callFromThread(self, function: Any, *args: Any, **kwargs: Any) -> None:
+        function(*args, **kwargs)
+
+    def spawnProcess(self, protocol: Any, executable: str, args: Any = (), env: Any = None,
+                     path: Any = None, uid: Any = None, gid: Any = None, usePTY: Any = False,
+                     childFDs: Any = None) -> FakeProcessTransport:
+        self.spawned.append(Spawned(protocol, executable, list(args), env))
+        return self.spawned[-1].transport
+
+
+def run(task_id: int, name: str, args: dict[str, Any] | None = None,
+        timeout: float | None = None, attempt: int = 1) -> dict[str, Any]:
+    """A run_task payload."""
+    return {"id": task_id, "attempt": attempt, "name": name, "args": args or {},
+            "timeout": timeout}
+
+
+class Pending:
+    """A reactor task whose Deferreds the test fires, noting cancellations."""
+
+    def __init__(self) -> None:
+        self.deferreds: list[defer.Deferred[Any]] = []
+        self.cancelled = 0
+
+    def __call__(self) -> defer.Deferred[Any]:
+        self.deferreds.append(defer.Deferred(self._cancelled))
+        return self.deferreds[-1]
+
+    def _cancelled(self, d: defer.Deferred[Any]) -> None:
+        self.cancelled += 1
+
+
+class RunnerTestCase(unittest.TestCase):
+    """A runner on a FakeReactor with the built-ins and a few test tasks."""
+
+    def setUp(self) -> None:
+        self.reactor = FakeReactor()
+        self.pending = Pending()
+        self.notified: list[dict[str, Any]] = []
+
+    def make_runner(self, *tasks: Task, slots: int = 2, **settings: Any) -> TaskRunner:
+        registry = TaskRegistry([
+            *BUILTIN_TASKS,
+            Task("answer", lambda: 42, "reactor"),
+            Task("echo", lambda **kwargs: kwargs, "reactor"),
+            Task("pending", self.pending, "reactor"),
+            Task("explode", explode, "reactor"),
+            Task("in_thread", lambda value: value * 2, "thread"),
+            *tasks,
+        ])
+        runner = TaskRunner(registry, slots=slots, clock=self.reactor, reactor=self.reactor,
+                            **settings)
+        runner.on_result = self.notified.append
+        return runner
+
+    def only_result(self, runner: TaskRunner) -> dict[str, Any]:
+        """The one result, once it has been handed on."""
+        self.reactor.advance(0)
+        [result] = runner.results
+        self.assertEqual(self.notified, [result])
+        return result
+
+
+class StartTests(RunnerTestCase):
+    """
+    start() refuses with BadMessage only what the master should re-queue or never send.
+    """
+
+    def test_malformed(self) -> None:
+        """Payloads of the wrong shape are BadMessage and start nothing."""
+        runner = self.make_runner()
+        good = run(1, "answer")
+        for bad in (
+            [], {**good, "id": "1"}, {**good, "id": True}, {**good, "attempt": 0},
+            {**good, "attempt": 1.0}, {**good, "name": None}, {**good, "args": []},
+            {**good, "timeout": 0}, {**good, "timeout": -1}, {**good, "timeout": "5"},
+            {**good, "timeout": True},
+        ):
+            self.assertRaises(BadMessage, runner.start, bad)
+        self.assertEqual((runner.holding(), runner.results), ([], []))
+
+    def test_defaults(self) -> None:
+        """Absent args and timeout mean none."""
+        runner = self.make_runner()
+        runner.start({"id": 1, "attempt": 1, "name": "answer"})
+        self.assertEqual(self.only_result(runner)["result"], 42)
+
+    def test_unknownTask(self) -> None:
+        """An unknown name is refused."""
+        e = self.assertRaises(BadMessage, self.make_runner().start, run(1, "nothing"))
+        self.assertEqual(e.payload(), {"error": "unknown task", "name": "nothing"})
+
+    def test_noFreeSlot(self) -> None:
+        """A run beyond the slots is refused, and a finished run frees its slot."""
+        runner = self.make_runner(slots=1)
+        runner.start(run(1, "pending"))
+        e = self.assertRaises(BadMessage, runner.start, run(2, "answer"))
+        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1})
+        self.pending.deferreds[0].callback("ok")
+        runner.start(run(2, "answer"))
+
+    def test_alreadyRunning(self) -> None:
+        """A task already running is refused, whatever the attempt."""
+        runner = self.make_runner()
+        runner.start(run(1, "pending"))
+        e = self.assertRaises(BadMessage, runner.start, run(1, "pending", attempt=2))
+        self.assertEqual(e.payload(), {"error": "task already running", "id": 1, "attempt": 1})
+        self.assertEqual(runner.holding(), [{"id": 1, "attempt": 1}])
+
+    def test_holdingAndOffers(self) -> None:
+        """holding() lists runs in progress; offers() every task name."""
+        runner = self.make_runner()
+        runner.start(run(1, "pending", attempt=3))
+        runner.start(run(2, "answer"))
+        self.assertEqual(runner.holding(), [{"id": 1, "attempt": 3}])
+        self.assertEqual(runner.offers(), sorted(runner.registry.names()))
+        self.assertEqual(runner.slots, 2)
+
+    def test_logged(self) -> None:
+        """Start and end are logged with id, attempt, name and duration."""
+        runner = self.make_runner()
+        with capturedLogs() as events:
+            runner.start(run(7, "pending", attempt=2))
+            self.reactor.advance(1.5)
+            self.pending.deferreds[0].callback(None)
+        started, ended = [formatEvent(e) for e in events]
+        self.assertEqual(started, "Task 7 attempt 2 (pending) started")
+        self.assertEqual(ended, "Task 7 attempt 2 (pending) done after 1.5 s")
+        self.assertEqual(events[1]["duration"], 1.5)
+
+
+class ResultTests(RunnerTestCase):
+    """
+    Every finished run leaves one task_result payload until it is acknowledged.
+    """
+
+    def test_done(self) -> None:
+        """A value becomes a done result, handed on a reactor turn later."""
+        runner = self.make_runner()
+        runner.start(run(1, "echo", {"a": [1, "b"]}))
+        self.assertEqual(self.notified, [])
+        self.assertEqual(self.only_result(runner), {
+            "id": 1, "attempt": 1, "outcome": "done", "result": {"a": [1, "b"]}, "error": None,
+        })
+
+    def test_deferred(self) -> None:
+        """A Deferred's result is the run's result."""
+        runner = self.make_runner()
+        runner.start(run(1, "pending"))
+        self.reactor.advance(0)
+        self.assertEqual(runner.results, [])
+        self.pending.deferreds[0].callback("later")
+        self.assertEqual(self.only_result(runner)["result"], "later")
+
+    def test_coroutine(self) -> None:
+        """An async reactor task's return value is the run's result."""
+        async def later() -> str:
+            return await defer.succeed("awaited")
+
+        runner = self.make_runner(Task("later", later, "reactor"))
+        runner.start(run(1, "later"))
+        self.assertEqual(self.only_result(runner)["result"], "awaited")
+
+    def test_raises(self) -> None:
+        """An exception is a failed result of kind error, with its traceback, not retried."""
+        runner = self.make_runner()
+        runner.start(run(1, "explode"))
+        result = self.only_result(runner)
+        self.assertEqual((result["outcome"], result["result"]), ("failed", None))
+        error = result["error"]
+        self.assertEqual((error["type"], error["message"], error["kind"]),
+                         ("ValueError", "boom", "error"))
+        self.assertIn("ValueError: boom", error["traceback"])
+        self.assertNotIn("retry", result)
+
+    def test_notJSON(self) -> None:
+        """A result JSON cannot carry is a failure saying so."""
+        runner = self.make_runner()
+        runner.start(run(1, "echo", {"x": float("nan")}))
+        runner.start(run(2, "pending"))
+        self.pending.deferreds[0].callback({1, 2})
+        self.reactor.advance(0)
+        for result in runner.results:
+            self.assertEqual(result["error"]["type"], "ResultNotJSON")
+            self.assertEqual(result["error"]["kind"], "error")
+        self.assertEqual(len(runner.results), 2)
+
+    def test_tooLarge(self) -> None:
+        """A result over max_result_bytes is a failure naming the size and the limit."""
+        runner = self.make_runner(max_result_bytes=100)
+        runner.start(run(1, "echo", {"x": "y" * 200}))
+        error = self.only_result(runner)["error"]
+        self.assertEqual(error["type"], "ResultTooLarge")
+        self.assertIn("the limit is 100", error["message"])
+
+    def test_acknowledged(self) -> None:
+        """An acknowledged result is forgotten; unknown acknowledgements are harmless."""
+        runner = self.make_runner()
+        runner.start(run(1, "answer"))
+        runner.start(run(2, "answer"))
+        runner.acknowledged(1, 1)
+        runner.acknowledged(9, 9)
+        self.assertEqual([r["id"] for r in runner.results], [2])
+
+    def test_acknowledgedBeforeHandedOn(self) -> None:
+        """A result acknowledged before its turn comes is not handed on."""
+        runner = self.make_runner()
+        runner.start(run(1, "answer"))
+        runner.acknowledged(1, 1)
+        self.reactor.advance(0)
+        self.assertEqual(self.notified, [])
+
+    def test_onResultFails(self) -> None:
+        """A failing on_result is logged and the result kept for a resend."""
+        runner = self.make_runner()
+        runner.on_result = lambda payload: 1 / 0
+        runner.start(run(1, "answer"))
+        self.reactor.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(len(runner.results), 1)
+
+
+class PolicyTests(RunnerTestCase):
+    """
+    Runs refused by policy start and fail at once with a clear kind, never BadMessage.
+    """
+
+    def failed(self, runner: TaskRunner, payload: dict[str, Any]) -> dict[str, Any]:
+        runner.start(payload)
+        result = self.only_result(runner)
+        self.assertEqual((result["outcome"], runner.holding()), ("failed", []))
+        self.assertEqual(self.reactor.spawned, [])
+        return result["error"]
+
+    def test_adminRefused(self) -> None:
+        """An admin task without --allow-admin fails not_permitted."""
+        error = self.failed(self.make_runner(), run(1, "reboot"))
+        self.assertEqual(error, {
+            "type": "NotPermitted", "kind": "not_permitted", "traceback": None,
+            "message": "reboot is refused: this slave was not started with --allow-admin",
+        })
+
+    def test_refusals(self) -> None:
+        """refusals() names the admin tasks and shell, each with its reason."""
+        refusals = self.make_runner().refusals()
+        self.assertEqual(sorted(refusals), ["reboot", "shell", "shutdown", "update"])
+        self.assertEqual(refusals["shell"], "shell is refused: this slave allows no commands")
+        self.assertEqual(
+            refusals["update"], "update is refused: this slave was not started with --allow-admin"
+        )
+        runner = self.make_runner(allow_admin=True, allowed_commands=["uptime"])
+        self.assertEqual(runner.refusals(), {})
+
+    def test_shellNoCommands(self) -> None:
+        """shell on a slave with an empty allow-list fails not_permitted."""
+        error = self.failed(self.make_runner(), run(1, "shell", {"command": "uptime"}))
+        self.assertEqual(error["kind"], "not_permitted")
+
+    def test_shellOtherCommand(self) -> None:
+        """shell with a command not on the list fails not_permitted, naming it."""
+        runner = self.make_runner(allowed_commands=["uptime"])
+        error = self.failed(runner, run(1, "shell", {"command": ["reboot"]}))
+        self.assertEqual(error["kind"], "not_permitted")
+        self.assertIn("'reboot' is not an allowed command", error["message"])
+
+    def test_badArguments(self) -> None:
+        """Arguments that do not fit fail bad_arguments, naming the task; no child starts."""
+        error = self.failed(self.make_runner(), run(1, "primes", {"start": 0}))
+        self.assertEqual(error, {
+            "type": "BadArguments", "kind": "bad_arguments", "traceback": None,
+            "message": "primes: missing a required argument: 'stop'",
+        })
+
+    def test_adminAllowed(self) -> None:
+        """With --allow-admin, reboot answers at once and runs its command 5 s later."""
+        runner = self.make_runner(allow_admin=True, admin_commands={"reboot": [["true"]]})
+        runner.start(run(1, "reboot"))
+        self.assertEqual(self.only_result(runner)["result"],
+                         {"scheduled": "reboot", "in_seconds": 5})
+        self.assertEqual(self.reactor.spawned, [])
+        self.reactor.advance(5)
+        [spawned] = self.reactor.spawned
+        self.assertEqual(spawned.args, ["true"])
+        self.assertTrue(os.path.isabs(spawned.executable))
+        spawned.end(0)
+
+
+class TimeoutTests(RunnerTestCase):
+    """
+    A run still going when its timeout passes is stopped and fails kind timeout.
+    """
+
+    def test_reactorTask(self) -> None:
+        """Its Deferred is cancelled and the slot freed."""
+        runner = self.make_runner()
+        runner.start(run(1, "pending", timeout=3))
+        self.reactor.advance(2.9)
+        self.assertEqual(runner.results, [])
+        self.reactor.advance(0.1)
+        self.assertEqual(self.only_result(runner)["error"], {
+            "type": "Timeout", "message": "timed out after 3 s", "traceback": None,
+            "kind": "timeout",
+        })
+        self.assertEqual((self.pending.cancelled, runner.holding()), (1, []))
+
+    def test_fraction(self) -> None:
+        """The message gives the timeout as it was set."""
+        runner = self.make_runner()
+        runner.start(run(1, "sleep", {"seconds": 60}, timeout=2.5))
+        self.reactor.advance(2.5)
+        self.assertEqual(self.only_result(runner)["error"]["message"], "timed out after 2.5 s")
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_inTime(self) -> None:
+        """A run done in time leaves no timeout behind."""
+        runner = self.make_runner()
+        runner.start(run(1, "sleep", {"seconds": 1}, timeout=5))
+        self.reactor.advance(1)
+        self.assertEqual(self.only_result(runner)["result"], {"slept": 1})
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_threadResultDiscarded(self) -> None:
+        """A thread run cannot be stopped, but what it returns after its timeout is discarded."""
+        runner = self.make_runner()
+        runner.start(run(1, "in_thread", {"value": 2}, timeout=1))
+        self.reactor.advance(1)
+        self.reactor.pool.run_all()
+        self.reactor.advance(0)
+        [result] = runner.results
+        self.assertEqual(result["error"]["kind"], "timeout")
+
+    def test_processKilled(self) -> None:
+        """A child gets SIGTERM, then SIGKILL 5 s later; its death is not a crash."""
+        runner = self.make_runner()
+        runner.start(run(1, "primes", {"start": 0, "stop": 10}, timeout=10))
+        [child] = self.reactor.spawned
+        self.reactor.advance(10)
+        self.assertEqual(child.transport.signals, ["TERM"])
+        self.assertEqual(self.only_result(runner)["error"]["kind"], "timeout")
+        self.reactor.advance(5)
+        self.assertEqual(child.transport.signals, ["TERM", "KILL"])
+        child.end(None, signal.SIGKILL)
+        self.reactor.advance(0)
+        self.assertEqual(len(runner.results), 1)
+
+    def test_processGoesOnTerm(self) -> None:
+        """A child that ends on SIGTERM is not sent SIGKILL."""
+        runner = self.make_runner()
+        runner.start(run(1, "primes", {"start": 0, "stop": 10}, timeout=1))
+        [child] = self.reactor.spawned
+        self.reactor.advance(1)
+        child.end(None, signal.SIGTERM)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(child.transport.signals, ["TERM"])
+
+
+class CancelTests(RunnerTestCase):
+    """
+    cancel() stops a run like a timeout, and reports nothing.
+    """
+
+    def test_running(self) -> None:
+        """The run is stopped and forgotten, and never reported."""
+        runner = self.make_runner()
+        runner.start(run(1, "pending", timeout=10, attempt=2))
+        runner.cancel(1, 2)
+        self.reactor.advance(20)
+        self.assertEqual((self.pending.cancelled, runner.holding(), runner.results),
+                         (1, [], []))
+        self.assertEqual(self.notified, [])
+
+    def test_otherAttempt(self) -> None:
+        """Cancelling another attempt of the task leaves this one running."""
+        runner = self.make_runner()
+        runner.start(run(1, "pending", attempt=2))
+        runner.cancel(1, 1)
+        self.assertEqual(runner.holding(), [{"id": 1, "attempt": 2}])
+
+    def test_unacknowledgedResult(self) -> None:
+        """A result not yet acknowledged is dropped, and not handed on."""
+        runner = self.make_runner()
+        runner.start(run(1, "answer"))
+        runner.cancel(1, 1)
+        self.reactor.advance(0)
+        self.assertEqual((runner.results, self.notified), ([], []))
+
+    def test_unknown(self) -> None:
+        """Cancelling what this slave never ran is fine."""
+        self.make_runner().cancel(404, 1)
+
+    def test_process(self) -> None:
+        """A child is sent SIGTERM."""
+        runner = self.make_runner()
+        runner.start(run(1, "primes", {"start": 0, "stop": 10}))
+        runner.cancel(1, 1)
+        [child] = self.reactor.spawned
+        self.assertEqual(child.transport.signals, ["TERM"])
+        child.end(None, signal.SIGTERM)
+        self.reactor.advance(10)
+        self.assertEqual(runner.results, [])
+
+
+class ThreadTests(RunnerTestCase):
+    """
+    Thread tasks run in the reactor's thread pool.
+    """
+
+    def test_runsInPool(self) -> None:
+        """Nothing happens until the pool runs the function."""
+        runner = self.make_runner()
+        runner.start(run(1, "in_thread", {"value": 21}))
+        self.reactor.advance(0)
+        self.assertEqual(runner.results, [])
+        self.reactor.pool.run_all()
+        self.assertEqual(self.only_result(runner)["result"], 42)
+
+    def test_raises(self) -> None:
+        """An exception in the thread is a failed result."""
+        runner = self.make_runner()
+        runner.start(run(1, "in_thread", {"value": None}))
+        self.reactor.pool.run_all()
+        self.assertEqual(self.only_result(runner)["error"]["type"], "TypeError")
+
+
+class ProcessTests(RunnerTestCase):
+    """
+    Process tasks run in a child that reads its request on stdin and answers on stdout.
+    """
+
+    def start_primes(self, runner: TaskRunner) -> Spawned:
+        runner.start(run(1, "primes", {"start": 0, "stop": 100}))
+        [child] = self.reactor.spawned
+        return child
+
+    def test_request(self) -> None:
+        """The child is this Python running picluster.tasks.childmain, given the function by name."""
+        child = self.start_primes(self.make_runner())
+        self.assertEqual(child.executable, sys.executable)
+        self.assertEqual(child.args, [sys.executable, "-m", "picluster.tasks.childmain"])
+        self.assertEqual(child.request(), {"function": "picluster.tasks.primes:primes",
+                                           "args": {"start": 0, "stop": 100}})
+        self.assertTrue(child.transport.stdin_closed)
+        self.assertIn("PYTHONPATH", child.env)
+
+    def test_done(self) -> None:
+        """The outcome on stdout is the result."""
+        runner = self.make_runner()
+        self.start_primes(runner).end(0, stdout=b'{"outcome":"done","result":25}\n')
+        self.assertEqual(self.only_result(runner)["result"], 25)
+
+    def test_failed(self) -> None:
+        """A failure the child reports keeps its kind, except kinds only the slave may say."""
+        runner = self.make_runner()
+        error = {"type": "BadArguments", "message": "no", "traceback": "tb",
+                 "kind": "bad_arguments"}
+        outcome = json.dumps({"outcome": "failed", "error": error}).encode()
+        self.start_primes(runner).end(0, stdout=outcome)
+        self.assertEqual(self.only_result(runner)["error"], error)
+        runner.acknowledged(1, 1)
+        self.reactor.spawned.clear()
+        self.notified.clear()
+        outcome = json.dumps({"outcome": "failed", "error": {**error, "kind": "crashed"}})
+        self.start_primes(runner).end(0, stdout=outcome.encode())
+        result = self.only_result(runner)
+        self.assertEqual(result["error"]["kind"], "error")
+        self.assertNotIn("retry", result)
+
+    def test_crashed(self) -> None:
+        """A child killed by a signal we did not send is kind crashed, to be retried."""
+        runner = self.make_runner()
+        self.start_primes(runner).end(None, signal.SIGKILL)
+        result = self.only_result(runner)
+        self.assertEqual((result["error"]["kind"], result["retry"]), ("crashed", True))
+        self.assertIn("SIGKILL", result["error"]["message"])
+
+    def test_noOutcome(self) -> None:
+        """A child that dies without an outcome fails with its last stderr line."""
+        runner = self.make_runner()
+        self.start_primes(runner).end(1, stderr=b"Traceback...\nImportError: no numpy\n")
+        error = self.only_result(runner)["error"]
+        self.assertEqual(error["message"],
+                         "the task's child exited with 1 without an outcome: ImportError: no numpy")
+        self.assertEqual(error["kind"], "error")
+
+    def test_tooLarge(self) -> None:
+        """An outcome longer than the limit is not read."""
+        runner = self.make_runner(max_result_bytes=10)
+        self.start_primes(runner).end(0, stdout=b"x" * 10000)
+        self.assertEqual(self.only_result(runner)["error"]["type"], "ResultTooLarge")
+
+    def test_notImportable(self) -> None:
+        """A function a child cannot import fails at once, without a child."""
+        def local() -> None:
+            pass
+
+        runner = self.make_runner(Task("local", local, "process"))
+        runner.start(run(1, "local"))
+        self.assertIn("cannot be imported", self.only_result(runner)["error"]["message"])
+        self.assertEqual(self.reactor.spawned, [])
+
+
+class StopTests(RunnerTestCase):
+    """
+    stop() ends every run unreported and waits for the children to go.
+    """
+
+    def test_stop(self) -> None:
+        """Runs are cancelled, children killed, and it fires once they are gone."""
+        runner = self.make_runner()
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "primes", {"start": 0, "stop": 10}))
+        stopped = runner.stop()
+        [child] = self.reactor.spawned
+        self.assertEqual((self.pending.cancelled, child.transport.signals), (1, ["TERM"]))
+        self.assertNoResult(stopped)
+        child.end(None, signal.SIGTERM)
+        self.successResultOf(stopped)
+        self.reactor.advance(10)
+        self.assertEqual((runner.holding(), runner.results), ([], []))
+
+    def test_nothingRunning(self) -> None:
+        """With nothing running it fires at once."""
+        self.successResultOf(self.make_runner().stop())
+
+
+class RealProcessTests(unittest.TestCase):
+    """
+    Real children, on the real reactor: what only processes can show.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        registry = TaskRegistry([
+            *BUILTIN_TASKS,
+            Task("explode", explode, "process"),
+            Task("print_and_answer", print_and_answer, "process"),
+            Task("die_by_signal", die_by_signal, "process"),
+            Task("sleep_forever", sleep_forever, "process"),
+        ])
+        self.runner = TaskRunner(registry, slots=4, clock=reactor, reactor=reactor,
+                                 allowed_commands=["echo", "false"])
+        self.addCleanup(self.runner.stop)
+
+    def result_of(self, payload: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self.runner.on_result = d.callback
+        self.runner.start(payload)
+        return d.addTimeout(15, self.reactor)
+
+    @defer.inlineCallbacks
+    def test_primes(self) -> Any:
+        """primes runs in a child and counts the primes below a million."""
+        result = yield self.result_of(run(1, "primes", {"start": 0, "stop": 10**6}))
+        self.assertEqual(result["result"], 78498)
+
+    @defer.inlineCallbacks
+    def test_badArgumentsInChild(self) -> Any:
+        """A BadArguments the task raises in the child arrives as kind bad_arguments."""
+        result = yield self.result_of(run(1, "primes", {"start": True, "stop": 10}))
+        self.assertEqual(result["error"]["kind"], "bad_arguments")
+        self.assertEqual(result["error"]["message"], "primes: start must be an integer, not True")
+
+    @defer.inlineCallbacks
+    def test_raises(self) -> Any:
+        """An exception in the child arrives with its type and traceback."""
+        result = yield self.result_of(run(1, "explode"))
+        error = result["error"]
+        self.assertEqual((error["type"], error["message"], error["kind"]),
+                         ("ValueError", "boom", "error"))
+        self.assertIn('raise ValueError("boom")', error["traceback"])
+
+    @defer.inlineCallbacks
+    def test_prints(self) -> Any:
+        """What a task prints does not disturb its outcome."""
+        result = yield self.result_of(run(1, "print_and_answer"))
+        self.assertEqual(result["result"], {"ok": True})
+
+    @defer.inlineCallbacks
+    def test_crash(self) -> Any:
+        """A child killed by someone else is kind crashed, to be retried."""
+        result = yield self.result_of(run(1, "die_by_signal"))
+        self.assertEqual((result["error"]["kind"], result.get("retry")), ("crashed", True))
+
+    @defer.inlineCallbacks
+    def test_timeout(self) -> Any:
+        """A child that would sleep forever is killed at its timeout."""
+        result = yield self.result_of(run(1, "sleep_forever", timeout=1))
+        self.assertEqual(result["error"]["message"], "timed out after 1 s")
+        yield self.runner.stop().addTimeout(10, self.reactor)
+
+    @defer.inlineCallbacks
+    def test_shell(self) -> Any:
+        """shell runs an allowed command and fails on a non-zero exit."""
+        result = yield self.result_of(run(1, "shell", {"command": "echo hello world"}))
+        self.assertEqual(result["result"], {"exit_code": 0, "stdout": "hello world\n",
+                                            "stderr": ""})
+        result = yield self.result_of(run(2, "shell", {"command": ["false"]}))
+        self.assertEqual((result["error"]["type"], result["error"]["message"]),
+                         ("CommandFailed", "command exited with 1"))
+
+    @defer.inlineCallbacks
+    def test_thread(self) -> Any:
+        """A thread task runs in the reactor's thread pool."""
+        result = yield self.result_of(run(1, "codebase_revision"))
+        self.assertEqual(result["outcome"], "done")
