@@ -270,7 +270,7 @@ class MasterFactory(PiClusterFactory):
         self.registry = registry
         self.connections: set[SlaveConnection] = set()
         self.scheduler = scheduler if scheduler is not None else Scheduler(
-            self.clock, overdue_grace=self.dead_after
+            self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - 4096
         )
         self.computer_details = (
             computer_details if computer_details is not None else sysinfo.computer_details()

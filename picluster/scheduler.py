@@ -54,12 +54,15 @@ class Scheduler:
     def __init__(
         self, clock: Any, *, overdue_grace: float = 15.0, rejoin_grace: float = 30.0,
         max_args: int = DEFAULT_MAX_ARGS, max_open_tasks: int = DEFAULT_MAX_OPEN_TASKS,
+        max_reply: int = wire.DEFAULT_MAX_FRAME - 4096,
     ):
         self.clock = clock
         self.overdue_grace = overdue_grace
         self.rejoin_grace = rejoin_grace
         self.max_args = max_args
         self.max_open_tasks = max_open_tasks
+        #: Bytes of records one reply may carry: a frame, less the envelope.
+        self.max_reply = max_reply
         self.store: TaskStore | None = None
         self.open: dict[int, OpenTask] = {}
         self.workers: dict[Any, Worker] = {}
@@ -195,8 +198,21 @@ class Scheduler:
         found = self._store().query(
             ids=ids, states=None if state is None else (state,), after=after, limit=limit
         )
-        return found.addCallbacks(lambda records: ("tasks", {"tasks": self._show(records)}),
-                                  self._store_failed)
+        return found.addCallbacks(self._listed, self._store_failed)
+
+    def _listed(self, records: list[dict[str, Any]]) -> tuple[str, Any]:
+        """
+        The records that fit in one reply frame: results and arguments can be
+        large, so the list is cut short where it would not, and says so.
+        """
+        shown: list[dict[str, Any]] = []
+        room = self.max_reply
+        for record in self._show(records):
+            room -= len(wire.encode(record))
+            if shown and room < 0:
+                return ("tasks", {"tasks": shown, "more": True})
+            shown.append(record)
+        return ("tasks", {"tasks": shown, "more": False})
 
     def cancel(self, payload: Any) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
         if not isinstance(payload, dict) or type(payload.get("id")) is not int:
@@ -222,14 +238,27 @@ class Scheduler:
         ids = _ids(payload.get("ids"), "ids", MAX_WATCHED)
         if self.watchers.count(watcher) + len(ids) > MAX_WATCHED:
             raise wire.BadMessage(f"at most {MAX_WATCHED} watched tasks per connection")
-        # Watch first, then look: a task that ends in between is then both
-        # in the reply and pushed, never in neither.
+        # Watch first, then look: a task that ends in between is then pushed
+        # twice (harmless), never missed.
         self.watchers.add(watcher, [
             task_id for task_id in ids if task_id in self.open or task_id in self._finishing
         ])
         found = self._store().query(ids=ids)
-        return found.addCallbacks(lambda records: ("tasks", {"tasks": self._show(records)}),
-                                  self._store_failed)
+        return found.addCallbacks(self._watched, self._store_failed, callbackArgs=(watcher,))
+
+    def _watched(self, records: list[dict[str, Any]], watcher: Any) -> tuple[str, Any]:
+        """
+        Push each ended task's record on its own (one record always fits a
+        frame; a hundred with their results may not), and answer with the
+        id and state of the rest.
+        """
+        still_open = []
+        for record in self._show(records):
+            if record["state"] in FINAL_STATES:
+                self.watchers.tell(watcher, record)
+            else:
+                still_open.append({"id": record["id"], "state": record["state"]})
+        return ("tasks", {"tasks": still_open})
 
     def forget(self, connection: Any) -> None:
         """A connection has gone: stop pushing to it, and take back its work."""

@@ -43,8 +43,13 @@ class Watchers:
         """Tell every watcher of C{task_id} that it ended, as C{record} says."""
         for connection in self._by_task.pop(task_id, ()):
             self._by_connection.get(connection, set()).discard(task_id)
-            try:
-                connection.protocol.send("task_update", {"task": record})
-            except Exception as e:
-                log.info("Could not tell {peer} that task {id} ended: {problem}",
-                         peer=connection.describe_peer(), id=task_id, problem=e)
+            self.tell(connection, record)
+
+    @staticmethod
+    def tell(connection: Any, record: dict[str, Any]) -> None:
+        """Send one connection a task's record in a C{task_update}."""
+        try:
+            connection.protocol.send("task_update", {"task": record})
+        except Exception as e:
+            log.info("Could not tell {peer} that task {id} ended: {problem}",
+                     peer=connection.describe_peer(), id=record["id"], problem=e)

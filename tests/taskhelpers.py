@@ -75,7 +75,7 @@ def task_master(clock: Clock, pool: SynchronousPool | None = None, **settings: A
     settings.setdefault("keepalive", 100.0)
     settings.setdefault("dead_after", 300.0)
     scheduler_settings = {k: settings.pop(k) for k in list(settings)
-                          if k in ("rejoin_grace", "max_args", "max_open_tasks", "overdue_grace")}
+                          if k in ("rejoin_grace", "max_args", "max_open_tasks", "overdue_grace", "max_reply")}
     scheduler = started_scheduler(clock, pool, **scheduler_settings)
     return MasterFactory(SlaveRegistry(), scheduler=scheduler, computer_details=dict(MASTER_FACTS),
                          clock=clock, **settings)

@@ -255,6 +255,31 @@ class ResultTests(Cluster):
         self.assertEqual((update["payload"]["task"]["id"], update["payload"]["task"]["result"]), (2, 7))
 
 
+    def test_watchPushesWhatHasEnded(self) -> None:
+        """Watching a task that has ended pushes its record; the reply holds only open ones."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(count=2)
+        runs = slave.runs()
+        slave.finish(runs[0], 25)
+        reply = self.client.request("watch", {"ids": [1, 2]})
+        self.assertEqual(reply["payload"]["tasks"], [{"id": 2, "state": "running"}])
+        (update,) = self.client.take("task_update")
+        self.assertEqual((update["payload"]["task"]["id"], update["payload"]["task"]["result"]), (1, 25))
+
+    def test_bigListsAreCutShort(self) -> None:
+        """A list that would not fit in a frame is cut short and says there is more."""
+        master = task_master(self.clock, max_reply=20_000)
+        client = FakeClient(master, self.clock)
+        client.submit(*[dict(PRIMES, args={"pad": "x" * 5000})] * 10)
+        listed = client.request("tasks", {})["payload"]
+        self.assertTrue(listed["more"])
+        self.assertLess(len(listed["tasks"]), 10)
+        rest = client.request("tasks", {"after": listed["tasks"][-1]["id"], "limit": 1000})["payload"]
+        self.assertEqual(listed["tasks"][-1]["id"] + 1, rest["tasks"][0]["id"])
+        small = self.client.request("tasks", {})["payload"]
+        self.assertFalse(small["more"])
+
+
 class FaultTests(Cluster):
     def test_lostSlaveTasksRunElsewhere(self) -> None:
         """Tasks running on a lost slave are queued again and run on another."""
