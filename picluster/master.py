@@ -352,9 +352,17 @@ class MasterService(service.MultiService):
     def startService(self) -> None:
         """Listen, and load the task queue; tasks are served once it is loaded."""
         super().startService()
+        self._queue_loaded: defer.Deferred[None] = defer.Deferred()
         opened = TaskStore.open(self.db, self.reactor)
-        opened.addCallbacks(self.scheduler.start, self.scheduler.failed_to_start)
+        opened.addCallbacks(self._store_opened, self.scheduler.failed_to_start)
         opened.addErrback(lambda failure: log.failure("Loading the task queue failed", failure))
+        opened.addBoth(lambda _: self._queue_loaded.callback(None))
+
+    def _store_opened(self, store: TaskStore) -> defer.Deferred[None]:
+        if not self.running:
+            # Stopped while the database was opening: nobody will close it.
+            return store.close()
+        return self.scheduler.start(store)
 
     def when_listening(self) -> defer.Deferred[interfaces.IListeningPort]:
         """The listening port, once the service has started listening."""
@@ -373,6 +381,9 @@ class MasterService(service.MultiService):
         self.listener._waitingForPort.addBoth(relay)
         return listened
 
+    #: Fires once the task queue has loaded or failed to; None before start.
+    _queue_loaded: defer.Deferred[None] | None = None
+
     def stopService(self) -> defer.Deferred[None]:
         """
         Stop listening, close every connection and wait for it, then write
@@ -383,6 +394,7 @@ class MasterService(service.MultiService):
         for connection in list(self.factory.connections):
             closing.append(connection.protocol.when_lost())
             connection.protocol.close("master shutting down")
-        closed = defer.gatherResults([stopped, *closing])
+        loading = [self._queue_loaded] if self._queue_loaded is not None else []
+        closed = defer.gatherResults([stopped, *closing, *loading])
         closed.addCallback(lambda _: self.scheduler.stop())
         return closed.addCallback(lambda _: None)

@@ -12,6 +12,7 @@ C{task_result} payloads it produces.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -19,6 +20,7 @@ from typing import Any, Callable
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 from twisted.python.failure import Failure
 
 from picluster import wire
@@ -81,6 +83,17 @@ class _Run:
     finished: bool = False
 
 
+class _TaskThread(threading.Thread):
+    """
+    A thread of the runner's pool.  A daemon: a thread run cannot be
+    stopped, and one that never returns must not keep the slave from exiting.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
 class TaskRunner:
     """
     Runs tasks for the master in at most C{slots} runs at a time.
@@ -108,6 +121,7 @@ class TaskRunner:
         allowed_commands: Sequence[str] = (),
         admin_commands: Mapping[str, Sequence[Sequence[str]]] = ADMIN_COMMANDS,
         max_result_bytes: int = 512 * 1024,
+        thread_pool: Any = None,
     ):
         if slots < 0:
             raise ValueError("slots must not be negative")
@@ -120,6 +134,10 @@ class TaskRunner:
         self._clock = clock
         self._reactor = reactor
         self._running: dict[int, _Run] = {}
+        #: Where thread runs run: our own pool unless one is given (tests).
+        self._threads: Any = thread_pool
+        self._own_threads = thread_pool is None
+        self._thread_runs = 0
         self._children: set[child.ChildProcess] = set()
         self._node = Node(
             reactor=reactor,
@@ -206,6 +224,11 @@ class TaskRunner:
         """Stop every run without reporting it; fires once every child process is gone."""
         for entry in list(self._running.values()):
             self._end(entry, None, "stopped")
+        if self._own_threads and self._threads is not None and not self._thread_runs:
+            # Idle threads end at once; busy ones (thread runs cannot be
+            # stopped) are daemons and end with the process.
+            self._threads.stop()
+            self._threads = None
         processes = list(self._children)
         for process in processes:
             process.result.cancel()
@@ -223,14 +246,33 @@ class TaskRunner:
         if isinstance(function, NodeBound):
             function = function.bind(self._node)
         if task.run_in == "thread":
-            pool = self._reactor.getThreadPool()
-            return threads.deferToThreadPool(self._reactor, pool, function, **args)
+            return self._run_in_thread(function, args)
         if task.run_in == "process":
             return self._run_in_child(task, args)
         result = function(**args)
         if inspect.iscoroutine(result):
             return defer.Deferred.fromCoroutine(result)
         return result
+
+    def _run_in_thread(self, function: Callable[..., Any], args: dict[str, Any]) -> defer.Deferred[Any]:
+        """
+        Run in the runner's own pool, not the reactor's: the reactor's pool
+        also resolves host names, and slow tasks holding all its threads
+        would keep the slave from reconnecting to C{master.local}.
+        """
+        if self._threads is None:
+            self._threads = ThreadPool(minthreads=0, maxthreads=max(self.slots, 1),
+                                       name="picluster-tasks")
+            self._threads.threadFactory = _TaskThread
+            self._threads.start()
+        self._thread_runs += 1
+        running = threads.deferToThreadPool(self._reactor, self._threads, function, **args)
+
+        def done(result: Any) -> Any:
+            self._thread_runs -= 1
+            return result
+
+        return running.addBoth(done)
 
     def _run_in_child(self, task: Task, args: dict[str, Any]) -> defer.Deferred[Any]:
         request = child.task_request(task, args)

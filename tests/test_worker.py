@@ -28,6 +28,13 @@ from picluster.wire import BadMessage
 from picluster.worker import TaskRunner
 
 
+def in_own_group(argv: list[str]) -> list[str]:
+    """The arguments a command is spawned with: led by setsid where there is one."""
+    from picluster.tasks import child
+
+    return [child.SETSID, *argv] if child.SETSID else argv
+
+
 # Module-level, so that a child process can import them.
 def explode() -> None:
     raise ValueError("boom")
@@ -112,11 +119,9 @@ class Spawned:
 class FakeReactor(MemoryReactorClock):
     def __init__(self) -> None:
         super().__init__()
+        #: Given to the runner as its thread pool.
         self.pool = ManualThreadPool()
         self.spawned: list[Spawned] = []
-
-    def getThreadPool(self) -> ManualThreadPool:
-        return self.pool
 
     def callFromThread(self, function: Any, *args: Any, **kwargs: Any) -> None:
         function(*args, **kwargs)
@@ -169,7 +174,7 @@ class RunnerTestCase(unittest.TestCase):
             *tasks,
         ])
         runner = TaskRunner(registry, slots=slots, clock=self.reactor, reactor=self.reactor,
-                            **settings)
+                            thread_pool=self.reactor.pool, **settings)
         runner.on_result = self.notified.append
         return runner
 
@@ -400,7 +405,7 @@ class PolicyTests(RunnerTestCase):
         self.assertEqual(self.reactor.spawned, [])
         self.reactor.advance(5)
         [spawned] = self.reactor.spawned
-        self.assertEqual(spawned.args, ["true"])
+        self.assertEqual(spawned.args, in_own_group(["true"]))
         self.assertTrue(os.path.isabs(spawned.executable))
         spawned.end(0)
 
@@ -555,8 +560,8 @@ class ProcessTests(RunnerTestCase):
     def test_request(self) -> None:
         """The child is this Python running picluster.tasks.childmain, given the function by name."""
         child = self.start_primes(self.make_runner())
-        self.assertEqual(child.executable, sys.executable)
-        self.assertEqual(child.args, [sys.executable, "-m", "picluster.tasks.childmain"])
+        self.assertEqual(child.executable, in_own_group([sys.executable])[0])
+        self.assertEqual(child.args, in_own_group([sys.executable, "-m", "picluster.tasks.childmain"]))
         self.assertEqual(child.request(), {"function": "picluster.tasks.primes:primes",
                                            "args": {"start": 0, "stop": 100}})
         self.assertTrue(child.transport.stdin_closed)
@@ -660,7 +665,7 @@ class RealProcessTests(unittest.TestCase):
             Task("sleep_forever", sleep_forever, "process"),
         ])
         self.runner = TaskRunner(registry, slots=4, clock=reactor, reactor=reactor,
-                                 allowed_commands=["echo", "false"])
+                                 allowed_commands=["echo", "false", "sh"])
         self.addCleanup(self.runner.stop)
 
     def result_of(self, payload: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
@@ -711,6 +716,34 @@ class RealProcessTests(unittest.TestCase):
         yield self.runner.stop().addTimeout(10, self.reactor)
 
     @defer.inlineCallbacks
+    def test_timeoutStopsWhatTheCommandStarted(self) -> Any:
+        """A command stopped at its timeout takes the processes it started with it."""
+        from picluster.tasks import child
+
+        if child.SETSID is None:
+            raise unittest.SkipTest("no setsid here: only the command itself is stopped")
+        marker = os.path.abspath(self.mktemp())
+        script = f"sleep 60 & echo $! > {marker}; wait"
+        result = yield self.result_of(run(1, "shell", {"command": ["sh", "-c", script]}, timeout=1))
+        self.assertEqual(result["error"]["kind"], "timeout")
+        with open(marker) as f:
+            grandchild = int(f.read())
+
+        def gone() -> bool:
+            try:
+                os.kill(grandchild, 0)
+            except ProcessLookupError:
+                return True
+            # A zombie awaiting its reaper (init) counts as gone too.
+            with open(f"/proc/{grandchild}/stat") as stat:
+                return stat.read().split(") ")[1].startswith("Z")
+
+        from tests.processes import wait_until
+
+        yield wait_until(gone, "the shell's background sleep to be stopped", timeout=10)
+        yield self.runner.stop().addTimeout(10, self.reactor)
+
+    @defer.inlineCallbacks
     def test_shell(self) -> Any:
         """shell runs an allowed command and fails on a non-zero exit."""
         result = yield self.result_of(run(1, "shell", {"command": "echo hello world"}))
@@ -722,6 +755,17 @@ class RealProcessTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_thread(self) -> Any:
-        """A thread task runs in the reactor's thread pool."""
-        result = yield self.result_of(run(1, "codebase_revision"))
+        """A thread task runs in the runner's own pool of daemon threads, not the reactor's."""
+        import threading
+
+        seen: list[threading.Thread] = []
+        self.runner.registry.add(
+            Task("whose_thread", lambda: seen.append(threading.current_thread()) or 1, "thread")
+        )
+        result = yield self.result_of(run(1, "whose_thread"))
+        self.assertEqual(result["outcome"], "done")
+        (thread,) = seen
+        self.assertTrue(thread.daemon)
+        self.assertIn("picluster-tasks", thread.name)
+        result = yield self.result_of(run(2, "codebase_revision"))
         self.assertEqual(result["outcome"], "done")

@@ -29,6 +29,9 @@ from picluster.tasks.registry import ProcessResult, Task
 #: Seconds between SIGTERM and SIGKILL when a child must go.
 KILL_AFTER = 5.0
 
+#: util-linux's setsid, where there is one (every Debian and Raspberry Pi OS).
+SETSID = shutil.which("setsid")
+
 #: How much of each output stream a command keeps unless told otherwise.
 OUTPUT_LIMIT = 64 * 1024
 
@@ -54,6 +57,10 @@ class ChildProcess(ProcessProtocol):
     (SIGTERM, then SIGKILL after L{KILL_AFTER} seconds).  L{gone} fires once
     the process has ended, whatever happened.
     """
+
+    #: Whether the command leads a process group of its own, so that
+    #: stopping it stops what it started too.
+    group_leader = False
 
     def __init__(self, argv: Sequence[str], stdin: bytes | None, limit: int, clock: Any):
         self.argv = list(argv)
@@ -102,6 +109,15 @@ class ChildProcess(ProcessProtocol):
         self._kill_call = self.clock.callLater(KILL_AFTER, self._signal, "KILL")
 
     def _signal(self, name: str) -> None:
+        pid = getattr(self.transport, "pid", None)
+        if self.group_leader and pid is not None:
+            # The whole group: a command's own children (a script's
+            # subprocesses) must not outlive a timeout either.
+            try:
+                os.killpg(pid, getattr(signal, f"SIG{name}"))
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
         try:
             self.transport.signalProcess(name)
         except error.ProcessExitedAlready:
@@ -135,8 +151,15 @@ def spawn(
     if executable is None:
         raise CommandFailed(f"command not found: {argv[0]}")
     process = ChildProcess(argv, stdin, limit, clock)
+    spawned = list(argv)
+    if SETSID is not None:
+        # util-linux's setsid makes the command a session (and process group)
+        # leader and execs it in place (Twisted's child leads no group, so
+        # setsid does not fork): same pid, same exit status.
+        spawned = [SETSID, *spawned]
+        process.group_leader = True
     try:
-        reactor.spawnProcess(process, executable, list(argv), env=environment)
+        reactor.spawnProcess(process, SETSID or executable, spawned, env=environment)
     except OSError as e:
         raise CommandFailed(f"cannot run {argv[0]}: {e}") from e
     return process
