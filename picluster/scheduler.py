@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from picluster import wire
-from picluster.errors import DisconnectionException, ServiceError
+from picluster.errors import DisconnectionException, RemoteError, ServiceError
 from picluster.store import FINAL_STATES, STATES, KeyConflict, StoreError, TaskStore
 from picluster.taskqueue import TaskQueue
 from picluster.taskspec import DEFAULT_MAX_ARGS, parse_submission
@@ -38,6 +38,9 @@ DEFAULT_MAX_OPEN_TASKS = 100_000
 #: Records in one C{tasks} reply, unless asked for fewer.
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
+
+#: A slave's refusals of a run that mean "busy", not "cannot".
+_BUSY_REFUSALS = ("no free slot", "task already running")
 
 #: Ids one C{watch} may name.
 MAX_WATCHED = 100_000
@@ -311,6 +314,8 @@ class Scheduler:
         if task is None:
             return self._saved(task_id)
         reporter = self.workers.get(connection)
+        if reporter is not None:
+            reporter.full = False
         current = (task.worker is not None and task.worker is reporter
                    and task.attempts == attempt)
         if not current:
@@ -325,7 +330,8 @@ class Scheduler:
             return None
         slave = reporter.uuid if reporter is not None else getattr(connection, "uuid", None)
         hostname = reporter.hostname if reporter is not None else None
-        self._finish(task, outcome, result, error, slave=slave, hostname=hostname)
+        self._finish(task, outcome, result, error, slave=slave, hostname=hostname,
+                     stop_run=not current)
         log.info("Task {id} ({name}) {outcome} on {hostname}", id=task_id, name=task.name,
                  outcome=outcome, hostname=hostname)
         return self._saved(task_id)
@@ -387,6 +393,13 @@ class Scheduler:
         log.warn("Slave {uuid} ({hostname}) did not take task {id}: {problem}",
                  uuid=worker.uuid, hostname=worker.hostname, id=task.id,
                  problem=failure.getErrorMessage())
+        if failure.check(RemoteError) and _refusal(failure) in _BUSY_REFUSALS:
+            # Our count of its runs is off (it still runs something we gave
+            # up on).  Not the task's fault: the attempt does not count, and
+            # the slave gets nothing more until it next reports a result,
+            # rather than refusing run after run in a tight loop.
+            worker.full = True
+            task.record["attempts"] -= 1
         self._run_lost(task, f"slave {worker.hostname or worker.uuid} did not take it:"
                              f" {failure.getErrorMessage()}")
 
@@ -422,14 +435,20 @@ class Scheduler:
         log.warn("Task {id} ({name}) {message}", id=task.id, name=task.name, message=message)
 
     def _finish(self, task: OpenTask, state: str, result: Any, error: dict[str, Any] | None,
-                slave: str | None = None, hostname: str | None = None) -> None:
-        """Record the task's end, stop any run still going, and tell its watchers."""
+                slave: str | None = None, hostname: str | None = None,
+                stop_run: bool = True) -> None:
+        """
+        Record the task's end, stop the run still going (unless the end is
+        that run's own result), and tell its watchers.
+        """
         assert state in FINAL_STATES
         task.cancel_deadline()
         worker = task.worker
         if worker is not None:
             worker.running.pop(task.id, None)
-            if worker.uuid != slave:
+            if stop_run:
+                # Even on the slave that sent the result: an earlier run's
+                # result may come from the slave now running a later one.
                 worker.cancel(task.id, task.attempts)
         task.worker = None
         task.queued = False
@@ -547,6 +566,12 @@ class Scheduler:
     def _store_failed(failure: Failure) -> None:
         failure.trap(StoreError)
         raise ServiceError(failure.getErrorMessage())
+
+
+def _refusal(failure: Failure) -> Any:
+    """The C{error} a slave gave for refusing a request."""
+    payload = failure.value.reply.get("payload")
+    return payload.get("error") if isinstance(payload, dict) else None
 
 
 def _ids(raw: Any, name: str, most: int) -> list[int]:

@@ -92,6 +92,9 @@ class Worker:
         self.tags = tags
         self.running: dict[int, OpenTask] = {}
         self.last_assigned = 0
+        #: Set when it refused a run for want of a slot: it gets nothing
+        #: more until it reports a result.
+        self.full = False
 
     @property
     def uuid(self) -> str:
@@ -107,7 +110,7 @@ class Worker:
 
     @property
     def free_slots(self) -> int:
-        return self.slots - len(self.running)
+        return 0 if self.full else self.slots - len(self.running)
 
     @property
     def closing(self) -> bool:

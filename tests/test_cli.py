@@ -462,6 +462,22 @@ class ProcessTests(CLITestCase):
         self.assertEqual(json.loads(child.stdout())["state"], "failed")
         self.assertEqual(child.stderr(), "")
 
+    @defer.inlineCallbacks
+    def test_installedScript(self) -> Any:
+        """pip install puts a picluster command beside this Python, outside the checkout."""
+        import os
+
+        script = os.path.join(os.path.dirname(sys.executable), "picluster")
+        if not os.path.exists(script):
+            raise unittest.SkipTest(f"picluster is not installed beside {sys.executable}")
+        child = processes.Child(
+            self, "installed", [script, "tasks", "--json", "--master", self.address],
+            cwd=processes.temp_dir(self), env=processes.child_env(checkout=False),
+        )
+        status = yield child.wait_for_exit()
+        self.assertEqual(status, 0, child.report())
+        self.assertIsInstance(json.loads(child.stdout()), list, child.report())
+
 
 class FormatTests(unittest.TestCase):
     """

@@ -182,9 +182,21 @@ class DispatchTests(Cluster):
         slave = FakeSlave(self.master, self.clock, slots=1)
         self.submit(PRIMES)
         (envelope,) = slave.take("run_task")
-        slave.send("bad_message", {"error": "no free slot"}, reply_to=envelope["id"])
+        slave.send("bad_message", {"error": "unknown task", "name": "primes"}, reply_to=envelope["id"])
         self.assertEqual([r["attempt"] for r in slave.runs()], [2])
         self.assertEqual(self.client.record(1)["attempts"], 2)
+
+    def test_noFreeSlotWaitsForAResult(self) -> None:
+        """A slave short of slots is given nothing until it reports, and no attempt is spent."""
+        slave = FakeSlave(self.master, self.clock, slots=2)
+        self.submit(count=3)
+        first, second = slave.take("run_task")
+        slave.send("ack", None, reply_to=first["id"])
+        slave.send("bad_message", {"error": "no free slot", "slots": 2}, reply_to=second["id"])
+        self.assertEqual(slave.runs(), [])
+        self.assertEqual(self.client.record(2)["attempts"], 0)
+        slave.finish(first["payload"], 25)
+        self.assertEqual([(r["id"], r["attempt"]) for r in slave.runs()], [(2, 1), (3, 1)])
 
 
 class ResultTests(Cluster):
@@ -326,6 +338,20 @@ class FaultTests(Cluster):
         self.assertEqual(two.finish(second, 25)["type"], "ack")
         record = self.client.record(1)
         self.assertEqual((record["state"], record["result"], record["slave"]), ("done", 25, one.uuid))
+
+    def test_earlierRunResultStopsTheLaterRun(self) -> None:
+        """A slave's result of an earlier run ends the task and stops its own later run."""
+        one = FakeSlave(self.master, self.clock, slots=1)
+        self.submit(PRIMES)
+        (first,) = one.runs()
+        one.lose()
+        # It rejoins without the run (it ended while away) and is given the task again.
+        back = FakeSlave(self.master, self.clock, uuid=one.uuid, slots=1)
+        (second,) = back.runs()
+        self.assertEqual(second["attempt"], 2)
+        back.finish(first, 25)
+        self.assertEqual(back.cancels(), [{"id": 1, "attempt": 2}])
+        self.assertEqual(self.client.record(1)["result"], 25)
 
     def test_rejoiningSlaveKeepsItsRun(self) -> None:
         """A slave that rejoins still holding a run not yet given out keeps it."""
