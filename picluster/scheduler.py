@@ -314,8 +314,9 @@ class Scheduler:
         if task is None:
             return self._saved(task_id)
         reporter = self.workers.get(connection)
-        if reporter is not None:
+        if reporter is not None and reporter.full:
             reporter.full = False
+            self._schedule_dispatch()
         current = (task.worker is not None and task.worker is reporter
                    and task.attempts == attempt)
         if not current:
