@@ -25,12 +25,11 @@ from picluster.clientconnection import (
     MAX_WATCH_IDS,
     ClientConnection,
     ClientFactory,
-    HandshakeError,
     UnexpectedReply,
     checked_payload,
     submit_batches,
 )
-from picluster.errors import DisconnectionException, RemoteError, describe_reason
+from picluster.errors import DisconnectionException, HandshakeError, RemoteError, describe_reason
 from picluster.protocol import PiClusterProtocol
 
 __all__ = [

@@ -21,14 +21,12 @@ from twisted.python.failure import Failure
 
 from picluster import wire
 from picluster.address import MasterAddress
-from picluster.errors import DisconnectionException
+from picluster.errors import DisconnectionException, HandshakeError
 from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 
 if TYPE_CHECKING:
     from picluster.client import Client
 
-#: The hello handshake version this client speaks.
-PROTOCOL_VERSION = 1
 
 #: A submission is split into messages of at most this many specs or bytes,
 #: well inside the master's default 1 MiB frame.
@@ -40,10 +38,6 @@ MAX_BATCH_BYTES = 512 * 1024
 MAX_WATCH_IDS = 100
 
 log = Logger()
-
-
-class HandshakeError(Exception):
-    """The master's answer to our hello was not a welcome we can use."""
 
 
 class UnexpectedReply(Exception):
@@ -63,7 +57,7 @@ class ClientConnection(PeerHandler):
         return f"master {self.factory.master}"
 
     def connection_made(self) -> None:
-        hello = {"version": PROTOCOL_VERSION, "uuid": None, "role": "client"}
+        hello = {"version": wire.PROTOCOL_VERSION, "uuid": None, "role": "client"}
         self.protocol.request("hello", hello).addCallbacks(self._welcomed, self._refused)
 
     def _welcomed(self, reply: dict[str, Any]) -> None:

@@ -54,6 +54,10 @@ class RequestTimeout(Exception):
         self.timeout = timeout
 
 
+class HandshakeError(Exception):
+    """The master's answer to a hello was not a welcome this side can use."""
+
+
 class ServiceError(Exception):
     """
     A request was well formed but this side cannot serve it now (the task

@@ -27,20 +27,17 @@ from twisted.python.failure import Failure
 
 from picluster import sysinfo
 from picluster.address import MasterAddress
-from picluster.errors import DisconnectionException, RemoteError, describe_reason
+from picluster import wire
+from picluster.errors import DisconnectionException, HandshakeError, RemoteError, describe_reason
 from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 from picluster.wire import BadMessage
 
-#: The hello handshake version this slave speaks.
-PROTOCOL_VERSION = 1
+__all__ = ["HandshakeError", "MasterConnection", "SlaveFactory", "SlaveService"]
+
 
 _UUID = re.compile(r"[0-9a-f]{32}")
 
 log = Logger()
-
-
-class HandshakeError(Exception):
-    """The master's welcome was not one this slave can work with."""
 
 
 class MasterConnection(PeerHandler):
@@ -86,7 +83,7 @@ class MasterConnection(PeerHandler):
     # -- steps -------------------------------------------------------------
 
     def _handshake(self) -> defer.Deferred[dict[str, Any]]:
-        hello = {"uuid": self.slave.uuid, "version": PROTOCOL_VERSION}
+        hello = {"uuid": self.slave.uuid, "version": wire.PROTOCOL_VERSION}
         return self.protocol.request("hello", hello).addCallback(self._welcomed)
 
     def _welcomed(self, reply: dict[str, Any]) -> dict[str, Any]:

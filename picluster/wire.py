@@ -19,6 +19,9 @@ DEFAULT_MAX_FRAME = 1024 * 1024
 #: The most a 4-byte length prefix can say.
 LARGEST_FRAME = 2**32 - 1
 
+#: The version of the hello handshake this code speaks.
+PROTOCOL_VERSION = 1
+
 _encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 

@@ -33,6 +33,7 @@ from picluster.tasks.errors import (
     TaskFailed,
     admin_refusal,
     error_kind,
+    error_payload,
 )
 from picluster.tasks.registry import (
     Node,
@@ -306,12 +307,12 @@ class TaskRunner:
         try:
             size = len(wire.encode({"result": result}))
         except (TypeError, ValueError, RecursionError) as e:
-            error = _error("ResultNotJSON", f"{entry.name} returned a result that is not JSON: {e}")
+            error = error_payload("ResultNotJSON", f"{entry.name} returned a result that is not JSON: {e}")
         else:
             if size <= self.max_result_bytes:
                 self._end(entry, {"outcome": "done", "result": result, "error": None}, "done")
                 return
-            error = _error("ResultTooLarge", f"{entry.name} returned a result of {size} bytes;"
+            error = error_payload("ResultTooLarge", f"{entry.name} returned a result of {size} bytes;"
                                              f" the limit is {self.max_result_bytes}")
         self._end(entry, {"outcome": "failed", "result": None, "error": error}, "failed")
 
@@ -325,7 +326,7 @@ class TaskRunner:
         self._end(entry, outcome, "failed")
 
     def _time_out(self, entry: _Run, seconds: float) -> None:
-        error = _error("Timeout", f"timed out after {seconds:g} s", kind="timeout")
+        error = error_payload("Timeout", f"timed out after {seconds:g} s", kind="timeout")
         self._end(entry, {"outcome": "failed", "result": None, "error": error}, "timed out")
 
     def _end(self, entry: _Run, outcome: dict[str, Any] | None, how: str) -> None:
@@ -358,10 +359,6 @@ class TaskRunner:
             log.failure("Could not hand on the result of task {task_id}", task_id=payload["id"])
 
 
-def _error(type_: str, message: str, kind: str = "error", traceback: str | None = None
-           ) -> dict[str, Any]:
-    return {"type": type_, "message": message, "traceback": traceback, "kind": kind}
-
 
 def _describe(failure: Failure) -> dict[str, Any]:
     """A task_result error object for how a run failed."""
@@ -374,4 +371,4 @@ def _describe(failure: Failure) -> dict[str, Any]:
         traceback = exception.details
     elif kind == "error":
         traceback = failure.getTraceback()[-TRACEBACK_LIMIT:]
-    return _error(type(exception).__name__, str(exception), kind, traceback)
+    return error_payload(type(exception).__name__, str(exception), kind, traceback)

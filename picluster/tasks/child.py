@@ -23,7 +23,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
-from picluster.tasks.errors import ChildCrashed, CommandFailed, TaskFailed
+from picluster.tasks.errors import ChildCrashed, CommandFailed, TaskFailed, error_payload
 from picluster.tasks.registry import ProcessResult, Task
 
 #: Seconds between SIGTERM and SIGKILL when a child must go.
@@ -200,7 +200,7 @@ def read_outcome(result: ProcessResult, max_result_bytes: int) -> Any:
     @raise TaskFailed: with the error it reported, or saying why it reported none.
     """
     if result.stdout_truncated:
-        raise TaskFailed(_error("ResultTooLarge",
+        raise TaskFailed(error_payload("ResultTooLarge",
                                 f"the result is larger than {max_result_bytes} bytes"))
     lines = result.stdout.decode("utf-8", errors="replace").strip().splitlines()
     try:
@@ -213,7 +213,7 @@ def read_outcome(result: ProcessResult, max_result_bytes: int) -> Any:
         reported = outcome["error"]
         kind = reported.get("kind")
         trace = reported.get("traceback")
-        raise TaskFailed(_error(
+        raise TaskFailed(error_payload(
             str(reported.get("type", "Exception")),
             str(reported.get("message", "")),
             kind if kind in _CHILD_KINDS else "error",
@@ -221,13 +221,9 @@ def read_outcome(result: ProcessResult, max_result_bytes: int) -> Any:
         ))
     stderr = result.stderr.decode("utf-8", errors="replace").strip()
     last = f": {stderr.splitlines()[-1]}" if stderr else ""
-    raise TaskFailed(_error(
+    raise TaskFailed(error_payload(
         "ChildFailed",
         f"the task's child exited with {result.exit_code} without an outcome{last}",
         traceback=stderr[-TRACEBACK_LIMIT:] or None,
     ))
 
-
-def _error(type_: str, message: str, kind: str = "error", traceback: str | None = None
-           ) -> dict[str, Any]:
-    return {"type": type_, "message": message, "traceback": traceback, "kind": kind}

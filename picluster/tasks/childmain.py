@@ -21,12 +21,7 @@ import sys
 import traceback
 from typing import IO, Any
 
-from picluster.tasks.errors import error_kind
-
-
-def _error(type_: str, message: str, kind: str = "error", traceback: str | None = None
-           ) -> dict[str, Any]:
-    return {"type": type_, "message": message, "traceback": traceback, "kind": kind}
+from picluster.tasks.errors import error_kind, error_payload
 
 
 def resolve(reference: str) -> Any:
@@ -50,7 +45,7 @@ def run(request: Any) -> dict[str, Any]:
         function = resolve(str(request.get("function", "")))
         return {"outcome": "done", "result": function(**request["args"])}
     except BaseException as e:  # even SystemExit is the task's outcome
-        return {"outcome": "failed", "error": _error(
+        return {"outcome": "failed", "error": error_payload(
             type(e).__name__, str(e), error_kind(e), traceback.format_exc()
         )}
 
@@ -60,7 +55,7 @@ def encode(outcome: dict[str, Any]) -> str:
     try:
         return json.dumps(outcome, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as e:
-        return json.dumps({"outcome": "failed", "error": _error(
+        return json.dumps({"outcome": "failed", "error": error_payload(
             "ResultNotJSON", f"the result is not JSON: {e}"
         )})
 
@@ -70,7 +65,7 @@ def main(stdin: IO[str], outcome_stream: IO[str]) -> int:
     try:
         outcome = run(json.load(stdin))
     except ValueError as e:
-        outcome = {"outcome": "failed", "error": _error("BadRequest", f"not JSON: {e}")}
+        outcome = {"outcome": "failed", "error": error_payload("BadRequest", f"not JSON: {e}")}
     outcome_stream.write(encode(outcome) + "\n")
     outcome_stream.flush()
     return 0

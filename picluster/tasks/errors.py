@@ -48,6 +48,12 @@ class TaskFailed(Exception):
         self.error = error
 
 
+def error_payload(type_: str, message: str, kind: str = "error",
+                  traceback: str | None = None) -> dict[str, Any]:
+    """A task_result C{error} object."""
+    return {"type": type_, "message": message, "traceback": traceback, "kind": kind}
+
+
 def admin_refusal(name: str) -> str:
     """Why an admin task is refused on a slave without C{--allow-admin}."""
     return f"{name} is refused: this slave was not started with --allow-admin"
