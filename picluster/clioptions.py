@@ -11,25 +11,36 @@ given.  Every check of a value is here, raising L{usage.UsageError}.
 from __future__ import annotations
 
 import getopt
-import re
 from typing import Any, Mapping
 
 from twisted.python import usage
 
+from picluster import config, wire
 from picluster._version import __version__
-from picluster import wire
 from picluster.address import parse_master
 
 DEFAULT_MASTER = "tcp:host=127.0.0.1:port=12345"
 MASTER_ENV = "PICLUSTER_MASTER"
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
-_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 class ShowText(Exception):
     """C{--help} or C{--version}: print this on stdout and exit 0."""
+
+
+class _ShowsText:
+    """C{--help}/C{-h} and C{--version}, printed by the caller, not by usage (which would exit)."""
+
+    def opt_help(self) -> None:
+        """Display this help and exit."""
+        raise ShowText(str(self))
+
+    opt_h = opt_help
+
+    def opt_version(self) -> None:
+        """Display the version and exit."""
+        raise ShowText(f"picluster {__version__}\n")
 
 
 def strict_json(text: str) -> Any:
@@ -41,10 +52,11 @@ def strict_json(text: str) -> Any:
 
 
 def _size(text: str) -> int:
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise usage.UsageError(f"min_ram must be bytes such as 536870912, 512M or 1G, not {text!r}")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    try:
+        return config.byte_size(text)
+    except ValueError:
+        raise usage.UsageError(
+            f"min_ram must be bytes such as 536870912, 512M or 1G, not {text!r}") from None
 
 
 def _positive_int(text: str, what: str, minimum: int = 1) -> int:
@@ -100,7 +112,7 @@ def _options_first(argv: list[str], short: str, long: list[str]) -> list[str]:
     return ordered + ["--"] + arguments
 
 
-class _CommandOptions(usage.Options):
+class _CommandOptions(_ShowsText, usage.Options):
     """What every sub-command takes: where the master is, and --json."""
 
     # Without one, usage.Options shows the __main__ module's docstring.
@@ -112,16 +124,6 @@ class _CommandOptions(usage.Options):
         f"The master: tcp:host=HOST:port=PORT or HOST:PORT"
         f" [default: ${MASTER_ENV}, or {DEFAULT_MASTER}]",
     ]]
-
-    def opt_help(self) -> None:
-        """Display this help and exit."""
-        raise ShowText(str(self))
-
-    opt_h = opt_help
-
-    def opt_version(self) -> None:
-        """Display the version and exit."""
-        raise ShowText(f"picluster {__version__}\n")
 
     def getSynopsis(self) -> str:
         return f"Usage: picluster {self.parent.subCommand} {self.synopsis}"
@@ -257,7 +259,7 @@ class CancelOptions(_TaskIdOptions):
     pass
 
 
-class PiClusterOptions(usage.Options):
+class PiClusterOptions(_ShowsText, usage.Options):
     synopsis = "Usage: picluster COMMAND [options]"
     longdesc = (
         "Submit tasks to a picluster master, list, cancel and wait for them."
@@ -274,16 +276,6 @@ class PiClusterOptions(usage.Options):
     def __init__(self, environ: Mapping[str, str]):
         super().__init__()
         self.environ = environ
-
-    def opt_help(self) -> None:
-        """Display this help and exit."""
-        raise ShowText(str(self))
-
-    opt_h = opt_help
-
-    def opt_version(self) -> None:
-        """Display the version and exit."""
-        raise ShowText(f"picluster {__version__}\n")
 
     def postOptions(self) -> None:
         if self.subCommand is None:

@@ -97,19 +97,24 @@ def seconds(text: str) -> float:
     return value
 
 
-_SIZE = re.compile(r"\s*(\d+)\s*(|k|kb|kib|m|mb|mib)\s*", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2}
+_SIZE = re.compile(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 #: Bounds of C{--max-frame}: room for a handshake, and what 4 bytes can say.
 SMALLEST_MAX_FRAME = 1024
 LARGEST_MAX_FRAME = 2**32 - 1
 
 
-def frame_size(text: str) -> int:
+def byte_size(text: str) -> int:
+    """A number of bytes: C{1048576}, C{512K}, C{2M}, C{1 GiB} (powers of 1024)."""
     match = _SIZE.fullmatch(text)
     if not match:
         raise ValueError(f"expected a size in bytes such as 1048576 or 1M, not {text!r}")
-    value = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def frame_size(text: str) -> int:
+    value = byte_size(text)
     if not SMALLEST_MAX_FRAME <= value <= LARGEST_MAX_FRAME:
         raise ValueError(
             f"must be between {SMALLEST_MAX_FRAME} and {LARGEST_MAX_FRAME} bytes, not {value}"

@@ -467,7 +467,8 @@ class Scheduler:
         _, waiters = self._finishing.pop(task_id, (None, []))
         for waiter in waiters:
             waiter.callback(None)
-        self.watchers.ended(task_id, self._show_one(record))
+        if self.watchers.watched(task_id):
+            self.watchers.ended(task_id, self._show_one(record))
 
     # -- handing out work ------------------------------------------------------
 

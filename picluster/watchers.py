@@ -39,6 +39,9 @@ class Watchers:
                 if not connections:
                     del self._by_task[task_id]
 
+    def watched(self, task_id: int) -> bool:
+        return task_id in self._by_task
+
     def ended(self, task_id: int, record: dict[str, Any]) -> None:
         """Tell every watcher of C{task_id} that it ended, as C{record} says."""
         for connection in self._by_task.pop(task_id, ()):

@@ -139,6 +139,7 @@ class TaskRunner:
         self._threads: Any = thread_pool
         self._own_threads = thread_pool is None
         self._thread_runs = 0
+        self._child_environment: dict[str, str] | None = None
         self._children: set[child.ChildProcess] = set()
         self._node = Node(
             reactor=reactor,
@@ -277,7 +278,10 @@ class TaskRunner:
 
     def _run_in_child(self, task: Task, args: dict[str, Any]) -> defer.Deferred[Any]:
         request = child.task_request(task, args)
-        running = self.run_process(child.TASK_ARGV, stdin=request, env=child.task_environment(),
+        if self._child_environment is None:
+            # Worked out once: it walks sys.path on disk.
+            self._child_environment = child.task_environment()
+        running = self.run_process(child.TASK_ARGV, stdin=request, env=self._child_environment,
                                    limit=self.max_result_bytes + 4096)
         return running.addCallback(child.read_outcome, self.max_result_bytes)
 

@@ -100,7 +100,7 @@ class CommonOptionsMixin(OptionsTestMixin):
 
     def test_badMaxFrame(self):
         """Too small, too large or unreadable --max-frame is refused, naming it."""
-        for text in ["1000", "1023", "4096M", str(2**32), "lots", "1.5M", "-1", "2G", ""]:
+        for text in ["1000", "1023", "4096M", str(2**32), "lots", "1.5M", "-1", "4G", "2X", ""]:
             message = self.refused("--max-frame", text)
             self.assertTrue(message.startswith("--max-frame: "), f"{text}: {message}")
 
