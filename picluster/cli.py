@@ -6,10 +6,14 @@ The C{picluster} command: submit tasks to a master, look at them, wait.
     picluster tasks [--state STATE] [--limit N]
     picluster task ID
     picluster cancel ID
+    picluster status
+    picluster demo [--slaves N] [--port ENDPOINT] [--web ENDPOINT] [--no-tasks]
 
 The options are L{picluster.clioptions}'; the talking is
 L{picluster.client.Client}'s; what is printed is shaped in
-L{picluster.cliformat}.  Expected failures (a master that cannot be reached
+L{picluster.cliformat} (and, for C{status}, L{picluster.statusview}).
+C{demo} runs a L{picluster.demo.Demo} until the reactor is told to stop
+(Ctrl-C, SIGTERM).  Expected failures (a master that cannot be reached
 or refuses, a bad file) end in one line on stderr and exit status 1, bad
 options in exit status 2; never in a traceback.
 """
@@ -24,7 +28,7 @@ from typing import Any, Awaitable, Callable, Mapping, TextIO
 from twisted.internet import defer
 from twisted.python import usage
 
-from picluster import cliformat
+from picluster import cliformat, statusview
 from picluster.client import Client, HandshakeError, UnexpectedReply, UnknownTask
 from picluster.clioptions import MASTER_ENV, PiClusterOptions, ShowText, strict_json
 from picluster.errors import DisconnectionException, RemoteError, RequestTimeout
@@ -229,8 +233,70 @@ async def _cancel(session: _Session) -> int:
     return 0
 
 
+async def _status(session: _Session) -> int:
+    client = await session.connect(reconnect=False)
+    status = await client.status()
+    if session.options["json"]:
+        session.emit(cliformat.to_json(status))
+        return 0
+    # Times in the payload are the master's: compare them with its clock.
+    now = status["master"].get("now")
+    if type(now) not in (int, float):
+        now = session.reactor.seconds()
+    width = _terminal_width(session.stdout)
+    session.emit(statusview.render(status, now, width=width, terminal=width is not None))
+    return 0
+
+
+def _terminal_width(stream: TextIO) -> int | None:
+    """The columns of the terminal C{stream} writes to, or None if it is no terminal."""
+    try:
+        if not stream.isatty():
+            return None
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+async def _demo(session: _Session) -> int:
+    from picluster.demo import TRICKLE_INTERVAL, Demo, ListenFailed
+
+    options = session.options
+    demo = Demo(options["slaves"], port=options["port"], web=options["web"],
+                trickle_interval=TRICKLE_INTERVAL if options["tasks"] else None,
+                reactor=session.reactor)
+    stopped: defer.Deferred[None] = defer.Deferred()
+
+    def stop() -> defer.Deferred[None]:
+        session.notice("picluster demo: stopping")
+        return demo.stopService().addBoth(stopped.callback)
+
+    # The reactor waits for this before it stops, so the slaves say goodbye.
+    trigger = session.reactor.addSystemEventTrigger("before", "shutdown", stop)
+    demo.startService()
+    try:
+        where = await demo.when_ready()
+    except ListenFailed as e:
+        session.reactor.removeSystemEventTrigger(trigger)
+        await demo.stopService()
+        hint = f"; try --{e.option} {e.any_port}" if e.cause == "address in use" else ""
+        raise CommandFailed(f"{e}{hint}") from None
+    noun = "slave" if options["slaves"] == 1 else "slaves"
+    session.emit(
+        f"picluster demo: a master and {options['slaves']} {noun} on this machine\n"
+        f"  dashboard:  {where.dashboard}\n"
+        f"  slave port: {where.master}  (picluster status --master {where.master})\n"
+        + (f"  tasks:      a batch of primes every {TRICKLE_INTERVAL:g} s\n"
+           if options["tasks"] else "")
+        + "Stop it with Ctrl-C."
+    )
+    await stopped
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[_Session], Awaitable[int]]] = {
     "submit": _submit, "map": _map, "tasks": _tasks, "task": _task, "cancel": _cancel,
+    "status": _status, "demo": _demo,
 }
 
 

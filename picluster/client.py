@@ -268,7 +268,7 @@ class Client:
     def _request(
         self,
         message_type: str,
-        payload: dict[str, Any],
+        payload: Any,
         reply_type: str,
         after_resent_refusal: Callable[[RemoteError], Any] | None = None,
     ) -> defer.Deferred[dict[str, Any]]:
@@ -283,7 +283,7 @@ class Client:
     async def _request_until_answered(
         self,
         message_type: str,
-        payload: dict[str, Any],
+        payload: Any,
         reply_type: str,
         after_resent_refusal: Callable[[RemoteError], Any] | None,
     ) -> dict[str, Any]:
@@ -301,7 +301,9 @@ class Client:
                 if resent and after_resent_refusal is not None:
                     return await after_resent_refusal(refusal)
                 raise
-            return checked_payload(message_type, reply, reply_type)
+            # "info status" says more than "info" in a complaint.
+            asked = f"{message_type} {payload}" if isinstance(payload, str) else message_type
+            return checked_payload(asked, reply, reply_type)
 
     def submit(self, specs: list[dict[str, Any]]) -> defer.Deferred[dict[str, Any]]:
         """
@@ -383,6 +385,14 @@ class Client:
             return payload["tasks"][0]
 
         return self._request("cancel", {"id": task_id}, "tasks", perhaps_already).addCallback(first)
+
+    def status(self) -> defer.Deferred[dict[str, Any]]:
+        """
+        The cluster at a glance, as C{picluster status} shows it: the
+        master's C{info status} payload, C{{"master": {...}, "slaves":
+        [...], "tasks": {state: count}}}.
+        """
+        return self._request("info", "status", "status")
 
     def wait(
         self, ids: Iterable[int], on_update: Callable[[Record], Any] | None = None

@@ -13,7 +13,7 @@ all that is L{picluster.client}'s.
 from __future__ import annotations
 
 import uuid as uuid_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
@@ -142,13 +142,24 @@ def is_record(record: Any) -> bool:
     )
 
 
+#: What the payload of each reply type the client reads must hold.
+_READABLE: dict[str, Callable[[dict[str, Any]], bool]] = {
+    "submitted": lambda payload: isinstance(payload.get("tasks"), list),
+    "tasks": lambda payload: (isinstance(payload.get("tasks"), list)
+                              and all(map(is_record, payload["tasks"]))),
+    "status": lambda payload: (isinstance(payload.get("master"), dict)
+                               and isinstance(payload.get("slaves"), list)
+                               and isinstance(payload.get("tasks"), dict)),
+}
+
+
 def checked_payload(message_type: str, reply: dict[str, Any], reply_type: str) -> dict[str, Any]:
+    """The payload of C{reply}, if it is the C{reply_type} expected and readable as one."""
     payload = reply.get("payload")
     if (
         reply["type"] != reply_type
         or not isinstance(payload, dict)
-        or not isinstance(payload.get("tasks"), list)
-        or (reply_type == "tasks" and not all(map(is_record, payload["tasks"])))
+        or not _READABLE[reply_type](payload)
     ):
         raise UnexpectedReply(f"master answered {message_type} with a {reply['type']} we cannot read")
     return payload

@@ -13,6 +13,7 @@ from __future__ import annotations
 import getopt
 from typing import Any, Mapping
 
+from twisted.internet import endpoints
 from twisted.python import usage
 
 from picluster import config, wire
@@ -22,6 +23,12 @@ from picluster.address import parse_master
 DEFAULT_MASTER = "tcp:host=127.0.0.1:port=12345"
 MASTER_ENV = "PICLUSTER_MASTER"
 STATES = ("queued", "running", "done", "failed", "cancelled")
+
+#: Where C{picluster demo} listens unless told: loopback only, the slave
+#: port wherever the system likes, the dashboard where a person can type it.
+DEMO_PORT = "tcp:0:interface=127.0.0.1"
+DEMO_WEB = "tcp:8080:interface=127.0.0.1"
+MAX_DEMO_SLAVES = 64
 
 
 
@@ -67,6 +74,23 @@ def _positive_int(text: str, what: str, minimum: int = 1) -> int:
     if value < minimum:
         raise usage.UsageError(f"{what} must be at least {minimum}, not {value}")
     return value
+
+
+def _tcp_server(text: str, option: str) -> str:
+    """
+    A TCP server endpoint description, checked by Twisted's own parser.
+
+    The parser only builds the endpoint (it neither listens nor uses the
+    reactor it is given), so no reactor is needed here.  TCP only: the demo's
+    slaves connect over TCP, and its dashboard is reached by a URL.
+    """
+    try:
+        endpoint = endpoints.serverFromString(None, text)
+    except (ValueError, KeyError, TypeError) as e:
+        raise usage.UsageError(f"{option}: {e}: {text!r}") from None
+    if not isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint)):
+        raise usage.UsageError(f"{option} must be a tcp: or tcp6: endpoint, not {text!r}")
+    return text
 
 
 def _requirement(text: str) -> tuple[str, Any]:
@@ -259,10 +283,63 @@ class CancelOptions(_TaskIdOptions):
     pass
 
 
+class StatusOptions(_CommandOptions):
+    synopsis = "[options]"
+    longdesc = (
+        "Show the master (version, uptime, task counts) and a table of its slaves:"
+        " their machine, vitals, tasks and when they were last heard from.  Slaves"
+        " that left are listed, dimmed, until the master forgets them."
+    )
+
+
+class DemoOptions(_ShowsText, usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run a whole cluster in this one process, on this machine: a master with its"
+        " web dashboard and --slaves slaves, each running one task at a time, kept"
+        " busy counting primes unless --no-tasks.  Open the printed URL; Ctrl-C stops it."
+    )
+    optParameters = [
+        ["slaves", "n", "3", f"How many slaves to run (1 to {MAX_DEMO_SLAVES})."],
+        ["port", "p", DEMO_PORT, "The endpoint the slaves connect to."],
+        ["web", "w", DEMO_WEB, "The endpoint of the web dashboard (tcp:0 picks a free port)."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["tasks"] = True
+
+    def opt_tasks(self) -> None:
+        """Keep the slaves busy with a trickle of primes tasks [default]."""
+        self["tasks"] = True
+
+    def opt_no_tasks(self) -> None:
+        """Submit no tasks: the slaves only report their vitals."""
+        self["tasks"] = False
+
+    def getSynopsis(self) -> str:
+        return f"Usage: picluster demo {self.synopsis}"
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        super().parseOptions(_options_first(list(options or []), self.shortOpt, self.longOpt))
+
+    def parseArgs(self, *arguments: str) -> None:
+        if arguments:
+            raise usage.UsageError(f"unexpected argument {arguments[0]!r}")
+
+    def postOptions(self) -> None:
+        self["slaves"] = _positive_int(self["slaves"], "--slaves")
+        if self["slaves"] > MAX_DEMO_SLAVES:
+            raise usage.UsageError(f"--slaves must be at most {MAX_DEMO_SLAVES}, not {self['slaves']}")
+        for option in ("port", "web"):
+            self[option] = _tcp_server(self[option], f"--{option}")
+
+
 class PiClusterOptions(_ShowsText, usage.Options):
     synopsis = "Usage: picluster COMMAND [options]"
     longdesc = (
-        "Submit tasks to a picluster master, list, cancel and wait for them."
+        "Submit tasks to a picluster master, list, cancel and wait for them; see the"
+        " cluster at a glance, or try one out on this machine with 'picluster demo'."
         "  'picluster COMMAND --help' lists a command's options."
     )
     subCommands = [
@@ -271,6 +348,8 @@ class PiClusterOptions(_ShowsText, usage.Options):
         ["tasks", None, TasksOptions, "List tasks."],
         ["task", None, TaskOptions, "Show one task."],
         ["cancel", None, CancelOptions, "Cancel a task."],
+        ["status", None, StatusOptions, "Show the master and its slaves."],
+        ["demo", None, DemoOptions, "Run a master and slaves here, with the dashboard."],
     ]
 
     def __init__(self, environ: Mapping[str, str]):

@@ -1,10 +1,10 @@
 """
-The master: accepts slaves, tracks them, answers questions about the cluster.
+The master's side of its connections: what it does for each slave and client.
 
-L{MasterService} owns the one L{SlaveRegistry}; L{MasterFactory} gives each
-accepted connection a L{SlaveConnection}, the master's handler for that
-slave, whose C{gone} Deferred errbacks with L{DisconnectionException} when
-the slave goes.
+L{MasterFactory} gives each accepted connection a L{SlaveConnection}, the
+master's handler for that slave, whose C{gone} Deferred errbacks with
+L{DisconnectionException} when the slave goes.  The service that owns the
+factory, the registry and the port is L{picluster.service.MasterService}.
 """
 
 from __future__ import annotations
@@ -13,29 +13,28 @@ import re
 import uuid as uuid_module
 from typing import Any
 
-from twisted.application import service, strports
-from twisted.internet import defer, interfaces
-from twisted.internet.error import CannotListenError
+from typing import TYPE_CHECKING
+
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from picluster import sysinfo
+from picluster import sysinfo, views
 from picluster.errors import DisconnectionException
+from picluster.history import VitalsHistory
 from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
-from picluster.registry import SlaveRegistry
+from picluster.registry import Departure, SlaveRegistry
 from picluster.scheduler import Scheduler
-from picluster.store import StoreError, TaskStore, check_database
 from picluster.wire import BadMessage
+
+if TYPE_CHECKING:
+    from picluster.service import MasterService
 
 #: Versions of the hello handshake this master speaks.
 SUPPORTED_VERSIONS = (1,)
 
 #: What a connection may say it is in its hello.
 ROLES = ("slave", "client")
-
-#: Listening backlog used when the port description names none: Twisted's
-#: 50 drops connections when a whole cluster rejoins a restarted master.
-DEFAULT_BACKLOG = 1024
 
 _UUID = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -45,14 +44,6 @@ log = Logger()
 def new_uuid() -> str:
     """A fresh connection id: 32 lowercase hex digits."""
     return uuid_module.uuid4().hex
-
-
-def with_default_backlog(description: str) -> str:
-    """Add C{backlog=DEFAULT_BACKLOG} to a TCP port description without one."""
-    kind = description.split(":", 1)[0].strip().lower()
-    if kind in ("tcp", "tcp6") and "backlog=" not in description:
-        return f"{description}:backlog={DEFAULT_BACKLOG}"
-    return description
 
 
 def _require_object(payload: Any, message_type: str) -> dict[str, Any]:
@@ -87,11 +78,20 @@ class SlaveConnection(PeerHandler):
         self.computer_details: dict[str, Any] | None = None
         self.vitals: dict[str, Any] | None = None
         self.vitals_received_at: float | None = None
+        self.history = VitalsHistory()
         self.gone: defer.Deferred[None] = defer.Deferred()
 
     @property
     def address(self) -> str:
         return self.protocol.peer_address
+
+    @property
+    def last_seen(self) -> float:
+        return self.protocol.last_received
+
+    @property
+    def rtt_ms(self) -> float | None:
+        return self.protocol.rtt_ms
 
     @property
     def hostname(self) -> str | None:
@@ -173,7 +173,13 @@ class SlaveConnection(PeerHandler):
         )
 
     def _reclaim(self, earlier: str) -> None:
-        displaced = self.master.registry.claim(self, earlier)
+        registry = self.master.registry
+        self.master.stats.reconnections += 1
+        displaced = registry.claim(self, earlier)
+        # The node's charts go on where they stopped.
+        before = displaced if displaced is not None else registry.returned(earlier)
+        if before is not None and len(before.history) > len(self.history):
+            self.history = before.history
         if displaced is None:
             self.log.info(
                 "Slave at {address} rejoined as {uuid}", address=self.address, uuid=self.uuid
@@ -196,7 +202,8 @@ class SlaveConnection(PeerHandler):
 
     def msg_vitals(self, payload: Any) -> None:
         self.vitals = _require_object(payload, "vitals")
-        self.vitals_received_at = self.master.clock.seconds()
+        self.vitals_received_at = now = self.master.clock.seconds()
+        self.history.record(now, self.vitals)
 
     def msg_info(self, payload: Any) -> tuple[str, Any]:
         if payload == "computer_details":
@@ -205,10 +212,12 @@ class SlaveConnection(PeerHandler):
             return ("uuid", self.uuid)
         if payload == "slave_details":
             return ("slave_details", [slave.describe() for slave in self.master.registry])
+        if payload == "status" and self.master.service is not None:
+            return ("status", views.status(self.master.service))
         raise BadMessage(
             "unknown info request",
             request=payload if isinstance(payload, str) else None,
-            known=["computer_details", "uuid", "slave_details"],
+            known=["computer_details", "uuid", "slave_details", "status"],
         )
 
     def msg_message(self, payload: Any) -> None:
@@ -256,7 +265,10 @@ class MasterFactory(PiClusterFactory):
     @ivar scheduler: The task queue, shared likewise; serves tasks once started.
     @ivar connections: Every open connection, slaves and clients alike.
     @ivar computer_details: The master's own machine facts.
+    @ivar service: The L{MasterService} this factory serves, if any.
     """
+
+    service: MasterService | None = None
 
     def __init__(
         self,
@@ -285,7 +297,10 @@ class MasterFactory(PiClusterFactory):
     def _slave_gone(self, failure: Failure, slave: SlaveConnection) -> None:
         failure.trap(DisconnectionException)
         self.connections.discard(slave)
-        self.registry.remove(slave)
+        if self.registry.remove(slave) and slave.role == "slave":
+            self.registry.departed(
+                Departure.of(slave, self.clock.seconds(), failure.value.cause)
+            )
         self.scheduler.forget(slave)
         self.log.info(
             "Got disconnection exception with message: {disconnection}",
@@ -295,106 +310,3 @@ class MasterFactory(PiClusterFactory):
             "Shutting down {role} connection handler for {uuid} at {address}",
             role=slave.role or "slave", uuid=slave.uuid, address=slave.address,
         )
-
-
-class MasterService(service.MultiService):
-    """
-    A picluster master: the registry of slaves and the port they connect to.
-
-    It also owns the L{Scheduler} and its task database at C{db} (an SQLite
-    file; C{":memory:"} keeps tasks only while the master runs).  Further
-    parts of the master (the web page) join as child services, sharing
-    L{registry} and L{scheduler}.
-    """
-
-    def __init__(
-        self,
-        port: str = "tcp:12345",
-        *,
-        reactor: Any = None,
-        db: str = ":memory:",
-        rejoin_grace: float = 30.0,
-        max_args: int | None = None,
-        **settings: Any,
-    ):
-        super().__init__()
-        if reactor is None:
-            from twisted.internet import reactor
-        self.port = port
-        self.db = db
-        self.reactor = reactor
-        self.registry = SlaveRegistry()
-        self.factory = MasterFactory(self.registry, clock=reactor, **settings)
-        self.scheduler = self.factory.scheduler
-        self.scheduler.rejoin_grace = rejoin_grace
-        if max_args is not None:
-            self.scheduler.max_args = max_args
-        self.listener = strports.service(with_default_backlog(port), self.factory, reactor=reactor)
-        self.listener.setServiceParent(self)
-
-    def privilegedStartService(self) -> None:
-        """
-        Listen (twistd calls this first, before dropping privileges).
-
-        A port already taken is a common slip, not a bug: say so in one line
-        and exit, rather than end twistd with a traceback.
-        """
-        try:
-            check_database(self.db)
-        except StoreError as e:
-            raise SystemExit(f"picluster-master: {e}") from e
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            cause = getattr(e.socketError, "strerror", None) or e.socketError
-            raise SystemExit(f"picluster-master: cannot listen on {self.port}: {cause}") from e
-
-    def startService(self) -> None:
-        """Listen, and load the task queue; tasks are served once it is loaded."""
-        super().startService()
-        self._queue_loaded: defer.Deferred[None] = defer.Deferred()
-        opened = TaskStore.open(self.db, self.reactor)
-        opened.addCallbacks(self._store_opened, self.scheduler.failed_to_start)
-        opened.addErrback(lambda failure: log.failure("Loading the task queue failed", failure))
-        opened.addBoth(lambda _: self._queue_loaded.callback(None))
-
-    def _store_opened(self, store: TaskStore) -> defer.Deferred[None]:
-        if not self.running:
-            # Stopped while the database was opening: nobody will close it.
-            return store.close()
-        return self.scheduler.start(store)
-
-    def when_listening(self) -> defer.Deferred[interfaces.IListeningPort]:
-        """The listening port, once the service has started listening."""
-        listened: defer.Deferred[interfaces.IListeningPort] = defer.Deferred()
-
-        def relay(port: Any) -> Any:
-            if port is None:
-                # The service's own errback has already logged why.
-                listened.errback(RuntimeError(f"the master could not listen on {self.port}"))
-            else:
-                listened.callback(port)
-            return port
-
-        # StreamServerEndpointService keeps the listen() result here; relay
-        # it rather than add callbacks that would change what it holds.
-        self.listener._waitingForPort.addBoth(relay)
-        return listened
-
-    #: Fires once the task queue has loaded or failed to; None before start.
-    _queue_loaded: defer.Deferred[None] | None = None
-
-    def stopService(self) -> defer.Deferred[None]:
-        """
-        Stop listening, close every connection and wait for it, then write
-        what the task queue still holds and close its database.
-        """
-        stopped = defer.maybeDeferred(super().stopService)
-        closing = []
-        for connection in list(self.factory.connections):
-            closing.append(connection.protocol.when_lost())
-            connection.protocol.close("master shutting down")
-        loading = [self._queue_loaded] if self._queue_loaded is not None else []
-        closed = defer.gatherResults([stopped, *closing, *loading])
-        closed.addCallback(lambda _: self.scheduler.stop())
-        return closed.addCallback(lambda _: None)

@@ -21,6 +21,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from picluster import wire
+from picluster.stats import WireStats
 from picluster.errors import (
     DisconnectionException,
     FrameTooLarge,
@@ -124,6 +125,8 @@ class PiClusterProtocol(Int32StringReceiver):
     @ivar rtt_ms: The latest keepalive round trip in milliseconds, or C{None}.
     @ivar lost: The L{DisconnectionException} once the connection is gone.
     @ivar bad_messages: How many messages from the peer were refused.
+    @ivar frames_in: Frames received, counted for the metrics.
+    @ivar frames_out: Frames sent.
     """
 
     log = Logger()
@@ -135,6 +138,8 @@ class PiClusterProtocol(Int32StringReceiver):
     rtt_ms: float | None = None
     lost: DisconnectionException | None = None
     bad_messages = 0
+    frames_in = 0
+    frames_out = 0
     _close_cause: str | None = None
 
     def __init__(self) -> None:
@@ -150,6 +155,7 @@ class PiClusterProtocol(Int32StringReceiver):
         factory = self.factory
         self.clock = factory.clock
         self.MAX_LENGTH = factory.max_frame
+        factory.stats.opened()
         self.peer_address = format_address(self.transport.getPeer())
         if interfaces.ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
@@ -171,6 +177,7 @@ class PiClusterProtocol(Int32StringReceiver):
         if self._dead_peer_check is not None and self._dead_peer_check.active():
             self._dead_peer_check.cancel()
         self._dead_peer_check = None
+        self.factory.stats.closed(self)
         # Swap the map out first: an errback may well try to send again.
         pending, self.pending_requests = self.pending_requests, {}
         for waiting in pending.values():
@@ -294,6 +301,7 @@ class PiClusterProtocol(Int32StringReceiver):
                 f"{message_type} message of {len(frame)} bytes exceeds the"
                 f" {self.MAX_LENGTH} byte frame limit"
             )
+        self.frames_out += 1
         self.sendString(frame)
 
     def request(
@@ -355,6 +363,7 @@ class PiClusterProtocol(Int32StringReceiver):
     def stringReceived(self, frame: bytes) -> None:
         if self.closing:
             return
+        self.frames_in += 1
         try:
             envelope = wire.decode(frame)
         except wire.BadMessage as bad:
@@ -460,6 +469,7 @@ class PiClusterFactory(protocol.Factory):
     @ivar max_frame: The largest frame accepted, in bytes.
     @ivar request_timeout: Seconds a request waits for its reply.
     @ivar clock: The L{IReactorTime} used for every timer.
+    @ivar stats: Counts over every connection this factory made.
     """
 
     protocol = PiClusterProtocol
@@ -484,6 +494,7 @@ class PiClusterFactory(protocol.Factory):
         self.max_frame = max_frame
         self.request_timeout = request_timeout
         self.clock = clock
+        self.stats = WireStats()
 
     def make_handler(self, protocol: PiClusterProtocol) -> PeerHandler:
         return PeerHandler(protocol)

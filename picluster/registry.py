@@ -1,18 +1,62 @@
 """
-The master's registry of connected slaves.
+The master's registry of slaves: those connected, and those that left.
 
 One registry per master, owned by its service: the single place that says
 which slave holds which uuid.  Connection state itself (addresses, vitals,
 round trips) stays on each connection's handler; the registry only indexes
-the live ones.
+the live ones, and keeps a L{Departure} of each slave that left, for a
+while, so that a node that died stays on the dashboard, greyed, rather than
+vanishing without a trace.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+from picluster.history import VitalsHistory
 
 if TYPE_CHECKING:
     from picluster.master import SlaveConnection
+
+#: How long a slave that left stays listed, by default (seconds).
+DEFAULT_FORGET_AFTER = 3600.0
+
+#: Departures kept at most: a flapping or hostile peer that joins and leaves
+#: under fresh uuids must not grow the master without bound.
+MAX_DEPARTURES = 256
+
+
+@dataclass
+class Departure:
+    """
+    What the master last knew of a slave that left: the same attributes the
+    views read from a live L{SlaveConnection}, frozen at the moment it went.
+    """
+
+    uuid: str
+    address: str
+    hostname: str | None
+    computer_details: dict[str, Any] | None
+    vitals: dict[str, Any] | None
+    vitals_received_at: float | None
+    connected_at: float
+    last_seen: float
+    rtt_ms: float | None
+    history: VitalsHistory
+    left_at: float
+    left_reason: str
+
+    @classmethod
+    def of(cls, slave: SlaveConnection, left_at: float, reason: str) -> Departure:
+        return cls(
+            uuid=slave.uuid, address=slave.address, hostname=slave.hostname,
+            computer_details=slave.computer_details, vitals=slave.vitals,
+            vitals_received_at=slave.vitals_received_at, connected_at=slave.connected_at,
+            last_seen=slave.last_seen, rtt_ms=slave.rtt_ms, history=slave.history,
+            left_at=left_at, left_reason=reason,
+        )
 
 
 class SlaveRegistry:
@@ -20,8 +64,12 @@ class SlaveRegistry:
     Live slave connections by uuid, in the order they joined.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, forget_after: float = DEFAULT_FORGET_AFTER,
+                 max_departures: int = MAX_DEPARTURES) -> None:
         self._by_uuid: dict[str, SlaveConnection] = {}
+        self.forget_after = forget_after
+        self.max_departures = max_departures
+        self._departed: OrderedDict[str, Departure] = OrderedDict()
 
     def add(self, slave: SlaveConnection) -> None:
         """Register a new connection under the uuid it was born with."""
@@ -67,3 +115,32 @@ class SlaveRegistry:
 
     def __contains__(self, uuid: object) -> bool:
         return uuid in self._by_uuid
+
+    # -- slaves that left --------------------------------------------------
+
+    def departed(self, departure: Departure) -> None:
+        """Remember a slave that left, dropping the oldest past the bound."""
+        self._departed.pop(departure.uuid, None)
+        self._departed[departure.uuid] = departure
+        while len(self._departed) > self.max_departures:
+            self._departed.popitem(last=False)
+
+    def returned(self, uuid: str) -> Departure | None:
+        """A slave is back under C{uuid}: forget its departure, and hand it over."""
+        return self._departed.pop(uuid, None)
+
+    def departures(self, now: float) -> list[Departure]:
+        """The slaves that left within C{forget_after}, most recent first."""
+        horizon = now - self.forget_after
+        while self._departed:
+            oldest = next(iter(self._departed.values()))
+            if oldest.left_at >= horizon:
+                break
+            self._departed.popitem(last=False)
+        return list(reversed(self._departed.values()))
+
+    def departure(self, uuid: str, now: float) -> Departure | None:
+        departure = self._departed.get(uuid)
+        if departure is None or departure.left_at < now - self.forget_after:
+            return None
+        return departure

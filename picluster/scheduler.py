@@ -79,13 +79,17 @@ class Scheduler:
         self._dispatch_call: Any = None
         self._release_call: Any = None
         self._assignments = 0
+        #: Tasks in each final state, from the store at start, then counted.
+        self.finished_counts: dict[str, int] = dict.fromkeys(sorted(FINAL_STATES), 0)
 
     # -- life ----------------------------------------------------------------
 
     def start(self, store: TaskStore) -> defer.Deferred[None]:
         """Load the open tasks from C{store}; serve tasks once it is done."""
         self.store = store
-        loading = store.query(states=("queued", "running"))
+        loading = store.counts()
+        loading.addCallback(self._counted)
+        loading.addCallback(lambda _: store.query(states=("queued", "running")))
         loading.addCallback(self._loaded)
         loading.addErrback(self.failed_to_start)
         return loading
@@ -94,6 +98,10 @@ class Scheduler:
         self._unavailable = f"the task queue is unavailable: {failure.getErrorMessage()}"
         log.critical("{problem}", problem=self._unavailable)
         self._ready.callback(None)
+
+    def _counted(self, counts: dict[str, int]) -> None:
+        for state in FINAL_STATES:
+            self.finished_counts[state] = counts.get(state, 0)
 
     def _loaded(self, records: list[dict[str, Any]]) -> None:
         for record in records:
@@ -455,6 +463,7 @@ class Scheduler:
         task.queued = False
         self.held.pop(task.id, None)
         del self.open[task.id]
+        self.finished_counts[state] += 1
         record = task.record
         record.update(state=state, result=result, error=error, finished_at=self.clock.seconds())
         if slave is not None:
@@ -553,6 +562,23 @@ class Scheduler:
 
     def _show(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         return [self._show_one(record) for record in records]
+
+    # -- the dashboard's view ----------------------------------------------------
+
+    def state_counts(self) -> dict[str, int]:
+        """Tasks in each state, from memory: cheap enough for every refresh."""
+        # Held tasks show as queued until their slave claims them.
+        running = sum(len(worker.running) for worker in self.workers.values())
+        finished = self.finished_counts
+        return {"queued": len(self.open) - running, "running": running, "done": finished["done"],
+                "failed": finished["failed"], "cancelled": finished["cancelled"]}
+
+    def latest(self, limit: int, state: str | None = None) -> defer.Deferred[list[dict[str, Any]]]:
+        """The newest C{limit} tasks (in C{state}, if given), newest first, as shown."""
+        found = self._store().query(
+            states=None if state is None else (state,), limit=limit, newest_first=True
+        )
+        return found.addCallbacks(self._show, self._store_failed)
 
     # -- the store -------------------------------------------------------------
 

@@ -253,7 +253,7 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
         self,
         master: MasterAddress,
         *,
-        vitals_interval: float = 60.0,
+        vitals_interval: float = 10.0,
         initial_delay: float = 1.0,
         max_delay: float = 60.0,
         computer_details: dict[str, Any] | None = None,

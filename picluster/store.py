@@ -231,10 +231,14 @@ class TaskStore:
 
     def query(
         self, *, ids: list[int] | None = None, states: Iterable[str] | None = None,
-        after: int | None = None, limit: int | None = None,
+        after: int | None = None, limit: int | None = None, newest_first: bool = False,
     ) -> defer.Deferred[list[dict[str, Any]]]:
         """Task records by id, state, or both, ordered by id."""
-        return self._operate(lambda txn: _select(txn, ids, states, after, limit))
+        return self._operate(lambda txn: _select(txn, ids, states, after, limit, newest_first))
+
+    def counts(self) -> defer.Deferred[dict[str, int]]:
+        """How many tasks are stored in each state."""
+        return self._operate(_count_by_state)
 
     def pending_saves(self) -> int:
         """Rows waiting to be written (for status pages and tests)."""
@@ -398,13 +402,21 @@ def _insert(txn: Any, specs: list[TaskSpec], now: float) -> list[tuple[dict[str,
 _IDS_PER_QUERY = 500
 
 
+def _count_by_state(txn: Any) -> dict[str, int]:
+    txn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state")
+    counts = dict.fromkeys(STATES, 0)
+    counts.update(txn.fetchall())
+    return counts
+
+
 def _select(txn: Any, ids: list[int] | None, states: Iterable[str] | None,
-            after: int | None, limit: int | None) -> list[dict[str, Any]]:
+            after: int | None, limit: int | None,
+            newest_first: bool = False) -> list[dict[str, Any]]:
     if ids is not None and len(ids) > _IDS_PER_QUERY:
         found: list[dict[str, Any]] = []
         for start in range(0, len(ids), _IDS_PER_QUERY):
             found += _select(txn, ids[start:start + _IDS_PER_QUERY], states, after, None)
-        found.sort(key=lambda record: record["id"])
+        found.sort(key=lambda record: record["id"], reverse=newest_first)
         return found[:limit] if limit is not None else found
     clauses: list[str] = []
     params: list[Any] = []
@@ -423,7 +435,7 @@ def _select(txn: Any, ids: list[int] | None, states: Iterable[str] | None,
     sql = _SELECT
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
-    sql += " ORDER BY id"
+    sql += " ORDER BY id DESC" if newest_first else " ORDER BY id"
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)

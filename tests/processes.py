@@ -209,10 +209,15 @@ class Cluster:
         return child
 
     def master(self, name: str = "master", *arguments: str) -> Child:
-        """A master on 127.0.0.1:C{self.port}, pinging every second."""
+        """
+        A master on 127.0.0.1:C{self.port}, pinging every second; without a
+        web server unless C{arguments} ask for one (its default port is
+        one for the whole machine, and tests run side by side).
+        """
+        web = () if "--web" in arguments else ("--web", "none")
         return self.twistd(
             name, "picluster-master", "--port", f"tcp:{self.port}:interface=127.0.0.1",
-            "--keepalive", "1", *arguments,
+            "--keepalive", "1", *web, *arguments,
         )
 
     def slave(self, name: str = "slave", *arguments: str) -> Child:

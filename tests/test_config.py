@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from picluster import address, config
 from picluster.address import MasterAddress, parse_master
-from picluster.master import DEFAULT_BACKLOG, MasterService, with_default_backlog
+from picluster.service import DEFAULT_BACKLOG, MasterService, with_default_backlog
 from picluster.slave import SlaveService
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap
@@ -209,6 +209,46 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertEqual(options["max-frame"], 1024 * 1024)
         self.assertIsNone(options["config"])
 
+    def test_webAndInfluxDefaults(self):
+        """The dashboard listens on this machine only; InfluxDB is off."""
+        options = self.parse()
+        self.assertEqual(options["web"], "tcp:8080:interface=127.0.0.1")
+        self.assertEqual(options["forget-after"], 3600.0)
+        self.assertIsNone(options["influxdb"])
+        self.assertEqual(options["influxdb-db"], "picluster")
+        service = master_tap.makeService(options)
+        self.assertEqual(service.web_listener.endpoint._port, 8080)
+        self.assertIsNone(service.influx)
+
+    def test_webNone(self):
+        """--web none: no web server at all."""
+        service = master_tap.makeService(self.parse("--web", "none"))
+        self.assertIsNone(service.web_listener)
+
+    def test_influx(self):
+        service = master_tap.makeService(self.parse(
+            "--influxdb", "http://10.0.0.5:8086/", "--influxdb-db", "pis",
+            "--influxdb-interval", "30"))
+        self.assertEqual(service.influx.url, "http://10.0.0.5:8086")
+        self.assertEqual((service.influx.database, service.influx.interval), ("pis", 30.0))
+        self.assertIs(service.influx.registry, service.registry)
+
+    def test_badWebAndInflux(self):
+        self.assertIn("--web", self.refused("--web", "tcp:99999"))
+        self.assertIn("--influxdb", self.refused("--influxdb", "ftp://x"))
+        self.assertIn("--influxdb-interval", self.refused("--influxdb-interval", "0"))
+        self.assertIn("--forget-after", self.refused("--forget-after", "-1"))
+
+    def test_systemdWithoutSocket(self):
+        """
+        A systemd endpoint started without systemd's socket is a usage
+        error that says so, not a traceback.
+        """
+        message = self.refused("--port", "systemd:domain=INET:index=0")
+        self.assertIn("--port", message)
+        self.assertIn("no socket for 'systemd:domain=INET:index=0' was handed over by systemd",
+                      message)
+
     def test_makeServiceDefaults(self):
         """makeService gives a MasterService on port 12345 with a 1024 backlog."""
         service = master_tap.makeService(self.parse())
@@ -323,7 +363,7 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertEqual(options["master"], MasterAddress("127.0.0.1", 12345, 30.0))
         self.assertEqual(options["keepalive"], 5.0)
         self.assertEqual(options["dead-after"], 15.0)
-        self.assertEqual(options["vitals"], 60.0)
+        self.assertEqual(options["vitals"], 10.0)
         self.assertEqual(options["initial-delay"], 1.0)
         self.assertEqual(options["max-delay"], 60.0)
         self.assertEqual(options["max-frame"], 1024 * 1024)
@@ -352,7 +392,7 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         factory = slave_tap.makeService(self.parse()).factory
         self.assertEqual(factory.master, MasterAddress("127.0.0.1", 12345))
         self.assertEqual((factory.keepalive, factory.dead_after), (5.0, 15.0))
-        self.assertEqual(factory.vitals_interval, 60.0)
+        self.assertEqual(factory.vitals_interval, 10.0)
         self.assertEqual((factory.initialDelay, factory.maxDelay), (1.0, 60.0))
         self.assertEqual(factory.max_frame, 1024 * 1024)
 
@@ -543,12 +583,14 @@ class SettingTests(unittest.TestCase):
 
     def test_usageShowsDefaults(self):
         """--help text of each side shows the defaults it will use."""
-        master_help = str(master_tap.Options())
+        # Help text wraps where it likes: compare it with spaces squeezed.
+        master_help = " ".join(str(master_tap.Options()).split())
         self.assertIn("[default: tcp:12345]", master_help)
+        self.assertIn("[default: tcp:8080:interface=127.0.0.1]", master_help)
         self.assertIn("--config=", master_help)
-        slave_help = str(slave_tap.Options())
+        slave_help = " ".join(str(slave_tap.Options()).split())
         self.assertIn("[default: tcp:host=127.0.0.1:port=12345]", slave_help)
-        self.assertIn("[default: 60.0]", slave_help)
+        self.assertIn("[default: 10.0]", slave_help)
 
 
 class PluginTests(unittest.TestCase):

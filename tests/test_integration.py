@@ -12,7 +12,7 @@ from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
-from picluster.master import MasterService
+from picluster.service import MasterService
 from picluster.slave import SlaveFactory, SlaveService
 
 from . import processes
@@ -191,3 +191,17 @@ class ListenFailureTests(unittest.TestCase):
         self.assertRaises(CannotListenError, second.startService)
         failure = yield self.assertFailure(second.when_listening(), RuntimeError)
         self.assertIn(f"could not listen on tcp:{port}", str(failure))
+
+
+class FailedStartTests(unittest.TestCase):
+    """A master whose slave port is taken can still be stopped cleanly."""
+
+    @defer.inlineCallbacks
+    def test_stopAfterTakenPort(self) -> Any:
+        taken = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(taken.stopListening)
+        master = MasterService(f"tcp:{taken.getHost().port}:interface=127.0.0.1",
+                               web="tcp:0:interface=127.0.0.1")
+        self.assertRaises(CannotListenError, master.startService)
+        yield master.stopService()
+        self.assertFalse(master.running)

@@ -13,7 +13,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from picluster.master import DEFAULT_BACKLOG, with_default_backlog
+from picluster.service import DEFAULT_BACKLOG, with_default_backlog
 
 from .helpers import MASTER_FACTS, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent
 
@@ -168,7 +168,7 @@ class InfoTests(MasterTestCase):
         protocol, transport = self.slave()
         [reply] = self.ask(transport, protocol, {"type": "info", "payload": "secrets", "id": 2})
         self.assertEqual(reply["type"], "bad_message")
-        self.assertEqual(reply["payload"]["known"], ["computer_details", "uuid", "slave_details"])
+        self.assertEqual(reply["payload"]["known"], ["computer_details", "uuid", "slave_details", "status"])
         self.assertFalse(transport.disconnecting)
 
 

@@ -13,7 +13,7 @@ from twisted.trial import unittest
 
 from picluster.address import MasterAddress
 from picluster.client import Client
-from picluster.master import MasterService
+from picluster.service import MasterService
 from picluster.slave import SlaveFactory, SlaveService
 from picluster.tasks import TaskRegistry
 from picluster.worker import TaskRunner

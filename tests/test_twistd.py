@@ -147,6 +147,31 @@ class BadOptionsTests(unittest.TestCase):
         self.assertNotIn("Traceback", second.output(), second.report())
 
 
+    @defer.inlineCallbacks
+    def test_webPortTaken(self):
+        """A taken --web port is named in the one line, not the slave port."""
+        import socket
+
+        cluster = Cluster(self)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            web = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+            master = cluster.master("master", "--web", web)
+            status = yield master.wait_for_exit(timeout=10.0)
+        self.assertNotEqual(status, 0, master.report())
+        self.assertIn(f"picluster-master: cannot listen on {web}: Address already in use",
+                      master.output(), master.report())
+        self.assertNotIn("Traceback", master.output(), master.report())
+
+    def test_badWebEndpoint(self):
+        """--web that is no endpoint exits naming --web."""
+        return self.assert_refused("--web", "picluster-master", "--web", "tcp:http")
+
+    def test_badInfluxURL(self):
+        return self.assert_refused("--influxdb", "picluster-master", "--influxdb", "ftp://x")
+
+
 class ShutdownTests(unittest.TestCase):
     """
     SIGTERM ends a node cleanly, and its peer carries on.

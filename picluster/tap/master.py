@@ -8,7 +8,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from picluster import config
-from picluster.master import MasterService, with_default_backlog
+from picluster.service import MasterService, with_default_backlog
 from picluster.taskspec import DEFAULT_MAX_ARGS
 
 
@@ -18,13 +18,42 @@ def server_endpoint(text: str) -> str:
 
     try:
         endpoint = endpoints.serverFromString(reactor, with_default_backlog(text))
-    except (ValueError, TypeError, KeyError) as e:
+    except (IndexError, KeyError) as e:
+        if text.strip().lower().startswith("systemd:"):
+            # Twisted looks the socket up as it parses: none was handed over.
+            raise ValueError(
+                f"no socket for {text!r} was handed over by systemd: start the master"
+                " through picluster-master.socket"
+            ) from None
+        raise ValueError(f"not a usable server endpoint ({text!r}): {e}") from None
+    except (ValueError, TypeError) as e:
         raise ValueError(f"not a usable server endpoint ({text!r}): {e}") from None
     # serverFromString leaves the range of a TCP port to bind() to find out.
     port = getattr(endpoint, "_port", None)
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"not a usable server endpoint ({text!r}): port must be between 0 and 65535")
     return text
+
+
+def web_endpoint(text: str) -> str | None:
+    """The dashboard's endpoint, or C{None} for C{none}: no web server."""
+    if text.strip().lower() in ("none", "off", "no", ""):
+        return None
+    return server_endpoint(text)
+
+
+def influx_url(text: str) -> str | None:
+    if text.strip().lower() in ("none", "off", "no", ""):
+        return None
+    from picluster.influx import influx_url as check
+
+    return check(text)
+
+
+def database_name(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must name a database")
+    return text.strip()
 
 
 def database_path(text: str) -> str:
@@ -60,6 +89,22 @@ class Options(config.Options):
         config.Setting(
             "max-args", config.frame_size, DEFAULT_MAX_ARGS,
             "Largest JSON arguments of one task, in bytes (K and M allowed)",
+        ),
+        config.Setting(
+            "web", web_endpoint, "tcp:8080:interface=127.0.0.1",
+            "Endpoint of the dashboard, JSON API and /metrics; none to turn it off",
+        ),
+        config.Setting(
+            "forget-after", config.seconds, 3600.0,
+            "Seconds a slave that left stays listed (greyed) on the dashboard",
+        ),
+        config.Setting(
+            "influxdb", influx_url, None,
+            "Also write every slave's vitals to the InfluxDB 1.x server at this URL",
+        ),
+        config.Setting("influxdb-db", database_name, "picluster", "InfluxDB database to write to"),
+        config.Setting(
+            "influxdb-interval", config.seconds, 10.0, "Seconds between two writes to InfluxDB"
         ),
     ]
     optParameters = config.parameters(settings)
@@ -101,4 +146,9 @@ def makeService(options: Options) -> MasterService:
         db=options["db"],
         rejoin_grace=options["rejoin-grace"],
         max_args=options["max-args"],
+        web=options["web"],
+        forget_after=options["forget-after"],
+        influxdb=options["influxdb"],
+        influxdb_db=options["influxdb-db"],
+        influxdb_interval=options["influxdb-interval"],
     )

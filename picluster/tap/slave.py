@@ -25,7 +25,7 @@ class Options(config.Options):
             "The master's endpoint: tcp:host=HOST:port=PORT or HOST:PORT",
         ),
         *config.COMMON_SETTINGS,
-        config.Setting("vitals", config.seconds, 60.0, "Seconds between vitals reports"),
+        config.Setting("vitals", config.seconds, 10.0, "Seconds between vitals reports"),
         config.Setting(
             "initial-delay", config.seconds, 1.0, "Seconds before the first reconnection attempt"
         ),

@@ -1,0 +1,80 @@
+"""
+The per-node vitals ring and the registry's memory of slaves that left.
+"""
+
+from __future__ import annotations
+
+from twisted.trial import unittest
+
+from picluster.history import VitalsHistory
+from picluster.registry import Departure, SlaveRegistry
+
+
+class HistoryTests(unittest.TestCase):
+    def test_oldestFirstAcrossTheWrap(self) -> None:
+        history = VitalsHistory(capacity=3)
+        for n in range(5):
+            history.record(100.0 + n, {"cpu_percentage": float(n), "ram_free": 1000 + n})
+        shown = history.as_dict()
+        self.assertEqual(len(history), 3)
+        self.assertEqual(shown["t"], [102.0, 103.0, 104.0])
+        self.assertEqual(shown["cpu_percent"], [2.0, 3.0, 4.0])
+        self.assertEqual(shown["ram_free"], [1002, 1003, 1004])
+
+    def test_missingAndBadReadings(self) -> None:
+        """Readings a slave lacks, or sends as nonsense, chart as gaps."""
+        history = VitalsHistory()
+        history.record(1.0, {"cpu_percentage": None, "cpu_temperature": "hot", "ram_free": True})
+        history.record(2.0, {})
+        shown = history.as_dict()
+        self.assertEqual(shown["cpu_percent"], [None, None])
+        self.assertEqual(shown["temperature"], [None, None])
+        self.assertEqual(shown["ram_free"], [None, None])
+
+    def test_empty(self) -> None:
+        self.assertEqual(VitalsHistory().as_dict(),
+                         {"t": [], "cpu_percent": [], "temperature": [], "ram_free": []})
+
+
+def departure(uuid: str, left_at: float) -> Departure:
+    return Departure(
+        uuid=uuid, address="10.0.0.2:1", hostname="pi", computer_details=None, vitals=None,
+        vitals_received_at=None, connected_at=0.0, last_seen=0.0, rtt_ms=None,
+        history=VitalsHistory(), left_at=left_at, left_reason="connection lost",
+    )
+
+
+class DepartureTests(unittest.TestCase):
+    def test_forgottenAfterAWhile(self) -> None:
+        registry = SlaveRegistry(forget_after=60)
+        registry.departed(departure("a", 10.0))
+        registry.departed(departure("b", 20.0))
+        self.assertEqual([d.uuid for d in registry.departures(30.0)], ["b", "a"])
+        self.assertEqual([d.uuid for d in registry.departures(75.0)], ["b"])
+        self.assertIsNone(registry.departure("a", 75.0))
+        self.assertIsNotNone(registry.departure("b", 75.0))
+        self.assertEqual(registry.departures(81.0), [])
+
+    def test_bounded(self) -> None:
+        """A peer that joins and leaves under fresh uuids cannot grow the list."""
+        registry = SlaveRegistry(max_departures=3)
+        for n in range(10):
+            registry.departed(departure(str(n), float(n)))
+        self.assertEqual([d.uuid for d in registry.departures(10.0)], ["9", "8", "7"])
+
+    def test_returned(self) -> None:
+        registry = SlaveRegistry()
+        gone = departure("a", 1.0)
+        registry.departed(gone)
+        self.assertIs(registry.returned("a"), gone)
+        self.assertEqual(registry.departures(2.0), [])
+        self.assertIsNone(registry.returned("a"))
+
+    def test_leftAgain(self) -> None:
+        """A node that leaves twice is listed once, with its latest departure."""
+        registry = SlaveRegistry()
+        registry.departed(departure("a", 1.0))
+        registry.departed(departure("b", 2.0))
+        registry.departed(departure("a", 3.0))
+        self.assertEqual([(d.uuid, d.left_at) for d in registry.departures(4.0)],
+                         [("a", 3.0), ("b", 2.0)])
