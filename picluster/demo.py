@@ -46,6 +46,9 @@ TRICKLE_INTERVAL = 3.0
 #: second of a core on a laptop, a few seconds on a Pi.
 PRIMES_WIDTH = 5 * 10**7
 
+#: Where the ranges start again from zero: larger numbers need longer sieves.
+WRAP_AT = 10**10
+
 log = Logger()
 
 
@@ -169,6 +172,8 @@ class PrimesTrickle(service.Service):
         assert self.client is not None
         specs = []
         for _ in range(self.batch):
+            if self._next_start >= WRAP_AT:
+                self._next_start = 0  # A demo left running for days stays as fast.
             start, self._next_start = self._next_start, self._next_start + self.width
             specs.append({"name": "primes", "args": {"start": start, "stop": start + self.width}})
         submitted = await self.client.submit(specs)
@@ -315,14 +320,7 @@ class Demo(service.MultiService):
         # would watch their master go and try to reconnect to it.
         service.Service.stopService(self)
         trickle = [self.trickle] if self.trickle is not None else []
-        master = [self.master]
-        failure = self._outcome.value if isinstance(self._outcome, Failure) else None
-        if isinstance(failure, ListenFailed) and failure.option == "port":
-            # The slave port comes first: nothing of the master started, and
-            # its stopService would trip over the web listener that never
-            # listened.
-            master = []
-        for group in (trickle, self.slaves, master):
+        for group in (trickle, self.slaves, [self.master]):
             await defer.gatherResults(
                 [defer.maybeDeferred(child.stopService) for child in group if child.running],
                 consumeErrors=True,

@@ -455,3 +455,33 @@ class StatusInfoTests(unittest.TestCase):
         self.assertEqual(status["master"]["hostname"], "pi-master")
         self.assertEqual(status["master"]["clients"], 1)
         self.assertEqual(status["tasks"]["queued"], 0)
+
+
+class EventLimitTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_tooManyStreams(self) -> Any:
+        """Past the limit a stream is refused with 503; one closing makes room."""
+        self.patch(events, "MAX_SUBSCRIBERS", 2)
+        web = WebMaster(self)
+        readers = []
+        for _ in range(2):
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", web.port.getHost().port)
+            reader = yield connectProtocol(endpoint, _EventReader())
+            self.addCleanup(lambda r=reader: r.transport.loseConnection() or r.closed)
+            readers.append(reader)
+        stream = web.site.events
+        yield processes.wait_until(lambda: len(stream.subscribers) == 2, "two streams", poll=0.01)
+        refused = yield web.get("/api/events")
+        self.assertEqual(refused.code, 503)
+        self.assertIn("too many", refused.json()["error"])
+        readers[0].transport.loseConnection()
+        yield processes.wait_until(lambda: len(stream.subscribers) == 1, "one closed", poll=0.01)
+        third = yield self.connect_reader(web)
+        yield processes.wait_until(lambda: third.events(), "the third stream's event", poll=0.01)
+
+    @defer.inlineCallbacks
+    def connect_reader(self, web: WebMaster) -> Any:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", web.port.getHost().port)
+        reader = yield connectProtocol(endpoint, _EventReader())
+        self.addCleanup(lambda: reader.transport.loseConnection() or reader.closed)
+        return reader

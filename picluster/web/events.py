@@ -39,6 +39,11 @@ STALL_LIMIT = 15
 #: The browser's wait before it reconnects, in milliseconds.
 RETRY_MS = 3000
 
+#: Streams open at once, at most: each costs a connection and a write per
+#: tick, and a page left open in many tabs (or a hostile client) must not
+#: make the master pay without bound.
+MAX_SUBSCRIBERS = 64
+
 
 @implementer(IPushProducer)
 class _Subscriber:
@@ -73,6 +78,11 @@ class ClusterEvents(resource.Resource):
         self.interval = interval
 
     def render_GET(self, request: server.Request) -> Any:
+        if len(self.subscribers) >= MAX_SUBSCRIBERS:
+            request.setResponseCode(503)
+            request.setHeader(b"content-type", b"application/json; charset=utf-8")
+            request.setHeader(b"retry-after", b"30")
+            return b'{"error":"too many live dashboards open; try again later"}\n'
         request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         # Tell a reverse proxy in front of us not to buffer the stream.
