@@ -25,10 +25,16 @@ SERIES = (
 
 _MISSING = math.nan
 
+#: The largest magnitude a float32 holds: a reading past it (a peer may send
+#: 1e39, or an integer of 400 digits) is a gap, not an infinity that JSON
+#: could not carry.
+_FLOAT32_MAX = 3.4e38
+
 
 def _reading(vitals: dict[str, Any], key: str) -> float:
     value = vitals.get(key)
-    if type(value) in (int, float):
+    # int and float compare exactly, so a huge int never overflows here.
+    if type(value) in (int, float) and -_FLOAT32_MAX < value < _FLOAT32_MAX:
         return float(value)
     return _MISSING
 

@@ -221,7 +221,8 @@ class InfluxExporter(service.Service):
         self._sampled: dict[str, float] = {}
         self._loop: task.LoopingCall | None = None
         self._idle_waiters: list[defer.Deferred[None]] = []
-        self._tried_creating = False
+        self._created_at: float | None = None
+        self._creating: defer.Deferred[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -258,6 +259,8 @@ class InfluxExporter(service.Service):
         self._retry = None
         if self._writing is not None:
             self._writing.cancel()
+        if self._creating is not None:
+            self._creating.cancel()
 
     # -- sampling ------------------------------------------------------------
 
@@ -351,14 +354,16 @@ class InfluxExporter(service.Service):
 
     def _create_database(self) -> None:
         """
-        Create the database, once: what a user who named it expects, and
-        harmless where it exists (C{CREATE DATABASE} is idempotent).  A
-        server with authentication may refuse it; then the database must be
-        made by hand, and the warning says so.
+        Create the database: what a user who named it expects, and harmless
+        where it exists (C{CREATE DATABASE} is idempotent).  Tried again at
+        most every L{MAX_RETRY_DELAY} seconds while writes find no database;
+        a server with authentication may refuse it, and then the database
+        must be made by hand, as the warning says.
         """
-        if self._tried_creating:
+        now = self.clock.seconds()
+        if self._created_at is not None and now - self._created_at < MAX_RETRY_DELAY:
             return
-        self._tried_creating = True
+        self._created_at = now
         name = self.database.replace("\\", "\\\\").replace('"', '\\"')
         creating = defer.maybeDeferred(
             self._post, self.query_url,
@@ -368,10 +373,17 @@ class InfluxExporter(service.Service):
         creating.addCallback(self._read_answer)
         creating.addTimeout(self.timeout, self.clock)
         creating.addCallback(self._database_created)
-        creating.addErrback(lambda failure: self.log.warn(
+        creating.addErrback(self._not_created)
+        creating.addBoth(lambda _: setattr(self, "_creating", None))
+        self._creating = creating
+
+    def _not_created(self, failure: Failure) -> None:
+        if not self.running:
+            return  # Cancelled by stopService.
+        self.log.warn(
             "Cannot create InfluxDB database {database} at {url} ({reason}); create it by hand",
             database=self.database, url=self.url, reason=failure.getErrorMessage(),
-        ))
+        )
 
     def _database_created(self, answer: tuple[int, bytes]) -> None:
         code, body = answer

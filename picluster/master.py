@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuid_module
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -96,7 +94,8 @@ class SlaveConnection(PeerHandler):
     @property
     def hostname(self) -> str | None:
         hostname = (self.computer_details or {}).get("hostname")
-        return hostname if isinstance(hostname, str) else None
+        # Clipped: it is logged, shown and matched, and a peer chose it.
+        return views.clip(hostname) if isinstance(hostname, str) else None
 
     def describe_peer(self) -> str:
         if self.role == "client":
@@ -174,7 +173,8 @@ class SlaveConnection(PeerHandler):
 
     def _reclaim(self, earlier: str) -> None:
         registry = self.master.registry
-        self.master.stats.reconnections += 1
+        if earlier != self.uuid:
+            self.master.stats.reconnections += 1
         displaced = registry.claim(self, earlier)
         # The node's charts go on where they stopped.
         before = displaced if displaced is not None else registry.returned(earlier)

@@ -11,11 +11,13 @@ vanishing without a trace.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from picluster.history import VitalsHistory
+from picluster.views import clip
 
 if TYPE_CHECKING:
     from picluster.master import SlaveConnection
@@ -26,6 +28,21 @@ DEFAULT_FORGET_AFTER = 3600.0
 #: Departures kept at most: a flapping or hostile peer that joins and leaves
 #: under fresh uuids must not grow the master without bound.
 MAX_DEPARTURES = 256
+
+#: The largest facts or vitals (as JSON) kept of a slave that left: a Pi's
+#: are well under a kilobyte, and a peer that sent a megabyte of them must
+#: not leave it in memory for an hour, 256 times over.
+MAX_KEPT_BYTES = 8192
+
+
+def _kept(details: dict[str, Any] | None) -> dict[str, Any] | None:
+    if details is None:
+        return None
+    try:
+        size = len(json.dumps(details, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return None
+    return details if size <= MAX_KEPT_BYTES else None
 
 
 @dataclass
@@ -51,8 +68,8 @@ class Departure:
     @classmethod
     def of(cls, slave: SlaveConnection, left_at: float, reason: str) -> Departure:
         return cls(
-            uuid=slave.uuid, address=slave.address, hostname=slave.hostname,
-            computer_details=slave.computer_details, vitals=slave.vitals,
+            uuid=slave.uuid, address=slave.address, hostname=clip(slave.hostname),
+            computer_details=_kept(slave.computer_details), vitals=_kept(slave.vitals),
             vitals_received_at=slave.vitals_received_at, connected_at=slave.connected_at,
             last_seen=slave.last_seen, rtt_ms=slave.rtt_ms, history=slave.history,
             left_at=left_at, left_reason=reason,

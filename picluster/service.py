@@ -28,6 +28,7 @@ log = Logger()
 #: 50 drops connections when a whole cluster rejoins a restarted master.
 DEFAULT_BACKLOG = 1024
 
+
 def with_default_backlog(description: str) -> str:
     """Add C{backlog=DEFAULT_BACKLOG} to a TCP port description without one."""
     kind = description.split(":", 1)[0].strip().lower()
@@ -50,6 +51,8 @@ class MasterService(service.MultiService):
 
     #: When the service started, in the reactor's seconds; None before.
     started_at: float | None = None
+    #: The TCP port slaves connect to, once listening.
+    slave_port: int | None = None
     web_listener: service.Service | None = None
 
     def __init__(
@@ -123,6 +126,11 @@ class MasterService(service.MultiService):
         """Listen, and load the task queue; tasks are served once it is loaded."""
         self.started_at = self.reactor.seconds()
         super().startService()
+        # The port slaves reach, as bound (the description may say 0, or
+        # name a socket that systemd handed over).
+        self.when_listening().addCallbacks(
+            lambda port: setattr(self, "slave_port", port.getHost().port), lambda _: None
+        )
         self._queue_loaded: defer.Deferred[None] = defer.Deferred()
         opened = TaskStore.open(self.db, self.reactor)
         opened.addCallbacks(self._store_opened, self.scheduler.failed_to_start)

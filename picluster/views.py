@@ -24,15 +24,32 @@ if TYPE_CHECKING:
 #: Tasks in the dashboard's live list.
 LIVE_TASKS = 10
 
+#: Characters shown of a text a slave reports about itself (hostname, model,
+#: OS): every view repeats it per node and per tick, so a peer must not make
+#: it a megabyte.
+MAX_TEXT = 255
+
+#: The largest magnitude of a reading shown: beyond it (an integer of 400
+#: digits is valid JSON) a float conversion, in the metrics or a chart, fails.
+MAX_NUMBER = 1e300
+
+
+def clip(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_TEXT:
+        return text
+    return text[:MAX_TEXT - 1] + "\u2026"
+
 
 def _number(mapping: dict[str, Any] | None, key: str) -> Any:
     value = (mapping or {}).get(key)
-    return value if type(value) in (int, float) else None
+    if type(value) in (int, float) and -MAX_NUMBER <= value <= MAX_NUMBER:
+        return value
+    return None
 
 
 def _text(mapping: dict[str, Any] | None, key: str) -> str | None:
     value = (mapping or {}).get(key)
-    return value if isinstance(value, str) else None
+    return clip(value) if isinstance(value, str) else None
 
 
 def _flag(mapping: dict[str, Any] | None, key: str) -> bool | None:
@@ -51,8 +68,10 @@ def _throttled(vitals: dict[str, Any] | None) -> bool | None:
 
 def _load_average(vitals: dict[str, Any] | None) -> list[float] | None:
     loads = (vitals or {}).get("load_average")
-    if isinstance(loads, list) and len(loads) == 3 and all(type(x) in (int, float) for x in loads):
-        return loads
+    if isinstance(loads, list) and len(loads) == 3:
+        shown = [_number({"x": x}, "x") for x in loads]
+        if None not in shown:
+            return shown
     return None
 
 
@@ -65,7 +84,7 @@ def slave_summary(node: Node, master: MasterService) -> dict[str, Any]:
     return {
         "uuid": node.uuid,
         "state": "left" if left else "connected",
-        "hostname": node.hostname,
+        "hostname": clip(node.hostname),
         "model": _text(facts, "model"),
         "address": node.address,
         "os": _text(facts, "os"),
@@ -141,6 +160,7 @@ def master_summary(master: MasterService, facts: bool = True) -> dict[str, Any]:
         "started_at": master.started_at,
         "uptime": None if master.started_at is None else now - master.started_at,
         "port": master.port,
+        "slave_port": master.slave_port,
         "keepalive": factory.keepalive,
         "dead_after": factory.dead_after,
         "slaves": {"connected": connected, "left": len(master.registry.departures(now))},
@@ -174,11 +194,8 @@ def task_brief(record: dict[str, Any]) -> dict[str, Any]:
 
 def status(master: MasterService) -> dict[str, Any]:
     """The C{info status} answer: the cluster at a glance, for C{picluster status}."""
-    return {
-        "master": master_summary(master),
-        "slaves": slaves(master),
-        "tasks": master.scheduler.state_counts(),
-    }
+    shown = master_summary(master)
+    return {"master": shown, "slaves": slaves(master), "tasks": shown["tasks"]}
 
 
 def cluster_event(master: MasterService, latest: list[dict[str, Any]]) -> dict[str, Any]:

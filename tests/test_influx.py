@@ -413,6 +413,28 @@ class ExporterTests(unittest.TestCase):
         self.assertEqual((exporter.pending, exporter.points_written), (0, 2))
 
     @defer.inlineCallbacks
+    def test_database_created(self) -> Any:
+        """
+        A write that finds no database makes the exporter create it, again
+        at most every MAX_RETRY_DELAY seconds while writes keep finding none.
+        """
+        standin, url = self.serve()
+        standin.code, standin.answer = 404, b'{"error":"database not found: \\"pi db\\""}'
+        exporter = self.exporter(url)
+
+        def creations() -> list[Any]:
+            return [args[b"q"] for args, _ in standin.writes if b"q" in args]
+
+        yield self.tick(exporter)
+        yield processes.wait_until(lambda: creations(), "CREATE DATABASE", poll=0.01)
+        self.assertEqual(creations(), [[b'CREATE DATABASE "pi db"']])
+        for _ in range(5):
+            yield self.tick(exporter, 30.0)
+        self.assertEqual(len(creations()), 1, "not on every write")
+        yield self.tick(exporter, MAX_RETRY_DELAY)
+        yield processes.wait_until(lambda: len(creations()) == 2, "a second try", poll=0.01)
+
+    @defer.inlineCallbacks
     def test_full_buffer_drops_oldest(self) -> Any:
         """Past max_points the oldest go, counted, with a single warning."""
         standin, url = self.serve()

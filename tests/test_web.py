@@ -6,6 +6,7 @@ parser, and the live event stream, including a browser that stops reading.
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 from typing import Any
@@ -395,16 +396,54 @@ class EventTests(unittest.TestCase):
         self.assertEqual([s["hostname"] for s in reader.events()[1]["slaves"]], ["pi-one", "pi-two"])
 
     @defer.inlineCallbacks
-    def test_loopStopsWithoutReaders(self) -> Any:
+    def test_nothingBuiltWithoutReaders(self) -> Any:
         """Nobody watching, nothing built."""
         web = WebMaster(self)
+        built = []
+        self.patch(web.master.scheduler, "latest", lambda limit: built.append(limit) or [])
         reader = yield self.connect(web)
-        stream = web.site.events
-        yield processes.wait_until(lambda: stream.subscribers, "the reader subscribed", poll=0.01)
-        self.assertTrue(stream._loop.running)
+        yield processes.wait_until(lambda: reader.events(), "the first event", poll=0.01)
+        web.clock.advance(events.INTERVAL)
+        self.assertEqual(len(built), 2)
         reader.transport.loseConnection()
+        stream = web.site.events
         yield processes.wait_until(lambda: not stream.subscribers, "the reader gone", poll=0.01)
-        self.assertFalse(stream._loop.running)
+        for _ in range(5):
+            web.clock.advance(events.INTERVAL)
+        self.assertEqual(len(built), 2)
+
+    @defer.inlineCallbacks
+    def test_oneTickAtATime(self) -> Any:
+        """
+        Readers that come and go while a tick waits for the task queue never
+        start a second loop: one event per interval, whatever happened.
+        """
+        web = WebMaster(self)
+        stream = web.site.events
+        asked: list[defer.Deferred[Any]] = []
+
+        def latest(limit: int) -> defer.Deferred[Any]:
+            asked.append(defer.Deferred())
+            return asked[-1]
+
+        self.patch(web.master.scheduler, "latest", latest)
+        first = yield self.connect(web)
+        yield processes.wait_until(lambda: stream.subscribers, "subscribed", poll=0.01)
+        web.clock.advance(events.INTERVAL)       # a tick, waiting for the queue
+        first.transport.loseConnection()
+        yield processes.wait_until(lambda: not stream.subscribers, "gone", poll=0.01)
+        second = yield self.connect(web)
+        yield processes.wait_until(lambda: stream.subscribers, "subscribed again", poll=0.01)
+        for waiting in asked:
+            waiting.callback([])
+        self.assertEqual(len(asked), 3, "two newcomers' pictures and one tick")
+        for _ in range(4):
+            web.clock.advance(events.INTERVAL)
+            for waiting in asked:
+                if not waiting.called:
+                    waiting.callback([])
+        self.assertEqual(len(asked), 7, "one more per interval, not two")
+        yield processes.wait_until(lambda: len(second.events()) == 5, "five events", poll=0.01)
 
     @defer.inlineCallbacks
     def test_stalledReaderCutOff(self) -> Any:
@@ -433,6 +472,8 @@ class EventTests(unittest.TestCase):
             # Let the reactor move the bytes before the next tick.
             yield processes.sleep(0.001)
         self.assertTrue(slow.paused)
+        self.assertEqual(slow.skipped, events.STALL_LIMIT,
+                         "it was cut off for missing events, not for closing")
         sent = len(reader.events())
         self.assertEqual(sent, ticks + 1, "the reading browser got every event")
         yield processes.wait_until(lambda: len(reader.events()) == sent, "all read", poll=0.01)
@@ -485,3 +526,88 @@ class EventLimitTests(unittest.TestCase):
         reader = yield connectProtocol(endpoint, _EventReader())
         self.addCleanup(lambda: reader.transport.loseConnection() or reader.closed)
         return reader
+
+
+class HostilePeerTests(unittest.TestCase):
+    """What a slave reports cannot break the views, nor make them huge."""
+
+    @defer.inlineCallbacks
+    def test_outOfRangeReadings(self) -> Any:
+        """
+        Numbers valid in JSON but not in a float (or a float32 chart) show
+        as missing readings; the API, the charts and /metrics keep working.
+        """
+        web = WebMaster(self)
+        vitals = dict(PI_VITALS, cpu_percentage=1e39, ram_free=10**400, disk_free=1e300,
+                      load_average=[1, 10**400, 2])
+        slave = web.slave("pi-odd", vitals=vitals)
+        listed = yield web.get("/api/slaves?history=1")
+        self.assertEqual(listed.code, 200)
+        [shown] = listed.json()["slaves"]
+        self.assertEqual(shown["cpu_percent"], 1e39, "a finite float is shown as it is")
+        self.assertIsNone(shown["ram_free"])
+        self.assertIsNone(shown["load_average"])
+        self.assertEqual(shown["history"]["cpu_percent"], [None])
+        self.assertEqual(shown["history"]["ram_free"], [None])
+        detail = yield web.get(f"/api/slaves/{slave.uuid}")
+        self.assertEqual(detail.code, 200)
+        metrics = yield web.get("/metrics")
+        self.assertEqual(metrics.code, 200)
+        self.assertIn(b"picluster_slave_cpu_percent{", metrics.body)
+
+    @defer.inlineCallbacks
+    def test_hugeTextClipped(self) -> Any:
+        """A megabyte hostname is shown clipped, and not kept once the slave leaves."""
+        from picluster.views import MAX_TEXT
+
+        web = WebMaster(self)
+        slave = web.slave("h" * 100_000, vitals=PI_VITALS)
+        slave.send("computer_details", {"hostname": "h" * 100_000, "model": "m" * 100_000,
+                                        "padding": "p" * 100_000})
+        [shown] = (yield web.get("/api/slaves")).json()["slaves"]
+        self.assertEqual(len(shown["hostname"]), MAX_TEXT)
+        self.assertEqual(len(shown["model"]), MAX_TEXT)
+        slave.lose()
+        [departure] = web.master.registry.departures(web.clock.seconds())
+        self.assertEqual(len(departure.hostname), MAX_TEXT)
+        self.assertIsNone(departure.computer_details, "too big to keep for an hour")
+        self.assertEqual(departure.vitals, PI_VITALS)
+
+    @defer.inlineCallbacks
+    def test_unicodeDigits(self) -> Any:
+        """A superscript two is a digit to str.isdigit, not to the API."""
+        web = WebMaster(self)
+        self.assertEqual((yield web.get("/api/tasks?limit=%C2%B2")).code, 400)
+        self.assertEqual((yield web.get("/api/tasks/%C2%B2")).code, 404)
+
+    @defer.inlineCallbacks
+    def test_unencodable(self) -> Any:
+        """An answer JSON cannot encode is a 500, not a request left hanging."""
+        web = WebMaster(self)
+        slave = web.slave("pi-one")
+        web.master.registry.get(slave.uuid).vitals_received_at = float("inf")
+        response = yield web.get("/api/slaves")
+        self.assertEqual((response.code, response.json()), (500, {"error": "internal error"}))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
+    @defer.inlineCallbacks
+    def test_browserGoneWhileAsking(self) -> Any:
+        """
+        A browser that leaves before a slow answer: the answer, when it
+        comes, is dropped without an error, and the next browser is served.
+        """
+        web = WebMaster(self)
+        waiting: defer.Deferred[Any] = defer.Deferred()
+        self.patch(web.master.scheduler, "latest", lambda limit, state=None: waiting)
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", web.port.getHost().port)
+        reader = yield connectProtocol(endpoint, _EventReader())
+        reader.transport.write(b"GET /api/tasks HTTP/1.1\r\nHost: x\r\n\r\n")
+        yield processes.sleep(0.05)
+        reader.transport.loseConnection()
+        yield reader.closed
+        yield processes.sleep(0.05)
+        waiting.callback([])
+        # An unhandled failure is only told of when its Deferred is collected.
+        gc.collect()
+        self.patch(web.master.scheduler, "latest", lambda limit, state=None: [])
+        self.assertEqual((yield web.get("/api/tasks")).code, 200)

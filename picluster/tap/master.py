@@ -35,22 +35,29 @@ def server_endpoint(text: str) -> str:
     return text
 
 
+#: What turns an optional part (the web server, the InfluxDB export) off.
+_OFF = ("none", "off", "no", "")
+
+
 def web_endpoint(text: str) -> str | None:
     """The dashboard's endpoint, or C{None} for C{none}: no web server."""
-    if text.strip().lower() in ("none", "off", "no", ""):
+    if text.strip().lower() in _OFF:
         return None
     return server_endpoint(text)
 
 
 def influx_url(text: str) -> str | None:
-    if text.strip().lower() in ("none", "off", "no", ""):
+    """The InfluxDB server's base URL, or C{None} for C{none}: no export."""
+    if text.strip().lower() in _OFF:
         return None
+    # Imported here: treq loads only for a master that exports.
     from picluster.influx import influx_url as check
 
     return check(text)
 
 
 def database_name(text: str) -> str:
+    """An InfluxDB database name (any text; it is quoted where it is used)."""
     if not text.strip():
         raise ValueError("must name a database")
     return text.strip()

@@ -65,7 +65,13 @@ class _Subscriber:
 
 
 class ClusterEvents(resource.Resource):
-    """C{/api/events}: the stream, and the loop that feeds every subscriber."""
+    """
+    C{/api/events}: the stream, and the loop that feeds every subscriber.
+
+    The loop runs for as long as the site listens (L{start}, L{stop}) and
+    does nothing while nobody watches: starting and stopping it with the
+    subscribers would race with a tick still waiting for the task queue.
+    """
 
     isLeaf = True
 
@@ -76,6 +82,16 @@ class ClusterEvents(resource.Resource):
         self._loop = LoopingCall(self._tick)
         self._loop.clock = master.reactor
         self.interval = interval
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self.interval, now=False).addErrback(
+                lambda failure: log.failure("The dashboard's event loop failed", failure)
+            )
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
 
     def render_GET(self, request: server.Request) -> Any:
         if len(self.subscribers) >= MAX_SUBSCRIBERS:
@@ -92,19 +108,12 @@ class ClusterEvents(resource.Resource):
         self.subscribers.add(subscriber)
         request.notifyFinish().addBoth(self._gone, subscriber)
         request.write(f"retry: {RETRY_MS}\n\n".encode())
-        if self._loop.running:
-            # The newcomer gets the next tick's picture; make it soon.
-            self._send_now([subscriber])
-        else:
-            self._loop.start(self.interval, now=True).addErrback(
-                lambda failure: log.failure("The dashboard's event loop failed", failure)
-            )
+        # The newcomer's first picture comes now, not at the next tick.
+        self._send_now([subscriber])
         return server.NOT_DONE_YET
 
     def _gone(self, _: Any, subscriber: _Subscriber) -> None:
         self.subscribers.discard(subscriber)
-        if not self.subscribers and self._loop.running:
-            self._loop.stop()
 
     def _tick(self) -> defer.Deferred[None] | None:
         if not self.subscribers:
@@ -144,10 +153,9 @@ class ClusterEvents(resource.Resource):
         subscriber.request.transport.abortConnection()
 
     def close(self) -> None:
-        """End every stream: the master is stopping."""
+        """End every stream and the loop: the master is stopping."""
         for subscriber in list(self.subscribers):
             self.subscribers.discard(subscriber)
             subscriber.request.unregisterProducer()
             subscriber.request.finish()
-        if self._loop.running:
-            self._loop.stop()
+        self.stop()

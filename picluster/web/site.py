@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import exposition
@@ -49,6 +50,11 @@ CONTENT_SECURITY_POLICY = (
     b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     b" connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+
+
+#: A number in a URL: ASCII digits only (str.isdigit takes "²" too), and no
+#: more than SQLite's integers hold.
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class BadQuery(Exception):
@@ -85,21 +91,24 @@ class JSONResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, master: MasterService, answer: Callable[[server.Request], Any]):
+    def __init__(self, answer: Callable[[server.Request], Any]):
         super().__init__()
-        self.master = master
         self.answer = answer
 
     def render_GET(self, request: server.Request) -> Any:
         answered = defer.maybeDeferred(self.answer, request)
-        answered.addCallbacks(lambda result: _json(request, 200, result),
-                              lambda failure: self._failed(request, failure))
+        # Encoding may fail too (a number JSON cannot hold): that failure
+        # must be answered like any other, or the request would hang.
+        answered.addCallback(lambda result: _json(request, 200, result))
+        answered.addErrback(lambda failure: self._failed(request, failure))
         body: list[bytes] = []
         answered.addCallback(body.append)
         if body:
             # The usual case: answered at once, no need for NOT_DONE_YET.
             return body[0]
         finished = request.notifyFinish()
+        # A browser gone before the answer is not an error of ours.
+        finished.addErrback(lambda _: None)
         answered.addCallback(lambda _: self._finish(body[0], request, finished))
         answered.addErrback(lambda failure: log.failure("Error answering", failure))
         return server.NOT_DONE_YET
@@ -125,11 +134,9 @@ class JSONResource(resource.Resource):
 class _Collection(resource.Resource):
     """A JSON collection whose children are found by one path segment."""
 
-    def __init__(self, master: MasterService, listing: Callable[[server.Request], Any],
-                 item: Callable[[str], Any]):
+    def __init__(self, listing: Callable[[server.Request], Any], item: Callable[[str], Any]):
         super().__init__()
-        self.master = master
-        self.listing = JSONResource(master, listing)
+        self.listing = JSONResource(listing)
         self.item = item
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
@@ -138,7 +145,7 @@ class _Collection(resource.Resource):
         if request.postpath:
             return _NotFoundJSON()
         segment = path.decode("utf-8", "replace")
-        return JSONResource(self.master, lambda _: self.item(segment))
+        return JSONResource(lambda _: self.item(segment))
 
     def render_GET(self, request: server.Request) -> Any:
         return self.listing.render_GET(request)
@@ -233,9 +240,9 @@ class DashboardSite(server.Site):
         self.master = master
         self.events = ClusterEvents(master)
         api = Api()
-        api.putChild(b"slaves", _Collection(master, self._slaves, self._slave))
-        api.putChild(b"tasks", _Collection(master, self._tasks, self._task))
-        api.putChild(b"master", JSONResource(master, lambda _: views.master_summary(master)))
+        api.putChild(b"slaves", _Collection(self._slaves, self._slave))
+        api.putChild(b"tasks", _Collection(self._tasks, self._task))
+        api.putChild(b"master", JSONResource(lambda _: views.master_summary(master)))
         api.putChild(b"events", self.events)
         root = Root({
             b"": _Page(os.path.join(STATIC_DIR, "index.html")),
@@ -244,6 +251,15 @@ class DashboardSite(server.Site):
             b"metrics": MetricsPage(master),
         })
         super().__init__(root)
+
+    def startFactory(self) -> None:
+        """The site listens: the live events' loop runs until it stops."""
+        super().startFactory()
+        self.events.start()
+
+    def stopFactory(self) -> None:
+        self.events.stop()
+        super().stopFactory()
 
     def log(self, request: server.Request) -> None:
         """
@@ -268,7 +284,7 @@ class DashboardSite(server.Site):
         limit_text = _argument(request, "limit")
         limit = DEFAULT_TASKS
         if limit_text is not None:
-            if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_TASKS:
+            if not _DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_TASKS:
                 raise BadQuery(f"limit must be a whole number from 1 to {MAX_TASKS}")
             limit = int(limit_text)
         state = _argument(request, "state")
@@ -283,7 +299,7 @@ class DashboardSite(server.Site):
         })
 
     def _task(self, segment: str) -> defer.Deferred[dict[str, Any]]:
-        if not segment.isdigit() or len(segment) > 18:
+        if not _DIGITS.fullmatch(segment):
             raise NotFound(f"no task with id {segment}")
         task_id = int(segment)
         scheduler = self.master.scheduler

@@ -15,7 +15,7 @@
 
 (() => {
   /** How many points each chart keeps. */
-  const HISTORY_LIMIT = 180;
+  const HISTORY_LIMIT = 120;
   /** A temperature at or above this (°C) is shown as hot. */
   const HOT = 70;
   /** Seconds without an event before the page says its data are stale. */
@@ -512,7 +512,7 @@
     setText($("connected-count"), isNumber(slaves.connected) ? slaves.connected : "–");
     setText($("left-count"), isNumber(slaves.left) ? slaves.left : "–");
     if (master.tasks) applyCounts(master.tasks);
-    const port = listeningPort(master.port);
+    const port = listeningPort(master.slave_port) || listeningPort(master.port);
     if (port) setText($("hint-port"), port);
     document.title = `${master.hostname || "picluster"} · ${
       isNumber(slaves.connected) ? slaves.connected : 0} up — picluster`;
@@ -610,7 +610,7 @@
       : "waiting for the master…";
     const master = state.master;
     const parts = [updated];
-    const port = master && listeningPort(master.port);
+    const port = master && (listeningPort(master.slave_port) || listeningPort(master.port));
     if (port) parts.push(`slaves connect on port ${port}`);
     setText($("updated"), parts.join(" · "));
   }
