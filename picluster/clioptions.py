@@ -13,7 +13,6 @@ from __future__ import annotations
 import getopt
 from typing import Any, Mapping
 
-from twisted.internet import endpoints
 from twisted.python import usage
 
 from picluster import config, wire
@@ -24,10 +23,6 @@ DEFAULT_MASTER = "tcp:host=127.0.0.1:port=12345"
 MASTER_ENV = "PICLUSTER_MASTER"
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
-#: Where C{picluster demo} listens unless told: loopback only, the slave
-#: port wherever the system likes, the dashboard where a person can type it.
-DEMO_PORT = "tcp:0:interface=127.0.0.1"
-DEMO_WEB = "tcp:8080:interface=127.0.0.1"
 MAX_DEMO_SLAVES = 64
 
 
@@ -78,17 +73,15 @@ def _positive_int(text: str, what: str, minimum: int = 1) -> int:
 
 def _tcp_server(text: str, option: str) -> str:
     """
-    A TCP server endpoint description, checked by Twisted's own parser.
-
-    The parser only builds the endpoint (it neither listens nor uses the
-    reactor it is given), so no reactor is needed here.  TCP only: the demo's
-    slaves connect over TCP, and its dashboard is reached by a URL.
+    A TCP server endpoint description, checked as the master checks its own.
+    TCP only: the demo's slaves connect over TCP, and its dashboard is
+    reached by a URL.
     """
     try:
-        endpoint = endpoints.serverFromString(None, text)
-    except (ValueError, KeyError, TypeError) as e:
-        raise usage.UsageError(f"{option}: {e}: {text!r}") from None
-    if not isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint)):
+        config.server_endpoint(text)
+    except ValueError as e:
+        raise usage.UsageError(f"{option}: {e}") from None
+    if text.split(":", 1)[0].strip().lower() not in ("tcp", "tcp6"):
         raise usage.UsageError(f"{option} must be a tcp: or tcp6: endpoint, not {text!r}")
     return text
 
@@ -301,8 +294,8 @@ class DemoOptions(_ShowsText, usage.Options):
     )
     optParameters = [
         ["slaves", "n", "3", f"How many slaves to run (1 to {MAX_DEMO_SLAVES})."],
-        ["port", "p", DEMO_PORT, "The endpoint the slaves connect to."],
-        ["web", "w", DEMO_WEB, "The endpoint of the web dashboard (tcp:0 picks a free port)."],
+        ["port", "p", config.LOOPBACK_ANY_PORT, "The endpoint the slaves connect to."],
+        ["web", "w", config.DEFAULT_WEB, "The endpoint of the web dashboard (tcp:0 picks a free port)."],
     ]
 
     def __init__(self) -> None:

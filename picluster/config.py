@@ -15,7 +15,16 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from twisted.internet import endpoints
 from twisted.python import usage
+
+
+#: Where a master serves its dashboard unless told: this machine only, as
+#: the API has no login yet.
+DEFAULT_WEB = "tcp:8080:interface=127.0.0.1"
+
+#: A port on loopback that the system picks.
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -232,3 +241,26 @@ COMMON_SETTINGS = [
     ),
     Setting("max-frame", frame_size, 1024 * 1024, "Largest frame accepted, in bytes (K and M allowed)"),
 ]
+
+
+def server_endpoint(text: str) -> str:
+    """Check a server endpoint description without listening on it."""
+    from twisted.internet import reactor
+
+    try:
+        endpoint = endpoints.serverFromString(reactor, text)
+    except (IndexError, KeyError) as e:
+        if text.strip().lower().startswith("systemd:"):
+            # Twisted looks the socket up as it parses: none was handed over.
+            raise ValueError(
+                f"no socket for {text!r} was handed over by systemd: start the master"
+                " through picluster-master.socket"
+            ) from None
+        raise ValueError(f"not a usable server endpoint ({text!r}): {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"not a usable server endpoint ({text!r}): {e}") from None
+    # serverFromString leaves the range of a TCP port to bind() to find out.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ValueError(f"not a usable server endpoint ({text!r}): port must be between 0 and 65535")
+    return text

@@ -25,7 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from picluster import sysinfo
+from picluster import config, sysinfo
 from picluster.address import MasterAddress
 from picluster.client import Client
 from picluster.errors import DisconnectionException
@@ -202,8 +202,8 @@ class Demo(service.MultiService):
         self,
         slaves: int = 3,
         *,
-        port: str = "tcp:0:interface=127.0.0.1",
-        web: str = "tcp:8080:interface=127.0.0.1",
+        port: str = config.LOOPBACK_ANY_PORT,
+        web: str = config.DEFAULT_WEB,
         trickle_interval: float | None = TRICKLE_INTERVAL,
         primes_width: int = PRIMES_WIDTH,
         reactor: Any = None,

@@ -208,7 +208,8 @@ class DemoUsageTests(unittest.TestCase):
             (["--web", "unix:/tmp/dashboard"],
              "--web must be a tcp: or tcp6: endpoint, not 'unix:/tmp/dashboard'"),
             (["--port", "tcp:eighty"],
-             "--port: invalid literal for int() with base 10: 'eighty': 'tcp:eighty'"),
+             "--port: not a usable server endpoint ('tcp:eighty'): invalid literal for int()"
+             " with base 10: 'eighty'"),
         ]:
             stdout, stderr = io.StringIO(), io.StringIO()
             code = yield cli.main(["demo", *argv], reactor=reactor, stdout=stdout,

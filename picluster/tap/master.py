@@ -4,35 +4,12 @@ C{twistd picluster-master}: listen for slaves.
 
 from __future__ import annotations
 
-from twisted.internet import endpoints
 from twisted.python import usage
 
 from picluster import config
-from picluster.service import MasterService, with_default_backlog
+from picluster.config import server_endpoint
+from picluster.service import MasterService
 from picluster.taskspec import DEFAULT_MAX_ARGS
-
-
-def server_endpoint(text: str) -> str:
-    """Check a server endpoint description without listening on it."""
-    from twisted.internet import reactor
-
-    try:
-        endpoint = endpoints.serverFromString(reactor, with_default_backlog(text))
-    except (IndexError, KeyError) as e:
-        if text.strip().lower().startswith("systemd:"):
-            # Twisted looks the socket up as it parses: none was handed over.
-            raise ValueError(
-                f"no socket for {text!r} was handed over by systemd: start the master"
-                " through picluster-master.socket"
-            ) from None
-        raise ValueError(f"not a usable server endpoint ({text!r}): {e}") from None
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"not a usable server endpoint ({text!r}): {e}") from None
-    # serverFromString leaves the range of a TCP port to bind() to find out.
-    port = getattr(endpoint, "_port", None)
-    if isinstance(port, int) and not 0 <= port <= 65535:
-        raise ValueError(f"not a usable server endpoint ({text!r}): port must be between 0 and 65535")
-    return text
 
 
 #: What turns an optional part (the web server, the InfluxDB export) off.
@@ -98,7 +75,7 @@ class Options(config.Options):
             "Largest JSON arguments of one task, in bytes (K and M allowed)",
         ),
         config.Setting(
-            "web", web_endpoint, "tcp:8080:interface=127.0.0.1",
+            "web", web_endpoint, config.DEFAULT_WEB,
             "Endpoint of the dashboard, JSON API and /metrics; none to turn it off",
         ),
         config.Setting(

@@ -166,17 +166,10 @@ class _StaticFiles(static.File):
     """The page's assets, without directory listings or index pages."""
 
     indexNames: list[str] = []
+    childNotFound = _not_found_page()
 
     def directoryListing(self) -> resource.Resource:
         return _not_found_page()
-
-    childNotFound = _not_found_page()
-
-    def createSimilarFile(self, path: str) -> static.File:
-        similar = _StaticFiles(path, self.defaultType, self.ignoredExts, self.registry)
-        similar.processors = self.processors
-        similar.childNotFound = self.childNotFound
-        return similar
 
 
 class _Page(static.File):

@@ -511,7 +511,6 @@
     const slaves = master.slaves || {};
     setText($("connected-count"), isNumber(slaves.connected) ? slaves.connected : "–");
     setText($("left-count"), isNumber(slaves.left) ? slaves.left : "–");
-    if (master.tasks) applyCounts(master.tasks);
     const port = listeningPort(master.slave_port) || listeningPort(master.port);
     if (port) setText($("hint-port"), port);
     document.title = `${master.hostname || "picluster"} · ${
@@ -648,7 +647,9 @@
       noteServerTime(master.value.now);
       applyMaster(master.value);
     }
+    // The task list carries the counts; without it, the master's will do.
     if (tasks.status === "fulfilled") applyTasks(tasks.value);
+    else if (master.status === "fulfilled") applyCounts(master.value.tasks);
   }
 
   function applyCluster(data) {
