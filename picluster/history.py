@@ -30,12 +30,17 @@ _MISSING = math.nan
 #: could not carry.
 _FLOAT32_MAX = 3.4e38
 
+_NUMBERS = (int, float)
 
-def _reading(vitals: dict[str, Any], key: str) -> float:
-    value = vitals.get(key)
+# The vitals keys of the series, named for record(), which reads them
+# without a loop: it runs for every vitals message of every slave.
+_CPU_KEY, _TEMPERATURE_KEY, _RAM_KEY = (key for _, key in SERIES)
+
+
+def _reading(value: Any) -> float:
     # int and float compare exactly, so a huge int never overflows here.
-    if type(value) in (int, float) and -_FLOAT32_MAX < value < _FLOAT32_MAX:
-        return float(value)
+    if type(value) in _NUMBERS and -_FLOAT32_MAX < value < _FLOAT32_MAX:
+        return value
     return _MISSING
 
 
@@ -63,15 +68,23 @@ class VitalsHistory:
 
     def record(self, when: float, vitals: dict[str, Any]) -> None:
         """Add a sample, dropping the oldest once full."""
-        if len(self._times) < self.capacity:
-            self._times.append(when)
-            for values, (_, key) in zip(self._values, SERIES):
-                values.append(_reading(vitals, key))
+        get = vitals.get
+        cpu = _reading(get(_CPU_KEY))
+        temperature = _reading(get(_TEMPERATURE_KEY))
+        ram = _reading(get(_RAM_KEY))
+        times = self._times
+        cpus, temperatures, rams = self._values
+        if len(times) < self.capacity:
+            times.append(when)
+            cpus.append(cpu)
+            temperatures.append(temperature)
+            rams.append(ram)
             return
         at = self._next
-        self._times[at] = when
-        for values, (_, key) in zip(self._values, SERIES):
-            values[at] = _reading(vitals, key)
+        times[at] = when
+        cpus[at] = cpu
+        temperatures[at] = temperature
+        rams[at] = ram
         self._next = (at + 1) % self.capacity
 
     def _in_order(self, column: array) -> list[float]:

@@ -12,6 +12,7 @@ lives in its handler, never here.
 from __future__ import annotations
 
 import itertools
+import struct
 from typing import Any
 
 from twisted.internet import defer, interfaces, protocol
@@ -33,6 +34,9 @@ from picluster.errors import (
 
 #: Seconds a request waits for its reply unless told otherwise.
 DEFAULT_REQUEST_TIMEOUT = 30.0
+
+#: The 4-byte big-endian length before each frame, as Int32StringReceiver writes it.
+_LENGTH_PREFIX = struct.Struct("!I").pack
 
 #: Reply types that make a request's Deferred errback.
 _REFUSALS = frozenset({"bad_message", "error"})
@@ -111,6 +115,11 @@ class PeerHandler:
         self.log.warn("{peer} reported an error: {problem}", problem=payload, **self.log_fields())
 
 
+#: A request waiting for its reply: its Deferred, its type, when it times
+#: out (in the clock's seconds), and its timeout.
+_Pending = tuple["defer.Deferred[dict[str, Any]]", str, float, float]
+
+
 class PiClusterProtocol(Int32StringReceiver):
     """
     One picluster connection, master or slave side alike.
@@ -120,7 +129,8 @@ class PiClusterProtocol(Int32StringReceiver):
     latest keepalive round trip.  The factory supplies the settings and the
     L{PeerHandler} that gives the connection its role.
 
-    @ivar pending_requests: Request id to the Deferred waiting for its reply.
+    @ivar pending_requests: Request id to what waits for its reply: the
+        Deferred, the request's type, when it times out, and its timeout.
     @ivar last_received: When any bytes last arrived, in the clock's seconds.
     @ivar rtt_ms: The latest keepalive round trip in milliseconds, or C{None}.
     @ivar lost: The L{DisconnectionException} once the connection is gone.
@@ -143,8 +153,11 @@ class PiClusterProtocol(Int32StringReceiver):
     _close_cause: str | None = None
 
     def __init__(self) -> None:
-        self.pending_requests: dict[int, defer.Deferred[dict[str, Any]]] = {}
+        self.pending_requests: dict[int, _Pending] = {}
         self._request_ids = itertools.count(1)
+        # One timer serves every request's timeout (see request()).
+        self._timeouts: Any = None
+        self._timeouts_at = 0.0
         self._keepalive: LoopingCall | None = None
         self._dead_peer_check: Any = None
         self._lost_waiters: list[defer.Deferred[DisconnectionException]] = []
@@ -159,6 +172,12 @@ class PiClusterProtocol(Int32StringReceiver):
         self.peer_address = format_address(self.transport.getPeer())
         if interfaces.ITCPTransport.providedBy(self.transport):
             self.transport.setTcpKeepAlive(True)
+            # Nagle's algorithm holds back a small write while an earlier one
+            # is unacknowledged, and the peer delays its ACK: two frames
+            # written in a row (a result's ack, then the next task) waited
+            # ~40 ms each and capped a cluster near 400 tasks/s (the tasks
+            # benchmark).  Our frames are whole messages: send them at once.
+            self.transport.setTcpNoDelay(True)
         # Back-pressure: while the peer leaves our replies unread and the
         # transport's buffer is full, the transport pauses us and we stop
         # reading its requests, so a peer that never reads cannot make us
@@ -177,10 +196,13 @@ class PiClusterProtocol(Int32StringReceiver):
         if self._dead_peer_check is not None and self._dead_peer_check.active():
             self._dead_peer_check.cancel()
         self._dead_peer_check = None
+        if self._timeouts is not None and self._timeouts.active():
+            self._timeouts.cancel()
+        self._timeouts = None
         self.factory.stats.closed(self)
         # Swap the map out first: an errback may well try to send again.
         pending, self.pending_requests = self.pending_requests, {}
-        for waiting in pending.values():
+        for waiting, _, _, _ in pending.values():
             waiting.errback(self._lost_failure())
         waiters, self._lost_waiters = self._lost_waiters, []
         for waiter in waiters:
@@ -302,7 +324,9 @@ class PiClusterProtocol(Int32StringReceiver):
                 f" {self.MAX_LENGTH} byte frame limit"
             )
         self.frames_out += 1
-        self.sendString(frame)
+        # sendString, without its second length check: MAX_LENGTH is within
+        # what the 4-byte prefix says (wire.LARGEST_FRAME).
+        self.transport.write(_LENGTH_PREFIX(len(frame)) + frame)
 
     def request(
         self, message_type: str, payload: Any = None, timeout: float | None = None
@@ -327,22 +351,39 @@ class PiClusterProtocol(Int32StringReceiver):
             self.send(message_type, payload, id=request_id)
         except Exception:
             return defer.fail()
-        self.pending_requests[request_id] = waiting
-        waiting.addCallback(self._check_reply, message_type)
-        waiting.addTimeout(
-            timeout,
-            self.clock,
-            onTimeoutCancel=lambda result, seconds: Failure(
-                RequestTimeout(message_type, seconds)
-            ),
-        )
+        # Not a timer per request (Deferred.addTimeout): scheduling and
+        # cancelling one cost as much as the rest of a request.  One timer
+        # fires at the earliest deadline, times out what is due and looks
+        # for the next; an answered request leaves its deadline to be
+        # skipped then, so steady traffic moves the timer once a timeout.
+        deadline = self.clock.seconds() + timeout
+        self.pending_requests[request_id] = (waiting, message_type, deadline, timeout)
+        if self._timeouts is None or deadline < self._timeouts_at:
+            self._time_out_at(deadline)
         return waiting
 
-    @staticmethod
-    def _check_reply(reply: dict[str, Any], message_type: str) -> dict[str, Any]:
-        if reply["type"] in _REFUSALS:
-            raise RemoteError(message_type, reply)
-        return reply
+    def _time_out_at(self, when: float) -> None:
+        if self._timeouts is not None and self._timeouts.active():
+            self._timeouts.cancel()
+        self._timeouts_at = when
+        self._timeouts = self.clock.callLater(
+            max(0.0, when - self.clock.seconds()), self._time_out_requests
+        )
+
+    def _time_out_requests(self) -> None:
+        self._timeouts = None
+        now = self.clock.seconds() + _EPSILON
+        pending = self.pending_requests
+        for request_id in [rid for rid, entry in pending.items() if entry[2] <= now]:
+            # An errback below may have settled or sent requests meanwhile.
+            entry = pending.pop(request_id, None)
+            if entry is not None:
+                entry[0].errback(RequestTimeout(entry[1], entry[3]))
+        pending = self.pending_requests
+        if pending and self.lost is None:
+            earliest = min(entry[2] for entry in pending.values())
+            if self._timeouts is None or earliest < self._timeouts_at:
+                self._time_out_at(earliest)
 
     # -- receiving -------------------------------------------------------------
 
@@ -361,7 +402,7 @@ class PiClusterProtocol(Int32StringReceiver):
         self.close(f"frame of {length} bytes exceeds the {self.MAX_LENGTH} byte limit")
 
     def stringReceived(self, frame: bytes) -> None:
-        if self.closing:
+        if self._close_cause is not None or self.lost is not None:  # self.closing, inlined
             return
         self.frames_in += 1
         try:
@@ -376,17 +417,21 @@ class PiClusterProtocol(Int32StringReceiver):
             self._settle(reply_to, envelope)
 
     def _settle(self, reply_to: int, reply: dict[str, Any]) -> None:
-        waiting = self.pending_requests.pop(reply_to, None)
-        if reply["type"] == "pong":
+        pending = self.pending_requests.pop(reply_to, None)
+        reply_type = reply["type"]
+        if reply_type == "pong":
             self.record_pong(reply.get("payload"))
-        if waiting is None:
+        if pending is None:
             # A late reply to a request that timed out or was cancelled.
             self.log.debug(
                 "Ignoring {type} from {peer}: reply to unknown request {id}",
-                type=reply["type"], id=reply_to, **self.handler.log_fields(),
+                type=reply_type, id=reply_to, **self.handler.log_fields(),
             )
             return
-        waiting.callback(reply)
+        if reply_type in _REFUSALS:
+            pending[0].errback(RemoteError(pending[1], reply))
+        else:
+            pending[0].callback(reply)
 
     def _dispatch(self, envelope: dict[str, Any]) -> None:
         message_type = envelope["type"]
@@ -397,7 +442,15 @@ class PiClusterProtocol(Int32StringReceiver):
             return
         try:
             result = method(envelope.get("payload"))
-            if isinstance(result, defer.Deferred):
+            if result is None:
+                # Most messages (vitals, pongs) want no answer: skip a call.
+                if msg_id is not None:
+                    self._answer(result, msg_id)
+            elif type(result) is tuple:
+                # Before isinstance(result, Deferred): Deferred is an ABC
+                # (Awaitable), and an ABC's isinstance costs a reply a tenth.
+                self._answer(result, msg_id)
+            elif isinstance(result, defer.Deferred):
                 result.addCallback(self._answer, msg_id)
                 result.addErrback(self._answer_failure, message_type, msg_id)
             else:
@@ -491,7 +544,8 @@ class PiClusterFactory(protocol.Factory):
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.keepalive = keepalive
         self.dead_after = dead_after if dead_after is not None else 3 * keepalive
-        self.max_frame = max_frame
+        # No length prefix says more than LARGEST_FRAME: send() relies on it.
+        self.max_frame = min(max_frame, wire.LARGEST_FRAME)
         self.request_timeout = request_timeout
         self.clock = clock
         self.stats = WireStats()

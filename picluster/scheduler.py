@@ -26,6 +26,7 @@ from picluster import wire
 from picluster.errors import DisconnectionException, RemoteError, ServiceError
 from picluster.store import FINAL_STATES, STATES, KeyConflict, StoreError, TaskStore
 from picluster.taskqueue import TaskQueue
+from picluster.tasks.logbudget import LogBudget
 from picluster.taskspec import DEFAULT_MAX_ARGS, parse_submission
 from picluster.watchers import Watchers
 from picluster.workers import OpenTask, Worker, parse_result, parse_worker
@@ -74,6 +75,11 @@ class Scheduler:
         #: Finished tasks whose final row is not yet on disk, and who waits for it.
         self._finishing: dict[int, tuple[dict[str, Any], list[defer.Deferred[None]]]] = {}
         self.watchers = Watchers()
+        #: Lines about single tasks: one by one only while they are few.
+        self.task_log = LogBudget(
+            log, clock, "Left out of the log in the last {seconds:g} s: {kinds}"
+                        " (the task database has every task)",
+        )
         self._ready: defer.Deferred[None] = defer.Deferred()
         self._unavailable: str | None = "the task queue is still loading"
         self._dispatch_call: Any = None
@@ -128,6 +134,12 @@ class Scheduler:
 
     def when_ready(self) -> defer.Deferred[None]:
         """Fires once the queue has loaded; errbacks with L{ServiceError} if it cannot serve."""
+        if self._ready.called:
+            # Every message a slave or client sends asks this: once loaded,
+            # answer at once.
+            if self._unavailable is not None:
+                return defer.fail(ServiceError(self._unavailable))
+            return defer.succeed(None)
         ready: defer.Deferred[None] = defer.Deferred()
 
         def check(_: Any) -> Any:
@@ -144,6 +156,7 @@ class Scheduler:
                 call.cancel()
         for task in self.open.values():
             task.cancel_deadline()
+        self.task_log.flush()
         if self.store is None:
             return defer.succeed(None)
         return self.store.close()
@@ -178,9 +191,9 @@ class Scheduler:
             for name in sorted(names - offered)
         ]
         new = [answer["id"] for answer in answers if not answer["duplicate"]]
-        log.info("{count} tasks submitted ({names}){ids}", count=len(new),
-                 names=", ".join(sorted(names)) or "none new",
-                 ids=f", ids {new[0]} to {new[-1]}" if new else "")
+        self.task_log.info("submissions", "{count} tasks submitted ({names}){ids}", count=len(new),
+                           names=", ".join(sorted(names)) or "none new",
+                           ids=f", ids {new[0]} to {new[-1]}" if new else "")
         self._schedule_dispatch()
         return ("submitted", {"tasks": answers, "warnings": warnings})
 
@@ -243,32 +256,48 @@ class Scheduler:
 
         return found.addCallbacks(refuse, self._store_failed)
 
-    def watch(self, watcher: Any, payload: Any) -> defer.Deferred[tuple[str, Any]]:
+    def watch(
+        self, watcher: Any, payload: Any
+    ) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
         if not isinstance(payload, dict):
             raise wire.BadMessage('watch payload must be {"ids": [task id, ...]}')
         ids = _ids(payload.get("ids"), "ids", MAX_WATCHED)
         if self.watchers.count(watcher) + len(ids) > MAX_WATCHED:
             raise wire.BadMessage(f"at most {MAX_WATCHED} watched tasks per connection")
-        # Watch first, then look: a task that ends in between is then pushed
-        # twice (harmless), never missed.
-        self.watchers.add(watcher, [
-            task_id for task_id in ids if task_id in self.open or task_id in self._finishing
-        ])
-        found = self._store().query(ids=ids)
-        return found.addCallbacks(self._watched, self._store_failed, callbackArgs=(watcher,))
+        # The tasks in memory (open, or ended and being saved) are watched
+        # and looked at now; only the others, ended long ago or unknown, are
+        # looked up on disk.  A client waits on tasks it has just submitted,
+        # so usually nothing is.
+        in_memory: list[dict[str, Any]] = []
+        on_disk: list[int] = []
+        for task_id in dict.fromkeys(ids):
+            record = self._in_memory(task_id)
+            if record is None:
+                on_disk.append(task_id)
+            else:
+                in_memory.append(record)
+        self.watchers.add(watcher, [record["id"] for record in in_memory])
+        if not on_disk:
+            return self._watched([], watcher, in_memory)
+        found = self._store().query(ids=on_disk)
+        return found.addCallbacks(self._watched, self._store_failed,
+                                  callbackArgs=(watcher, in_memory))
 
-    def _watched(self, records: list[dict[str, Any]], watcher: Any) -> tuple[str, Any]:
+    def _watched(self, found: list[dict[str, Any]], watcher: Any,
+                 in_memory: list[dict[str, Any]]) -> tuple[str, Any]:
         """
         Push each ended task's record on its own (one record always fits a
         frame; a hundred with their results may not), and answer with the
-        id and state of the rest.
+        id and state of the rest, by id.
         """
         still_open = []
-        for record in self._show(records):
+        records = sorted(in_memory + found, key=lambda record: record["id"])
+        for record in records:
             if record["state"] in FINAL_STATES:
-                self.watchers.tell(watcher, record)
+                self.watchers.tell(watcher, self._show_one(record))
             else:
-                still_open.append({"id": record["id"], "state": record["state"]})
+                current = self._current(record)
+                still_open.append({"id": current["id"], "state": current["state"]})
         return ("tasks", {"tasks": still_open})
 
     def forget(self, connection: Any) -> None:
@@ -341,8 +370,8 @@ class Scheduler:
         hostname = reporter.hostname if reporter is not None else None
         self._finish(task, outcome, result, error, slave=slave, hostname=hostname,
                      stop_run=not current)
-        log.info("Task {id} ({name}) {outcome} on {hostname}", id=task_id, name=task.name,
-                 outcome=outcome, hostname=hostname)
+        self.task_log.info(outcome, "Task {id} ({name}) {outcome} on {hostname}", id=task_id,
+                           name=task.name, outcome=outcome, hostname=hostname)
         return self._saved(task_id)
 
     def _saved(self, task_id: int) -> defer.Deferred[None] | None:
@@ -376,7 +405,7 @@ class Scheduler:
                            attempts=attempt)
         if not reclaimed or task.record["started_at"] is None:
             task.record["started_at"] = self.clock.seconds()
-        self._save(task.record)
+        self._write(task.record)
         task.cancel_deadline()
         if task.timeout is not None:
             task.deadline = self.clock.callLater(
@@ -427,7 +456,7 @@ class Scheduler:
             log.warn("Task {id} ({name}) failed: {message}", id=task.id, name=task.name, message=message)
         else:
             self._requeue_record(task)
-            self._save(task.record)
+            self._write(task.record)
             self._enqueue(task)
             log.info("Task {id} ({name}) queued again after attempt {attempts}: {why}",
                      id=task.id, name=task.name, attempts=task.attempts, why=why)
@@ -548,11 +577,15 @@ class Scheduler:
 
     def _current(self, record: dict[str, Any]) -> dict[str, Any]:
         """The newest version of a task's record: memory beats the disk."""
-        task = self.open.get(record["id"])
+        return self._in_memory(record["id"]) or record
+
+    def _in_memory(self, task_id: int) -> dict[str, Any] | None:
+        """The live record of a task that is open, or ended and being saved."""
+        task = self.open.get(task_id)
         if task is not None:
             return task.record
-        finishing = self._finishing.get(record["id"])
-        return finishing[0] if finishing is not None else record
+        finishing = self._finishing.get(task_id)
+        return finishing[0] if finishing is not None else None
 
     def _show_one(self, record: dict[str, Any]) -> dict[str, Any]:
         shown = dict(self._current(record))
@@ -588,7 +621,12 @@ class Scheduler:
         return self.store
 
     def _save(self, record: dict[str, Any]) -> defer.Deferred[None]:
+        """Save a copy of C{record} (the store writes it in its own thread)."""
         return self._store().save(dict(record))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """L{_save}, when nobody waits for the row to be committed."""
+        self._store().write(dict(record))
 
     @staticmethod
     def _store_failed(failure: Failure) -> None:

@@ -25,8 +25,10 @@ from picluster.store import StoreError, TaskStore, check_database
 log = Logger()
 
 #: Listening backlog used when the port description names none: Twisted's
-#: 50 drops connections when a whole cluster rejoins a restarted master.
-DEFAULT_BACKLOG = 1024
+#: 50 drops connections when a whole cluster rejoins a restarted master, and
+#: with 1024 a storm of 2,000 connects still had SYNs resent (the scale
+#: benchmark).  Linux caps it at net.core.somaxconn (4096 by default).
+DEFAULT_BACKLOG = 4096
 
 
 def with_default_backlog(description: str) -> str:

@@ -248,14 +248,19 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
 
     #: Growth of the reconnection delay; gentler than RCF's e.
     factor = 2.0
+    #: Seconds before the first reconnection attempt, unless told otherwise
+    #: (RCF's C{jitter} then spreads a rejoining herd around it).
+    initialDelay = 1.0
+    #: Longest wait between two attempts, before jitter, unless told otherwise.
+    maxDelay = 60.0
 
     def __init__(
         self,
         master: MasterAddress,
         *,
         vitals_interval: float = 10.0,
-        initial_delay: float = 1.0,
-        max_delay: float = 60.0,
+        initial_delay: float = initialDelay,
+        max_delay: float = maxDelay,
         computer_details: dict[str, Any] | None = None,
         sampler: Any = None,
         runner: Any = None,

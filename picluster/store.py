@@ -4,10 +4,10 @@ The master's task queue on disk: one SQLite file, written off the reactor.
 The scheduler holds the live state of every open task in memory; this store
 makes it durable.  Two kinds of work reach it:
 
-  - B{saves} of a task's whole row.  They coalesce (only the newest row of a
-    task is written) and are never lost: when a write fails (a full SD card,
-    a read-only remount) the rows stay dirty and are written again with
-    backoff, in memory meanwhile.
+  - B{saves} of a task's row (the columns its life changes).  They coalesce
+    (only the newest row of a task is written) and are never lost: when a
+    write fails (a full SD card, a read-only remount) the rows stay dirty and
+    are written again with backoff, in memory meanwhile.
   - B{operations} (submissions, queries), which either run or fail back to
     whoever asked, so a client learns at once that nothing was stored.
 
@@ -150,17 +150,27 @@ def row_to_record(row: Iterable[Any]) -> dict[str, Any]:
     return record
 
 
-def _record_values(record: dict[str, Any]) -> list[Any]:
-    values = []
-    for column in COLUMNS:
-        value = record.get(column)
-        if column in _JSON_COLUMNS and value is not None:
-            value = json.dumps(value, separators=(",", ":"))
-        values.append(value)
-    return values
+#: The columns a task's life changes; the others (its key, name, arguments,
+#: requirements, timeout, retries and submission time) are written once, when
+#: it is submitted, and a save leaves them be.
+CHANGING = (
+    "state", "slave", "slave_hostname", "attempts", "started_at", "finished_at", "result", "error",
+)
 
 
-_UPDATE = "UPDATE tasks SET " + ", ".join(f"{c} = ?" for c in COLUMNS[1:]) + " WHERE id = ?"
+def _changing_values(record: dict[str, Any]) -> tuple[Any, ...]:
+    """The changing columns of C{record}, then its id: the parameters of L{_UPDATE}."""
+    result, error = record.get("result"), record.get("error")
+    return (
+        record.get("state"), record.get("slave"), record.get("slave_hostname"),
+        record.get("attempts"), record.get("started_at"), record.get("finished_at"),
+        None if result is None else json.dumps(result, separators=(",", ":")),
+        None if error is None else json.dumps(error, separators=(",", ":")),
+        record["id"],
+    )
+
+
+_UPDATE = "UPDATE tasks SET " + ", ".join(f"{c} = ?" for c in CHANGING) + " WHERE id = ?"
 _SELECT = "SELECT " + ", ".join(COLUMNS) + " FROM tasks"
 
 
@@ -208,16 +218,19 @@ class TaskStore:
 
     def save(self, record: dict[str, Any]) -> defer.Deferred[None]:
         """
-        Write C{record} (a whole task row); fires once it, or a newer row of
-        the same task, is committed.  It never fails: a write that fails is
-        tried again later.
+        Write C{record} (a whole task row, of which the L{CHANGING} columns
+        are written); fires once it, or a newer row of the same task, is
+        committed.  It never fails: a write that fails is tried again later.
         """
-        task_id = record["id"]
-        self._dirty[task_id] = record
         saved: defer.Deferred[None] = defer.Deferred()
-        self._save_waiters.setdefault(task_id, []).append(saved)
-        self._kick()
+        self._save_waiters.setdefault(record["id"], []).append(saved)
+        self.write(record)
         return saved
+
+    def write(self, record: dict[str, Any]) -> None:
+        """L{save}, for a caller that need not know when the row is committed."""
+        self._dirty[record["id"]] = record
+        self._kick()
 
     def submit(self, specs: list[TaskSpec], now: float) -> defer.Deferred[list[tuple[dict[str, Any], bool]]]:
         """
@@ -273,23 +286,23 @@ class TaskStore:
             if self._closed is not None and not self._closed.called:
                 self._finish_close()
             return
-        rows = dict(self._dirty) if write_rows else {}
-        waiters = {task_id: self._save_waiters.pop(task_id, []) for task_id in rows}
-        for task_id in rows:
-            del self._dirty[task_id]
+        rows, self._dirty = (self._dirty, {}) if write_rows else ({}, self._dirty)
+        waiting = self._save_waiters
+        waiters = {task_id: waiting.pop(task_id) for task_id in rows if task_id in waiting}
         operations, self._operations = self._operations, []
         self._busy = True
         batch = self.pool.runInteraction(_write_batch, list(rows.values()), operations)
         batch.addCallbacks(
             self._batch_written, self._batch_failed,
-            callbackArgs=(waiters, operations), errbackArgs=(rows, waiters, operations),
+            callbackArgs=(bool(rows), waiters, operations), errbackArgs=(rows, waiters, operations),
         )
         batch.addErrback(lambda failure: log.failure("Task store writer broke", failure))
 
-    def _batch_written(self, results: list[Any], waiters: dict[int, list[defer.Deferred[None]]],
+    def _batch_written(self, results: list[Any], wrote_rows: bool,
+                       waiters: dict[int, list[defer.Deferred[None]]],
                        operations: list[_Operation]) -> None:
         self._busy = False
-        if waiters and self._retry_delay:
+        if wrote_rows and self._retry_delay:
             log.info("Task database writable again; pending task changes saved")
             self._retry_delay = 0.0
         for waiting in waiters.values():
@@ -310,7 +323,8 @@ class TaskStore:
         # query still runs while the disk is full.
         for task_id, record in rows.items():
             self._dirty.setdefault(task_id, record)
-            self._save_waiters[task_id] = waiters[task_id] + self._save_waiters.get(task_id, [])
+            if task_id in waiters:
+                self._save_waiters[task_id] = waiters[task_id] + self._save_waiters.get(task_id, [])
         if rows:
             self._schedule_retry(failure)
         return self._run_alone(operations)
@@ -358,9 +372,8 @@ def _write_batch(txn: Any, rows: list[dict[str, Any]], operations: list[_Operati
     One transaction: every dirty row, then every operation.  An operation's
     own refusal (L{KeyConflict}) is its result, not the transaction's end.
     """
-    for record in rows:
-        values = _record_values(record)
-        txn.execute(_UPDATE, values[1:] + [values[0]])
+    if rows:
+        txn.executemany(_UPDATE, [_changing_values(record) for record in rows])
     results: list[Any] = []
     for operation in operations:
         try:
@@ -371,34 +384,57 @@ def _write_batch(txn: Any, rows: list[dict[str, Any]], operations: list[_Operati
 
 
 def _insert(txn: Any, specs: list[TaskSpec], now: float) -> list[tuple[dict[str, Any], bool]]:
+    known = _by_key(txn, [spec.key for spec in specs if spec.key is not None])
     existing: dict[int, dict[str, Any]] = {}
     for index, spec in enumerate(specs):
-        if spec.key is None:
-            continue
-        txn.execute(_SELECT + " WHERE key = ?", (spec.key,))
-        row = txn.fetchone()
-        if row is not None:
-            record = row_to_record(row)
+        record = known.get(spec.key) if spec.key is not None else None
+        if record is not None:
             if record["name"] != spec.name or record["args"] != spec.args:
                 raise KeyConflict(index, spec.key, record["id"])
             existing[index] = record
+    new = [spec for index, spec in enumerate(specs) if index not in existing]
+    requirements = [spec.requirements.as_json() for spec in new]
+    txn.executemany(
+        "INSERT INTO tasks (key, name, args, requirements, timeout, retries, state,"
+        " attempts, submitted_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
+        [(spec.key, spec.name, spec.args_json, json.dumps(required, separators=(",", ":")),
+          spec.timeout, spec.retries, now) for spec, required in zip(new, requirements)],
+    )
+    # One transaction on the only connection: AUTOINCREMENT gave the new
+    # rows the ids up to the last one, one after the other.
+    txn.execute("SELECT last_insert_rowid()")
+    (last_id,) = txn.fetchone()
+    made = iter(zip(range(last_id - len(new) + 1, last_id + 1), requirements))
     stored = []
     for index, spec in enumerate(specs):
         if index in existing:
             stored.append((existing[index], True))
             continue
-        requirements = json.dumps(spec.requirements.as_json(), separators=(",", ":"))
-        txn.execute(
-            "INSERT INTO tasks (key, name, args, requirements, timeout, retries, state,"
-            " attempts, submitted_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
-            (spec.key, spec.name, spec.args_json, requirements, spec.timeout, spec.retries, now),
-        )
-        txn.execute(_SELECT + " WHERE id = last_insert_rowid()")
-        stored.append((row_to_record(txn.fetchone()), False))
+        task_id, required = next(made)
+        # The row as it was written, without reading it back.
+        stored.append(({
+            "id": task_id, "key": spec.key, "name": spec.name, "args": spec.args,
+            "requirements": required, "timeout": spec.timeout, "retries": spec.retries,
+            "state": "queued", "slave": None, "slave_hostname": None, "attempts": 0,
+            "submitted_at": now, "started_at": None, "finished_at": None, "result": None,
+            "error": None,
+        }, False))
     return stored
 
 
-#: Ids per query: SQLite caps the parameters of one statement.
+def _by_key(txn: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
+    """The stored tasks with these idempotency keys, by key."""
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(keys), _IDS_PER_QUERY):
+        chunk = keys[start:start + _IDS_PER_QUERY]
+        txn.execute(f"{_SELECT} WHERE key IN ({', '.join('?' * len(chunk))})", chunk)
+        for row in txn.fetchall():
+            record = row_to_record(row)
+            found[record["key"]] = record
+    return found
+
+
+#: Ids (or keys) per query: SQLite caps the parameters of one statement.
 _IDS_PER_QUERY = 500
 
 

@@ -35,6 +35,7 @@ from picluster.tasks.errors import (
     error_kind,
     error_payload,
 )
+from picluster.tasks.logbudget import LogBudget
 from picluster.tasks.registry import (
     Node,
     NodeBound,
@@ -104,7 +105,6 @@ class TaskRunner:
     discarded.  Reactor runs are stopped by cancelling their Deferred, process
     runs by killing the child.
 
-    @ivar results: task_result payloads not yet acknowledged, oldest first.
     @ivar on_result: Called with each new result payload, on a reactor turn
         after the one that produced it (so an answer to C{run_task} goes out
         before the result of a run that ended at once), unless the result was
@@ -130,7 +130,10 @@ class TaskRunner:
         self.slots = slots
         self.allow_admin = allow_admin
         self.max_result_bytes = max_result_bytes
-        self.results: list[dict[str, Any]] = []
+        #: (id, attempt) to the task_result payload of each run not yet
+        #: acknowledged, oldest first: a master acknowledges one at a time,
+        #: and a busy slave holds many.
+        self._results: dict[tuple[int, int], dict[str, Any]] = {}
         self.on_result: Callable[[dict[str, Any]], Any] | None = None
         self._clock = clock
         self._reactor = reactor
@@ -141,6 +144,11 @@ class TaskRunner:
         self._thread_runs = 0
         self._child_environment: dict[str, str] | None = None
         self._children: set[child.ChildProcess] = set()
+        #: Lines about single runs: one by one only while they are few.
+        self.run_log = LogBudget(
+            log, clock, "Left out of the log in the last {seconds:g} s: task runs {kinds}"
+                        " (the master's task database has every task)",
+        )
         self._node = Node(
             reactor=reactor,
             clock=clock,
@@ -151,6 +159,11 @@ class TaskRunner:
         )
 
     # -- what the slave tells the master ----------------------------------
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """The task_result payloads not yet acknowledged, oldest first."""
+        return list(self._results.values())
 
     def offers(self) -> list[str]:
         """Every task name in the registry, refused ones included."""
@@ -200,8 +213,8 @@ class TaskRunner:
             raise wire.BadMessage("no free slot", slots=self.slots)
         entry = _Run(task_id, attempt, name, self._clock.seconds())
         self._running[task_id] = entry
-        log.info("Task {task_id} attempt {attempt} ({name}) started",
-                 task_id=task_id, attempt=attempt, name=name, timeout=timeout)
+        self.run_log.info("started", "Task {task_id} attempt {attempt} ({name}) started",
+                          task_id=task_id, attempt=attempt, name=name, timeout=timeout)
         if timeout is not None:
             entry.timeout_call = self._clock.callLater(timeout, self._time_out, entry, timeout)
         entry.deferred = defer.maybeDeferred(self._launch, task, args)
@@ -217,15 +230,13 @@ class TaskRunner:
 
     def acknowledged(self, task_id: int, attempt: int) -> None:
         """Forget the result of a run the master has stored."""
-        self.results = [
-            each for each in self.results
-            if (each["id"], each["attempt"]) != (task_id, attempt)
-        ]
+        self._results.pop((task_id, attempt), None)
 
     def stop(self) -> defer.Deferred[None]:
         """Stop every run without reporting it; fires once every child process is gone."""
         for entry in list(self._running.values()):
             self._end(entry, None, "stopped")
+        self.run_log.flush()
         if self._own_threads and self._threads is not None and not self._thread_runs:
             # Idle threads end at once; busy ones (thread runs cannot be
             # stopped) are daemons and end with the process.
@@ -341,8 +352,8 @@ class TaskRunner:
         del self._running[entry.task_id]
         if entry.timeout_call is not None and entry.timeout_call.active():
             entry.timeout_call.cancel()
-        log.info(
-            "Task {task_id} attempt {attempt} ({name}) {how} after {duration} s",
+        self.run_log.info(
+            how, "Task {task_id} attempt {attempt} ({name}) {how} after {duration} s",
             task_id=entry.task_id, attempt=entry.attempt, name=entry.name, how=how,
             duration=round(self._clock.seconds() - entry.started_at, 3),
         )
@@ -351,11 +362,12 @@ class TaskRunner:
         if outcome is None:
             return
         payload = {"id": entry.task_id, "attempt": entry.attempt, **outcome}
-        self.results.append(payload)
+        self._results[entry.task_id, entry.attempt] = payload
         self._clock.callLater(0, self._notify, payload)
 
     def _notify(self, payload: dict[str, Any]) -> None:
-        if self.on_result is None or not any(each is payload for each in self.results):
+        run = (payload["id"], payload["attempt"])
+        if self.on_result is None or self._results.get(run) is not payload:
             return
         try:
             self.on_result(payload)

@@ -25,6 +25,9 @@ MAX_OFFERS = 10_000
 
 OUTCOMES = ("done", "failed")
 
+#: The requirements of most tasks (none), parsed once for all of them.
+_NO_REQUIREMENTS = Requirements()
+
 
 class OpenTask:
     """
@@ -40,7 +43,8 @@ class OpenTask:
 
     def __init__(self, record: dict[str, Any]):
         self.record = record
-        self.requirements = Requirements.parse(record["requirements"])
+        raw = record["requirements"]
+        self.requirements = Requirements.parse(raw) if raw else _NO_REQUIREMENTS
         self.kind = (record["name"], self.requirements)
         self.worker: Worker | None = None
         self.queued = False

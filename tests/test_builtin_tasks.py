@@ -23,7 +23,7 @@ import picluster
 from picluster.tasks import BadArguments, NotPermitted, builtin
 from picluster.tasks import primes as primes_module
 from picluster.tasks.errors import CommandFailed
-from picluster.tasks.registry import Node, ProcessResult
+from picluster.tasks.registry import Node, ProcessResult, check_arguments
 
 
 def naive_count(start: int, stop: int) -> int:
@@ -100,6 +100,26 @@ class PrimesTests(unittest.TestCase):
         """A range exactly as wide as allowed is not refused by the check."""
         self.patch(primes_module, "count_primes", lambda start, stop: "counted")
         self.assertEqual(primes_module.primes(5, 5 + primes_module.PRIMES_MAX_RANGE), "counted")
+
+
+class EchoTests(unittest.TestCase):
+    """
+    echo answers with its arguments, whatever they are.
+    """
+
+    def test_arguments(self) -> None:
+        """The result is the arguments, as a new dict."""
+        args = {"n": 1, "text": "hi", "nested": {"list": [1, None, True]}}
+        self.assertEqual(builtin.echo(**args), args)
+
+    def test_none(self) -> None:
+        """Without arguments it answers an empty object."""
+        self.assertEqual(builtin.echo(), {})
+
+    def test_anyName(self) -> None:
+        """Every argument name is accepted: there is nothing to refuse."""
+        [echo] = [each for each in builtin.BUILTIN_TASKS if each.name == "echo"]
+        check_arguments(echo, {"args": 1, "start": 2, "node": 3})
 
 
 class NodeTimeTests(unittest.TestCase):
@@ -346,7 +366,7 @@ class BuiltinTableTests(unittest.TestCase):
         """Each built-in's run_in and admin flag."""
         table = {t.name: (t.run_in, t.admin) for t in builtin.BUILTIN_TASKS}
         self.assertEqual(table, {
-            "node_time": ("reactor", False), "codebase_revision": ("thread", False),
+            "echo": ("reactor", False), "node_time": ("reactor", False), "codebase_revision": ("thread", False),
             "sleep": ("reactor", False), "primes": ("process", False),
             "shell": ("reactor", False), "reboot": ("reactor", True),
             "shutdown": ("reactor", True), "update": ("reactor", True),

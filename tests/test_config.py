@@ -250,7 +250,7 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
                       message)
 
     def test_makeServiceDefaults(self):
-        """makeService gives a MasterService on port 12345 with a 1024 backlog."""
+        """makeService gives a MasterService on port 12345 with a 4096 backlog."""
         service = master_tap.makeService(self.parse())
         self.assertIsInstance(service, MasterService)
         self.assertIs(service.listener.factory, service.factory)
@@ -258,7 +258,7 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
         endpoint = service.listener.endpoint
         self.assertEqual(endpoint._port, 12345)
         self.assertEqual(endpoint._backlog, DEFAULT_BACKLOG)
-        self.assertEqual(DEFAULT_BACKLOG, 1024)
+        self.assertEqual(DEFAULT_BACKLOG, 4096)
         self.assertEqual(service.factory.keepalive, 5.0)
         self.assertEqual(service.factory.dead_after, 15.0)
         self.assertEqual(service.factory.max_frame, 1024 * 1024)
@@ -280,11 +280,11 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertEqual(service.factory.max_frame, 2 * 1024**2)
 
     def test_defaultBacklog(self):
-        """with_default_backlog adds backlog=1024 to TCP descriptions without one only."""
-        self.assertEqual(with_default_backlog("tcp:12345"), "tcp:12345:backlog=1024")
+        """with_default_backlog adds backlog=4096 to TCP descriptions without one only."""
+        self.assertEqual(with_default_backlog("tcp:12345"), "tcp:12345:backlog=4096")
         self.assertEqual(
             with_default_backlog("TCP6:12345:interface=\\:\\:1"),
-            "TCP6:12345:interface=\\:\\:1:backlog=1024",
+            "TCP6:12345:interface=\\:\\:1:backlog=4096",
         )
         self.assertEqual(with_default_backlog("tcp:1:backlog=5"), "tcp:1:backlog=5")
         self.assertEqual(with_default_backlog("unix:/tmp/sock"), "unix:/tmp/sock")

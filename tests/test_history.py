@@ -31,6 +31,26 @@ class HistoryTests(unittest.TestCase):
         self.assertEqual(shown["temperature"], [None, None])
         self.assertEqual(shown["ram_free"], [None, None])
 
+    def test_everySeriesAcrossTheWrap(self) -> None:
+        """Each series keeps its own readings, in the same slots as the times."""
+        history = VitalsHistory(capacity=2)
+        for n in range(3):
+            history.record(float(n), {"cpu_percentage": n + 0.5, "cpu_temperature": 40 + n,
+                                      "ram_free": 2**30 * (n + 1)})
+        self.assertEqual(history.as_dict(), {
+            "t": [1.0, 2.0], "cpu_percent": [1.5, 2.5], "temperature": [41.0, 42.0],
+            "ram_free": [2**31, 3 * 2**30],
+        })
+
+    def test_readingsOutOfRange(self) -> None:
+        """Readings no float32 holds are gaps, not infinities, huge integers too."""
+        history = VitalsHistory()
+        history.record(1.0, {"cpu_percentage": 1e39, "cpu_temperature": -(10**400),
+                             "ram_free": 10**38})
+        shown = history.as_dict()
+        self.assertEqual((shown["cpu_percent"], shown["temperature"]), ([None], [None]))
+        self.assertAlmostEqual(shown["ram_free"][0] / 1e38, 1.0, places=5)
+
     def test_empty(self) -> None:
         self.assertEqual(VitalsHistory().as_dict(),
                          {"t": [], "cpu_percent": [], "temperature": [], "ram_free": []})

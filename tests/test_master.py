@@ -4,6 +4,7 @@ Tests for L{picluster.master}: what the master does with each slave message.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -13,6 +14,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from picluster.master import SHARED_TEXT, Keepalives
 from picluster.service import DEFAULT_BACKLOG, with_default_backlog
 
 from .helpers import MASTER_FACTS, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent
@@ -185,6 +187,27 @@ class ReportTests(MasterTestCase):
         self.assertEqual(protocol.handler.computer_details, SLAVE_FACTS)
         self.assertEqual(protocol.handler.hostname, "pi-one")
 
+    def test_computerDetailsShared(self) -> None:
+        """
+        Slaves' facts share their keys and short texts (one copy per cluster,
+        not per node); a long text is kept as sent.
+        """
+        long_text = "x" * (SHARED_TEXT + 1)
+        facts = {**SLAVE_FACTS, "os": long_text}
+        stored = []
+        for port in (1, 2):
+            protocol, transport = self.slave(port=port)
+            # Fresh JSON for each, as from the wire.
+            self.ask(transport, protocol, {"type": "computer_details", "payload": json.loads(json.dumps(facts))})
+            stored.append(protocol.handler.computer_details)
+        first, second = stored
+        self.assertEqual(first, facts)
+        for key_first, key_second in zip(first, second):
+            self.assertIs(key_first, key_second)
+        self.assertIs(first["cpu"], second["cpu"])
+        self.assertEqual(first["os"], long_text)
+        self.assertIsNot(first["os"], second["os"])
+
     def test_vitalsStoredWithTime(self) -> None:
         """vitals are stored with the time they arrived."""
         protocol, transport = self.slave()
@@ -222,6 +245,83 @@ class ReportTests(MasterTestCase):
         self.assertEqual(sent(transport), [{"type": "ping", "payload": 1005.0}])
 
 
+class KeepaliveTests(MasterTestCase):
+    """
+    One timer pings every connection once a keepalive, each from one
+    keepalive after it joined (less at most a tick).
+    """
+
+    tick = 5 / Keepalives.SLOTS
+
+    def pings(self, transport: Any) -> list[float]:
+        return [envelope["payload"] for envelope in sent(transport) if envelope["type"] == "ping"]
+
+    def test_eachOncePerKeepalive(self) -> None:
+        """Slaves that joined at different times are each pinged once every keepalive."""
+        first, first_transport = self.slave(port=1)
+        self.clock.advance(1.23)
+        second, second_transport = self.slave(port=2)
+        first_transport.clear()
+        second_transport.clear()
+        # 11 s: two keepalives each, and short of dead_after (15 s).
+        for _ in range(round(11 / self.tick)):
+            self.clock.advance(self.tick)
+        for transport, joined in ((first_transport, 1000.0), (second_transport, 1001.23)):
+            pings = self.pings(transport)
+            self.assertEqual(len(pings), 2, (joined, pings))
+            # A tick early at most; and the test's clock steps may be a tick late.
+            self.assertTrue(joined + 5 - self.tick - 1e-6 <= pings[0] <= joined + 5 + self.tick,
+                            (joined, pings))
+            self.assertAlmostEqual(pings[1] - pings[0], 5.0)
+
+    def test_lateReactor(self) -> None:
+        """A reactor late by several keepalives pings each connection once, not once a tick."""
+        protocol, transport = self.slave()
+        transport.clear()
+        self.clock.advance(12)
+        self.assertEqual(self.pings(transport), [1012.0])
+        self.clock.advance(5)
+        self.assertEqual(self.pings(transport), [1017.0])
+
+    def test_closingNotPinged(self) -> None:
+        """A connection being closed is not pinged."""
+        protocol, transport = self.slave()
+        protocol.close("going")
+        transport.clear()
+        self.clock.advance(5)
+        self.assertEqual(self.pings(transport), [])
+
+    def test_failedPingStopsNoOther(self) -> None:
+        """A ping that cannot be sent is logged, and the others still go."""
+        broken, _ = self.slave(port=1)
+        healthy, transport = self.slave(port=2)
+
+        def fail(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("cannot send")
+
+        broken.send = fail
+        transport.clear()
+        self.clock.advance(5)
+        self.assertEqual(self.pings(transport), [1005.0])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.clock.advance(5)
+        self.assertEqual(self.pings(transport), [1010.0])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_timerOnlyWhileConnected(self) -> None:
+        """The timer stops with the last connection, and starts again with the next."""
+        protocol, transport = self.slave()
+        self.assertEqual(len(self.factory.keepalives), 1)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(len(self.factory.keepalives), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(100)
+        protocol, transport = self.slave()
+        transport.clear()
+        self.clock.advance(5)
+        self.assertEqual(self.pings(transport), [1105.0])
+
+
 class DepartureTests(MasterTestCase):
     """
     A slave that goes is taken out of the registry by the master's errback.
@@ -243,6 +343,20 @@ class DepartureTests(MasterTestCase):
         self.assertTrue(all(e.get("uuid") == uuid for e in events if "Shutting" in formatEvent(e)))
         # The master's own errback handled the failure; nothing is left to raise.
         self.assertIsNone(self.successResultOf(protocol.handler.gone))
+
+    def test_goneFiresOnceForgotten(self) -> None:
+        """
+        The master's own errback on gone forgets the slave first: what is
+        chained after it sees the slave forgotten and no failure left.
+        """
+        protocol, transport = self.slave()
+        gone = protocol.handler.gone
+        seen = []
+        gone.addCallback(lambda _: seen.append(protocol.handler.uuid in self.registry))
+        self.assertNoResult(gone)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(seen, [False])
+        self.assertIs(protocol.handler.gone, gone)
 
     def test_silentSlaveDropped(self) -> None:
         """A slave silent for dead_after seconds is closed and then removed."""

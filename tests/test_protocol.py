@@ -319,6 +319,23 @@ class RequestTests(ProtocolTestCase):
         self.assertEqual(str(failure.value), "info refused by peer (bad_message): unknown info request")
         self.assertEqual(failure.value.reply["reply_to"], request["id"])
 
+    def test_maxFrameCapped(self) -> None:
+        """No frame limit goes past what a 4-byte length prefix can say."""
+        self.assertEqual(PiClusterFactory(max_frame=2**40).max_frame, 2**32 - 1)
+
+    def test_errorReply(self) -> None:
+        """An error reply fails the request with RemoteError too, and no later callback runs."""
+        d = self.protocol.request("info", "uuid")
+        [request] = sent(self.transport)
+        called: list[Any] = []
+        d.addCallback(called.append)
+        self.feed(frame({"type": "error", "payload": {"error": "internal error handling info"},
+                         "reply_to": request["id"]}))
+        failure = self.failureResultOf(d, RemoteError)
+        self.assertEqual(failure.value.reply["type"], "error")
+        self.assertEqual(called, [])
+        self.assertEqual(self.protocol.pending_requests, {})
+
     def test_timeout(self) -> None:
         """A request with no reply fails with RequestTimeout and is forgotten."""
         d = self.protocol.request("info", "uuid", timeout=10)
@@ -339,14 +356,67 @@ class RequestTests(ProtocolTestCase):
         self.assertEqual(sent(self.transport), [])
         self.assertFalse(self.transport.disconnecting)
 
-    def test_replyCancelsTimeout(self) -> None:
-        """Once answered, a request leaves no timer behind."""
-        d = self.protocol.request("info", "uuid", timeout=10)
-        [request] = sent(self.transport)
+    def test_oneTimerForAllRequests(self) -> None:
+        """
+        Requests leave no timer each: one serves them all, and once every
+        request is answered it fires, finds nothing due, and is gone.
+        """
         calls_before = len(self.clock.getDelayedCalls())
-        self.feed(frame({"type": "uuid", "payload": "x", "reply_to": request["id"]}))
-        self.successResultOf(d)
-        self.assertEqual(len(self.clock.getDelayedCalls()), calls_before - 1)
+        waiting = [self.protocol.request("info", "uuid", timeout=10) for _ in range(100)]
+        self.assertEqual(len(self.clock.getDelayedCalls()), calls_before + 1)
+        for request in sent(self.transport):
+            self.feed(frame({"type": "uuid", "payload": "x", "reply_to": request["id"]}))
+        for d in waiting:
+            self.successResultOf(d)
+        self.clock.advance(10)
+        self.assertEqual(self.protocol.pending_requests, {})
+        self.assertEqual(len(self.clock.getDelayedCalls()), calls_before)
+
+    def test_timeoutsEach(self) -> None:
+        """
+        Each request times out after its own timeout, whatever the order
+        they were made in, and not before.
+        """
+        slow = self.protocol.request("info", "uuid", timeout=30)
+        self.clock.advance(1)
+        quick = self.protocol.request("info", "uuid", timeout=5)
+        self.clock.advance(4.9)
+        self.assertNoResult(quick)
+        self.clock.advance(0.2)
+        self.assertEqual(str(self.failureResultOf(quick, RequestTimeout).value),
+                         "no reply to info within 5 s")
+        self.assertNoResult(slow)
+        # At 6.1 s: due at 16.1 s, before the first request.
+        later = self.protocol.request("echo", 1, timeout=10)
+        self.clock.advance(9.9)
+        self.assertNoResult(later)
+        self.clock.advance(0.2)
+        self.failureResultOf(later, RequestTimeout)
+        self.assertNoResult(slow)
+        self.clock.advance(13.6)
+        self.assertNoResult(slow)
+        self.clock.advance(0.4)
+        self.failureResultOf(slow, RequestTimeout)
+        self.assertEqual(self.protocol.pending_requests, {})
+
+    def test_requestFromTimeoutErrback(self) -> None:
+        """A request made by a timed-out request's errback times out in turn."""
+        first = self.protocol.request("echo", 1, timeout=5)
+        other = self.protocol.request("echo", 2, timeout=20)
+        again: list[defer.Deferred[Any]] = []
+        first.addErrback(lambda _: again.append(self.protocol.request("echo", 3, timeout=2)))
+        self.clock.advance(5.1)
+        self.assertNoResult(again[0])
+        self.clock.advance(2)
+        self.failureResultOf(again[0], RequestTimeout)
+        self.assertNoResult(other)
+
+    def test_lossStopsTimer(self) -> None:
+        """A lost connection leaves no timer of its requests behind."""
+        d = self.protocol.request("echo", 1, timeout=10)
+        self.lose()
+        self.failureResultOf(d, DisconnectionException)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_cancel(self) -> None:
         """Cancelling a request forgets its id."""
@@ -502,3 +572,39 @@ class LivenessTests(ProtocolTestCase):
         for _ in range(100):
             self.feed(frame({"type": "store", "payload": 1}))
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+
+
+class SocketOptionTests(unittest.TestCase):
+    """The options a real TCP connection gets, on both of its ends."""
+
+    @defer.inlineCallbacks
+    def test_noDelayAndKeepAlive(self) -> Any:
+        """
+        Both ends turn off Nagle's algorithm (two frames written in a row
+        would otherwise wait for a delayed ACK) and turn on TCP keepalive.
+        """
+        from twisted.internet import endpoints, reactor
+
+        server_factory = RecordingFactory(keepalive=60.0)
+        accepted: list[Any] = []
+        server_factory.make_handler = lambda protocol: (  # type: ignore[method-assign]
+            accepted.append(protocol) or RecordingHandler(protocol)
+        )
+        port = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            server_factory
+        )
+        self.addCleanup(port.stopListening)
+        client = RecordingFactory(keepalive=60.0).buildProtocol(None)
+        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        yield endpoints.connectProtocol(endpoint, client)
+        # The server's end answers a request once it is up.
+        reply = yield client.request("ping", 1.0)
+        self.assertEqual(reply["type"], "pong")
+        [server] = accepted
+        for end in (client, server):
+            self.assertTrue(end.transport.getTcpNoDelay())
+            self.assertTrue(end.transport.getTcpKeepAlive())
+        lost = client.when_lost()
+        client.transport.loseConnection()
+        yield lost
+        yield server.when_lost()

@@ -5,9 +5,13 @@ The master's task scheduling, over the wire, with a Clock and real SQLite.
 from __future__ import annotations
 
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from picluster.store import TaskStore
+from picluster.errors import ServiceError
+from picluster.scheduler import Scheduler
+from picluster.store import StoreError, TaskStore
 
 from tests.taskhelpers import FakeClient, FakeSlave, SynchronousPool, task_master
 
@@ -278,6 +282,35 @@ class ResultTests(Cluster):
         (update,) = self.client.take("task_update")
         self.assertEqual((update["payload"]["task"]["id"], update["payload"]["task"]["result"]), (1, 25))
 
+    def test_watchOpenTasksFromMemory(self) -> None:
+        """Watching tasks still open reads nothing from disk, and still pushes their ends."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(count=3)
+        runs = slave.runs()
+        before = self.pool.interactions
+        reply = self.client.request("watch", {"ids": [3, 1, 2]})
+        self.assertEqual(self.pool.interactions, before)
+        self.assertEqual(reply["payload"]["tasks"], [
+            {"id": 1, "state": "running"}, {"id": 2, "state": "running"},
+            {"id": 3, "state": "queued"},
+        ])
+        slave.finish(runs[0], 5)
+        (update,) = self.client.take("task_update")
+        self.assertEqual((update["payload"]["task"]["id"], update["payload"]["task"]["result"]),
+                         (1, 5))
+
+    def test_watchMixesMemoryAndDisk(self) -> None:
+        """Ended tasks are read from disk and pushed; unknown ids are left out of the reply."""
+        slave = FakeSlave(self.master, self.clock)
+        self.submit(count=3)
+        runs = slave.runs()
+        slave.finish(runs[0], 25)
+        reply = self.client.request("watch", {"ids": [1, 2, 99]})
+        self.assertEqual(reply["payload"]["tasks"], [{"id": 2, "state": "running"}])
+        (update,) = self.client.take("task_update")
+        self.assertEqual((update["payload"]["task"]["id"], update["payload"]["task"]["state"]),
+                         (1, "done"))
+
     def test_bigListsAreCutShort(self) -> None:
         """A list that would not fit in a frame is cut short and says there is more."""
         master = task_master(self.clock, max_reply=20_000)
@@ -290,6 +323,35 @@ class ResultTests(Cluster):
         self.assertEqual(listed["tasks"][-1]["id"] + 1, rest["tasks"][0]["id"])
         small = self.client.request("tasks", {})["payload"]
         self.assertFalse(small["more"])
+
+
+class TaskLogTests(Cluster):
+    """
+    Lines about single tasks are logged one by one only while they are few.
+    """
+
+    def test_busyMasterSumsUp(self) -> None:
+        """Past the budget, task ends are counted and summed up once an interval."""
+        budget = self.scheduler.task_log.lines
+        slave = FakeSlave(self.master, self.clock, slots=budget + 20)
+        with capturedLogs() as events:
+            self.submit(count=budget + 20)
+            for run in slave.runs():
+                slave.finish(run, 1)
+            self.clock.advance(self.scheduler.task_log.interval)
+        lines = [formatEvent(event) for event in events]
+        ends = [line for line in lines if line.startswith("Task ") and " done on " in line]
+        self.assertEqual(len(ends), budget - 1)  # the submission took one line
+        self.assertIn("Left out of the log in the last 10 s: 21 done"
+                      " (the task database has every task)", lines)
+
+    def test_flushedOnStop(self) -> None:
+        """What was left out is said when the scheduler stops."""
+        self.scheduler.task_log.lines = 0
+        self.submit()
+        with capturedLogs() as events:
+            self.successResultOf(self.scheduler.stop())
+        self.assertIn("1 submissions", " ".join(formatEvent(event) for event in events))
 
 
 class FaultTests(Cluster):
@@ -467,3 +529,30 @@ class StoreOpenTests(unittest.TestCase):
         pool.connection.execute("PRAGMA user_version = 99")
         failure = self.failureResultOf(TaskStore.open(":memory:", Clock(), pool=pool))
         self.assertIn("schema version 99", failure.getErrorMessage())
+
+
+class ReadyTests(unittest.TestCase):
+    """
+    when_ready waits for the queue to load, then answers every message at once.
+    """
+
+    def test_waitsThenAnswersAtOnce(self) -> None:
+        """Before loading it waits; once loaded, each call has fired already."""
+        clock = Clock()
+        scheduler = Scheduler(clock)
+        waiting = scheduler.when_ready()
+        self.assertNoResult(waiting)
+        store = self.successResultOf(TaskStore.open(":memory:", clock, pool=SynchronousPool()))
+        self.successResultOf(scheduler.start(store))
+        self.successResultOf(waiting)
+        self.successResultOf(scheduler.when_ready())
+
+    def test_unavailable(self) -> None:
+        """A queue that could not load fails every later wait with its reason."""
+        scheduler = Scheduler(Clock())
+        waiting = scheduler.when_ready()
+        scheduler.failed_to_start(Failure(StoreError("disk on fire")))
+        for ready in (waiting, scheduler.when_ready()):
+            failure = self.failureResultOf(ready, ServiceError)
+            self.assertEqual(failure.getErrorMessage(),
+                             "the task queue is unavailable: disk on fire")

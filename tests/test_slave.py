@@ -14,9 +14,10 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster import RemoteError
-from picluster.slave import HandshakeError, SlaveService
+from picluster.address import MasterAddress
+from picluster.slave import HandshakeError, SlaveFactory, SlaveService
 
-from .helpers import SLAVE_FACTS, VITALS, connect, frame, master_factory, sent, slave_factory, connect_pair
+from .helpers import FakeSampler, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent, slave_factory, connect_pair
 
 
 class SessionTests(unittest.TestCase):
@@ -177,6 +178,18 @@ class ReconnectionTests(unittest.TestCase):
         delay = call.getTime() - self.clock.seconds()
         self.clock.advance(delay)
         return delay
+
+    def test_defaultPolicy(self) -> None:
+        """
+        Unless told otherwise, the delays are the class's own, which
+        simulated slaves (bench.herd) reuse.
+        """
+        slave = SlaveFactory(MasterAddress("10.0.0.1", 12345), computer_details={},
+                             sampler=FakeSampler(), clock=self.clock)
+        self.assertEqual((slave.initialDelay, slave.delay, slave.maxDelay),
+                         (SlaveFactory.initialDelay, SlaveFactory.initialDelay, SlaveFactory.maxDelay))
+        self.assertEqual((SlaveFactory.initialDelay, SlaveFactory.maxDelay, SlaveFactory.factor),
+                         (1.0, 60.0, 2.0))
 
     def test_firstRetryAfterInitialDelay(self) -> None:
         """The first retry comes initial_delay seconds after a loss."""

@@ -9,9 +9,10 @@ import sqlite3
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
-from picluster.store import SCHEMA_VERSION, StoreError, TaskStore, check_database
+from picluster.store import SCHEMA_VERSION, KeyConflict, StoreError, TaskStore, check_database
 from picluster.taskspec import TaskSpec
 
 from tests.processes import temp_dir
@@ -76,6 +77,17 @@ class GroupCommitTests(unittest.TestCase):
         (found,) = self.successResultOf(self.store.query(ids=[record["id"]]))
         self.assertEqual(found["attempts"], 3)
 
+    def test_saveWritesWhatChanges(self) -> None:
+        """A save writes the columns a task's life changes, and only those."""
+        (stored,) = self.successResultOf(self.store.submit([spec(key="a")], 1.0))
+        record = stored[0]
+        changed = dict(record, state="done", slave="u-1", slave_hostname="pi", attempts=2,
+                       started_at=2.0, finished_at=3.0, result={"count": [4]},
+                       error={"type": "X", "message": "m"}, name="renamed", args={"other": 1})
+        self.successResultOf(self.store.save(changed))
+        (found,) = self.successResultOf(self.store.query(ids=[record["id"]]))
+        self.assertEqual(found, dict(changed, name="primes", args=record["args"]))
+
     def test_failedSaveIsRetried(self) -> None:
         """A save the disk refuses stays pending and is written once it can be."""
         (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
@@ -90,6 +102,22 @@ class GroupCommitTests(unittest.TestCase):
         self.successResultOf(saved)
         self.assertEqual(self.store.pending_saves(), 0)
 
+    def test_writeIsRetriedToo(self) -> None:
+        """A write nobody waits for is retried like a save; the store says when it is back."""
+        (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
+        self.pool.fill_disk()
+        self.assertIsNone(self.store.write(dict(stored[0], state="running", attempts=1,
+                                                error={"message": "z" * 100_000})))
+        self.assertEqual(self.store.pending_saves(), 1)
+        self.pool.free_disk()
+        with capturedLogs() as events:
+            self.clock.advance(1)
+        self.assertEqual(self.store.pending_saves(), 0)
+        self.assertIn("Task database writable again; pending task changes saved",
+                      [formatEvent(event) for event in events])
+        (found,) = self.successResultOf(self.store.query())
+        self.assertEqual((found["state"], found["attempts"]), ("running", 1))
+
     def test_queryRunsWhileDiskIsFull(self) -> None:
         """Reading tasks still works while writes are failing."""
         (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
@@ -97,6 +125,36 @@ class GroupCommitTests(unittest.TestCase):
         self.store.save(dict(stored[0], result="z" * 100_000))
         found = self.successResultOf(self.store.query())
         self.assertEqual(len(found), 1)
+
+    def test_submitAnswersTheStoredRows(self) -> None:
+        """The records a submission answers are the rows as stored, field for field."""
+        stored = self.successResultOf(self.store.submit([
+            spec(key="a"), spec(timeout=5, retries=0, requirements={"tags": ["b", "a"]}),
+            spec(args={"nested": {"list": [1.5, None, True, "x"]}}),
+        ], 12.5))
+        found = self.successResultOf(self.store.query())
+        self.assertEqual([record for record, _ in stored], found)
+        self.assertEqual(found[1]["requirements"], {"tags": ["a", "b"]})
+
+    def test_keysLookedUpTogether(self) -> None:
+        """Many keys, some seen before, are answered as duplicates or stored, in order."""
+        self.successResultOf(self.store.submit([spec(key=f"k{n}") for n in range(0, 1200, 2)], 1.0))
+        specs = [spec(key=f"k{n}") for n in range(1200)]
+        stored = self.successResultOf(self.store.submit(specs, 2.0))
+        self.assertEqual([duplicate for _, duplicate in stored], [n % 2 == 0 for n in range(1200)])
+        self.assertEqual([record["key"] for record, _ in stored], [f"k{n}" for n in range(1200)])
+        found = {record["id"]: record for record in self.successResultOf(self.store.query())}
+        self.assertEqual(len(found), 1200)
+        for record, duplicate in stored:
+            self.assertEqual(found[record["id"]], record)
+
+    def test_keyConflictStoresNothing(self) -> None:
+        """A key naming a task with other arguments refuses the whole submission."""
+        self.successResultOf(self.store.submit([spec(key="a")], 1.0))
+        failure = self.failureResultOf(self.store.submit(
+            [spec(key="b"), spec(key="a", args={"start": 1, "stop": 2})], 2.0), KeyConflict)
+        self.assertEqual(failure.value.index, 1)
+        self.assertEqual(len(self.successResultOf(self.store.query())), 1)
 
     def test_manyIdsQueried(self) -> None:
         """A query naming more ids than SQLite takes in one statement finds them all."""

@@ -102,6 +102,27 @@ class CheckArgumentsTests(unittest.TestCase):
         e = self.assertRaises(BadArguments, check_arguments, Task("add", add), {"a": 1, "c": 2})
         self.assertEqual(str(e), "add: got an unexpected keyword argument 'c'")
 
+    def test_checkedAgain(self) -> None:
+        """The signature is worked out once, and every later check still uses it."""
+        checked = Task("add", add)
+        for _ in range(2):
+            check_arguments(checked, {"a": 1})
+            self.assertRaises(BadArguments, check_arguments, checked, {"b": 2})
+
+    def test_unhashableCallable(self) -> None:
+        """A callable that cannot be a cache key is checked all the same."""
+
+        class Unhashable:
+            __hash__ = None  # type: ignore[assignment]
+
+            def __call__(self, a: int) -> int:
+                return a
+
+        checked = Task("unhashable", Unhashable())
+        check_arguments(checked, {"a": 1})
+        e = self.assertRaises(BadArguments, check_arguments, checked, {"b": 2})
+        self.assertEqual(str(e), "unhashable: missing a required argument: 'a'")
+
 
 class ErrorKindTests(unittest.TestCase):
     """
@@ -185,7 +206,7 @@ class LoadTests(unittest.TestCase):
         self.assertEqual(registry.names(), BUILTIN_NAMES)
         self.assertEqual(
             BUILTIN_NAMES,
-            ["codebase_revision", "node_time", "primes", "reboot", "shell", "shutdown",
+            ["codebase_revision", "echo", "node_time", "primes", "reboot", "shell", "shutdown",
              "sleep", "update"],
         )
 

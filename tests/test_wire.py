@@ -48,6 +48,16 @@ class DecodeTests(unittest.TestCase):
         """Two JSON values in one frame are not one envelope."""
         self.assertBad(b'{"type": "ping"}{"type": "ping"}', "frame is not valid JSON")
 
+    def test_surroundingWhitespace(self) -> None:
+        """Whitespace around the object is JSON, and accepted as before."""
+        self.assertEqual(wire.decode(b' \n{"type": "ping"}'), {"type": "ping"})
+        self.assertEqual(wire.decode(b'{"type": "ping"} \r\n'), {"type": "ping"})
+
+    def test_empty(self) -> None:
+        """An empty frame, or one of whitespace only, holds no envelope."""
+        self.assertBad(b"", "frame is not valid JSON")
+        self.assertBad(b"  ", "frame is not valid JSON")
+
     def test_nan(self) -> None:
         """NaN is not JSON, whatever Python's json module would allow."""
         self.assertBad(b'{"type": "ping", "payload": NaN}', "frame is not valid JSON")
@@ -99,6 +109,22 @@ class EncodeTests(unittest.TestCase):
     def test_compact(self) -> None:
         """No spaces are spent between tokens."""
         self.assertEqual(wire.encode({"type": "a", "payload": [1, 2]}), b'{"type":"a","payload":[1,2]}')
+
+    def test_circularRefused(self) -> None:
+        """A value that holds itself raises, and leaves encode working."""
+        loop: list[object] = []
+        loop.append(loop)
+        self.assertRaises(RecursionError, wire.encode, {"type": "a", "payload": loop})
+        self.assertEqual(wire.encode({"type": "a", "payload": [[1]]}), b'{"type":"a","payload":[[1]]}')
+
+    def test_sameAsJSONEncoder(self) -> None:
+        """The encoder built once writes what json.dumps would, byte for byte."""
+        envelope = {"type": "vitals", "payload": {"f": 0.1, "big": 10**30, "neg": -2.5e-7,
+                                                  "s": "\u2713\x00\"", "l": [True, None]}}
+        self.assertEqual(
+            wire.encode(envelope),
+            json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode("ascii"),
+        )
 
     def test_nanRefused(self) -> None:
         """Encoding NaN raises rather than writing invalid JSON."""

@@ -167,7 +167,6 @@ class RunnerTestCase(unittest.TestCase):
         registry = TaskRegistry([
             *BUILTIN_TASKS,
             Task("answer", lambda: 42, "reactor"),
-            Task("echo", lambda **kwargs: kwargs, "reactor"),
             Task("pending", self.pending, "reactor"),
             Task("explode", explode, "reactor"),
             Task("in_thread", lambda value: value * 2, "thread"),
@@ -253,6 +252,28 @@ class StartTests(RunnerTestCase):
         self.assertEqual(ended, "Task 7 attempt 2 (pending) done after 1.5 s")
         self.assertEqual(events[1]["duration"], 1.5)
 
+    def test_busySlaveSumsUp(self) -> None:
+        """Past the log budget, runs are counted and summed up at the interval's end."""
+        runner = self.make_runner(slots=1)
+        lines = runner.run_log.lines
+        with capturedLogs() as events:
+            for task_id in range(lines):  # two lines each
+                runner.start(run(task_id, "answer"))
+            self.reactor.advance(runner.run_log.interval)
+        self.assertEqual(len(events), lines + 1)
+        self.assertEqual(formatEvent(events[-1]),
+                         f"Left out of the log in the last 10 s: task runs {lines // 2:,} started,"
+                         f" {lines // 2:,} done (the master's task database has every task)")
+
+    def test_summedUpOnStop(self) -> None:
+        """What was left out is said when the runner stops."""
+        runner = self.make_runner()
+        runner.run_log.lines = 0
+        runner.start(run(1, "answer"))
+        with capturedLogs() as events:
+            self.successResultOf(runner.stop())
+        self.assertIn("1 started, 1 done", formatEvent(events[-1]))
+
 
 class ResultTests(RunnerTestCase):
     """
@@ -326,6 +347,16 @@ class ResultTests(RunnerTestCase):
         runner.acknowledged(1, 1)
         runner.acknowledged(9, 9)
         self.assertEqual([r["id"] for r in runner.results], [2])
+
+    def test_manyResultsInOrder(self) -> None:
+        """Results wait oldest first; acknowledging one, by id and attempt, keeps the rest."""
+        runner = self.make_runner(slots=10)
+        for task_id in range(1, 6):
+            runner.start(run(task_id, "answer", attempt=task_id))
+        runner.acknowledged(3, 3)
+        runner.acknowledged(4, 1)  # another attempt: not this run's
+        self.assertEqual([(r["id"], r["attempt"]) for r in runner.results],
+                         [(1, 1), (2, 2), (4, 4), (5, 5)])
 
     def test_acknowledgedBeforeHandedOn(self) -> None:
         """A result acknowledged before its turn comes is not handed on."""

@@ -27,9 +27,13 @@ class Options(config.Options):
         *config.COMMON_SETTINGS,
         config.Setting("vitals", config.seconds, 10.0, "Seconds between vitals reports"),
         config.Setting(
-            "initial-delay", config.seconds, 1.0, "Seconds before the first reconnection attempt"
+            "initial-delay", config.seconds, SlaveFactory.initialDelay,
+            "Seconds before the first reconnection attempt",
         ),
-        config.Setting("max-delay", config.seconds, 60.0, "Longest wait between reconnection attempts, before jitter"),
+        config.Setting(
+            "max-delay", config.seconds, SlaveFactory.maxDelay,
+            "Longest wait between reconnection attempts, before jitter",
+        ),
         config.Setting(
             "slots", config.whole_number(1, 1024), None,
             "Tasks this slave runs at once (this machine's core count when unset)",

@@ -1,8 +1,8 @@
 """
 The tasks every slave offers, with or without package metadata.
 
-Harmless ones (the time, the code revision, a sleep, counting primes) always
-run.  C{shell} runs only commands on the slave's allow-list, and the admin
+Harmless ones (an echo, the time, the code revision, a sleep, counting
+primes) always run.  C{shell} runs only commands on the slave's allow-list, and the admin
 tasks (C{reboot}, C{shutdown}, C{update}) only on a slave started with
 C{--allow-admin}: the master is not trusted with the node unless its owner
 says so.
@@ -57,9 +57,12 @@ SHELL_OUTPUT_LIMIT = 64 * 1024
 UPDATE_TAIL = 4 * 1024
 
 
+# -- echo, node_time, codebase_revision, sleep --------------------------------
 
 
-# -- node_time, codebase_revision, sleep ---------------------------------------
+def echo(**args: Any) -> dict[str, Any]:
+    """Answer with the arguments given: a check that a node's task path works."""
+    return args
 
 
 def node_time() -> dict[str, Any]:
@@ -251,6 +254,7 @@ def _tail(output: bytes) -> str:
 
 
 BUILTIN_TASKS: tuple[Task, ...] = (
+    Task("echo", echo, "reactor"),
     Task("node_time", node_time, "reactor"),
     Task("codebase_revision", codebase_revision, "thread"),
     Task("sleep", sleep, "reactor"),

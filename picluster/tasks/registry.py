@@ -108,13 +108,27 @@ def check_arguments(task: Task, args: Mapping[str, Any]) -> None:
         argument: 'stop'"}.
     """
     try:
-        signature = inspect.signature(task.function)
-    except (TypeError, ValueError):
+        signature = _cached_signature(task.function)
+    except TypeError:  # an unhashable callable: worked out every time
+        signature = _signature(task.function)
+    if signature is None:
         return  # Some builtins have no signature; the call itself will tell.
     try:
         signature.bind(**args)
     except TypeError as e:
         raise BadArguments(f"{task.name}: {e}") from None
+
+
+def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
+
+
+#: Worked out once a task function: a slave checks the arguments of every
+#: run, and inspect.signature is a tenth of what a slave spends on a small one.
+_cached_signature = functools.lru_cache(maxsize=1024)(_signature)
 
 
 # -- what built-ins may use of the slave ---------------------------------------

@@ -1,0 +1,216 @@
+"""
+Ingest: vitals and keepalive messages per second a master handles, against a bare JSON server.
+
+N simulated slaves (L{bench.slavesim}, in processes of their own) say hello
+to a real C{twistd -n picluster-master} as real slaves do, then stream the
+frames a slave sends: C{vitals} and keepalive C{ping}s, in a slave's own
+proportions (its defaults, 5 s keepalive and 10 s vitals, make two pings to
+one vitals).  The same generator, in the same run, drives the ceiling: a
+bare Twisted Int32StringReceiver server (L{bench.bare}) that only decodes
+each frame's JSON and answers what asks for an answer (the ids, and the
+pings, as the master does: both servers send the same replies).
+
+A round: every connection writes its share of the frames and one request
+with an id; frames are handled in order on a connection, so the round ends
+at the last connection's reply, every frame handled.  Messages/s = frames
+of all connections / (last reply - first write).  The two servers take
+turns, the order swapped each round; the first round warms up and is
+dropped; a figure is the median of the rest, and the ratio the median of
+the rounds' ratios (each round's two runs are back to back, so what else
+the machine does weighs on both alike).  A pair in which either server had
+less than 80 % of a core was starved by something else on the machine; it
+is recorded, and run again.  Server CPU is measured over
+the same rounds: at 100 % of a core, CPU per message is the same ratio
+seen from the other side.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import time
+from typing import Any
+
+from bench.procs import BenchError, Child, Processes, free_port, raise_file_limit, wait_until
+
+#: (slaves, generator processes, frames per round over all connections).
+FULL_SIZES = [(10, 1, 120_000), (1000, 2, 120_000)]
+QUICK_SIZES = [(4, 1, 20_000), (20, 1, 20_000)]
+
+#: Measured rounds per server (after one warm-up round).
+FULL_ROUNDS = 9
+QUICK_ROUNDS = 1
+
+#: Keepalive pings per vitals frame: a slave's defaults (5 s, 10 s).
+PINGS_PER_VITALS = 2.0
+
+GOAL = 0.8
+
+#: A round in which a server got less of a core than this (percent) was
+#: starved by something else on the machine: it measures the machine, not
+#: the server, so its pair is run again (up to as many extra pairs as asked).
+STARVED_BELOW = 80.0
+
+SYSTEMS = ("picluster", "bare")
+
+
+def start_generators(procs: Processes, system: str, port: int, slaves: int,
+                     processes: int, frames: int) -> list[Child]:
+    generators = []
+    for index in range(processes):
+        share = slaves // processes + (1 if index < slaves % processes else 0)
+        generators.append(procs.python(
+            f"gen-{system}-{slaves}-{index}", "bench.slavesim", "--port", str(port),
+            "--connections", str(share), "--frames", str(frames // slaves),
+            "--pings-per-vitals", str(PINGS_PER_VITALS),
+        ))
+    for generator in generators:
+        generator.wait_for_output("READY")
+    return generators
+
+
+def round_lines(generator: Child) -> list[dict[str, Any]]:
+    lines = []
+    for line in generator.output().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if "error" in record:
+                raise BenchError(f"{generator.name} failed: {record['error']}\n{generator.report()}")
+            lines.append(record)
+    return lines
+
+
+def one_round(server: Child, generators: list[Child], number: int) -> dict[str, float]:
+    """Start round C{number} on every generator; its figures once all finish."""
+    server_cpu = server.cpu_seconds()
+    generator_cpu = sum(generator.cpu_seconds() for generator in generators)
+    for generator in generators:
+        generator.signal(signal.SIGUSR1)
+
+    def finished() -> list[dict[str, Any]] | None:
+        lines = [round_lines(generator) for generator in generators]
+        if all(len(found) >= number for found in lines):
+            return [found[number - 1] for found in lines]
+        for generator in generators:
+            if not generator.running:
+                raise BenchError(f"{generator.name} exited\n{generator.report()}")
+        return None
+
+    records = wait_until(finished, f"round {number} of {server.name}", timeout=300,
+                         poll=0.01, report=lambda: "\n".join(g.report() for g in generators))
+    seconds = max(r["end"] for r in records) - min(r["start"] for r in records)
+    frames = sum(r["frames"] for r in records)
+    # Taken after the poll above, so a few ms late: the servers sit idle then.
+    server_cpu = server.cpu_seconds() - server_cpu
+    generator_cpu = sum(generator.cpu_seconds() for generator in generators) - generator_cpu
+    return {
+        "seconds": seconds,
+        "frames": frames,
+        "vitals": sum(r["vitals"] for r in records),
+        "pings": sum(r["pings"] for r in records),
+        "per_second": frames / seconds,
+        "server_cpu_percent": 100 * server_cpu / seconds,
+        "server_cpu_us_per_frame": 1e6 * server_cpu / frames,
+        "generator_cpu_percent": 100 * generator_cpu / seconds,
+    }
+
+
+def measure(slaves: int, processes: int, frames: int, rounds: int, keep: bool,
+            check_starved: bool) -> dict[str, dict[str, Any]]:
+    """
+    C{rounds} pairs of rounds, one of each server, with C{slaves} simulated
+    slaves, after a warm-up pair; with C{check_starved}, pairs in which a
+    server was starved of CPU are run again.
+    """
+    with Processes(f"ingest-{slaves}", keep) as procs:
+        master_port, bare_port = free_port(), free_port()
+        servers = {
+            "picluster": procs.master("master", master_port, db=":memory:"),
+            "bare": procs.python("bare", "bench.bare", "serve", str(bare_port)),
+        }
+        servers["bare"].wait_for_output("READY")
+        generators = {
+            "picluster": start_generators(procs, "picluster", master_port, slaves, processes, frames),
+            "bare": start_generators(procs, "bare", bare_port, slaves, processes, frames),
+        }
+        results: dict[str, list[dict[str, float]]] = {system: [] for system in SYSTEMS}
+        starved: list[dict[str, dict[str, float]]] = []
+        number = 0
+        while len(results["bare"]) < rounds:
+            number += 1
+            order = SYSTEMS if number % 2 else tuple(reversed(SYSTEMS))
+            pair = {system: one_round(servers[system], generators[system], number)
+                    for system in order}
+            if number == 1:
+                continue  # the warm-up
+            if (check_starved and len(starved) < rounds
+                    and min(r["server_cpu_percent"] for r in pair.values()) < STARVED_BELOW):
+                starved.append(pair)
+                continue
+            for system in SYSTEMS:
+                results[system].append(pair[system])
+        for system in SYSTEMS:
+            if not servers[system].running:
+                raise BenchError(f"the {system} server died\n{servers[system].report()}")
+        return {
+            system: {
+                **{key: statistics.median(r[key] for r in runs) for key in runs[0]},
+                "rounds": [r["per_second"] for r in runs],
+                "starved_rounds": [pair[system]["per_second"] for pair in starved],
+                "server_rss": servers[system].rss(),
+            }
+            for system, runs in results.items()
+        }
+
+
+def run(report: Any, options: Any) -> None:
+    sizes = QUICK_SIZES if options.quick else FULL_SIZES
+    rounds = QUICK_ROUNDS if options.quick else FULL_ROUNDS
+    raise_file_limit(4 * max(slaves for slaves, _, _ in sizes) + 1024)
+    table = report.table(
+        f"Messages/s handled (vitals and pings, {PINGS_PER_VITALS:g} pings a vitals;"
+        f" median of {rounds} round(s); vs bare: median of the rounds' ratios)",
+        ["slaves", "server", "messages/s", "vs bare", "server CPU %", "CPU us/msg",
+         "generator CPU %", "frames/round"],
+    )
+    for slaves, processes, frames in sizes:
+        started = time.monotonic()
+        # Quick rounds are too short for their CPU share to say anything.
+        measured = measure(slaves, processes, frames, rounds, options.keep,
+                           check_starved=not options.quick)
+        # Each round's pair ran back to back, under the same load from
+        # whatever else the machine does: the median of their ratios.
+        round_ratios = [
+            mine / bare for mine, bare in zip(measured["picluster"]["rounds"], measured["bare"]["rounds"])
+        ]
+        report.figure(f"ingest.{slaves}.round_ratios", round_ratios)
+        ratio = statistics.median(round_ratios)
+        for system in SYSTEMS:
+            figures = measured[system]
+            report.figure(f"ingest.{slaves}.{system}", figures)
+            table.rows.append([
+                slaves, system, figures["per_second"],
+                ratio if system == "picluster" else 1.0,
+                figures["server_cpu_percent"], figures["server_cpu_us_per_frame"],
+                figures["generator_cpu_percent"], figures["frames"],
+            ])
+        report.figure(f"ingest.{slaves}.seconds", round(time.monotonic() - started, 1))
+        starved = len(measured["bare"]["starved_rounds"])
+        if starved:
+            report.note(f"{slaves} slaves: {starved} pair(s) of rounds run again, a server"
+                        f" having had less than {STARVED_BELOW:g} % of a core")
+        report.ratio(
+            f"ingest_{slaves}_vs_bare", ratio, GOAL,
+            what=f"messages/s the master handles from {slaves} slaves, over the bare"
+                 " Int32StringReceiver JSON server's",
+        )
+    report.note(
+        "messages counted: each connection's vitals and pings and its one closing request;"
+        " both servers answer each ping with a pong and each request with a reply"
+    )
+    report.note(
+        "the bare server decodes with json.JSONDecoder().decode, the json module's public API"
+        " at its quickest; picluster's wire calls the C scanner beneath it, and checks every"
+        " frame besides (envelope fields, finite numbers)"
+    )
