@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import time
 
@@ -52,8 +53,14 @@ def run_one(name: str, options: argparse.Namespace) -> Report:
     return report
 
 
+def _exit_on_sigterm(number: int, frame: object) -> None:
+    # Unwind, so that every Processes block kills its children on the way.
+    raise SystemExit(128 + number)
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_arguments(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     names = list(BENCHMARKS) if options.name == "all" else [options.name]
     reports: list[Report] = []
     failed: list[str] = []

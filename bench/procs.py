@@ -138,8 +138,12 @@ class Child:
             self.process.send_signal(number)
 
     def kill(self) -> None:
-        if self.running:
-            self.process.kill()
+        """SIGKILL the child and its whole process group (a slave's task
+        processes, a Dask cluster's workers) and reap it."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         self.process.wait()
 
     def stop(self, timeout: float = 10.0) -> int:

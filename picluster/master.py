@@ -15,7 +15,6 @@ pings them all rather than a timer each.
 from __future__ import annotations
 
 import re
-import sys
 import uuid as uuid_module
 from typing import TYPE_CHECKING, Any
 
@@ -58,27 +57,49 @@ def _require_object(payload: Any, message_type: str) -> dict[str, Any]:
 
 
 #: Texts up to this long in a slave's computer_details are shared with the
-#: other slaves' (interned); longer ones are kept as sent.
+#: other slaves'; longer ones are kept as sent.
 SHARED_TEXT = 256
 
-
-def _shared_text(value: Any) -> Any:
-    if type(value) is str and len(value) <= SHARED_TEXT:
-        return sys.intern(value)
-    return value
+#: The most distinct texts a master shares: a peer choosing its texts can
+#: fill the table, never grow it (and a full table only shares less).
+MAX_SHARED_TEXTS = 8192
 
 
-def shared_details(details: dict[str, Any]) -> dict[str, Any]:
+class SharedTexts:
     """
-    C{details} with its keys and short texts interned.
+    One copy of each short text that slaves' facts repeat.
 
     Each slave's facts arrive as fresh JSON, so without this every node
-    holds its own copy of every key and of texts the whole cluster shares
-    (model, OS, CPU, versions): about 1.2 KB a node of the 1.7 KB a Pi's
-    facts take.  Facts arrive once a connection, so the copy costs nothing
-    that matters; vitals, which come every few seconds, are kept as sent.
+    holds its own copy of every key and of the texts the whole cluster
+    shares (model, OS, CPU, versions): about 1.2 KB a node of the 1.7 KB a
+    Pi's facts take.  Facts arrive once a connection, so the lookups cost
+    nothing that matters; vitals, which come every few seconds, are kept as
+    sent.  Not C{sys.intern}: on some Pythons an interned string lives
+    forever, and peers choose these.
     """
-    return {_shared_text(key): _shared_text(value) for key, value in details.items()}
+
+    def __init__(self, limit: int = MAX_SHARED_TEXTS):
+        self.limit = limit
+        self._texts: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def share(self, value: Any) -> Any:
+        """The shared copy of C{value} if it is a short text; else C{value}."""
+        if type(value) is not str or len(value) > SHARED_TEXT:
+            return value
+        shared = self._texts.get(value)
+        if shared is not None:
+            return shared
+        if len(self._texts) < self.limit:
+            self._texts[value] = value
+        return value
+
+    def details(self, details: dict[str, Any]) -> dict[str, Any]:
+        """C{details} with its keys and short texts shared."""
+        share = self.share
+        return {share(key): share(value) for key, value in details.items()}
 
 
 class SlaveConnection(PeerHandler):
@@ -226,7 +247,9 @@ class SlaveConnection(PeerHandler):
         displaced.protocol.close("replaced by a newer connection with the same uuid", abort=True)
 
     def msg_computer_details(self, payload: Any) -> None:
-        self.computer_details = shared_details(_require_object(payload, "computer_details"))
+        self.computer_details = self.master.shared_texts.details(
+            _require_object(payload, "computer_details")
+        )
         self.log.info(
             "Slave {uuid} at {address} is {hostname}",
             uuid=self.uuid, address=self.address, hostname=self.hostname,
@@ -344,7 +367,8 @@ class Keepalives:
             return
         del self._buckets[at][protocol]
         if not self._bucket_of and self._loop is not None:
-            self._loop.stop()
+            if self._loop.running:
+                self._loop.stop()
             self._loop = None
 
     def _tick(self, ticks: int) -> None:
@@ -392,6 +416,7 @@ class MasterFactory(PiClusterFactory):
         self.registry = registry
         self.connections: set[SlaveConnection] = set()
         self.keepalives = Keepalives(self.clock, self.keepalive)
+        self.shared_texts = SharedTexts()
         self.scheduler = scheduler if scheduler is not None else Scheduler(
             self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - 4096
         )

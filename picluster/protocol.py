@@ -11,6 +11,7 @@ lives in its handler, never here.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import struct
 from typing import Any
@@ -155,9 +156,11 @@ class PiClusterProtocol(Int32StringReceiver):
     def __init__(self) -> None:
         self.pending_requests: dict[int, _Pending] = {}
         self._request_ids = itertools.count(1)
-        # One timer serves every request's timeout (see request()).
+        # One timer serves every request's timeout (see request()), with a
+        # heap of (deadline, request id), answered ones left in it.
         self._timeouts: Any = None
         self._timeouts_at = 0.0
+        self._deadlines: list[tuple[float, int]] = []
         self._keepalive: LoopingCall | None = None
         self._dead_peer_check: Any = None
         self._lost_waiters: list[defer.Deferred[DisconnectionException]] = []
@@ -199,6 +202,7 @@ class PiClusterProtocol(Int32StringReceiver):
         if self._timeouts is not None and self._timeouts.active():
             self._timeouts.cancel()
         self._timeouts = None
+        self._deadlines = []
         self.factory.stats.closed(self)
         # Swap the map out first: an errback may well try to send again.
         pending, self.pending_requests = self.pending_requests, {}
@@ -353,11 +357,18 @@ class PiClusterProtocol(Int32StringReceiver):
             return defer.fail()
         # Not a timer per request (Deferred.addTimeout): scheduling and
         # cancelling one cost as much as the rest of a request.  One timer
-        # fires at the earliest deadline, times out what is due and looks
-        # for the next; an answered request leaves its deadline to be
-        # skipped then, so steady traffic moves the timer once a timeout.
+        # fires at the earliest deadline of a heap, times out what is due
+        # and looks for the next; an answered request leaves its deadline to
+        # be skipped then, so steady traffic moves the timer once a timeout.
+        # The heap is rebuilt from what still waits once answered requests
+        # are most of it, so it stays within twice what waits.
         deadline = self.clock.seconds() + timeout
-        self.pending_requests[request_id] = (waiting, message_type, deadline, timeout)
+        pending = self.pending_requests
+        pending[request_id] = (waiting, message_type, deadline, timeout)
+        heapq.heappush(self._deadlines, (deadline, request_id))
+        if len(self._deadlines) > 2 * len(pending) + 64:
+            self._deadlines = [(entry[2], rid) for rid, entry in pending.items()]
+            heapq.heapify(self._deadlines)
         if self._timeouts is None or deadline < self._timeouts_at:
             self._time_out_at(deadline)
         return waiting
@@ -373,15 +384,18 @@ class PiClusterProtocol(Int32StringReceiver):
     def _time_out_requests(self) -> None:
         self._timeouts = None
         now = self.clock.seconds() + _EPSILON
-        pending = self.pending_requests
-        for request_id in [rid for rid, entry in pending.items() if entry[2] <= now]:
-            # An errback below may have settled or sent requests meanwhile.
-            entry = pending.pop(request_id, None)
+        # An errback below may send requests (pushing deadlines, perhaps
+        # rebuilding the heap) or lose the connection: read both afresh.
+        while self._deadlines and self._deadlines[0][0] <= now and self.lost is None:
+            _, request_id = heapq.heappop(self._deadlines)
+            entry = self.pending_requests.pop(request_id, None)
             if entry is not None:
                 entry[0].errback(RequestTimeout(entry[1], entry[3]))
-        pending = self.pending_requests
-        if pending and self.lost is None:
-            earliest = min(entry[2] for entry in pending.values())
+        deadlines, pending = self._deadlines, self.pending_requests
+        while deadlines and deadlines[0][1] not in pending:
+            heapq.heappop(deadlines)
+        if deadlines and self.lost is None:
+            earliest = deadlines[0][0]
             if self._timeouts is None or earliest < self._timeouts_at:
                 self._time_out_at(earliest)
 

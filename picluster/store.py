@@ -198,6 +198,8 @@ class TaskStore:
         self._retry_delay = 0.0
         self._retry_call: Any = None
         self._closed: defer.Deferred[None] | None = None
+        #: Whether the write made while closing failed: it is not tried again.
+        self._close_failed = False
 
     @classmethod
     def open(cls, path: str, reactor: Any, pool: Any = None) -> defer.Deferred[TaskStore]:
@@ -281,7 +283,7 @@ class TaskStore:
     def _kick(self) -> None:
         if self._busy:
             return
-        write_rows = self._dirty and self._retry_call is None
+        write_rows = self._dirty and self._retry_call is None and not self._close_failed
         if not write_rows and not self._operations:
             if self._closed is not None and not self._closed.called:
                 self._finish_close()
@@ -351,6 +353,9 @@ class TaskStore:
             problem=failure.getErrorMessage(), count=len(self._dirty), delay=self._retry_delay,
         )
         if self._closed is not None:
+            # Closing tries once: trying again at once, over and over, would
+            # spin (and log) until the disk has room, and never close.
+            self._close_failed = True
             return
         self._retry_call = self.clock.callLater(self._retry_delay, self._retry)
 

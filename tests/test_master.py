@@ -14,7 +14,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from picluster.master import SHARED_TEXT, Keepalives
+from picluster.master import SHARED_TEXT, Keepalives, SharedTexts
 from picluster.service import DEFAULT_BACKLOG, with_default_backlog
 
 from .helpers import MASTER_FACTS, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent
@@ -208,6 +208,22 @@ class ReportTests(MasterTestCase):
         self.assertEqual(first["os"], long_text)
         self.assertIsNot(first["os"], second["os"])
 
+    def test_sharedTextsBounded(self) -> None:
+        """
+        The shared texts stop growing at their limit: texts past it are
+        kept as sent, and those shared before stay shared.
+        """
+        texts = SharedTexts(limit=3)
+        first = texts.share("".join(["pi", "-4"]))
+        for n in range(10):
+            texts.share(f"junk-{n}")
+        self.assertEqual(len(texts), 3)
+        self.assertIs(texts.share("".join(["pi", "-4"])), first)
+        late = "".join(["late", "-text"])
+        self.assertIs(texts.share(late), late)
+        self.assertIsNot(texts.share("".join(["late", "-text"])), late)
+        self.assertEqual(texts.share(12.5), 12.5)
+
     def test_vitalsStoredWithTime(self) -> None:
         """vitals are stored with the time they arrived."""
         protocol, transport = self.slave()
@@ -255,6 +271,23 @@ class KeepaliveTests(MasterTestCase):
 
     def pings(self, transport: Any) -> list[float]:
         return [envelope["payload"] for envelope in sent(transport) if envelope["type"] == "ping"]
+
+    def test_lastLeavesAfterLoopStopped(self) -> None:
+        """
+        The last connection leaving after the ping loop has stopped (it
+        never should, but a loop dies on an unhandled error) still leaves
+        cleanly: the slave is forgotten, and pings start again for the next.
+        """
+        protocol, transport = self.slave(port=1)
+        keepalives = self.factory.keepalives
+        keepalives._loop.stop()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertNotIn(protocol.handler.uuid, self.registry)
+        self.assertEqual(len(keepalives), 0)
+        again, again_transport = self.slave(port=2)
+        again_transport.clear()
+        self.clock.advance(5)
+        self.assertEqual(len(self.pings(again_transport)), 1)
 
     def test_eachOncePerKeepalive(self) -> None:
         """Slaves that joined at different times are each pinged once every keepalive."""

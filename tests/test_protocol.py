@@ -399,6 +399,35 @@ class RequestTests(ProtocolTestCase):
         self.failureResultOf(slow, RequestTimeout)
         self.assertEqual(self.protocol.pending_requests, {})
 
+    def test_staggeredTimeoutsInOrder(self) -> None:
+        """
+        Many unanswered requests made a millisecond apart time out one by
+        one, each at its own deadline, while answered ones in between leave
+        the bookkeeping no bigger than twice what still waits.
+        """
+        unanswered = []
+        for n in range(300):
+            unanswered.append(self.protocol.request("info", "uuid", timeout=2))
+            answered = self.protocol.request("info", "uuid", timeout=2)
+            [request] = sent(self.transport)[-1:]
+            self.feed(frame({"type": "uuid", "payload": "x", "reply_to": request["id"]}))
+            self.successResultOf(answered)
+            self.assertLessEqual(
+                len(self.protocol._deadlines), 2 * len(self.protocol.pending_requests) + 64
+            )
+            self.clock.advance(0.001)
+        # At 2.3 s: the first was due at 2.0 s, the last is due at 2.299 s.
+        self.clock.advance(2.0 - 0.3 + 0.0005)
+        timed_out = [d for d in unanswered if d.called]
+        self.assertEqual(len(timed_out), 1)
+        for n in range(1, 300):
+            self.assertNoResult(unanswered[n])
+            self.clock.advance(0.001)
+            self.failureResultOf(unanswered[n], RequestTimeout)
+        self.failureResultOf(unanswered[0], RequestTimeout)
+        self.assertEqual(self.protocol.pending_requests, {})
+        self.assertEqual(self.protocol._deadlines, [])
+
     def test_requestFromTimeoutErrback(self) -> None:
         """A request made by a timed-out request's errback times out in turn."""
         first = self.protocol.request("echo", 1, timeout=5)

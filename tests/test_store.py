@@ -156,6 +156,22 @@ class GroupCommitTests(unittest.TestCase):
         self.assertEqual(failure.value.index, 1)
         self.assertEqual(len(self.successResultOf(self.store.query())), 1)
 
+    def test_closeOnFullDiskTriesOnce(self) -> None:
+        """
+        Closing while the disk is full tries the pending saves once, says
+        how many were not saved, and closes: it does not spin on retries.
+        """
+        (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
+        self.pool.fill_disk()
+        self.store.save(dict(stored[0], state="cancelled", result="z" * 100_000))
+        with capturedLogs() as events:
+            closed = self.store.close()
+        self.successResultOf(closed)
+        self.assertTrue(self.pool.closed)
+        messages = [formatEvent(event) for event in events]
+        self.assertIn("Closing the task database with 1 task changes unsaved", messages)
+        self.assertEqual(sum("Cannot write the task database" in m for m in messages), 1)
+
     def test_manyIdsQueried(self) -> None:
         """A query naming more ids than SQLite takes in one statement finds them all."""
         self.successResultOf(self.store.submit([spec() for _ in range(1200)], 1.0))
