@@ -30,12 +30,15 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.protocols.basic import Int32StringReceiver
 
+from picluster.service import DEFAULT_BACKLOG
+from picluster.wire import DEFAULT_MAX_FRAME
+
 #: Frames larger than this are refused, as the master's default --max-frame.
-MAX_FRAME = 1024 * 1024
+MAX_FRAME = DEFAULT_MAX_FRAME
 
 #: The listening backlog: the master's default, so a thousand slaves
 #: connecting at once reach both servers alike.
-BACKLOG = 1024
+BACKLOG = DEFAULT_BACKLOG
 
 # The json module's public API at its quickest: one encoder and one decoder
 # made once (json.dumps and json.loads check their arguments on every call,

@@ -40,6 +40,7 @@ import uuid as uuid_module
 from typing import Any
 
 from picluster import config, sysinfo
+from picluster.wire import DEFAULT_MAX_FRAME
 
 log = logging.getLogger("threaded")
 
@@ -49,7 +50,7 @@ _LENGTH = struct.Struct("!I")
 READ_SIZE = 512
 
 #: The largest frame accepted, as picluster's default.
-MAX_FRAME = 1024 * 1024
+MAX_FRAME = DEFAULT_MAX_FRAME
 
 #: Seconds between pings unless told otherwise: picluster's default.
 DEFAULT_KEEPALIVE = next(s.default for s in config.COMMON_SETTINGS if s.name == "keepalive")

@@ -143,7 +143,7 @@ class MasterConnection(PeerHandler):
                               id=run["id"], attempt=run["attempt"])
                 runner.cancel(run["id"], run["attempt"])
         self.working = True
-        for result in list(runner.results):
+        for result in runner.results:
             self.report_result(result)
 
     def _work_refused(self, failure: Failure) -> None:
