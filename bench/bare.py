@@ -30,7 +30,7 @@ from typing import Any
 from twisted.internet import defer, protocol
 from twisted.protocols.basic import Int32StringReceiver
 
-from picluster.service import DEFAULT_BACKLOG
+from picluster.master.service import DEFAULT_BACKLOG
 from picluster.wire import DEFAULT_MAX_FRAME
 
 #: Frames larger than this are refused, as the master's default --max-frame.

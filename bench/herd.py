@@ -38,13 +38,18 @@ import time
 from typing import Any
 
 from twisted.internet import error, protocol, reactor, task
-from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                            globalLogBeginner, textFileLogObserver)
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
 from twisted.protocols.basic import Int32StringReceiver
 
 from picluster import config, sysinfo, wire
 from picluster.address import parse_master
-from picluster.slave import SlaveFactory
+from picluster.slave.session import SlaveFactory
 
 #: How a master's ping starts, and our answer; the payload is spliced over.
 PING = b'{"type":"ping","payload":'

@@ -81,7 +81,7 @@ def measure(slices: int, seconds: float, warmup: float, keep: bool) -> dict[Any,
             for system in SYSTEMS
         }
         rates: dict[Any, list[float]] = {}
-        for system, client in clients.items():
+        for client in clients.values():
             client.wait_for_output("READY")
         for number in range(1, slices + 1):
             # Each system goes first in turn.

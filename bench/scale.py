@@ -42,11 +42,10 @@ from typing import Any
 
 import psutil
 
-from bench.procs import (BenchError, Child, Processes, free_port, port_open, raise_file_limit,
-                         wait_until)
+from bench.procs import BenchError, Child, Processes, free_port, port_open, raise_file_limit, wait_until
 from bench.report import Report
-from picluster.history import DEFAULT_SAMPLES, VitalsHistory
-from picluster.service import DEFAULT_BACKLOG
+from picluster.master.history import DEFAULT_SAMPLES, VitalsHistory
+from picluster.master.service import DEFAULT_BACKLOG
 
 #: The sizes of a full run and of --quick.
 SIZES = {

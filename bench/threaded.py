@@ -124,7 +124,7 @@ class SlaveHandler:
             self.sock.settimeout(max(wait, 0.001))
             try:
                 data = self.sock.recv(READ_SIZE)
-            except socket.timeout:
+            except TimeoutError:
                 silent = time.monotonic() - self.last_received
                 if silent >= master.dead_after:
                     raise DisconnectionException(f"no sign of life for {silent:.0f} s") from None

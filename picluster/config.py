@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import configparser
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import endpoints
 from twisted.python import usage
-
 
 #: Where a master serves its dashboard unless told: this machine only, as
 #: the API has no login yet.

@@ -23,7 +23,6 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
 from picluster import wire
-from picluster.stats import WireStats
 from picluster.errors import (
     DisconnectionException,
     FrameTooLarge,
@@ -32,6 +31,7 @@ from picluster.errors import (
     ServiceError,
     describe_reason,
 )
+from picluster.stats import WireStats
 
 #: Seconds a request waits for its reply unless told otherwise.
 DEFAULT_REQUEST_TIMEOUT = 30.0

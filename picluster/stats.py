@@ -9,7 +9,8 @@ sum plus a walk over the live ones, paid only when someone looks.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class WireStats:

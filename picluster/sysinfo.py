@@ -20,7 +20,8 @@ import platform
 import re
 import shutil
 import socket
-from typing import Any, Callable, Literal, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import psutil
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
@@ -46,7 +47,7 @@ _THROTTLED_FLAGS = (
 _OCCURRED_SHIFT = 16
 
 
-def _attempt(name: str, func: Callable[[], _T]) -> Optional[_T]:
+def _attempt(name: str, func: Callable[[], _T]) -> _T | None:
     """Call C{func}, turning any exception into C{None}: one unreadable value
     (permissions, missing file, garbage, psutil error) must not cost the rest."""
     try:
@@ -63,7 +64,7 @@ def _read_text(path: str) -> str:
         return f.read().decode("utf-8", errors="replace")
 
 
-def _first_existing(root: str, relatives: tuple[str, ...]) -> Optional[str]:
+def _first_existing(root: str, relatives: tuple[str, ...]) -> str | None:
     """The first of C{relatives} below C{root} that exists, or C{None}."""
     for relative in relatives:
         path = os.path.join(root, relative)
@@ -72,7 +73,7 @@ def _first_existing(root: str, relatives: tuple[str, ...]) -> Optional[str]:
     return None
 
 
-def _cpu_from_cpuinfo(text: str) -> Optional[str]:
+def _cpu_from_cpuinfo(text: str) -> str | None:
     """Name the CPU from /proc/cpuinfo text.  On a Pi C{Model} names the board,
     C{Hardware} the SoC and C{model name} only the core type; x86 has only the
     last, so take them in that order."""
@@ -88,7 +89,7 @@ def _cpu_from_cpuinfo(text: str) -> Optional[str]:
     return None
 
 
-def _cpu_name(root: str) -> Optional[str]:
+def _cpu_name(root: str) -> str | None:
     """The CPU name from cpuinfo, else whatever the platform module knows."""
     name = _attempt(
         "cpuinfo",
@@ -97,14 +98,14 @@ def _cpu_name(root: str) -> Optional[str]:
     return name or platform.processor() or platform.machine() or None
 
 
-def _board_model(root: str) -> Optional[str]:
+def _board_model(root: str) -> str | None:
     """The device-tree model string (e.g. a Pi's board name), NUL stripped."""
     path = _first_existing(root, _MODEL_FILES)
     model = _read_text(path).replace("\x00", "").strip() if path else ""
     return model or None
 
 
-def _pretty_os_name(root: str) -> Optional[str]:
+def _pretty_os_name(root: str) -> str | None:
     """PRETTY_NAME from os-release, without its shell quoting."""
     path = _first_existing(root, _OS_RELEASE_FILES)
     for line in _read_text(path).splitlines() if path else ():
@@ -121,7 +122,7 @@ def _os_description(root: str) -> str:
     return f"{kernel} ({pretty})" if pretty else kernel
 
 
-def _mhz(value: Any) -> Optional[float]:
+def _mhz(value: Any) -> float | None:
     """psutil reports an unknown frequency as 0.0; make that C{None}."""
     return float(value) if value else None
 
@@ -168,7 +169,7 @@ def _parse_vcgencmd_throttled(output: bytes) -> int:
     return int(match.group(1), 16)
 
 
-def _pick_thermal_zone(root: str) -> Optional[str]:
+def _pick_thermal_zone(root: str) -> str | None:
     """The temp file of the CPU's thermal zone: C{cpu-thermal} on a Pi,
     C{x86_pkg_temp} on Intel, else the lowest-numbered zone (usually the CPU)."""
     zones = glob.glob(os.path.join(root, "sys/class/thermal/thermal_zone*"))
@@ -182,7 +183,7 @@ def _pick_thermal_zone(root: str) -> Optional[str]:
     return os.path.join(zones[0], "temp") if zones else None
 
 
-def _pick_volt_alarm(root: str) -> Optional[str]:
+def _pick_volt_alarm(root: str) -> str | None:
     """The under-voltage alarm file of the Pi's C{rpi_volt} hwmon, if any."""
     for hwmon in sorted(glob.glob(os.path.join(root, "sys/class/hwmon/hwmon*"))):
         name = _attempt("hwmon name", lambda: _read_text(os.path.join(hwmon, "name")))
@@ -202,7 +203,7 @@ class VitalsSampler:
         root: str = "/",
         reactor: Any = None,
         disk_path: str = "/",
-        vcgencmd: "str | Literal[False] | None" = None,
+        vcgencmd: str | Literal[False] | None = None,
         vcgencmd_timeout: float = 5.0,
     ) -> None:
         """C{vcgencmd} is run only when sysfs lacks get_throttled: C{None} looks it
@@ -226,7 +227,7 @@ class VitalsSampler:
         # cpu_percent(interval=None) measures since its previous call: prime it.
         _attempt("cpu_percentage", lambda: psutil.cpu_percent(interval=None))
 
-    def sample(self) -> "Deferred[dict]":
+    def sample(self) -> Deferred[dict]:
         """A Deferred because C{vcgencmd} may have to run; it always fires with
         the vitals dict, never with a failure."""
         vitals = self._sync_vitals()
@@ -265,7 +266,7 @@ class VitalsSampler:
             ),
         }
 
-    def _read_temperature(self) -> Optional[float]:
+    def _read_temperature(self) -> float | None:
         """CPU temperature in °C; the kernel reports millidegrees."""
         if self._thermal_file is None:
             return None
@@ -299,7 +300,7 @@ class VitalsSampler:
         d.addTimeout(self._vcgencmd_timeout, self._reactor)
         return d.addCallback(decode).addErrback(failed)
 
-    def _finish(self, throttling: Optional[dict], vitals: dict) -> dict:
+    def _finish(self, throttling: dict | None, vitals: dict) -> dict:
         """Add throttling and the under-voltage flag it implies."""
         vitals["throttling"] = throttling
         if throttling is not None:
@@ -308,7 +309,7 @@ class VitalsSampler:
             vitals["under_voltage"] = _attempt("under_voltage", self._read_volt_alarm)
         return vitals
 
-    def _read_volt_alarm(self) -> Optional[bool]:
+    def _read_volt_alarm(self) -> bool | None:
         """The rpi_volt hwmon's under-voltage alarm, when no throttled value."""
         if self._volt_alarm_file is None:
             return None

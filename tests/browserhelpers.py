@@ -15,7 +15,8 @@ import os
 import queue
 import shutil
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.python.failure import Failure

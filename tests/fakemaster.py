@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 import uuid as uuid_module
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure

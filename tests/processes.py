@@ -16,7 +16,8 @@ import signal
 import socket
 import subprocess
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, endpoints, error, reactor, task
 from twisted.trial import unittest

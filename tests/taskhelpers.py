@@ -13,12 +13,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from picluster.master import MasterFactory
+from picluster.master.connection import MasterFactory
+from picluster.master.registry import SlaveRegistry
+from picluster.master.scheduler import Scheduler
+from picluster.master.store import TaskStore, _prepare
 from picluster.protocol import PiClusterProtocol
-from picluster.registry import SlaveRegistry
-from picluster.scheduler import Scheduler
-from picluster.store import TaskStore, _prepare
-
 from tests.helpers import MASTER_FACTS, connect, frame, sent
 
 

@@ -22,8 +22,8 @@ from twisted.trial import unittest
 import picluster
 from picluster.tasks import BadArguments, NotPermitted, builtin
 from picluster.tasks import primes as primes_module
+from picluster.tasks.catalog import Node, ProcessResult, check_arguments
 from picluster.tasks.errors import CommandFailed
-from picluster.tasks.registry import Node, ProcessResult, check_arguments
 
 
 def naive_count(start: int, stop: int) -> int:

@@ -14,7 +14,8 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from picluster import cli, cliformat
+from picluster.cli import formatting
+from picluster.cli import main as cli
 
 from . import processes
 from .fakemaster import FakeMaster, FakeMasterConnection
@@ -486,6 +487,6 @@ class FormatTests(unittest.TestCase):
 
     def test_durations(self) -> None:
         """Durations read short at every scale."""
-        self.assertEqual([cliformat.duration(s) for s in (4.25, 42, 185, 7380, 93600)],
+        self.assertEqual([formatting.duration(s) for s in (4.25, 42, 185, 7380, 93600)],
                          ["4.2s", "42s", "3m05s", "2h03m", "1d02h"])
 

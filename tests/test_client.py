@@ -21,7 +21,7 @@ from twisted.trial import unittest
 
 from picluster.address import MasterAddress
 from picluster.client import Client, MasterUnreachable, UnknownTask
-from picluster.clientconnection import MAX_BATCH_TASKS
+from picluster.client.connection import MAX_BATCH_TASKS
 from picluster.errors import DisconnectionException, RemoteError
 
 from .fakemaster import FakeMaster, FakeMasterConnection

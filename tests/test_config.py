@@ -18,8 +18,8 @@ from twisted.trial import unittest
 
 from picluster import address, config
 from picluster.address import MasterAddress, parse_master
-from picluster.service import DEFAULT_BACKLOG, MasterService, with_default_backlog
-from picluster.slave import SlaveService
+from picluster.master.service import DEFAULT_BACKLOG, MasterService, with_default_backlog
+from picluster.slave.session import SlaveService
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap
 from tests.processes import REPO_ROOT, temp_dir, temp_path

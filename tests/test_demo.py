@@ -19,9 +19,9 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from picluster import cli
+from picluster.cli import main as cli
+from picluster.cli.demo import Demo, ListenFailed, _SharedSampler, demo_hostnames
 from picluster.client import Client
-from picluster.demo import Demo, ListenFailed, _SharedSampler, demo_hostnames
 
 from . import processes
 

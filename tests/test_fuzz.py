@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import struct
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from picluster import RemoteError, wire
-from picluster.slave import HandshakeError
+from picluster.slave.session import HandshakeError
 
 from .helpers import connect, master_factory, parse_frames, slave_factory
 

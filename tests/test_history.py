@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from twisted.trial import unittest
 
-from picluster.history import VitalsHistory
-from picluster.registry import Departure, SlaveRegistry
+from picluster.master.history import VitalsHistory
+from picluster.master.registry import Departure, SlaveRegistry
 
 
 class HistoryTests(unittest.TestCase):

@@ -19,14 +19,14 @@ from twisted.trial import unittest
 from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from picluster.influx import (
+from picluster.master.influx import (
     MAX_RETRY_DELAY,
     InfluxExporter,
     influx_url,
     vitals_fields,
     vitals_line,
 )
-from picluster.registry import SlaveRegistry
+from picluster.master.registry import SlaveRegistry
 
 from . import processes
 
@@ -53,7 +53,7 @@ VITALS = {
 
 @dataclass
 class StandInSlave:
-    """The attributes of a L{picluster.master.SlaveConnection} the exporter reads."""
+    """The attributes of a L{picluster.master.PeerConnection} the exporter reads."""
 
     uuid: str
     hostname: str | None = None

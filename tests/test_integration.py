@@ -5,15 +5,16 @@ Master and slave services over real loopback TCP, in this process.
 from __future__ import annotations
 
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer, endpoints, protocol, reactor, task
 from twisted.internet.error import CannotListenError
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
-from picluster.service import MasterService
-from picluster.slave import SlaveFactory, SlaveService
+from picluster.master.service import MasterService
+from picluster.slave.session import SlaveFactory, SlaveService
 
 from . import processes
 from .helpers import frame, parse_frames, raw_frame

@@ -14,8 +14,8 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from picluster.master import SHARED_TEXT, Keepalives, SharedTexts
-from picluster.service import DEFAULT_BACKLOG, with_default_backlog
+from picluster.master.connection import SHARED_TEXT, Keepalives, SharedTexts
+from picluster.master.service import DEFAULT_BACKLOG, with_default_backlog
 
 from .helpers import MASTER_FACTS, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent
 

@@ -14,15 +14,14 @@ import shutil
 from typing import Any
 from urllib.parse import urlencode
 
+from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
-from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from picluster.address import MasterAddress
-from picluster.service import MasterService
-from picluster.slave import SlaveFactory, SlaveService
-
+from picluster.master.service import MasterService
+from picluster.slave.session import SlaveFactory, SlaveService
 from tests import processes
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

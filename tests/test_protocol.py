@@ -406,7 +406,7 @@ class RequestTests(ProtocolTestCase):
         the bookkeeping no bigger than twice what still waits.
         """
         unanswered = []
-        for n in range(300):
+        for _ in range(300):
             unanswered.append(self.protocol.request("info", "uuid", timeout=2))
             answered = self.protocol.request("info", "uuid", timeout=2)
             [request] = sent(self.transport)[-1:]

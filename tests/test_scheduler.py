@@ -10,9 +10,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster.errors import ServiceError
-from picluster.scheduler import Scheduler
-from picluster.store import StoreError, TaskStore
-
+from picluster.master.scheduler import Scheduler
+from picluster.master.store import StoreError, TaskStore
 from tests.taskhelpers import FakeClient, FakeSlave, SynchronousPool, task_master
 
 PRIMES = {"name": "primes", "args": {"start": 0, "stop": 100}}

@@ -15,9 +15,19 @@ from twisted.trial import unittest
 
 from picluster import RemoteError
 from picluster.address import MasterAddress
-from picluster.slave import HandshakeError, SlaveFactory, SlaveService
+from picluster.slave.session import HandshakeError, SlaveFactory, SlaveService
 
-from .helpers import FakeSampler, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent, slave_factory, connect_pair
+from .helpers import (
+    SLAVE_FACTS,
+    VITALS,
+    FakeSampler,
+    connect,
+    connect_pair,
+    frame,
+    master_factory,
+    sent,
+    slave_factory,
+)
 
 
 class SessionTests(unittest.TestCase):

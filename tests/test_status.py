@@ -13,13 +13,14 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from picluster import cli, statusview
 from picluster.address import MasterAddress
-from picluster.service import MasterService
-from picluster.slave import SlaveFactory, SlaveService
-from picluster.tasks import TaskRegistry
+from picluster.cli import main as cli
+from picluster.cli import status as statustable
+from picluster.master.service import MasterService
+from picluster.slave.runner import TaskRunner
+from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.tasks.installed import installed_tasks
 from picluster.wire import BadMessage
-from picluster.worker import TaskRunner
 
 from . import processes
 from .fakemaster import FakeMaster, FakeMasterConnection
@@ -70,19 +71,19 @@ def rows(text: str) -> dict[str, str]:
 
 class ViewTests(unittest.TestCase):
     """
-    statusview.render: what the table shows, on crafted payloads.
+    statustable.render: what the table shows, on crafted payloads.
     """
 
     def test_header(self) -> None:
         """The master's name, version, uptime, slave counts and task counts lead."""
-        text = statusview.render(status(summary(), summary(state="left", left_at=NOW - 60)), NOW)
+        text = statustable.render(status(summary(), summary(state="left", left_at=NOW - 60)), NOW)
         first, second = text.splitlines()[:2]
         self.assertEqual(first, "pi-master (picluster 0.4.0), up 2h03m: 1 slave connected, 1 left")
         self.assertEqual(second, "tasks: 2 queued, 3 running, 40 done, 1 failed, 0 cancelled")
 
     def test_row(self) -> None:
         """A slave's row: address, model, uptime, CPU, temperature, sizes, tasks, last seen."""
-        text = statusview.render(status(summary()), NOW)
+        text = statustable.render(status(summary()), NOW)
         self.assertEqual(rows(text)["HOST"].split(), [
             "HOST", "ADDRESS", "MODEL", "UP", "CPU", "TEMP", "RAM", "FREE", "DISK", "FREE",
             "TASKS", "SEEN", "STATE"])
@@ -94,13 +95,13 @@ class ViewTests(unittest.TestCase):
         """Readings a slave has not sent (or cannot take) show as '-'."""
         blank = summary(model=None, uptime=None, cpu_percent=None, temperature=None,
                         ram_free=None, disk_free=None, slots=None, running_tasks=0)
-        fields = rows(statusview.render(status(blank), NOW))["pi-1"].split()
+        fields = rows(statustable.render(status(blank), NOW))["pi-1"].split()
         self.assertEqual(fields, ["pi-1", "192.168.1.21:50412", "-", "-", "-", "-", "-", "-",
                                   "0/-", "1.2s", "ago", "connected"])
 
     def test_noHostnameYet(self) -> None:
         """A slave whose facts have not come is named by the start of its uuid."""
-        text = statusview.render(status(summary(hostname=None, uuid="0123456789abcdef" * 2)), NOW)
+        text = statustable.render(status(summary(hostname=None, uuid="0123456789abcdef" * 2)), NOW)
         self.assertIn("01234567", rows(text))
 
     def test_leftRows(self) -> None:
@@ -111,7 +112,7 @@ class ViewTests(unittest.TestCase):
             summary(hostname="pi-b", uuid="03" * 16),
             summary(hostname="pi-a", uuid="04" * 16),
         )
-        lines = statusview.render(payload, NOW).splitlines()[3:]
+        lines = statustable.render(payload, NOW).splitlines()[3:]
         self.assertEqual([line.split()[0] for line in lines], ["pi-a", "pi-b", "pi-gone", "pi-old"])
         self.assertTrue(lines[2].endswith("left 3m05s ago"), lines[2])
         self.assertTrue(lines[3].endswith("left 2h00m ago"), lines[3])
@@ -120,7 +121,7 @@ class ViewTests(unittest.TestCase):
         """On a terminal a departed slave's row is dimmed, a connected one's is not."""
         payload = status(summary(hostname="pi-here"),
                          summary(hostname="pi-gone", uuid="02" * 16, state="left", left_at=NOW - 9))
-        lines = statusview.render(payload, NOW, width=200, terminal=True).splitlines()
+        lines = statustable.render(payload, NOW, width=200, terminal=True).splitlines()
         here = next(line for line in lines if "pi-here" in line)
         gone = next(line for line in lines if "pi-gone" in line)
         self.assertIn("\x1b[2m", gone)
@@ -130,19 +131,19 @@ class ViewTests(unittest.TestCase):
         """Off a terminal the text holds no escapes and no trailing spaces."""
         payload = status(summary(under_voltage=True),
                          summary(hostname="pi-gone", uuid="02" * 16, state="left", left_at=NOW - 9))
-        text = statusview.render(payload, NOW)
+        text = statustable.render(payload, NOW)
         self.assertNotIn("\x1b", text)
         self.assertEqual([line for line in text.splitlines() if line != line.rstrip()], [])
 
     def test_powerProblems(self) -> None:
         """Under-voltage and throttling are named in the state column."""
-        text = statusview.render(status(summary(under_voltage=True, throttled=True)), NOW)
+        text = statustable.render(status(summary(under_voltage=True, throttled=True)), NOW)
         self.assertTrue(rows(text)["pi-1"].endswith("connected, under-voltage, throttled"))
 
     def test_sizes(self) -> None:
         """Byte counts read short, in binary units; nonsense reads '-'."""
         self.assertEqual(
-            [statusview.size(n) for n in (0, 512, 1536, 812 * 2**20, int(3.4 * GIB), 21 * GIB,
+            [statustable.size(n) for n in (0, 512, 1536, 812 * 2**20, int(3.4 * GIB), 21 * GIB,
                                           2**50 * 3000, None, -1, "12", True)],
             ["0B", "512B", "1.5K", "812M", "3.4G", "21G", "3000P",
              "-", "-", "-", "-"])
@@ -151,9 +152,9 @@ class ViewTests(unittest.TestCase):
         """A long hostname stays whole: on one line in a pipe, folded to fit a terminal."""
         name = "a-very-long-hostname-for-the-raspberry-pi-in-the-garden-shed"
         payload = status(summary(hostname=name), summary(hostname="pi-2", uuid="02" * 16))
-        piped = statusview.render(payload, NOW)
+        piped = statustable.render(payload, NOW)
         self.assertIn(name + "  192.168.1.21:50412", piped)
-        narrow = statusview.render(payload, NOW, width=80)
+        narrow = statustable.render(payload, NOW, width=80)
         lines = narrow.splitlines()
         self.assertLessEqual(max(len(line) for line in lines), 80, narrow)
         folded = "".join(line.split()[0] for line in lines[3:] if not line.startswith("pi-2"))
@@ -162,7 +163,7 @@ class ViewTests(unittest.TestCase):
 
     def test_narrowTerminal(self) -> None:
         """In a narrow terminal the least needed columns go, never the host or state."""
-        text = statusview.render(status(summary()), NOW, width=60)
+        text = statustable.render(status(summary()), NOW, width=60)
         header = rows(text)["HOST"].split()
         self.assertEqual(header, ["HOST", "CPU", "TEMP", "RAM", "FREE", "TASKS", "SEEN", "STATE"])
         self.assertLessEqual(max(len(line) for line in text.splitlines()), 60)
@@ -170,7 +171,7 @@ class ViewTests(unittest.TestCase):
 
     def test_noSlaves(self) -> None:
         """Without slaves the table is a sentence."""
-        text = statusview.render(status(tasks={"queued": 0, "running": 0, "done": 0,
+        text = statustable.render(status(tasks={"queued": 0, "running": 0, "done": 0,
                                                "failed": 0, "cancelled": 0}), NOW)
         self.assertEqual(text.splitlines()[2:], ["no slaves connected"])
         self.assertIn(": 0 slaves connected, 0 left", text)
@@ -179,7 +180,7 @@ class ViewTests(unittest.TestCase):
         """What a slave says of itself cannot drive the terminal: control characters show as '?'."""
         payload = status(summary(hostname="evil\x1b[2J\x07", model="Pi\r\nfake row"))
         for terminal in (False, True):
-            text = statusview.render(payload, NOW, width=200, terminal=terminal)
+            text = statustable.render(payload, NOW, width=200, terminal=terminal)
             self.assertNotIn("\x1b[2J", text)
             self.assertNotIn("\x07", text)
             self.assertIn("evil?[2J?", text)
@@ -187,7 +188,7 @@ class ViewTests(unittest.TestCase):
 
     def test_markupIsText(self) -> None:
         """Square brackets in a name are shown, not read as rich markup."""
-        text = statusview.render(status(summary(hostname="[bold]pi[/bold]")), NOW)
+        text = statustable.render(status(summary(hostname="[bold]pi[/bold]")), NOW)
         self.assertIn("[bold]pi[/bold]", text)
 
 
@@ -212,7 +213,7 @@ class StatusCommandTests(unittest.TestCase):
         self.address = f"127.0.0.1:{self.port}"
 
     def start_slave(self, hostname: str = "status-test-slave") -> SlaveService:
-        runner = TaskRunner(TaskRegistry.load(), slots=2, clock=reactor, reactor=reactor)
+        runner = TaskRunner(installed_tasks(), slots=2, clock=reactor, reactor=reactor)
         factory = SlaveFactory(MasterAddress("127.0.0.1", self.port), keepalive=1,
                                initial_delay=0.05, max_delay=0.2, runner=runner,
                                computer_details={"hostname": hostname, "model": "Test Board"})

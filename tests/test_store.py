@@ -12,9 +12,8 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
-from picluster.store import SCHEMA_VERSION, KeyConflict, StoreError, TaskStore, check_database
-from picluster.taskspec import TaskSpec
-
+from picluster.master.store import SCHEMA_VERSION, KeyConflict, StoreError, TaskStore, check_database
+from picluster.master.taskspec import TaskSpec
 from tests.processes import temp_dir
 from tests.taskhelpers import SynchronousPool
 
@@ -145,7 +144,7 @@ class GroupCommitTests(unittest.TestCase):
         self.assertEqual([record["key"] for record, _ in stored], [f"k{n}" for n in range(1200)])
         found = {record["id"]: record for record in self.successResultOf(self.store.query())}
         self.assertEqual(len(found), 1200)
-        for record, duplicate in stored:
+        for record, _ in stored:
             self.assertEqual(found[record["id"]], record)
 
     def test_keyConflictStoresNothing(self) -> None:

@@ -43,7 +43,7 @@ from tests.processes import (
 
 CONTRIB = os.path.join(REPO_ROOT, "contrib", "systemd")
 
-#: Where the units expect picluster's virtual environment (README.rst says
+#: Where the units expect picluster's virtual environment (docs/operating.rst says
 #: how to change it).
 TWISTD = "/opt/picluster/bin/twistd"
 

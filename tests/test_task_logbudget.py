@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
-from picluster.tasks.logbudget import LogBudget
+from picluster.logbudget import LogBudget
 
 
 class LogBudgetTests(unittest.TestCase):

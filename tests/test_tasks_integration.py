@@ -13,10 +13,10 @@ from twisted.trial import unittest
 
 from picluster.address import MasterAddress
 from picluster.client import Client
-from picluster.service import MasterService
-from picluster.slave import SlaveFactory, SlaveService
-from picluster.tasks import TaskRegistry
-from picluster.worker import TaskRunner
+from picluster.master.service import MasterService
+from picluster.slave.runner import TaskRunner
+from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.tasks.installed import installed_tasks
 
 from . import processes
 
@@ -42,7 +42,7 @@ class TaskLoopbackTests(unittest.TestCase):
         return master, listening.getHost().port
 
     def start_slave(self, port: int, slots: int = 2, **runner_settings: Any) -> SlaveService:
-        runner = TaskRunner(TaskRegistry.load(), slots=slots, clock=reactor, reactor=reactor,
+        runner = TaskRunner(installed_tasks(), slots=slots, clock=reactor, reactor=reactor,
                             **runner_settings)
         factory = SlaveFactory(MasterAddress("127.0.0.1", port), keepalive=1, initial_delay=0.05,
                                max_delay=0.2, runner=runner)

@@ -8,13 +8,22 @@ L{InstalledPluginTests}, which checks what C{pip install} put in place.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import sys
+import sysconfig
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.processes import ENDED_BY_SIGTERM, Child, Cluster, child_env
+from tests.processes import ENDED_BY_SIGTERM, REPO_ROOT, Child, Cluster, child_env, temp_dir
+
+#: What of the checkout an editable install needs: everything but what a
+#: build or a test run leaves in it.
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "build", "*.egg-info", "__pycache__", "_trial_temp*", "tests.*"
+)
 
 
 class InstalledPluginTests(unittest.TestCase):
@@ -45,6 +54,52 @@ class InstalledPluginTests(unittest.TestCase):
             self.assertIn("picluster-slave", help_run.stdout(), help_run.report())
             self.assertNotIn("Traceback", help_run.output(), help_run.report())
             self.assertNotIn("Unable to write", help_run.output(), help_run.report())
+
+
+class EditableInstallTests(unittest.TestCase):
+    """
+    C{pip install -e .}, what a contributor types first, gives a twistd that
+    lists both plugins: setuptools' default editable import hook hides
+    C{twisted/plugins} from Twisted's plugin scan, so the packages' root is
+    declared (C{package_dir}) and the install is a plain path entry.
+    """
+
+    @defer.inlineCallbacks
+    def test_editableInstallListsBothSubcommands(self):
+        """A fresh venv with an editable install of a copy of the checkout runs both plugins' --help."""
+        where = temp_dir(self)
+        source = os.path.join(where, "checkout")
+        shutil.copytree(REPO_ROOT, source, ignore=_NOT_SOURCE)
+        venv = os.path.join(where, "venv")
+        python = os.path.join(venv, "bin", "python")
+        env = child_env(checkout=False)
+        steps = [
+            [sys.executable, "-m", "venv", "--without-pip", venv],
+            # This venv's own packages (Twisted, setuptools, pip) for the new
+            # one, so that the test installs nothing from an index.
+            [python, "-c", _ADD_PATH, sysconfig.get_paths()["purelib"]],
+            [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+             "--no-build-isolation", "--editable", source],
+            [python, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
+        ]
+        for number, argv in enumerate(steps):
+            step = Child(self, f"step-{number}", argv, cwd=where, env=env)
+            status = yield step.wait_for_exit(timeout=120)
+            self.assertEqual(status, 0, step.report())
+        self.assertIn("picluster-master", step.stdout(), step.report())
+        self.assertIn("picluster-slave", step.stdout(), step.report())
+        probe = Child(self, "probe", [python, "-c", "import picluster; print(picluster.__file__)"],
+                      cwd=where, env=env)
+        self.assertEqual((yield probe.wait_for_exit()), 0, probe.report())
+        self.assertTrue(probe.stdout().startswith(source), probe.report())
+
+
+#: Run by the new venv's python with a directory: puts it on that venv's path.
+_ADD_PATH = """
+import os, site, sys
+with open(os.path.join(site.getsitepackages()[0], "outer.pth"), "w") as pth:
+    pth.write(sys.argv[1] + "\\n")
+"""
 
 
 class ReconnectionTests(unittest.TestCase):

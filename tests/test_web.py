@@ -16,9 +16,8 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial import unittest
 
-from picluster.web import events
-from picluster.web.site import MAX_TASKS
-
+from picluster.master.web import events
+from picluster.master.web.site import MAX_TASKS
 from tests import processes
 from tests.webhelpers import PI_VITALS, WebMaster
 
@@ -558,7 +557,7 @@ class HostilePeerTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_hugeTextClipped(self) -> Any:
         """A megabyte hostname is shown clipped, and not kept once the slave leaves."""
-        from picluster.views import MAX_TEXT
+        from picluster.text import MAX_TEXT
 
         web = WebMaster(self)
         slave = web.slave("h" * 100_000, vitals=PI_VITALS)

@@ -22,10 +22,10 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from picluster.tasks import Task, TaskRegistry
+from picluster.slave.runner import TaskRunner
+from picluster.tasks import Task, TaskCatalog
 from picluster.tasks.builtin import BUILTIN_TASKS
 from picluster.wire import BadMessage
-from picluster.worker import TaskRunner
 
 
 def in_own_group(argv: list[str]) -> list[str]:
@@ -164,7 +164,7 @@ class RunnerTestCase(unittest.TestCase):
         self.notified: list[dict[str, Any]] = []
 
     def make_runner(self, *tasks: Task, slots: int = 2, **settings: Any) -> TaskRunner:
-        registry = TaskRegistry([
+        registry = TaskCatalog([
             *BUILTIN_TASKS,
             Task("answer", lambda: 42, "reactor"),
             Task("pending", self.pending, "reactor"),
@@ -688,7 +688,7 @@ class RealProcessTests(unittest.TestCase):
         from twisted.internet import reactor
 
         self.reactor = reactor
-        registry = TaskRegistry([
+        registry = TaskCatalog([
             *BUILTIN_TASKS,
             Task("explode", explode, "process"),
             Task("print_and_answer", print_and_answer, "process"),

@@ -9,16 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from treq.client import HTTPClient
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from picluster.service import MasterService
-from picluster.web.site import DashboardSite
-
+from picluster.master.service import MasterService
+from picluster.master.web.site import DashboardSite
 from tests.helpers import MASTER_FACTS
 from tests.taskhelpers import FakeSlave, started_scheduler
 

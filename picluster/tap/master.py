@@ -8,9 +8,8 @@ from twisted.python import usage
 
 from picluster import config
 from picluster.config import server_endpoint
-from picluster.service import MasterService
-from picluster.taskspec import DEFAULT_MAX_ARGS
-
+from picluster.master.service import MasterService
+from picluster.master.taskspec import DEFAULT_MAX_ARGS
 
 #: What turns an optional part (the web server, the InfluxDB export) off.
 _OFF = ("none", "off", "no", "")
@@ -28,7 +27,7 @@ def influx_url(text: str) -> str | None:
     if text.strip().lower() in _OFF:
         return None
     # Imported here: treq loads only for a master that exports.
-    from picluster.influx import influx_url as check
+    from picluster.master.influx import influx_url as check
 
     return check(text)
 

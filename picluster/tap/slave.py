@@ -8,7 +8,7 @@ import psutil
 from twisted.python import usage
 
 from picluster import address, config
-from picluster.slave import SlaveFactory, SlaveService
+from picluster.slave.session import SlaveFactory, SlaveService
 
 
 class Options(config.Options):
@@ -78,12 +78,12 @@ class Options(config.Options):
 def makeService(options: Options) -> SlaveService:
     from twisted.internet import reactor
 
-    from picluster.tasks import TaskRegistry
-    from picluster.worker import TaskRunner
+    from picluster.slave.runner import TaskRunner
+    from picluster.tasks.installed import installed_tasks
 
     slots = options["slots"] or psutil.cpu_count() or 1
     runner = TaskRunner(
-        TaskRegistry.load(), slots=slots, clock=reactor, reactor=reactor,
+        installed_tasks(), slots=slots, clock=reactor, reactor=reactor,
         allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
     )
     factory = SlaveFactory(

@@ -24,16 +24,16 @@ from typing import Any
 
 from picluster.tasks.errors import BadArguments, NotPermitted
 
-__all__ = ["BadArguments", "NotPermitted", "Task", "TaskRegistry", "task"]
+__all__ = ["BadArguments", "NotPermitted", "Task", "TaskCatalog", "task"]
 
-_FROM_REGISTRY = ("Task", "TaskRegistry", "task")
+_FROM_CATALOG = ("Task", "TaskCatalog", "task")
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _FROM_REGISTRY:
+    if name not in _FROM_CATALOG:
         raise AttributeError(f"module 'picluster.tasks' has no attribute {name!r}")
-    from picluster.tasks import registry
+    from picluster.tasks import catalog
 
-    value = getattr(registry, name)
+    value = getattr(catalog, name)
     globals()[name] = value
     return value

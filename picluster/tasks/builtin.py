@@ -16,14 +16,15 @@ import subprocess
 from datetime import datetime
 from typing import Any
 
-from twisted.internet import defer, task as _task
+from twisted.internet import defer
+from twisted.internet import task as _task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import picluster
-from picluster.tasks.primes import primes
+from picluster.tasks.catalog import Node, ProcessResult, Task, node_bound
 from picluster.tasks.errors import BadArguments, CommandFailed, NotPermitted, admin_refusal
-from picluster.tasks.registry import Node, ProcessResult, Task, node_bound
+from picluster.tasks.primes import primes
 
 log = Logger()
 

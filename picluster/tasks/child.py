@@ -23,8 +23,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from picluster.tasks.catalog import ProcessResult, Task
 from picluster.tasks.errors import ChildCrashed, CommandFailed, TaskFailed, error_payload
-from picluster.tasks.registry import ProcessResult, Task
 
 #: Seconds between SIGTERM and SIGKILL when a child must go.
 KILL_AFTER = 5.0

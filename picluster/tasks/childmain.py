@@ -32,7 +32,7 @@ def resolve(reference: str) -> Any:
     target: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
         target = getattr(target, part)
-    # A Task (from picluster.tasks.registry, not imported here) gives its function.
+    # A Task (from picluster.tasks.catalog, not imported here) gives its function.
     function = getattr(target, "function", None)
     return function if callable(function) and hasattr(target, "run_in") else target
 

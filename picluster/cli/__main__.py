@@ -1,0 +1,5 @@
+"""C{python -m picluster.cli}: the C{picluster} command."""
+
+from picluster.cli.main import run
+
+run()

@@ -1,0 +1,451 @@
+"""
+The master's side of its connections: what it does for each slave and client.
+
+L{MasterFactory} gives each accepted connection a L{PeerConnection}, the
+master's handler for that slave or client, whose C{gone} Deferred errbacks with
+L{DisconnectionException} when the slave goes.  The service that owns the
+factory, the registry and the port is L{picluster.master.service.MasterService}.
+
+A master may hold thousands of idle slaves, so what it keeps per slave is
+kept small: the text that every node of a cluster sends alike (the keys of its facts, its model,
+OS and CPU) is held once, not once per node, and one timer (L{Keepalives})
+pings them all rather than a timer each.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuid_module
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from picluster import sysinfo
+from picluster.errors import DisconnectionException
+from picluster.master.history import VitalsHistory
+from picluster.master.registry import Departure, SlaveRegistry
+from picluster.master.scheduler import Scheduler
+from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
+from picluster.text import clip
+from picluster.wire import BadMessage
+
+#: Versions of the hello handshake this master speaks.
+SUPPORTED_VERSIONS = (1,)
+
+#: What a connection may say it is in its hello.
+ROLES = ("slave", "client")
+
+_UUID = re.compile(r"[0-9a-fA-F]{32}")
+
+log = Logger()
+
+
+def new_uuid() -> str:
+    """A fresh connection id: 32 lowercase hex digits."""
+    return uuid_module.uuid4().hex
+
+
+def _require_object(payload: Any, message_type: str) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise BadMessage(f"{message_type} payload must be a JSON object")
+    return payload
+
+
+#: Texts up to this long in a slave's computer_details are shared with the
+#: other slaves'; longer ones are kept as sent.
+SHARED_TEXT = 256
+
+#: The most distinct texts a master shares: a peer choosing its texts can
+#: fill the table, never grow it (and a full table only shares less).
+MAX_SHARED_TEXTS = 8192
+
+
+class SharedTexts:
+    """
+    One copy of each short text that slaves' facts repeat.
+
+    Each slave's facts arrive as fresh JSON, so without this every node
+    holds its own copy of every key and of the texts the whole cluster
+    shares (model, OS, CPU, versions): about 1.2 KB a node of the 1.7 KB a
+    Pi's facts take.  Facts arrive once a connection, so the lookups cost
+    nothing that matters; vitals, which come every few seconds, are kept as
+    sent.  Not C{sys.intern}: on some Pythons an interned string lives
+    forever, and peers choose these.
+    """
+
+    def __init__(self, limit: int = MAX_SHARED_TEXTS):
+        self.limit = limit
+        self._texts: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def share(self, value: Any) -> Any:
+        """The shared copy of C{value} if it is a short text; else C{value}."""
+        if type(value) is not str or len(value) > SHARED_TEXT:
+            return value
+        shared = self._texts.get(value)
+        if shared is not None:
+            return shared
+        if len(self._texts) < self.limit:
+            self._texts[value] = value
+        return value
+
+    def details(self, details: dict[str, Any]) -> dict[str, Any]:
+        """C{details} with its keys and short texts shared."""
+        share = self.share
+        return {share(key): share(value) for key, value in details.items()}
+
+
+class PeerConnection(PeerHandler):
+    """
+    The master's handler for one connection: a slave's, or a client's.
+
+    Every connection starts as a slave's and is listed in the registry; a
+    hello that says C{"role": "client"} takes it out.  For a slave it holds
+    what the master knows of that node for as long as the connection lasts.
+    Every connection has a uuid from the start; a hello may swap it for the
+    uuid the slave had before.
+
+    A client may only ask about tasks and the cluster.
+
+    @ivar gone: Errbacks with L{DisconnectionException} when the slave goes.
+    @ivar role: C{"slave"} or C{"client"} once the hello came, else C{None}.
+    """
+
+    log = log
+    role: str | None = None
+
+    def __init__(self, protocol: PiClusterProtocol, master: MasterFactory):
+        super().__init__(protocol)
+        self.master = master
+        self.uuid = new_uuid()
+        self.connected_at = master.clock.seconds()
+        self.computer_details: dict[str, Any] | None = None
+        self.vitals: dict[str, Any] | None = None
+        self.vitals_received_at: float | None = None
+        self.history = VitalsHistory()
+        self.gone: defer.Deferred[None] = defer.Deferred()
+
+    @property
+    def address(self) -> str:
+        return self.protocol.peer_address
+
+    @property
+    def last_seen(self) -> float:
+        return self.protocol.last_received
+
+    @property
+    def rtt_ms(self) -> float | None:
+        return self.protocol.rtt_ms
+
+    @property
+    def hostname(self) -> str | None:
+        hostname = (self.computer_details or {}).get("hostname")
+        # Clipped: it is logged, shown and matched, and a peer chose it.
+        return clip(hostname) if isinstance(hostname, str) else None
+
+    def describe_peer(self) -> str:
+        if self.role == "client":
+            return f"client {self.address}"
+        return f"slave {self.address} ({self.uuid})"
+
+    def log_fields(self) -> dict[str, Any]:
+        return {"peer": self.describe_peer(), "address": self.address, "uuid": self.uuid}
+
+    def connection_made(self) -> None:
+        self.master.registry.add(self)
+        self.master.keepalives.add(self.protocol)
+        self.log.info(
+            "Slave connected from {address} as {uuid}", address=self.address, uuid=self.uuid
+        )
+
+    def connection_lost(self, failure: Failure) -> None:
+        self.master.keepalives.discard(self.protocol)
+        self.gone.errback(failure)
+
+    def describe(self) -> dict[str, Any]:
+        """This slave's entry in a C{slave_details} reply."""
+        worker = self.master.scheduler.workers.get(self)
+        return {
+            "slots": worker.slots if worker is not None else None,
+            "running_tasks": len(worker.running) if worker is not None else 0,
+            "uuid": self.uuid,
+            "address": self.address,
+            "hostname": self.hostname,
+            "connected_at": self.connected_at,
+            "last_seen": self.protocol.last_received,
+            "rtt_ms": self.protocol.rtt_ms,
+            "vitals": self.vitals,
+            "vitals_received_at": self.vitals_received_at,
+            "computer_details": self.computer_details,
+        }
+
+    # -- messages ----------------------------------------------------------
+
+    def msg_hello(self, payload: Any) -> tuple[str, Any]:
+        hello = _require_object(payload, "hello")
+        version = hello.get("version")
+        if type(version) is not int or version not in SUPPORTED_VERSIONS:
+            raise BadMessage(
+                "unsupported protocol version",
+                version=version if type(version) in (int, str) else None,
+                supported=list(SUPPORTED_VERSIONS),
+                close=True,
+            )
+        earlier = hello.get("uuid")
+        if earlier is not None:
+            if not isinstance(earlier, str) or not _UUID.fullmatch(earlier):
+                raise BadMessage(
+                    "uuid must be null or 32 hex digits",
+                    supported=list(SUPPORTED_VERSIONS),
+                    close=True,
+                )
+            self._reclaim(earlier.lower())
+        role = hello.get("role", "slave")
+        if role not in ROLES:
+            raise BadMessage("unknown role", role=role if isinstance(role, str) else None,
+                             known=list(ROLES), close=True)
+        if self.role is None:
+            self.role = role
+            if role == "client":
+                self.master.registry.remove(self)
+                self.log.info("{peer} is a client", peer=self.describe_peer())
+        return (
+            "welcome",
+            {
+                "uuid": self.uuid,
+                "keepalive": self.master.keepalive,
+                "dead_after": self.master.dead_after,
+            },
+        )
+
+    def _reclaim(self, earlier: str) -> None:
+        registry = self.master.registry
+        if earlier != self.uuid:
+            self.master.stats.reconnections += 1
+        displaced = registry.claim(self, earlier)
+        # The node's charts go on where they stopped.
+        before = displaced if displaced is not None else registry.returned(earlier)
+        if before is not None and len(before.history) > len(self.history):
+            self.history = before.history
+        if displaced is None:
+            self.log.info(
+                "Slave at {address} rejoined as {uuid}", address=self.address, uuid=self.uuid
+            )
+            return
+        self.log.warn(
+            "Slave {uuid} rejoined from {address}; closing its older connection from {old}",
+            uuid=self.uuid,
+            address=self.address,
+            old=displaced.address,
+        )
+        displaced.protocol.close("replaced by a newer connection with the same uuid", abort=True)
+
+    def msg_computer_details(self, payload: Any) -> None:
+        self.computer_details = self.master.shared_texts.details(
+            _require_object(payload, "computer_details")
+        )
+        self.log.info(
+            "Slave {uuid} at {address} is {hostname}",
+            uuid=self.uuid, address=self.address, hostname=self.hostname,
+        )
+
+    def msg_vitals(self, payload: Any) -> None:
+        self.vitals = _require_object(payload, "vitals")
+        self.vitals_received_at = now = self.master.clock.seconds()
+        self.history.record(now, self.vitals)
+
+    def msg_info(self, payload: Any) -> tuple[str, Any]:
+        if payload == "computer_details":
+            return ("master_info", self.master.computer_details)
+        if payload == "uuid":
+            return ("uuid", self.uuid)
+        if payload == "slave_details":
+            return ("slave_details", [slave.describe() for slave in self.master.registry])
+        if payload == "status" and self.master.status_view is not None:
+            return ("status", self.master.status_view())
+        raise BadMessage(
+            "unknown info request",
+            request=payload if isinstance(payload, str) else None,
+            known=["computer_details", "uuid", "slave_details", "status"],
+        )
+
+    def msg_message(self, payload: Any) -> None:
+        if not isinstance(payload, str):
+            raise BadMessage("message payload must be a string")
+        self.log.info(
+            "Message from slave {uuid} at {address}: {text}",
+            uuid=self.uuid, address=self.address, text=payload,
+        )
+
+
+    # -- tasks -------------------------------------------------------------
+
+    def _when_ready(self, *roles: str) -> defer.Deferred[Scheduler]:
+        """The scheduler, once loaded, for a connection that said hello."""
+        if self.role not in roles:
+            raise BadMessage("say hello first" if self.role is None else f"not served to a {self.role}")
+        scheduler = self.master.scheduler
+        return scheduler.when_ready().addCallback(lambda _: scheduler)
+
+    def msg_worker(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready("slave").addCallback(lambda s: s.worker_joined(self, payload))
+
+    def msg_task_result(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready("slave").addCallback(lambda s: s.task_result(self, payload))
+
+    def msg_submit(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.submit(payload))
+
+    def msg_tasks(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.tasks(payload))
+
+    def msg_cancel(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.cancel(payload))
+
+    def msg_watch(self, payload: Any) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.watch(self, payload))
+
+
+class Keepalives:
+    """
+    Pings each of a master's connections every C{interval} seconds, from
+    one timer.
+
+    A L{LoopingCall} per connection, as
+    L{PiClusterProtocol.start_keepalive} gives a slave, costs each idle
+    connection a timer, a Deferred and their bookkeeping (about 1 KB), and
+    puts an entry per connection in the reactor's heap of timers, sorted on
+    every ping; a master of thousands of idle slaves would pay that
+    thousands of times.  Here the connections wait in L{SLOTS} buckets and
+    each tick of one timer (C{interval / SLOTS} seconds) pings one bucket:
+    a connection is pinged one C{interval} after it joined (less at most a
+    tick), and every C{interval} after that.  The timer runs only while
+    there are connections to ping.
+    """
+
+    #: Ticks per interval: a ping comes at most C{interval / SLOTS} early.
+    SLOTS = 50
+
+    def __init__(self, clock: Any, interval: float):
+        self.clock = clock
+        self.interval = interval
+        self._buckets: list[dict[PiClusterProtocol, None]] = [{} for _ in range(self.SLOTS)]
+        self._bucket_of: dict[PiClusterProtocol, int] = {}
+        # The bucket the next tick pings.
+        self._next = 0
+        self._loop: LoopingCall | None = None
+
+    def __len__(self) -> int:
+        return len(self._bucket_of)
+
+    def add(self, protocol: PiClusterProtocol) -> None:
+        """Ping C{protocol} every C{interval}, first about one C{interval} from now."""
+        if protocol in self._bucket_of:
+            return
+        if self._loop is None:
+            self._next = 0
+            self._loop = LoopingCall.withCount(self._tick)
+            self._loop.clock = self.clock
+            self._loop.start(self.interval / self.SLOTS, now=False).addErrback(
+                lambda failure: log.failure("Keepalive pings stopped", failure)
+            )
+        # The bucket just pinged: its next turn is a whole interval away.
+        at = (self._next - 1) % self.SLOTS
+        self._buckets[at][protocol] = None
+        self._bucket_of[protocol] = at
+
+    def discard(self, protocol: PiClusterProtocol) -> None:
+        """Ping C{protocol} no more."""
+        at = self._bucket_of.pop(protocol, None)
+        if at is None:
+            return
+        del self._buckets[at][protocol]
+        if not self._bucket_of and self._loop is not None:
+            if self._loop.running:
+                self._loop.stop()
+            self._loop = None
+
+    def _tick(self, ticks: int) -> None:
+        # A late reactor makes one call of several ticks: ping every bucket
+        # whose turn has come (each once at most).
+        now = self.clock.seconds()
+        for _ in range(min(ticks, self.SLOTS)):
+            bucket = self._buckets[self._next]
+            self._next = (self._next + 1) % self.SLOTS
+            for protocol in list(bucket):
+                if protocol.closing:
+                    continue
+                try:
+                    protocol.send("ping", now)
+                except Exception:
+                    # One connection's trouble must not stop everyone's pings.
+                    log.failure("Could not ping {peer}", peer=protocol.handler.describe_peer())
+        if ticks > self.SLOTS:
+            self._next = (self._next + ticks - self.SLOTS) % self.SLOTS
+
+
+class MasterFactory(PiClusterFactory):
+    """
+    Makes a L{PeerConnection} for every accepted connection.
+
+    @ivar registry: The live slaves, shared with the owning L{MasterService}.
+    @ivar scheduler: The task queue, shared likewise; serves tasks once started.
+    @ivar connections: Every open connection, slaves and clients alike.
+    @ivar keepalives: Pings every open connection each C{keepalive} seconds.
+    @ivar computer_details: The master's own machine facts.
+    @ivar status_view: Builds the answer to C{info status} (the whole
+        cluster, as the owning service sees it), or C{None} where no service
+        owns this factory and the question is refused.
+    """
+
+    status_view: Callable[[], dict[str, Any]] | None = None
+
+    def __init__(
+        self,
+        registry: SlaveRegistry,
+        *,
+        scheduler: Scheduler | None = None,
+        computer_details: dict[str, Any] | None = None,
+        **settings: Any,
+    ):
+        super().__init__(**settings)
+        self.registry = registry
+        self.connections: set[PeerConnection] = set()
+        self.keepalives = Keepalives(self.clock, self.keepalive)
+        self.shared_texts = SharedTexts()
+        self.scheduler = scheduler if scheduler is not None else Scheduler(
+            self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - 4096
+        )
+        self.computer_details = (
+            computer_details if computer_details is not None else sysinfo.computer_details()
+        )
+
+    def make_handler(self, protocol: PiClusterProtocol) -> PeerConnection:
+        slave = PeerConnection(protocol, self)
+        self.connections.add(slave)
+        slave.gone.addErrback(self._slave_gone, slave)
+        return slave
+
+    def _slave_gone(self, failure: Failure, slave: PeerConnection) -> None:
+        """Forget a connection that has gone, and remember the slave."""
+        failure.trap(DisconnectionException)
+        self.connections.discard(slave)
+        if self.registry.remove(slave) and slave.role == "slave":
+            self.registry.departed(
+                Departure.of(slave, self.clock.seconds(), failure.value.cause)
+            )
+        self.scheduler.forget(slave)
+        self.log.info(
+            "Got disconnection exception with message: {disconnection}",
+            disconnection=str(failure.value), uuid=slave.uuid, address=slave.address,
+        )
+        self.log.info(
+            "Shutting down {role} connection handler for {uuid} at {address}",
+            role=slave.role or "slave", uuid=slave.uuid, address=slave.address,
+        )

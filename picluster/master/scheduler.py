@@ -1,0 +1,650 @@
+"""
+The master's scheduler: which slave runs which task, and what happens when
+one of them goes away.
+
+It holds every open task (queued or running) in memory and saves each
+change through the L{TaskStore}.  Slaves that said C{worker} are
+L{Worker}s with slots; queued tasks wait in the L{TaskQueue}, which says
+which free slot takes which task.  A slave lost under running tasks puts them
+back in the queue until their retries are spent; a result that comes late
+is kept only if the task is still open, so it is recorded once.
+
+Each open task is in exactly one of three places: a queue (waiting), the
+C{held} map (found running at start, waiting for its slave to rejoin), or a
+worker's C{running} map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from picluster import wire
+from picluster.errors import DisconnectionException, RemoteError, ServiceError
+from picluster.logbudget import LogBudget
+from picluster.master.store import FINAL_STATES, STATES, KeyConflict, StoreError, TaskStore
+from picluster.master.taskqueue import TaskQueue
+from picluster.master.taskspec import DEFAULT_MAX_ARGS, parse_submission
+from picluster.master.watchers import Watchers
+from picluster.master.workers import OpenTask, Worker, parse_result, parse_worker
+
+log = Logger()
+
+#: Open tasks the master keeps at most; a submit past it is refused.
+DEFAULT_MAX_OPEN_TASKS = 100_000
+
+#: Records in one C{tasks} reply, unless asked for fewer.
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+
+#: A slave's refusals of a run that mean "busy", not "cannot".
+_BUSY_REFUSALS = ("no free slot", "task already running")
+
+#: Ids one C{watch} may name.
+MAX_WATCHED = 100_000
+
+
+class Scheduler:
+    """
+    Open tasks, the slaves that can run them, and who watches them.
+
+    @ivar open: Task id to L{OpenTask}, for every queued or running task.
+    @ivar workers: Slave connection to its L{Worker}.
+    """
+
+    def __init__(
+        self, clock: Any, *, overdue_grace: float = 15.0, rejoin_grace: float = 30.0,
+        max_args: int = DEFAULT_MAX_ARGS, max_open_tasks: int = DEFAULT_MAX_OPEN_TASKS,
+        max_reply: int = wire.DEFAULT_MAX_FRAME - 4096,
+    ):
+        self.clock = clock
+        self.overdue_grace = overdue_grace
+        self.rejoin_grace = rejoin_grace
+        self.max_args = max_args
+        self.max_open_tasks = max_open_tasks
+        #: Bytes of records one reply may carry: a frame, less the envelope.
+        self.max_reply = max_reply
+        self.store: TaskStore | None = None
+        self.open: dict[int, OpenTask] = {}
+        self.workers: dict[Any, Worker] = {}
+        self.held: dict[int, OpenTask] = {}
+        self.queue = TaskQueue(self.open)
+        #: Finished tasks whose final row is not yet on disk, and who waits for it.
+        self._finishing: dict[int, tuple[dict[str, Any], list[defer.Deferred[None]]]] = {}
+        self.watchers = Watchers()
+        #: Lines about single tasks: one by one only while they are few.
+        self.task_log = LogBudget(
+            log, clock, "Left out of the log in the last {seconds:g} s: {kinds}"
+                        " (the task database has every task)",
+        )
+        self._ready: defer.Deferred[None] = defer.Deferred()
+        self._unavailable: str | None = "the task queue is still loading"
+        self._dispatch_call: Any = None
+        self._release_call: Any = None
+        self._assignments = 0
+        #: Tasks in each final state, from the store at start, then counted.
+        self.finished_counts: dict[str, int] = dict.fromkeys(sorted(FINAL_STATES), 0)
+
+    # -- life ----------------------------------------------------------------
+
+    def start(self, store: TaskStore) -> defer.Deferred[None]:
+        """Load the open tasks from C{store}; serve tasks once it is done."""
+        self.store = store
+        loading = store.counts()
+        loading.addCallback(self._counted)
+        loading.addCallback(lambda _: store.query(states=("queued", "running")))
+        loading.addCallback(self._loaded)
+        loading.addErrback(self.failed_to_start)
+        return loading
+
+    def failed_to_start(self, failure: Failure) -> None:
+        self._unavailable = f"the task queue is unavailable: {failure.getErrorMessage()}"
+        log.critical("{problem}", problem=self._unavailable)
+        self._ready.callback(None)
+
+    def _counted(self, counts: dict[str, int]) -> None:
+        for state in FINAL_STATES:
+            self.finished_counts[state] = counts.get(state, 0)
+
+    def _loaded(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            task = OpenTask(record)
+            self.open[task.id] = task
+            if record["state"] == "running":
+                # Its slave may still be at it: give the slave time to rejoin
+                # and claim it before anyone else is given it.
+                task.last_run = (record["slave"], record["attempts"])
+                self._requeue_record(task)
+                self.held[task.id] = task
+            else:
+                self._enqueue(task)
+        if self.held:
+            self._release_call = self.clock.callLater(self.rejoin_grace, self._release_held)
+            log.info(
+                "{count} tasks were running when the master stopped; their slaves have"
+                " {grace:g} s to rejoin and claim them", count=len(self.held), grace=self.rejoin_grace,
+            )
+        log.info("Task queue loaded: {count} open tasks", count=len(self.open))
+        self._unavailable = None
+        self._ready.callback(None)
+        self._schedule_dispatch()
+
+    def when_ready(self) -> defer.Deferred[None]:
+        """Fires once the queue has loaded; errbacks with L{ServiceError} if it cannot serve."""
+        if self._ready.called:
+            # Every message a slave or client sends asks this: once loaded,
+            # answer at once.
+            if self._unavailable is not None:
+                return defer.fail(ServiceError(self._unavailable))
+            return defer.succeed(None)
+        ready: defer.Deferred[None] = defer.Deferred()
+
+        def check(_: Any) -> Any:
+            if self._unavailable is not None:
+                raise ServiceError(self._unavailable)
+            return _
+
+        self._ready.addBoth(lambda result: ready.callback(None) or result)
+        return ready.addCallback(check)
+
+    def stop(self) -> defer.Deferred[None]:
+        for call in (self._dispatch_call, self._release_call):
+            if call is not None and call.active():
+                call.cancel()
+        for task in self.open.values():
+            task.cancel_deadline()
+        self.task_log.flush()
+        if self.store is None:
+            return defer.succeed(None)
+        return self.store.close()
+
+    # -- clients -------------------------------------------------------------
+
+    def submit(self, payload: Any) -> defer.Deferred[tuple[str, Any]]:
+        specs = parse_submission(payload, self.max_args)
+        if len(self.open) + len(specs) > self.max_open_tasks:
+            raise ServiceError(
+                f"the queue is full: {len(self.open)} open tasks, at most {self.max_open_tasks}"
+            )
+        stored = self._store().submit(specs, self.clock.seconds())
+        stored.addCallbacks(self._submitted, self._not_submitted)
+        return stored
+
+    def _submitted(self, stored: list[tuple[dict[str, Any], bool]]) -> tuple[str, Any]:
+        answers = []
+        names = set()
+        for record, duplicate in stored:
+            if not duplicate:
+                task = OpenTask(record)
+                self.open[task.id] = task
+                self._enqueue(task)
+                names.add(task.name)
+            current = self._current(record)
+            answers.append({"id": record["id"], "key": record["key"], "state": current["state"],
+                            "duplicate": duplicate})
+        offered = set().union(*(w.offers for w in self.workers.values()))
+        warnings = [
+            f"no connected slave offers {name!r}; the task waits until one does"
+            for name in sorted(names - offered)
+        ]
+        new = [answer["id"] for answer in answers if not answer["duplicate"]]
+        self.task_log.info("submissions", "{count} tasks submitted ({names}){ids}", count=len(new),
+                           names=", ".join(sorted(names)) or "none new",
+                           ids=f", ids {new[0]} to {new[-1]}" if new else "")
+        self._schedule_dispatch()
+        return ("submitted", {"tasks": answers, "warnings": warnings})
+
+    def _not_submitted(self, failure: Failure) -> None:
+        if failure.check(KeyConflict):
+            raise wire.BadMessage(str(failure.value), index=failure.value.index)
+        if failure.check(StoreError):
+            log.error("Submission refused: {problem}", problem=failure.getErrorMessage())
+            raise ServiceError(f"cannot store the tasks: {failure.getErrorMessage()}")
+        return failure  # type: ignore[return-value]
+
+    def tasks(self, payload: Any) -> defer.Deferred[tuple[str, Any]]:
+        query = payload if payload is not None else {}
+        if not isinstance(query, dict):
+            raise wire.BadMessage("tasks payload must be a JSON object")
+        ids = _ids(query.get("ids"), "ids", MAX_LIST_LIMIT) if "ids" in query else None
+        state = query.get("state")
+        if state is not None and state not in STATES:
+            raise wire.BadMessage(f"unknown state {state!r}", known=list(STATES))
+        limit = query.get("limit", DEFAULT_LIST_LIMIT)
+        if type(limit) is not int or not 1 <= limit <= MAX_LIST_LIMIT:
+            raise wire.BadMessage(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
+        after = query.get("after")
+        if after is not None and type(after) is not int:
+            raise wire.BadMessage("after must be a task id")
+        found = self._store().query(
+            ids=ids, states=None if state is None else (state,), after=after, limit=limit
+        )
+        return found.addCallbacks(self._listed, self._store_failed)
+
+    def _listed(self, records: list[dict[str, Any]]) -> tuple[str, Any]:
+        """
+        The records that fit in one reply frame: results and arguments can be
+        large, so the list is cut short where it would not, and says so.
+        """
+        shown: list[dict[str, Any]] = []
+        room = self.max_reply
+        for record in self._show(records):
+            room -= len(wire.encode(record))
+            if shown and room < 0:
+                return ("tasks", {"tasks": shown, "more": True})
+            shown.append(record)
+        return ("tasks", {"tasks": shown, "more": False})
+
+    def cancel(self, payload: Any) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
+        if not isinstance(payload, dict) or type(payload.get("id")) is not int:
+            raise wire.BadMessage('cancel payload must be {"id": task id}')
+        task = self.open.get(payload["id"])
+        if task is not None:
+            self._finish(task, "cancelled", None, None)
+            log.info("Task {id} ({name}) cancelled", id=task.id, name=task.name)
+            return ("tasks", {"tasks": [self._show_one(task.record)]})
+        found = self._store().query(ids=[payload["id"]])
+
+        def refuse(records: list[dict[str, Any]]) -> None:
+            if not records:
+                raise wire.BadMessage(f"no task {payload['id']}")
+            record = self._current(records[0])
+            raise wire.BadMessage(f"task {record['id']} is already {record['state']}", state=record["state"])
+
+        return found.addCallbacks(refuse, self._store_failed)
+
+    def watch(
+        self, watcher: Any, payload: Any
+    ) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
+        if not isinstance(payload, dict):
+            raise wire.BadMessage('watch payload must be {"ids": [task id, ...]}')
+        ids = _ids(payload.get("ids"), "ids", MAX_WATCHED)
+        if self.watchers.count(watcher) + len(ids) > MAX_WATCHED:
+            raise wire.BadMessage(f"at most {MAX_WATCHED} watched tasks per connection")
+        # The tasks in memory (open, or ended and being saved) are watched
+        # and looked at now; only the others, ended long ago or unknown, are
+        # looked up on disk.  A client waits on tasks it has just submitted,
+        # so usually nothing is.
+        in_memory: list[dict[str, Any]] = []
+        on_disk: list[int] = []
+        for task_id in dict.fromkeys(ids):
+            record = self._in_memory(task_id)
+            if record is None:
+                on_disk.append(task_id)
+            else:
+                in_memory.append(record)
+        self.watchers.add(watcher, [record["id"] for record in in_memory])
+        if not on_disk:
+            return self._watched([], watcher, in_memory)
+        found = self._store().query(ids=on_disk)
+        return found.addCallbacks(self._watched, self._store_failed,
+                                  callbackArgs=(watcher, in_memory))
+
+    def _watched(self, found: list[dict[str, Any]], watcher: Any,
+                 in_memory: list[dict[str, Any]]) -> tuple[str, Any]:
+        """
+        Push each ended task's record on its own (one record always fits a
+        frame; a hundred with their results may not), and answer with the
+        id and state of the rest, by id.
+        """
+        still_open = []
+        records = sorted(in_memory + found, key=lambda record: record["id"])
+        for record in records:
+            if record["state"] in FINAL_STATES:
+                self.watchers.tell(watcher, self._show_one(record))
+            else:
+                current = self._current(record)
+                still_open.append({"id": current["id"], "state": current["state"]})
+        return ("tasks", {"tasks": still_open})
+
+    def forget(self, connection: Any) -> None:
+        """A connection has gone: stop pushing to it, and take back its work."""
+        self.watchers.forget(connection)
+        worker = self.workers.pop(connection, None)
+        if worker is not None:
+            self._worker_left(worker)
+
+    # -- slaves --------------------------------------------------------------
+
+    def worker_joined(self, connection: Any, payload: Any) -> tuple[str, Any]:
+        offers, refused, slots, tags, holding = parse_worker(payload)
+        if connection in self.workers:
+            raise wire.BadMessage("worker already sent on this connection")
+        worker = Worker(connection, offers, refused, slots, tags)
+        self.workers[connection] = worker
+        drop = []
+        for task_id, attempt in holding:
+            if not self._reclaim(worker, task_id, attempt):
+                drop.append({"id": task_id, "attempt": attempt})
+        log.info(
+            "Slave {uuid} ({hostname}) offers {count} tasks on {slots} slots;"
+            " {held} runs reclaimed, {dropped} dropped",
+            uuid=worker.uuid, hostname=worker.hostname, count=len(offers), slots=slots,
+            held=len(worker.running), dropped=len(drop),
+        )
+        self._schedule_dispatch()
+        return ("worker_accepted", {"drop": drop})
+
+    def _reclaim(self, worker: Worker, task_id: int, attempt: int) -> bool:
+        """Let a rejoining slave keep a run it still holds, if nobody else has it."""
+        task = self.open.get(task_id)
+        if task is None or task.attempts != attempt:
+            return False
+        if task.worker is not None:
+            # Still counted on this slave's older connection, not yet seen to close.
+            if task.worker.uuid != worker.uuid:
+                return False
+            task.worker.running.pop(task.id, None)
+        elif task.last_run != (worker.uuid, attempt):
+            return False
+        self.held.pop(task.id, None)
+        task.queued = False
+        self._run_on(task, worker, attempt, reclaimed=True)
+        return True
+
+    def task_result(self, connection: Any, payload: Any) -> defer.Deferred[None] | None:
+        task_id, attempt, outcome, result, error, retry = parse_result(payload)
+        task = self.open.get(task_id)
+        if task is None:
+            return self._saved(task_id)
+        reporter = self.workers.get(connection)
+        if reporter is not None and reporter.full:
+            reporter.full = False
+            self._schedule_dispatch()
+        current = (task.worker is not None and task.worker is reporter
+                   and task.attempts == attempt)
+        if not current:
+            if outcome != "done" or not 1 <= attempt <= task.attempts:
+                log.info("Ignoring a stale {outcome} of task {id} attempt {attempt}",
+                         outcome=outcome, id=task_id, attempt=attempt)
+                return None
+            log.info("Task {id} finished by an earlier run (attempt {attempt}); keeping it",
+                     id=task_id, attempt=attempt)
+        elif outcome == "failed" and retry and task.attempts <= task.retries:
+            self._run_lost(task, f"run crashed: {error.get('message')}")
+            return None
+        slave = reporter.uuid if reporter is not None else getattr(connection, "uuid", None)
+        hostname = reporter.hostname if reporter is not None else None
+        self._finish(task, outcome, result, error, slave=slave, hostname=hostname,
+                     stop_run=not current)
+        self.task_log.info(outcome, "Task {id} ({name}) {outcome} on {hostname}", id=task_id,
+                           name=task.name, outcome=outcome, hostname=hostname)
+        return self._saved(task_id)
+
+    def _saved(self, task_id: int) -> defer.Deferred[None] | None:
+        """Wait for a finished task's row to be on disk before the slave forgets it."""
+        if task_id not in self._finishing:
+            return None
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._finishing[task_id][1].append(waiter)
+        return waiter
+
+    def _worker_left(self, worker: Worker) -> None:
+        cause = worker.connection.protocol.lost
+        why = f"slave {worker.uuid} ({worker.hostname}) was lost"
+        if cause is not None:
+            why += f": {cause.cause}"
+        for task in list(worker.running.values()):
+            self._run_lost(task, why)
+
+    # -- the life of a task ----------------------------------------------------
+
+    def _enqueue(self, task: OpenTask) -> None:
+        self.queue.push(task)
+
+    def _requeue_record(self, task: OpenTask) -> None:
+        task.record.update(state="queued", slave=None, slave_hostname=None, started_at=None)
+
+    def _run_on(self, task: OpenTask, worker: Worker, attempt: int, reclaimed: bool = False) -> None:
+        task.worker = worker
+        worker.running[task.id] = task
+        task.record.update(state="running", slave=worker.uuid, slave_hostname=worker.hostname,
+                           attempts=attempt)
+        if not reclaimed or task.record["started_at"] is None:
+            task.record["started_at"] = self.clock.seconds()
+        self._write(task.record)
+        task.cancel_deadline()
+        if task.timeout is not None:
+            task.deadline = self.clock.callLater(
+                task.timeout + self.overdue_grace, self._overdue, task, worker, attempt
+            )
+
+    def _assign(self, task: OpenTask, worker: Worker) -> None:
+        attempt = task.attempts + 1
+        self._assignments += 1
+        worker.last_assigned = self._assignments
+        self._run_on(task, worker, attempt)
+        run = {"id": task.id, "attempt": attempt, "name": task.name, "args": task.record["args"],
+               "timeout": task.timeout}
+        sent = worker.connection.protocol.request("run_task", run)
+        sent.addErrback(self._run_refused, task, worker, attempt)
+        sent.addErrback(lambda failure: log.failure("Handing out task {id} failed", failure, id=task.id))
+
+    def _run_refused(self, failure: Failure, task: OpenTask, worker: Worker, attempt: int) -> None:
+        if failure.check(DisconnectionException):
+            return  # forget() puts it back in the queue.
+        if task.worker is not worker or task.attempts != attempt:
+            return
+        log.warn("Slave {uuid} ({hostname}) did not take task {id}: {problem}",
+                 uuid=worker.uuid, hostname=worker.hostname, id=task.id,
+                 problem=failure.getErrorMessage())
+        if failure.check(RemoteError) and _refusal(failure) in _BUSY_REFUSALS:
+            # Our count of its runs is off (it still runs something we gave
+            # up on).  Not the task's fault: the attempt does not count, and
+            # the slave gets nothing more until it next reports a result,
+            # rather than refusing run after run in a tight loop.
+            worker.full = True
+            task.record["attempts"] -= 1
+        self._run_lost(task, f"slave {worker.hostname or worker.uuid} did not take it:"
+                             f" {failure.getErrorMessage()}")
+
+    def _run_lost(self, task: OpenTask, why: str) -> None:
+        """A run ended without a result: run it again, or give up."""
+        worker = task.worker
+        if worker is not None:
+            worker.running.pop(task.id, None)
+            task.last_run = (worker.uuid, task.attempts)
+        task.worker = None
+        task.cancel_deadline()
+        if task.attempts > task.retries:
+            message = f"{why}; gave up after {task.attempts} attempts"
+            self._finish(task, "failed", None,
+                         {"type": "SlaveLost", "message": message, "traceback": None, "kind": "lost"})
+            log.warn("Task {id} ({name}) failed: {message}", id=task.id, name=task.name, message=message)
+        else:
+            self._requeue_record(task)
+            self._write(task.record)
+            self._enqueue(task)
+            log.info("Task {id} ({name}) queued again after attempt {attempts}: {why}",
+                     id=task.id, name=task.name, attempts=task.attempts, why=why)
+        self._schedule_dispatch()
+
+    def _overdue(self, task: OpenTask, worker: Worker, attempt: int) -> None:
+        task.deadline = None
+        if task.worker is not worker or task.attempts != attempt:
+            return
+        message = (f"timed out after {task.timeout:g} s (no result from slave"
+                   f" {worker.hostname or worker.uuid} within {self.overdue_grace:g} s more)")
+        self._finish(task, "failed", None,
+                     {"type": "Timeout", "message": message, "traceback": None, "kind": "timeout"})
+        log.warn("Task {id} ({name}) {message}", id=task.id, name=task.name, message=message)
+
+    def _finish(self, task: OpenTask, state: str, result: Any, error: dict[str, Any] | None,
+                slave: str | None = None, hostname: str | None = None,
+                stop_run: bool = True) -> None:
+        """
+        Record the task's end, stop the run still going (unless the end is
+        that run's own result), and tell its watchers.
+        """
+        assert state in FINAL_STATES
+        task.cancel_deadline()
+        worker = task.worker
+        if worker is not None:
+            worker.running.pop(task.id, None)
+            if stop_run:
+                # Even on the slave that sent the result: an earlier run's
+                # result may come from the slave now running a later one.
+                worker.cancel(task.id, task.attempts)
+        task.worker = None
+        task.queued = False
+        self.held.pop(task.id, None)
+        del self.open[task.id]
+        self.finished_counts[state] += 1
+        record = task.record
+        record.update(state=state, result=result, error=error, finished_at=self.clock.seconds())
+        if slave is not None:
+            record.update(slave=slave, slave_hostname=hostname)
+        self._finishing[task.id] = (record, [])
+        self._save(record).addCallback(self._finished, task.id, record)
+        self._schedule_dispatch()
+
+    def _finished(self, _: Any, task_id: int, record: dict[str, Any]) -> None:
+        _, waiters = self._finishing.pop(task_id, (None, []))
+        for waiter in waiters:
+            waiter.callback(None)
+        if self.watchers.watched(task_id):
+            self.watchers.ended(task_id, self._show_one(record))
+
+    # -- handing out work ------------------------------------------------------
+
+    def _schedule_dispatch(self) -> None:
+        """Hand out work soon, once for everything that changed in this turn."""
+        if self._dispatch_call is None and self._unavailable is None:
+            self._dispatch_call = self.clock.callLater(0, self._dispatch)
+
+    def _dispatch(self) -> None:
+        """Fill the free slots, one task at a time."""
+        self._dispatch_call = None
+        free = [w for w in self.workers.values() if w.free_slots > 0 and not w.closing]
+        while free and self.queue:
+            assignment = self.queue.next_assignment(free, self._refused_everywhere)
+            if assignment is None:
+                return
+            task, worker = assignment
+            self._assign(task, worker)
+            if worker.free_slots <= 0:
+                free.remove(worker)
+
+    def _refused_everywhere(self, task: OpenTask) -> bool:
+        """
+        Fail a task that every connected slave able to run it refuses outright
+        (an admin task where no slave allows them): better a clear error now
+        than a task that waits forever.
+        """
+        refusals = [w.refused[task.name] for w in self.workers.values()
+                    if task.name in w.refused and task.requirements.unmet(w.computer_details, w.tags) is None]
+        if not refusals or any(w.may_run(task) for w in self.workers.values()):
+            return False
+        message = f"{task.name} is refused by every slave that offers it: {refusals[0]}"
+        self._finish(task, "failed", None,
+                     {"type": "NotPermitted", "message": message, "traceback": None, "kind": "not_permitted"})
+        log.warn("Task {id} failed: {message}", id=task.id, message=message)
+        return True
+
+    def _release_held(self) -> None:
+        """The rejoin grace is over: what nobody claimed runs again elsewhere."""
+        self._release_call = None
+        held, self.held = self.held, {}
+        for task in held.values():
+            if task.id in self.open and task.worker is None:
+                self._enqueue(task)
+        if held:
+            log.info("{count} tasks unclaimed after the master restart are queued again",
+                     count=len(held))
+        self._schedule_dispatch()
+
+    # -- showing tasks ---------------------------------------------------------
+
+    def waiting_reason(self, task: OpenTask) -> str | None:
+        """Why a queued task is not running yet, in words for C{picluster task}."""
+        if not task.queued and task.id not in self.held:
+            return None
+        if task.id in self.held:
+            return ("was running when the master restarted; waiting for its slave to rejoin"
+                    " and claim it")
+        offering = [w for w in self.workers.values() if task.name in w.offers]
+        if not offering:
+            return f"no connected slave offers {task.name!r}"
+        meeting = [w for w in offering if task.requirements.unmet(w.computer_details, w.tags) is None]
+        if not meeting:
+            unmet = offering[0].describe_unmet(task)
+            return f"no connected slave that offers {task.name!r} meets the requirements ({unmet})"
+        busy = sum(w.slots for w in meeting)
+        return (f"waiting for a free slot: all {busy} slots of the {len(meeting)} slaves"
+                " that can run it are busy")
+
+    def _current(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The newest version of a task's record: memory beats the disk."""
+        return self._in_memory(record["id"]) or record
+
+    def _in_memory(self, task_id: int) -> dict[str, Any] | None:
+        """The live record of a task that is open, or ended and being saved."""
+        task = self.open.get(task_id)
+        if task is not None:
+            return task.record
+        finishing = self._finishing.get(task_id)
+        return finishing[0] if finishing is not None else None
+
+    def _show_one(self, record: dict[str, Any]) -> dict[str, Any]:
+        shown = dict(self._current(record))
+        task = self.open.get(shown["id"])
+        shown["waiting"] = self.waiting_reason(task) if task is not None else None
+        return shown
+
+    def _show(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [self._show_one(record) for record in records]
+
+    # -- the dashboard's view ----------------------------------------------------
+
+    def state_counts(self) -> dict[str, int]:
+        """Tasks in each state, from memory: cheap enough for every refresh."""
+        # Held tasks show as queued until their slave claims them.
+        running = sum(len(worker.running) for worker in self.workers.values())
+        finished = self.finished_counts
+        return {"queued": len(self.open) - running, "running": running, "done": finished["done"],
+                "failed": finished["failed"], "cancelled": finished["cancelled"]}
+
+    def latest(self, limit: int, state: str | None = None) -> defer.Deferred[list[dict[str, Any]]]:
+        """The newest C{limit} tasks (in C{state}, if given), newest first, as shown."""
+        found = self._store().query(
+            states=None if state is None else (state,), limit=limit, newest_first=True
+        )
+        return found.addCallbacks(self._show, self._store_failed)
+
+    # -- the store -------------------------------------------------------------
+
+    def _store(self) -> TaskStore:
+        if self._unavailable is not None or self.store is None:
+            raise ServiceError(self._unavailable or "the task queue is unavailable")
+        return self.store
+
+    def _save(self, record: dict[str, Any]) -> defer.Deferred[None]:
+        """Save a copy of C{record} (the store writes it in its own thread)."""
+        return self._store().save(dict(record))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        """L{_save}, when nobody waits for the row to be committed."""
+        self._store().write(dict(record))
+
+    @staticmethod
+    def _store_failed(failure: Failure) -> None:
+        failure.trap(StoreError)
+        raise ServiceError(failure.getErrorMessage())
+
+
+def _refusal(failure: Failure) -> Any:
+    """The C{error} a slave gave for refusing a request."""
+    payload = failure.value.reply.get("payload")
+    return payload.get("error") if isinstance(payload, dict) else None
+
+
+def _ids(raw: Any, name: str, most: int) -> list[int]:
+    if not isinstance(raw, list) or not all(type(i) is int for i in raw):
+        raise wire.BadMessage(f"{name} must be a list of task ids")
+    if len(raw) > most:
+        raise wire.BadMessage(f"{name} may name at most {most} tasks")
+    return raw

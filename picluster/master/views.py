@@ -1,0 +1,222 @@
+"""
+What the master shows of the cluster: the JSON shapes of slaves, the master
+itself and tasks, shared by the web API, the dashboard's live events and the
+wire's C{info status}.
+
+Built only when asked for (a page load, an event tick, a scrape), never per
+message, so a busy master pays nothing for the views nobody is looking at.
+The shapes are documented in docs/monitoring.rst; change them there too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+from picluster._version import __version__
+from picluster.text import clip
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from picluster.master.connection import MasterFactory, PeerConnection
+    from picluster.master.registry import Departure, SlaveRegistry
+    from picluster.master.scheduler import Scheduler
+
+    Node = PeerConnection | Departure
+
+
+
+class MasterState(Protocol):
+    """
+    What the views read of a running master: its
+    L{picluster.master.service.MasterService}, which owns each part.
+
+    Named here rather than imported, so that the views, the web site and the
+    metrics, which the service builds, do not import the service back.
+    """
+
+    reactor: IReactorTime
+    registry: SlaveRegistry
+    scheduler: Scheduler
+    factory: MasterFactory
+    port: str
+    started_at: float | None
+    slave_port: int | None
+    influx: Any
+
+
+#: Tasks in the dashboard's live list.
+LIVE_TASKS = 10
+
+#: The largest magnitude of a reading shown: beyond it (an integer of 400
+#: digits is valid JSON) a float conversion, in the metrics or a chart, fails.
+MAX_NUMBER = 1e300
+
+
+def _number(mapping: dict[str, Any] | None, key: str) -> Any:
+    value = (mapping or {}).get(key)
+    if type(value) in (int, float) and -MAX_NUMBER <= value <= MAX_NUMBER:
+        return value
+    return None
+
+
+def _text(mapping: dict[str, Any] | None, key: str) -> str | None:
+    value = (mapping or {}).get(key)
+    return clip(value) if isinstance(value, str) else None
+
+
+def _flag(mapping: dict[str, Any] | None, key: str) -> bool | None:
+    value = (mapping or {}).get(key)
+    return value if isinstance(value, bool) else None
+
+
+def _throttled(vitals: dict[str, Any] | None) -> bool | None:
+    """Whether the firmware is holding the node back right now, for any reason."""
+    throttling = (vitals or {}).get("throttling")
+    if not isinstance(throttling, dict):
+        return None
+    return any(throttling.get(flag) is True for flag in
+               ("under_voltage", "frequency_capped", "throttled", "soft_temperature_limit"))
+
+
+def _load_average(vitals: dict[str, Any] | None) -> list[float] | None:
+    loads = (vitals or {}).get("load_average")
+    if isinstance(loads, list) and len(loads) == 3:
+        shown = [_number({"x": x}, "x") for x in loads]
+        if None not in shown:
+            return shown
+    return None
+
+
+def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
+    """One node as the API lists it, connected or left (a L{Departure})."""
+    facts = node.computer_details
+    vitals = node.vitals
+    left = getattr(node, "left_at", None) is not None
+    worker = None if left else master.scheduler.workers.get(node)
+    return {
+        "uuid": node.uuid,
+        "state": "left" if left else "connected",
+        "hostname": clip(node.hostname),
+        "model": _text(facts, "model"),
+        "address": node.address,
+        "os": _text(facts, "os"),
+        "cpu_cores": _number(facts, "cpu_cores"),
+        "ram_total": _number(facts, "ram"),
+        "connected_at": node.connected_at,
+        "last_seen": node.last_seen,
+        "left_at": node.left_at if left else None,
+        "left_reason": node.left_reason if left else None,
+        "uptime": _number(vitals, "uptime"),
+        "rtt_ms": node.rtt_ms,
+        "cpu_percent": _number(vitals, "cpu_percentage"),
+        "temperature": _number(vitals, "cpu_temperature"),
+        "ram_free": _number(vitals, "ram_free"),
+        "disk_free": _number(vitals, "disk_free"),
+        "disk_total": _number(vitals, "disk_total"),
+        "load_average": _load_average(vitals),
+        "under_voltage": _flag(vitals, "under_voltage"),
+        "throttled": _throttled(vitals),
+        "vitals_at": node.vitals_received_at,
+        "slots": worker.slots if worker is not None else None,
+        "running_tasks": len(worker.running) if worker is not None else 0,
+    }
+
+
+def slave_detail(node: Node, master: MasterState) -> dict[str, Any]:
+    """One node with everything the master holds of it, history included."""
+    shown = slave_summary(node, master)
+    shown.update(
+        history=node.history.as_dict(),
+        vitals=node.vitals,
+        computer_details=node.computer_details,
+    )
+    return shown
+
+
+def nodes(master: MasterState) -> list[Node]:
+    """Connected slaves by hostname, then those that left, most recent first."""
+    connected = sorted(
+        (slave for slave in master.registry if slave.role == "slave"),
+        key=lambda slave: (slave.hostname or "\uffff", slave.address),
+    )
+    return [*connected, *master.registry.departures(master.reactor.seconds())]
+
+
+def find_node(master: MasterState, uuid: str) -> Node | None:
+    slave = master.registry.get(uuid)
+    if slave is not None and slave.role == "slave":
+        return slave
+    return master.registry.departure(uuid, master.reactor.seconds())
+
+
+def slaves(master: MasterState, history: bool = False) -> list[dict[str, Any]]:
+    shown = []
+    for node in nodes(master):
+        summary = slave_summary(node, master)
+        if history:
+            summary["history"] = node.history.as_dict()
+        shown.append(summary)
+    return shown
+
+
+def master_summary(master: MasterState, facts: bool = True) -> dict[str, Any]:
+    """The master itself, its counts, and what crossed its wire."""
+    now = master.reactor.seconds()
+    factory = master.factory
+    connected = sum(1 for slave in master.registry if slave.role == "slave")
+    clients = sum(1 for connection in factory.connections if connection.role == "client")
+    shown: dict[str, Any] = {
+        "now": now,
+        "version": __version__,
+        "hostname": _text(factory.computer_details, "hostname"),
+        "started_at": master.started_at,
+        "uptime": None if master.started_at is None else now - master.started_at,
+        "port": master.port,
+        "slave_port": master.slave_port,
+        "keepalive": factory.keepalive,
+        "dead_after": factory.dead_after,
+        "slaves": {"connected": connected, "left": len(master.registry.departures(now))},
+        "clients": clients,
+        "tasks": master.scheduler.state_counts(),
+        "wire": factory.stats.totals(c.protocol for c in factory.connections),
+    }
+    if facts:
+        shown["computer_details"] = factory.computer_details
+    return shown
+
+
+def task_brief(record: dict[str, Any]) -> dict[str, Any]:
+    """A task without its arguments and result, which may be large."""
+    error = record.get("error")
+    if isinstance(error, dict):
+        error = f"{error.get('type') or 'Error'}: {error.get('message') or ''}".rstrip(": ")
+    return {
+        "id": record["id"],
+        "name": record["name"],
+        "state": record["state"],
+        "attempts": record["attempts"],
+        "slave_hostname": record.get("slave_hostname"),
+        "submitted_at": record.get("submitted_at"),
+        "started_at": record.get("started_at"),
+        "finished_at": record.get("finished_at"),
+        "error": error if isinstance(error, str) else None,
+        "waiting": record.get("waiting"),
+    }
+
+
+def status(master: MasterState) -> dict[str, Any]:
+    """The C{info status} answer: the cluster at a glance, for C{picluster status}."""
+    shown = master_summary(master)
+    return {"master": shown, "slaves": slaves(master), "tasks": shown["tasks"]}
+
+
+def cluster_event(master: MasterState, latest: list[dict[str, Any]]) -> dict[str, Any]:
+    """One tick of the dashboard's live events."""
+    shown = master_summary(master, facts=False)
+    return {
+        "now": shown["now"],
+        "master": shown,
+        "slaves": slaves(master),
+        "tasks": {"counts": shown["tasks"], "tasks": [task_brief(r) for r in latest]},
+    }

@@ -1,0 +1,390 @@
+"""
+The slave's task runner: runs what the master hands it and keeps the results.
+
+L{TaskRunner} is the seam of docs/tasks-contract.md.  It lives on the slave's
+factory, not on a connection, so that a run outlives a lost connection and its
+result waits (in L{TaskRunner.results}) until a master acknowledges it.  The
+runner knows nothing of the wire beyond the payloads: the slave's connection
+handler feeds it C{run_task} and C{cancel_task} payloads and sends the
+C{task_result} payloads it produces.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from picluster import wire
+from picluster.logbudget import LogBudget
+from picluster.tasks import child
+from picluster.tasks.builtin import ADMIN_COMMANDS
+from picluster.tasks.catalog import (
+    Node,
+    NodeBound,
+    ProcessResult,
+    Task,
+    TaskCatalog,
+    check_arguments,
+)
+from picluster.tasks.child import OUTPUT_LIMIT, TRACEBACK_LIMIT
+from picluster.tasks.errors import (
+    CommandFailed,
+    NotPermitted,
+    TaskFailed,
+    admin_refusal,
+    error_kind,
+    error_payload,
+)
+
+log = Logger()
+
+
+def _read_run(run: Any) -> tuple[int, int, str, dict[str, Any], float | None]:
+    """Check a run_task payload; absent C{args} and C{timeout} mean C{{}} and none."""
+    if not isinstance(run, dict):
+        raise wire.BadMessage("run_task payload must be an object")
+    task_id, attempt, name = run.get("id"), run.get("attempt"), run.get("name")
+    args, timeout = run.get("args", {}), run.get("timeout")
+    if type(task_id) is not int:
+        raise wire.BadMessage('run_task "id" must be an integer', got=_scalar(task_id))
+    if type(attempt) is not int or attempt < 1:
+        raise wire.BadMessage('run_task "attempt" must be an integer >= 1', got=_scalar(attempt))
+    if not isinstance(name, str):
+        raise wire.BadMessage('run_task "name" must be a string', got=_scalar(name))
+    if not isinstance(args, dict):
+        raise wire.BadMessage('run_task "args" must be an object')
+    if timeout is not None and (type(timeout) not in (int, float) or not timeout > 0):
+        raise wire.BadMessage('run_task "timeout" must be null or a positive number',
+                              got=_scalar(timeout))
+    return task_id, attempt, name, args, timeout
+
+
+def _scalar(value: Any) -> Any:
+    return value if value is None or isinstance(value, (bool, int, float, str)) else None
+
+
+@dataclass
+class _Run:
+    """A run in progress."""
+
+    task_id: int
+    attempt: int
+    name: str
+    started_at: float
+    deferred: defer.Deferred[Any] | None = None
+    timeout_call: IDelayedCall | None = None
+    finished: bool = False
+
+
+class _TaskThread(threading.Thread):
+    """
+    A thread of the runner's pool.  A daemon: a thread run cannot be
+    stopped, and one that never returns must not keep the slave from exiting.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class TaskRunner:
+    """
+    Runs tasks for the master in at most C{slots} runs at a time.
+
+    Thread runs cannot be stopped: a thread run that times out or is cancelled
+    keeps its pool thread until its function returns, and what it returns is
+    discarded.  Reactor runs are stopped by cancelling their Deferred, process
+    runs by killing the child.
+
+    @ivar on_result: Called with each new result payload, on a reactor turn
+        after the one that produced it (so an answer to C{run_task} goes out
+        before the result of a run that ended at once), unless the result was
+        acknowledged or cancelled meanwhile.
+    """
+
+    def __init__(
+        self,
+        registry: TaskCatalog,
+        *,
+        slots: int,
+        clock: Any,
+        reactor: Any,
+        allow_admin: bool = False,
+        allowed_commands: Sequence[str] = (),
+        admin_commands: Mapping[str, Sequence[Sequence[str]]] = ADMIN_COMMANDS,
+        max_result_bytes: int = 512 * 1024,
+        thread_pool: Any = None,
+    ):
+        if slots < 0:
+            raise ValueError("slots must not be negative")
+        self.registry = registry
+        self.slots = slots
+        self.allow_admin = allow_admin
+        self.max_result_bytes = max_result_bytes
+        #: (id, attempt) to the task_result payload of each run not yet
+        #: acknowledged, oldest first: a master acknowledges one at a time,
+        #: and a busy slave holds many.
+        self._results: dict[tuple[int, int], dict[str, Any]] = {}
+        self.on_result: Callable[[dict[str, Any]], Any] | None = None
+        self._clock = clock
+        self._reactor = reactor
+        self._running: dict[int, _Run] = {}
+        #: Where thread runs run: our own pool unless one is given (tests).
+        self._threads: Any = thread_pool
+        self._own_threads = thread_pool is None
+        self._thread_runs = 0
+        self._child_environment: dict[str, str] | None = None
+        self._children: set[child.ChildProcess] = set()
+        #: Lines about single runs: one by one only while they are few.
+        self.run_log = LogBudget(
+            log, clock, "Left out of the log in the last {seconds:g} s: task runs {kinds}"
+                        " (the master's task database has every task)",
+        )
+        self._node = Node(
+            reactor=reactor,
+            clock=clock,
+            allow_admin=allow_admin,
+            allowed_commands=frozenset(allowed_commands),
+            admin_commands=admin_commands,
+            run_process=self.run_process,
+        )
+
+    # -- what the slave tells the master ----------------------------------
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """The task_result payloads not yet acknowledged, oldest first."""
+        return list(self._results.values())
+
+    def offers(self) -> list[str]:
+        """Every task name in the registry, refused ones included."""
+        return self.registry.names()
+
+    def refusals(self) -> dict[str, str]:
+        """Task name to why this slave refuses it outright."""
+        refused = {}
+        for each in self.registry:
+            why = self._refusal(each)
+            if why is not None:
+                refused[each.name] = why
+        return refused
+
+    def holding(self) -> list[dict[str, int]]:
+        """The runs in progress."""
+        return [{"id": r.task_id, "attempt": r.attempt} for r in self._running.values()]
+
+    def _refusal(self, task: Task) -> str | None:
+        if task.admin and not self.allow_admin:
+            return admin_refusal(task.name)
+        if isinstance(task.function, NodeBound):
+            return task.function.refusal(self._node)
+        return None
+
+    # -- the master's requests ----------------------------------------------
+
+    def start(self, run: Any) -> None:
+        """
+        Start the run a run_task payload describes.
+
+        A run this slave refuses by policy (admin, shell allow-list, bad
+        arguments) starts and fails at once, so that the master records why.
+
+        @raise wire.BadMessage: for a malformed payload, an unknown task, a run
+            of a task already running, or no free slot; the master re-queues.
+        """
+        task_id, attempt, name, args, timeout = _read_run(run)
+        task = self.registry.get(name)
+        if task is None:
+            raise wire.BadMessage("unknown task", name=name)
+        if task_id in self._running:
+            raise wire.BadMessage(
+                "task already running", id=task_id, attempt=self._running[task_id].attempt
+            )
+        if len(self._running) >= self.slots:
+            raise wire.BadMessage("no free slot", slots=self.slots)
+        entry = _Run(task_id, attempt, name, self._clock.seconds())
+        self._running[task_id] = entry
+        self.run_log.info("started", "Task {task_id} attempt {attempt} ({name}) started",
+                          task_id=task_id, attempt=attempt, name=name, timeout=timeout)
+        if timeout is not None:
+            entry.timeout_call = self._clock.callLater(timeout, self._time_out, entry, timeout)
+        entry.deferred = defer.maybeDeferred(self._launch, task, args)
+        entry.deferred.addCallbacks(self._succeeded, self._failed,
+                                    callbackArgs=(entry,), errbackArgs=(entry,))
+
+    def cancel(self, task_id: int, attempt: int) -> None:
+        """Stop a run and forget it, and any result it left, without reporting."""
+        entry = self._running.get(task_id)
+        if entry is not None and entry.attempt == attempt:
+            self._end(entry, None, "cancelled")
+        self.acknowledged(task_id, attempt)
+
+    def acknowledged(self, task_id: int, attempt: int) -> None:
+        """Forget the result of a run the master has stored."""
+        self._results.pop((task_id, attempt), None)
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop every run without reporting it; fires once every child process is gone."""
+        for entry in list(self._running.values()):
+            self._end(entry, None, "stopped")
+        self.run_log.flush()
+        if self._own_threads and self._threads is not None and not self._thread_runs:
+            # Idle threads end at once; busy ones (thread runs cannot be
+            # stopped) are daemons and end with the process.
+            self._threads.stop()
+            self._threads = None
+        processes = list(self._children)
+        for process in processes:
+            process.result.cancel()
+        gone = defer.DeferredList([process.gone for process in processes], consumeErrors=True)
+        return gone.addCallback(lambda _: None)
+
+    # -- running ---------------------------------------------------------------
+
+    def _launch(self, task: Task, args: dict[str, Any]) -> Any:
+        refusal = self._refusal(task)
+        if refusal is not None:
+            raise NotPermitted(refusal)
+        check_arguments(task, args)
+        function = task.function
+        if isinstance(function, NodeBound):
+            function = function.bind(self._node)
+        if task.run_in == "thread":
+            return self._run_in_thread(function, args)
+        if task.run_in == "process":
+            return self._run_in_child(task, args)
+        result = function(**args)
+        if inspect.iscoroutine(result):
+            return defer.Deferred.fromCoroutine(result)
+        return result
+
+    def _run_in_thread(self, function: Callable[..., Any], args: dict[str, Any]) -> defer.Deferred[Any]:
+        """
+        Run in the runner's own pool, not the reactor's: the reactor's pool
+        also resolves host names, and slow tasks holding all its threads
+        would keep the slave from reconnecting to C{master.local}.
+        """
+        if self._threads is None:
+            self._threads = ThreadPool(minthreads=0, maxthreads=max(self.slots, 1),
+                                       name="picluster-tasks")
+            self._threads.threadFactory = _TaskThread
+            self._threads.start()
+        self._thread_runs += 1
+        running = threads.deferToThreadPool(self._reactor, self._threads, function, **args)
+
+        def done(result: Any) -> Any:
+            self._thread_runs -= 1
+            return result
+
+        return running.addBoth(done)
+
+    def _run_in_child(self, task: Task, args: dict[str, Any]) -> defer.Deferred[Any]:
+        request = child.task_request(task, args)
+        if self._child_environment is None:
+            # Worked out once: it walks sys.path on disk.
+            self._child_environment = child.task_environment()
+        running = self.run_process(child.TASK_ARGV, stdin=request, env=self._child_environment,
+                                   limit=self.max_result_bytes + 4096)
+        return running.addCallback(child.read_outcome, self.max_result_bytes)
+
+    def run_process(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        limit: int = OUTPUT_LIMIT,
+    ) -> defer.Deferred[ProcessResult]:
+        """Run a command without a shell (see L{Node.run_process}); L{stop} kills it."""
+        try:
+            process = child.spawn(self._reactor, self._clock, argv,
+                                  stdin=stdin, env=env, limit=limit)
+        except CommandFailed:
+            return defer.fail()
+        self._children.add(process)
+        process.gone.addCallback(lambda _: self._children.discard(process))
+        return process.result
+
+    # -- ending ------------------------------------------------------------------
+
+    def _succeeded(self, result: Any, entry: _Run) -> None:
+        if entry.finished:
+            return
+        try:
+            size = len(wire.encode({"result": result}))
+        except (TypeError, ValueError, RecursionError) as e:
+            error = error_payload("ResultNotJSON", f"{entry.name} returned a result that is not JSON: {e}")
+        else:
+            if size <= self.max_result_bytes:
+                self._end(entry, {"outcome": "done", "result": result, "error": None}, "done")
+                return
+            error = error_payload("ResultTooLarge", f"{entry.name} returned a result of {size} bytes;"
+                                             f" the limit is {self.max_result_bytes}")
+        self._end(entry, {"outcome": "failed", "result": None, "error": error}, "failed")
+
+    def _failed(self, failure: Failure, entry: _Run) -> None:
+        if entry.finished:
+            return
+        error = _describe(failure)
+        outcome: dict[str, Any] = {"outcome": "failed", "result": None, "error": error}
+        if error["kind"] == "crashed":
+            outcome["retry"] = True
+        self._end(entry, outcome, "failed")
+
+    def _time_out(self, entry: _Run, seconds: float) -> None:
+        error = error_payload("Timeout", f"timed out after {seconds:g} s", kind="timeout")
+        self._end(entry, {"outcome": "failed", "result": None, "error": error}, "timed out")
+
+    def _end(self, entry: _Run, outcome: dict[str, Any] | None, how: str) -> None:
+        """Finish a run once: free its slot, stop what is left of it, keep its result."""
+        if entry.finished:
+            return
+        entry.finished = True
+        del self._running[entry.task_id]
+        if entry.timeout_call is not None and entry.timeout_call.active():
+            entry.timeout_call.cancel()
+        self.run_log.info(
+            how, "Task {task_id} attempt {attempt} ({name}) {how} after {duration} s",
+            task_id=entry.task_id, attempt=entry.attempt, name=entry.name, how=how,
+            duration=round(self._clock.seconds() - entry.started_at, 3),
+        )
+        if entry.deferred is not None and not entry.deferred.called:
+            entry.deferred.cancel()
+        if outcome is None:
+            return
+        payload = {"id": entry.task_id, "attempt": entry.attempt, **outcome}
+        self._results[entry.task_id, entry.attempt] = payload
+        self._clock.callLater(0, self._notify, payload)
+
+    def _notify(self, payload: dict[str, Any]) -> None:
+        run = (payload["id"], payload["attempt"])
+        if self.on_result is None or self._results.get(run) is not payload:
+            return
+        try:
+            self.on_result(payload)
+        except Exception:
+            log.failure("Could not hand on the result of task {task_id}", task_id=payload["id"])
+
+
+
+def _describe(failure: Failure) -> dict[str, Any]:
+    """A task_result error object for how a run failed."""
+    exception = failure.value
+    if isinstance(exception, TaskFailed):
+        return exception.error
+    kind = error_kind(exception)
+    traceback = None
+    if isinstance(exception, CommandFailed):
+        traceback = exception.details
+    elif kind == "error":
+        traceback = failure.getTraceback()[-TRACEBACK_LIMIT:]
+    return error_payload(type(exception).__name__, str(exception), kind, traceback)

@@ -1,0 +1,354 @@
+"""
+The slave: joins a master, reports its machine and vitals, and rejoins.
+
+Each connection runs one session, a Deferred chain (hello and welcome, then
+computer_details, then the master's own facts, then the offer of work, then
+keepalives and vitals until the connection goes), whose errback handles the
+L{DisconnectionException}.  Reconnecting is the factory's job: a
+L{ReconnectingClientFactory} whose delay resets once a welcome arrives.
+
+Tasks run in the factory's L{TaskRunner}, so they outlive a connection: a
+run that ends while the master is away keeps its result until a later
+session delivers it, and a rejoining slave tells the master what it still
+runs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from picluster import sysinfo, wire
+from picluster.address import MasterAddress
+from picluster.errors import DisconnectionException, HandshakeError, RemoteError, describe_reason
+from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
+from picluster.wire import BadMessage
+
+__all__ = ["HandshakeError", "SlaveSession", "SlaveFactory", "SlaveService"]
+
+
+_UUID = re.compile(r"[0-9a-f]{32}")
+
+log = Logger()
+
+
+class SlaveSession(PeerHandler):
+    """
+    The slave's session with its master over one connection.
+
+    The session is a chain of steps; the handshake is the first, and stays a
+    step of its own so that authentication can join it.
+    """
+
+    log = log
+
+    def __init__(self, protocol: PiClusterProtocol, slave: SlaveFactory):
+        super().__init__(protocol)
+        self.slave = slave
+        self._vitals_loop: LoopingCall | None = None
+        self.session: defer.Deferred[None] | None = None
+        #: Whether the master took our offer of work on this connection.
+        self.working = False
+        #: Results sent on this connection and not yet acknowledged.
+        self._results_in_flight: set[tuple[int, int]] = set()
+
+    def describe_peer(self) -> str:
+        return f"master {self.slave.master}"
+
+    def connection_made(self) -> None:
+        self.session = self.run_session()
+
+    def connection_lost(self, failure: Failure) -> None:
+        self._stop_reporting()
+
+    def run_session(self) -> defer.Deferred[None]:
+        """Run the session until the connection ends; never fails."""
+        session = self._handshake()
+        session.addCallback(self._introduce)
+        session.addCallback(self._ask_master_info)
+        session.addCallback(self._offer_work)
+        session.addCallback(self._start_reporting)
+        session.addCallback(self._until_disconnected)
+        session.addErrback(self._session_ended)
+        return session
+
+    # -- steps -------------------------------------------------------------
+
+    def _handshake(self) -> defer.Deferred[dict[str, Any]]:
+        hello = {"uuid": self.slave.uuid, "version": wire.PROTOCOL_VERSION}
+        return self.protocol.request("hello", hello).addCallback(self._welcomed)
+
+    def _welcomed(self, reply: dict[str, Any]) -> dict[str, Any]:
+        welcome = reply.get("payload")
+        if reply["type"] != "welcome" or not isinstance(welcome, dict):
+            raise HandshakeError(f"expected a welcome, got {reply['type']}")
+        uuid = welcome.get("uuid")
+        if not isinstance(uuid, str) or not _UUID.fullmatch(uuid):
+            raise HandshakeError(f"welcome carries no valid uuid: {uuid!r}")
+        keepalive = welcome.get("keepalive")
+        if type(keepalive) not in (int, float) or keepalive <= 0:
+            raise HandshakeError(f"welcome carries no valid keepalive: {keepalive!r}")
+        rejoined = uuid == self.slave.uuid
+        self.slave.uuid = uuid
+        self.slave.resetDelay()
+        self.log.info(
+            "{how} master {master} as {uuid}",
+            how="Rejoined" if rejoined else "Joined", master=self.slave.master, uuid=uuid,
+        )
+        return welcome
+
+    def _introduce(self, welcome: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        self._master_keepalive = float(welcome["keepalive"])
+        return self.protocol.request("computer_details", self.slave.computer_details)
+
+    def _ask_master_info(self, _: Any) -> defer.Deferred[None]:
+        return self.protocol.request("info", "computer_details").addCallback(self._log_master_info)
+
+    def _log_master_info(self, reply: dict[str, Any]) -> None:
+        facts = reply.get("payload")
+        if not isinstance(facts, dict):
+            facts = {}
+        self.log.info(
+            "Master is {hostname} ({cpu}, {cores} cores, {ram} bytes of RAM)",
+            hostname=facts.get("hostname"), cpu=facts.get("cpu"),
+            cores=facts.get("cpu_cores"), ram=facts.get("ram"), master_info=facts,
+        )
+
+    def _offer_work(self, _: Any) -> defer.Deferred[None] | None:
+        runner = self.slave.runner
+        if runner is None:
+            return None
+        offer = {
+            "tasks": runner.offers(), "refused": runner.refusals(), "slots": runner.slots,
+            "tags": list(self.slave.tags), "holding": runner.holding(),
+        }
+        offered = self.protocol.request("worker", offer)
+        offered.addCallbacks(self._work_accepted, self._work_refused)
+        return offered
+
+    def _work_accepted(self, reply: dict[str, Any]) -> None:
+        runner = self.slave.runner
+        drop = (reply.get("payload") or {}).get("drop") or []
+        for run in drop:
+            if isinstance(run, dict) and type(run.get("id")) is int and type(run.get("attempt")) is int:
+                self.log.info("Master gave up task {id} (attempt {attempt}); stopping it",
+                              id=run["id"], attempt=run["attempt"])
+                runner.cancel(run["id"], run["attempt"])
+        self.working = True
+        for result in runner.results:
+            self.report_result(result)
+
+    def _work_refused(self, failure: Failure) -> None:
+        # A master that hands out no tasks (an older one) is still a master.
+        failure.trap(RemoteError)
+        self.log.warn("Master {master} does not hand out tasks: {problem}",
+                      master=self.slave.master, problem=failure.getErrorMessage())
+
+    def report_result(self, result: dict[str, Any]) -> None:
+        """Send one finished run's result; it is forgotten only once acknowledged."""
+        run = (result["id"], result["attempt"])
+        if not self.working or self.protocol.closing or run in self._results_in_flight:
+            return
+        self._results_in_flight.add(run)
+        sent = self.protocol.request("task_result", result)
+        sent.addCallbacks(self._result_stored, self._result_not_stored,
+                          callbackArgs=(run,), errbackArgs=(run,))
+
+    def _result_stored(self, _: Any, run: tuple[int, int]) -> None:
+        self._results_in_flight.discard(run)
+        self.slave.runner.acknowledged(*run)
+
+    def _result_not_stored(self, failure: Failure, run: tuple[int, int]) -> None:
+        self._results_in_flight.discard(run)
+        if failure.check(RemoteError):
+            # The master will never take it; keeping it would resend it forever.
+            self.log.error("Master refused the result of task {id} attempt {attempt}: {problem}",
+                           id=run[0], attempt=run[1], problem=failure.getErrorMessage())
+            self.slave.runner.acknowledged(*run)
+        elif not failure.check(DisconnectionException):
+            # A timeout: the master may be busy; the next session sends it again.
+            self.log.warn("No answer to the result of task {id}: {problem}",
+                          id=run[0], problem=failure.getErrorMessage())
+
+    def msg_run_task(self, payload: Any) -> None:
+        if self.slave.runner is None or not self.working:
+            raise BadMessage("this slave runs no tasks on this connection")
+        self.slave.runner.start(payload)
+
+    def msg_cancel_task(self, payload: Any) -> None:
+        if not isinstance(payload, dict) or type(payload.get("id")) is not int \
+                or type(payload.get("attempt")) is not int:
+            raise BadMessage('cancel_task payload must be {"id": int, "attempt": int}')
+        if self.slave.runner is not None:
+            self.slave.runner.cancel(payload["id"], payload["attempt"])
+
+    def _start_reporting(self, _: Any) -> None:
+        # Ping at least as often as the master expects, or it would count us dead.
+        self.protocol.start_keepalive(min(self.slave.keepalive, self._master_keepalive))
+        self._vitals_loop = LoopingCall(self._report_vitals)
+        self._vitals_loop.clock = self.slave.clock
+        self._vitals_loop.start(self.slave.vitals_interval, now=True).addErrback(
+            lambda failure: self.log.failure("Vitals reporting stopped", failure)
+        )
+
+    def _until_disconnected(self, _: Any) -> defer.Deferred[None]:
+        # The loss is the session's end, so it comes as a failure: the
+        # errback below handles it like a loss at any earlier step.
+        return self.protocol.when_lost().addCallback(Failure)
+
+    def _session_ended(self, failure: Failure) -> None:
+        self._stop_reporting()
+        if failure.check(DisconnectionException):
+            self.log.info(
+                "Got disconnection exception with message: {disconnection}",
+                disconnection=str(failure.value),
+            )
+            return
+        self.log.failure("Session with {master} failed", failure, master=self.slave.master)
+        self.protocol.close(f"session failed: {failure.getErrorMessage()}")
+
+    # -- vitals ------------------------------------------------------------
+
+    def _report_vitals(self) -> defer.Deferred[None]:
+        return self.slave.sampler.sample().addCallback(self._send_vitals).addErrback(
+            self._vitals_failed
+        )
+
+    def _send_vitals(self, vitals: dict[str, Any]) -> None:
+        if not self.protocol.closing:
+            self.protocol.send("vitals", vitals)
+
+    def _vitals_failed(self, failure: Failure) -> None:
+        # Keep the loop going: one bad sample must not silence the node.
+        if not failure.check(DisconnectionException):
+            self.log.failure("Could not report vitals", failure)
+
+    def _stop_reporting(self) -> None:
+        if self._vitals_loop is not None and self._vitals_loop.running:
+            self._vitals_loop.stop()
+        self._vitals_loop = None
+
+
+class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
+    """
+    Connects to the master and reconnects, with backoff, whenever it goes.
+
+    What outlives a connection lives here: the uuid the master gave us
+    (presented again in every hello), the machine facts, the sampler, and
+    the L{TaskRunner} with its runs and unsent results.
+    """
+
+    #: Growth of the reconnection delay; gentler than RCF's e.
+    factor = 2.0
+    #: Seconds before the first reconnection attempt, unless told otherwise
+    #: (RCF's C{jitter} then spreads a rejoining herd around it).
+    initialDelay = 1.0
+    #: Longest wait between two attempts, before jitter, unless told otherwise.
+    maxDelay = 60.0
+
+    def __init__(
+        self,
+        master: MasterAddress,
+        *,
+        vitals_interval: float = 10.0,
+        initial_delay: float = initialDelay,
+        max_delay: float = maxDelay,
+        computer_details: dict[str, Any] | None = None,
+        sampler: Any = None,
+        runner: Any = None,
+        tags: tuple[str, ...] = (),
+        **settings: Any,
+    ):
+        PiClusterFactory.__init__(self, **settings)
+        self.runner = runner
+        self.tags = tags
+        if runner is not None:
+            runner.on_result = self._run_finished
+        self.master = master
+        self.vitals_interval = vitals_interval
+        self.initialDelay = self.delay = initial_delay
+        self.maxDelay = max_delay
+        self.uuid: str | None = None
+        self.computer_details = (
+            computer_details if computer_details is not None else sysinfo.computer_details()
+        )
+        self.sampler = sampler if sampler is not None else sysinfo.VitalsSampler(reactor=self.clock)
+        self.connection: PiClusterProtocol | None = None
+
+    def make_handler(self, protocol: PiClusterProtocol) -> SlaveSession:
+        return SlaveSession(protocol, self)
+
+    def _run_finished(self, result: dict[str, Any]) -> None:
+        """A run ended: tell the master now if connected, else at the next session."""
+        connection = self.connection
+        if connection is not None and isinstance(getattr(connection, "handler", None), SlaveSession):
+            connection.handler.report_result(result)
+
+    def buildProtocol(self, addr: Any) -> PiClusterProtocol:
+        self.connection = super().buildProtocol(addr)
+        return self.connection
+
+    def startedConnecting(self, connector: Any) -> None:
+        self.log.info("Connecting to master {master}", master=self.master)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        lost = DisconnectionException(f"master {self.master}", describe_reason(reason), reason)
+        self.log.info(
+            "Got disconnection exception with message: {disconnection}", disconnection=str(lost)
+        )
+        super().clientConnectionFailed(connector, reason)
+        self._log_retry()
+
+    def clientConnectionLost(self, connector: Any, reason: Failure) -> None:
+        self.connection = None
+        super().clientConnectionLost(connector, reason)
+        self._log_retry()
+
+    def _log_retry(self) -> None:
+        if self.continueTrying and self._callID is not None:
+            delay = self._callID.getTime() - self.clock.seconds()
+            self.log.info("Reconnecting to master {master} in {delay:.1f} s",
+                          master=self.master, delay=delay)
+
+
+class SlaveService(service.Service):
+    """A picluster slave: keeps one connection to the master, come what may."""
+
+    def __init__(self, factory: SlaveFactory, *, reactor: Any = None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.factory = factory
+        self.reactor = reactor
+        self.connector: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.factory.continueTrying = True
+        master = self.factory.master
+        self.connector = self.reactor.connectTCP(
+            master.host, master.port, self.factory, timeout=master.timeout
+        )
+
+    def stopService(self) -> defer.Deferred[Any] | None:
+        """Stop reconnecting, close the connection, and stop the running tasks."""
+        super().stopService()
+        self.factory.stopTrying()
+        waits = []
+        if self.factory.runner is not None:
+            waits.append(self.factory.runner.stop())
+        connection = self.factory.connection
+        if connection is not None and connection.lost is None:
+            waits.append(connection.when_lost())
+            connection.close("slave shutting down")
+        elif self.connector is not None:
+            self.connector.disconnect()
+        if not waits:
+            return None
+        return defer.gatherResults(waits).addCallback(lambda _: None)

@@ -1,0 +1,29 @@
+"""
+pytest only: run the suite in a temporary directory, as trial runs it in
+C{_trial_temp}.
+
+Trial's C{TestCase.mktemp()} returns a path relative to the working
+directory; trial itself changes into C{_trial_temp} first, but under pytest
+the working directory is the checkout, and every run left files in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+_checkout = os.getcwd()
+_workdir: str | None = None
+
+
+def pytest_sessionstart(session: object) -> None:
+    global _workdir
+    _workdir = tempfile.mkdtemp(prefix="picluster-tests-")
+    os.chdir(_workdir)
+
+
+def pytest_sessionfinish(session: object, exitstatus: int) -> None:
+    os.chdir(_checkout)
+    if _workdir is not None:
+        shutil.rmtree(_workdir, ignore_errors=True)
