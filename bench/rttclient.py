@@ -90,7 +90,7 @@ def endpoint(port: int) -> TCP4ClientEndpoint:
 def connect_picluster(port: int) -> Any:
     """A client connection to a real master, greeted as the CLI's client is."""
     from picluster import wire
-    from picluster.protocol import PiClusterFactory
+    from picluster.wire.protocol import PiClusterFactory
 
     connection = yield endpoint(port).connect(PiClusterFactory())
     hello = {"version": wire.PROTOCOL_VERSION, "uuid": None, "role": "client"}

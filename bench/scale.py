@@ -46,6 +46,7 @@ from bench.procs import BenchError, Child, Processes, free_port, port_open, rais
 from bench.report import Report
 from picluster.master.history import DEFAULT_SAMPLES, VitalsHistory
 from picluster.master.service import DEFAULT_BACKLOG
+from picluster.wire.messages import Vitals
 
 #: The sizes of a full run and of --quick.
 SIZES = {
@@ -319,7 +320,7 @@ def grow(report: Report, procs: Processes, kind: str, counts: tuple[int, ...],
 def ring_bytes(samples: int) -> float:
     """What one node's vitals ring holds in memory after C{samples} vitals, in bytes."""
     rings = 200
-    vitals = {"cpu_percentage": 12.5, "cpu_temperature": 48.2, "ram_free": 512 * 2**20}
+    vitals = Vitals(cpu_percentage=12.5, cpu_temperature=48.2, ram_free=512 * 2**20)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]

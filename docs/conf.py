@@ -25,7 +25,7 @@ author = "the picluster authors"
 copyright = "the picluster authors (MIT licence)"
 version = release
 
-extensions = ["picluster_options"]
+extensions = ["picluster_options", "picluster_protocol"]
 
 root_doc = "index"
 exclude_patterns = ["_build"]

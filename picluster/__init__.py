@@ -15,11 +15,11 @@ from typing import Any
 from picluster._version import __version__
 
 _EXPORTS = {
-    "DisconnectionException": "picluster.errors",
-    "RemoteError": "picluster.errors",
-    "RequestTimeout": "picluster.errors",
-    "PiClusterFactory": "picluster.protocol",
-    "PiClusterProtocol": "picluster.protocol",
+    "DisconnectionException": "picluster.wire.errors",
+    "RemoteError": "picluster.wire.errors",
+    "RequestTimeout": "picluster.wire.errors",
+    "PiClusterFactory": "picluster.wire.protocol",
+    "PiClusterProtocol": "picluster.wire.protocol",
 }
 
 __all__ = [*sorted(_EXPORTS), "__version__"]

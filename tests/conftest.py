@@ -4,7 +4,9 @@ C{_trial_temp}.
 
 Trial's C{TestCase.mktemp()} returns a path relative to the working
 directory; trial itself changes into C{_trial_temp} first, but under pytest
-the working directory is the checkout, and every run left files in it.
+the working directory is the checkout, and every run left files in it.  The
+change comes after collection, so that paths on the command line (C{--ignore
+tests/system}) still mean what they say.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ _checkout = os.getcwd()
 _workdir: str | None = None
 
 
-def pytest_sessionstart(session: object) -> None:
+def pytest_collection_finish(session: object) -> None:
     global _workdir
     _workdir = tempfile.mkdtemp(prefix="picluster-tests-")
     os.chdir(_workdir)

@@ -15,11 +15,12 @@ import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 from picluster.wire import BadMessage
+from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 
 FINISHED = frozenset({"done", "failed", "cancelled"})
 
@@ -53,6 +54,7 @@ class FakeMasterConnection(PeerHandler):
             raise BadMessage("say hello first")
 
     def msg_hello(self, payload: Any) -> tuple[str, Any]:
+        payload = msgspec.to_builtins(payload)  # a hello is sent whole
         if not isinstance(payload, dict) or payload.get("version") != 1:
             raise BadMessage("unsupported protocol version", supported=[1], close=True)
         self.hello = payload
@@ -62,6 +64,7 @@ class FakeMasterConnection(PeerHandler):
                             "dead_after": self.master.dead_after})
 
     def msg_submit(self, payload: Any) -> tuple[str, Any]:
+        payload = plain(payload)
         self._require_hello()
         specs = payload.get("tasks") if isinstance(payload, dict) else None
         if not isinstance(specs, list):
@@ -81,6 +84,7 @@ class FakeMasterConnection(PeerHandler):
         return self._answer("submit", ("submitted", {"tasks": entries, "warnings": warnings}))
 
     def msg_tasks(self, payload: Any) -> tuple[str, Any]:
+        payload = plain(payload)
         self._require_hello()
         query = payload if isinstance(payload, dict) else {}
         records = sorted(self.master.tasks.values(), key=lambda record: record["id"])
@@ -94,6 +98,7 @@ class FakeMasterConnection(PeerHandler):
         return ("tasks", {"tasks": records[: query.get("limit") or 100]})
 
     def msg_cancel(self, payload: Any) -> tuple[str, Any]:
+        payload = plain(payload)
         self._require_hello()
         task_id = payload.get("id") if isinstance(payload, dict) else None
         record = self.master.tasks.get(task_id)
@@ -105,6 +110,7 @@ class FakeMasterConnection(PeerHandler):
         return self._answer("cancel", ("tasks", {"tasks": [record]}))
 
     def msg_watch(self, payload: Any) -> tuple[str, Any]:
+        payload = plain(payload)
         self._require_hello()
         ids = payload.get("ids") if isinstance(payload, dict) else None
         if not isinstance(ids, list):
@@ -114,6 +120,25 @@ class FakeMasterConnection(PeerHandler):
         for record in known:
             self.master.watchers.setdefault(record["id"], set()).add(self)
         return ("tasks", {"tasks": known})
+
+
+def plain(payload: Any) -> Any:
+    """
+    A typed payload as plain JSON values, fields at their defaults left out
+    (as a client that sends only what it means would): the fake checks what
+    it needs itself, and records what it was asked.
+    """
+    if isinstance(payload, msgspec.Struct):
+        return {
+            field.encode_name: plain(getattr(payload, field.name))
+            for field in msgspec.structs.fields(payload)
+            if getattr(payload, field.name) != field.default
+        }
+    if isinstance(payload, list):
+        return [plain(item) for item in payload]
+    if isinstance(payload, dict):
+        return {key: plain(value) for key, value in payload.items()}
+    return payload
 
 
 class FakeMaster(PiClusterFactory):

@@ -17,8 +17,8 @@ from twisted.test import iosim
 from picluster.address import MasterAddress
 from picluster.master.connection import MasterFactory
 from picluster.master.registry import SlaveRegistry
-from picluster.protocol import PiClusterFactory, PiClusterProtocol
 from picluster.slave.session import SlaveFactory
+from picluster.wire.protocol import PiClusterFactory, PiClusterProtocol
 
 SLAVE_FACTS = {"hostname": "pi-one", "ram": 1024, "cpu": "Raspberry Pi 4 Model B Rev 1.4"}
 MASTER_FACTS = {"hostname": "pi-master", "ram": 4096, "cpu": "Raspberry Pi 5"}

@@ -22,8 +22,8 @@ from typing import Any
 from twisted.internet import defer, endpoints, error, reactor, task
 from twisted.trial import unittest
 
-from picluster.errors import DisconnectionException, RequestTimeout
-from picluster.protocol import PiClusterFactory, PiClusterProtocol
+from picluster.wire.errors import DisconnectionException, RequestTimeout
+from picluster.wire.protocol import PiClusterFactory, PiClusterProtocol
 
 #: The checkout under test: put on the children's C{PYTHONPATH}.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,7 +262,7 @@ class Cluster:
                 lost = query.when_lost()
                 query.transport.loseConnection()
                 yield lost
-        return [slave for slave in reply["payload"] if slave["computer_details"] is not None]
+        return [slave for slave in reply.payload if slave["computer_details"] is not None]
 
     @defer.inlineCallbacks
     def wait_for_slaves(self, what: str, accept: Callable[[list[dict]], bool]) -> Any:

@@ -17,7 +17,7 @@ from picluster.master.connection import MasterFactory
 from picluster.master.registry import SlaveRegistry
 from picluster.master.scheduler import Scheduler
 from picluster.master.store import TaskStore, _prepare
-from picluster.protocol import PiClusterProtocol
+from picluster.wire.protocol import PiClusterProtocol
 from tests.helpers import MASTER_FACTS, connect, frame, sent
 
 

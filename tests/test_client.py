@@ -22,7 +22,7 @@ from twisted.trial import unittest
 from picluster.address import MasterAddress
 from picluster.client import Client, MasterUnreachable, UnknownTask
 from picluster.client.connection import MAX_BATCH_TASKS
-from picluster.errors import DisconnectionException, RemoteError
+from picluster.wire.errors import DisconnectionException, RemoteError
 
 from .fakemaster import FakeMaster, FakeMasterConnection
 
@@ -509,7 +509,8 @@ class WaitTests(ClientTestCase):
         refused: list[Any] = []
         server.msg_bad_message = refused.append
         pump.flush()
-        self.assertEqual(refused[0]["error"], 'task_update needs "task": a task record')
+        self.assertEqual((refused[0].error, refused[0].field),
+                         ('bad task_update payload at task.id: Expected `int`, got `str`', 'task.id'))
         self.assertNoResult(waiting)
 
     def test_nothingToWaitFor(self) -> None:

@@ -8,13 +8,14 @@ from twisted.trial import unittest
 
 from picluster.master.history import VitalsHistory
 from picluster.master.registry import Departure, SlaveRegistry
+from picluster.wire.messages import Vitals
 
 
 class HistoryTests(unittest.TestCase):
     def test_oldestFirstAcrossTheWrap(self) -> None:
         history = VitalsHistory(capacity=3)
         for n in range(5):
-            history.record(100.0 + n, {"cpu_percentage": float(n), "ram_free": 1000 + n})
+            history.record(100.0 + n, Vitals(**{"cpu_percentage": float(n), "ram_free": 1000 + n}))
         shown = history.as_dict()
         self.assertEqual(len(history), 3)
         self.assertEqual(shown["t"], [102.0, 103.0, 104.0])
@@ -24,8 +25,8 @@ class HistoryTests(unittest.TestCase):
     def test_missingAndBadReadings(self) -> None:
         """Readings a slave lacks, or sends as nonsense, chart as gaps."""
         history = VitalsHistory()
-        history.record(1.0, {"cpu_percentage": None, "cpu_temperature": "hot", "ram_free": True})
-        history.record(2.0, {})
+        history.record(1.0, Vitals(**{"cpu_percentage": None, "cpu_temperature": "hot", "ram_free": True}))
+        history.record(2.0, Vitals(**{}))
         shown = history.as_dict()
         self.assertEqual(shown["cpu_percent"], [None, None])
         self.assertEqual(shown["temperature"], [None, None])
@@ -35,8 +36,8 @@ class HistoryTests(unittest.TestCase):
         """Each series keeps its own readings, in the same slots as the times."""
         history = VitalsHistory(capacity=2)
         for n in range(3):
-            history.record(float(n), {"cpu_percentage": n + 0.5, "cpu_temperature": 40 + n,
-                                      "ram_free": 2**30 * (n + 1)})
+            history.record(float(n), Vitals(**{"cpu_percentage": n + 0.5, "cpu_temperature": 40 + n,
+                                      "ram_free": 2**30 * (n + 1)}))
         self.assertEqual(history.as_dict(), {
             "t": [1.0, 2.0], "cpu_percent": [1.5, 2.5], "temperature": [41.0, 42.0],
             "ram_free": [2**31, 3 * 2**30],
@@ -45,8 +46,8 @@ class HistoryTests(unittest.TestCase):
     def test_readingsOutOfRange(self) -> None:
         """Readings no float32 holds are gaps, not infinities, huge integers too."""
         history = VitalsHistory()
-        history.record(1.0, {"cpu_percentage": 1e39, "cpu_temperature": -(10**400),
-                             "ram_free": 10**38})
+        history.record(1.0, Vitals(**{"cpu_percentage": 1e39, "cpu_temperature": -(10**400),
+                             "ram_free": 10**38}))
         shown = history.as_dict()
         self.assertEqual((shown["cpu_percent"], shown["temperature"]), ([None], [None]))
         self.assertAlmostEqual(shown["ram_free"][0] / 1e38, 1.0, places=5)

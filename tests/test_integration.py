@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from picluster.address import MasterAddress
 from picluster.master.service import MasterService
 from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.wire.messages import Vitals
 
 from . import processes
 from .helpers import frame, parse_frames, raw_frame
@@ -57,8 +58,8 @@ class LoopbackTests(unittest.TestCase):
         )
         [record] = list(master.registry)
         self.assertEqual(record.uuid, slave.uuid)
-        self.assertIn("hostname", record.computer_details)
-        self.assertIn("cpu_percentage", record.vitals)
+        self.assertIsNotNone(record.computer_details.hostname)
+        self.assertIsInstance(record.vitals, Vitals)
         uuid = slave.uuid
 
         yield master.stopService()

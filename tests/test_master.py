@@ -8,6 +8,7 @@ import json
 import re
 from typing import Any
 
+import msgspec
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -16,6 +17,7 @@ from twisted.trial import unittest
 
 from picluster.master.connection import SHARED_TEXT, Keepalives, SharedTexts
 from picluster.master.service import DEFAULT_BACKLOG, with_default_backlog
+from picluster.wire.messages import ComputerDetails, Vitals
 
 from .helpers import MASTER_FACTS, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent
 
@@ -124,7 +126,13 @@ class HelloTests(MasterTestCase):
         """A hello whose payload is not an object is refused."""
         protocol, transport = self.slave()
         [reply] = self.ask(transport, protocol, {"type": "hello", "payload": "hi"})
-        self.assertEqual(reply["payload"]["error"], "hello payload must be a JSON object")
+        self.assertEqual(reply["payload"]["error"], "bad hello payload: Expected `object`, got `str`")
+        self.assertEqual((reply["payload"]["supported"], transport.disconnecting), ([1], True))
+
+
+def full(shape: type, fields: dict[str, Any]) -> dict[str, Any]:
+    """C{fields} as the master sends them back: every field of C{shape}, null where unknown."""
+    return msgspec.to_builtins(msgspec.convert(fields, shape))
 
 
 class InfoTests(MasterTestCase):
@@ -136,7 +144,8 @@ class InfoTests(MasterTestCase):
         """info computer_details is answered with the master's own facts."""
         protocol, transport = self.slave()
         [reply] = self.ask(transport, protocol, {"type": "info", "payload": "computer_details", "id": 8})
-        self.assertEqual(reply, {"type": "master_info", "payload": MASTER_FACTS, "reply_to": 8})
+        self.assertEqual(reply, {"type": "master_info", "payload": full(ComputerDetails, MASTER_FACTS),
+                                 "reply_to": 8})
 
     def test_slaveDetails(self) -> None:
         """slave_details lists every open connection, the asking one included."""
@@ -156,8 +165,8 @@ class InfoTests(MasterTestCase):
                 "hostname": "pi-one",
                 "connected_at": 1000.0,
                 "rtt_ms": None,
-                "vitals": VITALS,
-                "computer_details": SLAVE_FACTS,
+                "vitals": full(Vitals, VITALS),
+                "computer_details": full(ComputerDetails, SLAVE_FACTS),
             },
         )
         self.assertEqual(one["last_seen"], 1000.0)
@@ -184,13 +193,13 @@ class ReportTests(MasterTestCase):
         protocol, transport = self.slave()
         [ack] = self.ask(transport, protocol, {"type": "computer_details", "payload": SLAVE_FACTS, "id": 4})
         self.assertEqual(ack, {"type": "ack", "payload": None, "reply_to": 4})
-        self.assertEqual(protocol.handler.computer_details, SLAVE_FACTS)
+        self.assertEqual(protocol.handler.computer_details, msgspec.convert(SLAVE_FACTS, ComputerDetails))
         self.assertEqual(protocol.handler.hostname, "pi-one")
 
     def test_computerDetailsShared(self) -> None:
         """
-        Slaves' facts share their keys and short texts (one copy per cluster,
-        not per node); a long text is kept as sent.
+        Slaves' facts share their short texts (one copy per cluster, not per
+        node); a long text is kept as sent.
         """
         long_text = "x" * (SHARED_TEXT + 1)
         facts = {**SLAVE_FACTS, "os": long_text}
@@ -201,12 +210,10 @@ class ReportTests(MasterTestCase):
             self.ask(transport, protocol, {"type": "computer_details", "payload": json.loads(json.dumps(facts))})
             stored.append(protocol.handler.computer_details)
         first, second = stored
-        self.assertEqual(first, facts)
-        for key_first, key_second in zip(first, second):
-            self.assertIs(key_first, key_second)
-        self.assertIs(first["cpu"], second["cpu"])
-        self.assertEqual(first["os"], long_text)
-        self.assertIsNot(first["os"], second["os"])
+        self.assertEqual(first, msgspec.convert(facts, ComputerDetails))
+        self.assertIs(first.cpu, second.cpu)
+        self.assertEqual(first.os, long_text)
+        self.assertIsNot(first.os, second.os)
 
     def test_sharedTextsBounded(self) -> None:
         """
@@ -229,7 +236,8 @@ class ReportTests(MasterTestCase):
         protocol, transport = self.slave()
         self.clock.advance(10)
         self.assertEqual(self.ask(transport, protocol, {"type": "vitals", "payload": VITALS}), [])
-        self.assertEqual((protocol.handler.vitals, protocol.handler.vitals_received_at), (VITALS, 1010.0))
+        self.assertEqual((protocol.handler.vitals, protocol.handler.vitals_received_at),
+                         (msgspec.convert(VITALS, Vitals), 1010.0))
 
     def test_badReportsChangeNothing(self) -> None:
         """Reports of the wrong shape are refused and the stored state stays."""
@@ -239,8 +247,12 @@ class ReportTests(MasterTestCase):
         for message_type in ("computer_details", "vitals"):
             for payload in (None, [1], "x", 3):
                 [reply] = self.ask(transport, protocol, {"type": message_type, "payload": payload})
-                self.assertEqual(reply["payload"]["error"], f"{message_type} payload must be a JSON object")
-        self.assertEqual((protocol.handler.computer_details, protocol.handler.vitals), (SLAVE_FACTS, VITALS))
+                self.assertTrue(reply["payload"]["error"].startswith(f"bad {message_type} payload: Expected `object`"))
+            # A field of the wrong type is refused by name.
+            [reply] = self.ask(transport, protocol, {"type": message_type, "payload": {"ram": "x", "ram_free": "x"}})
+            self.assertEqual(reply["payload"]["field"], "ram" if message_type == "computer_details" else "ram_free")
+        self.assertEqual((protocol.handler.computer_details, protocol.handler.vitals),
+                         (msgspec.convert(SLAVE_FACTS, ComputerDetails), msgspec.convert(VITALS, Vitals)))
 
     def test_othersNoticeNothing(self) -> None:
         """Garbage from one slave sends nothing to another and keeps it registered."""

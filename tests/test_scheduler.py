@@ -9,9 +9,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from picluster.errors import ServiceError
 from picluster.master.scheduler import Scheduler
 from picluster.master.store import StoreError, TaskStore
+from picluster.wire.errors import ServiceError
 from tests.taskhelpers import FakeClient, FakeSlave, SynchronousPool, task_master
 
 PRIMES = {"name": "primes", "args": {"start": 0, "stop": 100}}
@@ -54,15 +54,17 @@ class SubmitTests(Cluster):
         reply = self.client.submit(PRIMES, {"name": "primes", "args": [1, 2]})
         self.assertEqual(reply["type"], "bad_message")
         self.assertEqual(reply["payload"]["index"], 1)
-        self.assertIn("args must be a JSON object", reply["payload"]["error"])
+        self.assertEqual(reply["payload"]["field"], "tasks[1].args")
+        self.assertIn("Expected `object | null`, got `array`", reply["payload"]["error"])
         self.assertEqual(self.client.request("tasks", {})["payload"]["tasks"], [])
 
     def test_unknownRequirementRefused(self) -> None:
         """An unknown requirement is refused with the known ones listed."""
         reply = self.client.submit({"name": "primes", "requirements": {"gpu": True}})
         self.assertEqual(reply["type"], "bad_message")
-        self.assertIn("unknown requirement 'gpu'", reply["payload"]["error"])
-        self.assertIn("min_ram", reply["payload"]["error"])
+        self.assertIn("unknown field `gpu`", reply["payload"]["error"])
+        self.assertEqual(reply["payload"]["field"], "tasks[0].requirements")
+        self.assertEqual(reply["payload"]["known"], ["min_ram", "min_cores", "tags", "hostname"])
 
     def test_oversizedArgumentsRefused(self) -> None:
         """Arguments past --max-args are refused and nothing is stored."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -16,6 +17,7 @@ from twisted.trial import unittest
 from picluster import RemoteError
 from picluster.address import MasterAddress
 from picluster.slave.session import HandshakeError, SlaveFactory, SlaveService
+from picluster.wire.messages import ComputerDetails, Vitals
 
 from .helpers import (
     SLAVE_FACTS,
@@ -56,8 +58,8 @@ class SessionTests(unittest.TestCase):
         slave_protocol, master_protocol, pump = self.join()
         [record] = list(self.master.registry)
         self.assertEqual(self.slave.uuid, record.uuid)
-        self.assertEqual(record.computer_details, SLAVE_FACTS)
-        self.assertEqual(record.vitals, VITALS)
+        self.assertEqual(record.computer_details, msgspec.convert(SLAVE_FACTS, ComputerDetails))
+        self.assertEqual(record.vitals, msgspec.convert(VITALS, Vitals))
         self.assertEqual(self.slave.sampler.samples, 1)
         self.assertNoResult(slave_protocol.handler.session)
 
@@ -130,7 +132,7 @@ class HandshakeFailureTests(unittest.TestCase):
     def test_hello(self) -> None:
         """The first thing a slave sends is a hello with its uuid and version."""
         self.assertEqual(self.hello["type"], "hello")
-        self.assertEqual(self.hello["payload"], {"uuid": None, "version": 1})
+        self.assertEqual(self.hello["payload"], {"uuid": None, "version": 1, "role": "slave"})
 
     def test_helloRefused(self) -> None:
         """A bad_message answer to hello closes the connection, logged."""

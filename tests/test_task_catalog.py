@@ -14,6 +14,7 @@ from picluster.tasks.builtin import BUILTIN_TASKS
 from picluster.tasks.catalog import Node, NodeBound, check_arguments, node_bound
 from picluster.tasks.errors import ChildCrashed, CommandFailed, error_kind
 from picluster.tasks.installed import installed_tasks
+from picluster.wire.messages import RunTask
 
 
 def add(a: int, b: int = 1) -> int:
@@ -315,7 +316,7 @@ class InstalledPackageTests(unittest.TestCase):
         runner = TaskRunner(registry, slots=1, clock=reactor, reactor=reactor)
         finished: defer.Deferred[dict[str, Any]] = defer.Deferred()
         runner.on_result = finished.callback
-        runner.start({"id": 1, "attempt": 1, "name": "double", "args": {"number": 21}, "timeout": 30})
+        runner.start(RunTask(1, 1, "double", {"number": 21}, 30))
 
         def check(result: dict[str, Any]) -> None:
             self.assertEqual((result["outcome"], result["result"]), ("done", 42), result)

@@ -11,6 +11,7 @@ import json
 import socket
 from typing import Any
 
+import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
@@ -18,6 +19,7 @@ from twisted.trial import unittest
 
 from picluster.master.web import events
 from picluster.master.web.site import MAX_TASKS
+from picluster.wire.messages import Vitals
 from tests import processes
 from tests.webhelpers import PI_VITALS, WebMaster
 
@@ -133,7 +135,7 @@ class ApiTests(unittest.TestCase):
         self.assertEqual(response.code, 200)
         detail = response.json()
         self.assertEqual(detail["uuid"], slave.uuid)
-        self.assertEqual(detail["vitals"], PI_VITALS)
+        self.assertEqual(detail["vitals"], msgspec.to_builtins(msgspec.convert(PI_VITALS, Vitals)))
         self.assertEqual(detail["computer_details"]["hostname"], "pi-one")
         self.assertEqual(len(detail["history"]["t"]), 1)
 
@@ -533,21 +535,26 @@ class HostilePeerTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_outOfRangeReadings(self) -> Any:
         """
-        Numbers valid in JSON but not in a float (or a float32 chart) show
-        as missing readings; the API, the charts and /metrics keep working.
+        Numbers valid in JSON but not in a float32 chart show as missing
+        readings; numbers no field can hold are refused, naming the field,
+        and the readings before them stay.  The API, the charts and /metrics
+        keep working.
         """
         web = WebMaster(self)
-        vitals = dict(PI_VITALS, cpu_percentage=1e39, ram_free=10**400, disk_free=1e300,
-                      load_average=[1, 10**400, 2])
+        vitals = dict(PI_VITALS, cpu_percentage=1e39, cpu_temperature=-1e300)
         slave = web.slave("pi-odd", vitals=vitals)
+        for field, bad in (("ram_free", 10**400), ("load_average", [1, 10**400, 2])):
+            reply = slave.request("vitals", dict(PI_VITALS, **{field: bad}))
+            self.assertEqual((reply["type"], reply["payload"]["field"].split("[")[0]),
+                             ("bad_message", field))
         listed = yield web.get("/api/slaves?history=1")
         self.assertEqual(listed.code, 200)
         [shown] = listed.json()["slaves"]
         self.assertEqual(shown["cpu_percent"], 1e39, "a finite float is shown as it is")
-        self.assertIsNone(shown["ram_free"])
-        self.assertIsNone(shown["load_average"])
+        self.assertEqual(shown["temperature"], -1e300)
+        self.assertEqual(shown["ram_free"], PI_VITALS["ram_free"])
         self.assertEqual(shown["history"]["cpu_percent"], [None])
-        self.assertEqual(shown["history"]["ram_free"], [None])
+        self.assertEqual(shown["history"]["temperature"], [None])
         detail = yield web.get(f"/api/slaves/{slave.uuid}")
         self.assertEqual(detail.code, 200)
         metrics = yield web.get("/metrics")
@@ -570,7 +577,7 @@ class HostilePeerTests(unittest.TestCase):
         [departure] = web.master.registry.departures(web.clock.seconds())
         self.assertEqual(len(departure.hostname), MAX_TEXT)
         self.assertIsNone(departure.computer_details, "too big to keep for an hour")
-        self.assertEqual(departure.vitals, PI_VITALS)
+        self.assertEqual(departure.vitals, msgspec.convert(PI_VITALS, Vitals))
 
     @defer.inlineCallbacks
     def test_unicodeDigits(self) -> Any:

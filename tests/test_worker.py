@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+import msgspec
 from twisted.internet import defer
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
@@ -25,7 +26,8 @@ from twisted.trial import unittest
 from picluster.slave.runner import TaskRunner
 from picluster.tasks import Task, TaskCatalog
 from picluster.tasks.builtin import BUILTIN_TASKS
-from picluster.wire import BadMessage
+from picluster.wire import BadMessage, messages
+from picluster.wire.messages import Run, RunTask
 
 
 def in_own_group(argv: list[str]) -> list[str]:
@@ -134,10 +136,9 @@ class FakeReactor(MemoryReactorClock):
 
 
 def run(task_id: int, name: str, args: dict[str, Any] | None = None,
-        timeout: float | None = None, attempt: int = 1) -> dict[str, Any]:
+        timeout: float | None = None, attempt: int = 1) -> RunTask:
     """A run_task payload."""
-    return {"id": task_id, "attempt": attempt, "name": name, "args": args or {},
-            "timeout": timeout}
+    return RunTask(task_id, attempt, name, args or {}, timeout)
 
 
 class Pending:
@@ -191,28 +192,32 @@ class StartTests(RunnerTestCase):
     """
 
     def test_malformed(self) -> None:
-        """Payloads of the wrong shape are BadMessage and start nothing."""
-        runner = self.make_runner()
-        good = run(1, "answer")
+        """Payloads of the wrong shape never reach the runner: the declaration refuses them."""
+        good = {"id": 1, "attempt": 1, "name": "answer", "args": {}, "timeout": None}
+        decode = messages.DECODERS["run_task"].decode
+        self.assertEqual(decode(json.dumps(good)), run(1, "answer"))
         for bad in (
             [], {**good, "id": "1"}, {**good, "id": True}, {**good, "attempt": 0},
             {**good, "attempt": 1.0}, {**good, "name": None}, {**good, "args": []},
             {**good, "timeout": 0}, {**good, "timeout": -1}, {**good, "timeout": "5"},
             {**good, "timeout": True},
         ):
-            self.assertRaises(BadMessage, runner.start, bad)
-        self.assertEqual((runner.holding(), runner.results), ([], []))
+            self.assertRaises(msgspec.ValidationError, decode, json.dumps(bad))
 
     def test_defaults(self) -> None:
         """Absent args and timeout mean none."""
         runner = self.make_runner()
-        runner.start({"id": 1, "attempt": 1, "name": "answer"})
+        runner.start(RunTask(1, 1, "answer"))
         self.assertEqual(self.only_result(runner)["result"], 42)
 
     def test_unknownTask(self) -> None:
-        """An unknown name is refused."""
-        e = self.assertRaises(BadMessage, self.make_runner().start, run(1, "nothing"))
-        self.assertEqual(e.payload(), {"error": "unknown task", "name": "nothing"})
+        """A task this slave does not have starts and fails at once, as unknown_task."""
+        runner = self.make_runner()
+        runner.start(run(1, "nothing"))
+        result = self.only_result(runner)
+        self.assertEqual((result["outcome"], result["error"]["kind"]), ("failed", "unknown_task"))
+        self.assertIn("'nothing'", result["error"]["message"])
+        self.assertEqual(runner.holding(), [])
 
     def test_noFreeSlot(self) -> None:
         """A run beyond the slots is refused, and a finished run frees its slot."""
@@ -229,14 +234,14 @@ class StartTests(RunnerTestCase):
         runner.start(run(1, "pending"))
         e = self.assertRaises(BadMessage, runner.start, run(1, "pending", attempt=2))
         self.assertEqual(e.payload(), {"error": "task already running", "id": 1, "attempt": 1})
-        self.assertEqual(runner.holding(), [{"id": 1, "attempt": 1}])
+        self.assertEqual(runner.holding(), [Run(1, 1)])
 
     def test_holdingAndOffers(self) -> None:
         """holding() lists runs in progress; offers() every task name."""
         runner = self.make_runner()
         runner.start(run(1, "pending", attempt=3))
         runner.start(run(2, "answer"))
-        self.assertEqual(runner.holding(), [{"id": 1, "attempt": 3}])
+        self.assertEqual(runner.holding(), [Run(1, 3)])
         self.assertEqual(runner.offers(), sorted(runner.registry.names()))
         self.assertEqual(runner.slots, 2)
 
@@ -530,7 +535,7 @@ class CancelTests(RunnerTestCase):
         runner = self.make_runner()
         runner.start(run(1, "pending", attempt=2))
         runner.cancel(1, 1)
-        self.assertEqual(runner.holding(), [{"id": 1, "attempt": 2}])
+        self.assertEqual(runner.holding(), [Run(1, 2)])
 
     def test_unacknowledgedResult(self) -> None:
         """A result not yet acknowledged is dropped, and not handed on."""

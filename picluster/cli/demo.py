@@ -28,9 +28,9 @@ from twisted.python.failure import Failure
 from picluster import config, sysinfo
 from picluster.address import MasterAddress
 from picluster.client import Client
-from picluster.errors import DisconnectionException
 from picluster.master.service import MasterService
 from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.wire.errors import DisconnectionException
 
 __all__ = ["Demo", "DemoAddresses", "ListenFailed", "PrimesTrickle", "demo_hostnames"]
 

@@ -32,7 +32,7 @@ from twisted.python import usage
 from picluster.cli import formatting, status
 from picluster.cli.options import MASTER_ENV, PiClusterOptions, ShowText, strict_json
 from picluster.client import Client, HandshakeError, UnexpectedReply, UnknownTask
-from picluster.errors import DisconnectionException, RemoteError, RequestTimeout
+from picluster.wire.errors import DisconnectionException, RemoteError, RequestTimeout
 
 __all__ = ["CommandFailed", "MASTER_ENV", "main", "run"]
 

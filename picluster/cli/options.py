@@ -19,10 +19,11 @@ from twisted.python import usage
 from picluster import config, wire
 from picluster._version import __version__
 from picluster.address import parse_master
+from picluster.wire.messages import TASK_STATES
 
 DEFAULT_MASTER = "tcp:host=127.0.0.1:port=12345"
 MASTER_ENV = "PICLUSTER_MASTER"
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = TASK_STATES
 
 MAX_DEMO_SLAVES = 64
 

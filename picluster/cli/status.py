@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from picluster.cli.formatting import duration
+from picluster.wire.messages import TASK_STATES
 
 __all__ = ["UNLIMITED", "render", "size"]
 
@@ -29,7 +30,6 @@ __all__ = ["UNLIMITED", "render", "size"]
 UNLIMITED = 10_000
 
 #: Task states, in the order a person reads them.
-TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
 
 Status = dict[str, Any]
 

@@ -30,8 +30,14 @@ from picluster.client.connection import (
     checked_payload,
     submit_batches,
 )
-from picluster.errors import DisconnectionException, HandshakeError, RemoteError, describe_reason
-from picluster.protocol import PiClusterProtocol
+from picluster.wire.errors import (
+    BadReply,
+    DisconnectionException,
+    HandshakeError,
+    RemoteError,
+    describe_reason,
+)
+from picluster.wire.protocol import PiClusterProtocol
 
 __all__ = [
     "Client", "ClientConnection", "ClientFactory", "HandshakeError", "MasterUnreachable",
@@ -44,6 +50,11 @@ FINISHED_STATES = frozenset({"done", "failed", "cancelled"})
 Record = dict[str, Any]
 
 log = Logger()
+
+
+def _asked(message_type: str, payload: Any) -> str:
+    """A request as a complaint names it: "info status" says more than "info"."""
+    return f"{message_type} {payload}" if isinstance(payload, str) else message_type
 
 
 class UnknownTask(LookupError):
@@ -302,9 +313,12 @@ class Client:
                 if resent and after_resent_refusal is not None:
                     return await after_resent_refusal(refusal)
                 raise
-            # "info status" says more than "info" in a complaint.
-            asked = f"{message_type} {payload}" if isinstance(payload, str) else message_type
-            return checked_payload(asked, reply, reply_type)
+            except BadReply as bad:
+                raise UnexpectedReply(
+                    f"master answered {_asked(message_type, payload)} with a {bad.reply_type}"
+                    " we cannot read"
+                ) from None
+            return checked_payload(_asked(message_type, payload), reply, reply_type)
 
     def submit(self, specs: list[dict[str, Any]]) -> defer.Deferred[dict[str, Any]]:
         """

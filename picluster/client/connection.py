@@ -16,14 +16,16 @@ import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgspec
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from picluster import wire
 from picluster.address import MasterAddress
-from picluster.errors import DisconnectionException, HandshakeError
-from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
+from picluster.wire.errors import DisconnectionException, HandshakeError
+from picluster.wire.messages import PROTOCOL_VERSION, Hello, TaskUpdate
+from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol, Reply
 
 #: A submission is split into messages of at most this many specs or bytes,
 #: well inside the master's default 1 MiB frame.
@@ -76,20 +78,15 @@ class ClientConnection(PeerHandler):
         return f"master {self.factory.master}"
 
     def connection_made(self) -> None:
-        hello = {"version": wire.PROTOCOL_VERSION, "uuid": None, "role": "client"}
+        hello = Hello(version=PROTOCOL_VERSION, role="client")
         self.protocol.request("hello", hello).addCallbacks(self._welcomed, self._refused)
 
-    def _welcomed(self, reply: dict[str, Any]) -> None:
-        welcome = reply.get("payload")
-        if reply["type"] != "welcome" or not isinstance(welcome, dict):
-            raise HandshakeError(f"master answered hello with {reply['type']}, not welcome")
+    def _welcomed(self, reply: Reply) -> None:
+        if reply.type != "welcome":
+            raise HandshakeError(f"master answered hello with {reply.type}, not welcome")
         # Ping at least as often as the master expects, or it counts us dead
         # while we sit waiting for a long task.
-        keepalive = welcome.get("keepalive")
-        interval = self.factory.keepalive
-        if type(keepalive) in (int, float) and keepalive > 0:
-            interval = min(interval, keepalive)
-        self.protocol.start_keepalive(interval)
+        self.protocol.start_keepalive(min(self.factory.keepalive, reply.payload.keepalive))
         self.factory.resetDelay()
         self.factory.client._connected(self.protocol)
 
@@ -102,11 +99,9 @@ class ClientConnection(PeerHandler):
     def connection_lost(self, failure: Failure) -> None:
         self.factory.client._disconnected(self.protocol, failure.value)
 
-    def msg_task_update(self, payload: Any) -> None:
-        record = payload.get("task") if isinstance(payload, dict) else None
-        if not is_record(record):
-            raise wire.BadMessage('task_update needs "task": a task record')
-        self.factory.client._task_updated(record)
+    def msg_task_update(self, update: TaskUpdate) -> None:
+        # Programs get records as plain JSON values, as from every other reply.
+        self.factory.client._task_updated(msgspec.to_builtins(update.task))
 
 
 class ClientFactory(PiClusterFactory, ReconnectingClientFactory):
@@ -172,15 +167,20 @@ _READABLE: dict[str, Callable[[dict[str, Any]], bool]] = {
 }
 
 
-def checked_payload(message_type: str, reply: dict[str, Any], reply_type: str) -> dict[str, Any]:
-    """The payload of C{reply}, if it is the C{reply_type} expected and readable as one."""
-    payload = reply.get("payload")
+def checked_payload(message_type: str, reply: Reply, reply_type: str) -> dict[str, Any]:
+    """
+    The payload of C{reply} as plain JSON values (what the client hands to
+    programs), if it is the C{reply_type} expected and readable as one.
+    """
+    payload = reply.payload
+    if isinstance(payload, msgspec.Struct):
+        payload = msgspec.structs.asdict(payload)
     if (
-        reply["type"] != reply_type
+        reply.type != reply_type
         or not isinstance(payload, dict)
         or not _READABLE[reply_type](payload)
     ):
-        raise UnexpectedReply(f"master answered {message_type} with a {reply['type']} we cannot read")
+        raise UnexpectedReply(f"master answered {message_type} with a {reply.type} we cannot read")
     return payload
 
 
@@ -205,7 +205,7 @@ def submit_batches(specs: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     batch: list[dict[str, Any]] = []
     size = 0
     for spec in specs:
-        spec_size = len(wire.encode(spec)) + 1
+        spec_size = len(wire.strict_json(spec)) + 1
         if batch and (len(batch) >= MAX_BATCH_TASKS or size + spec_size > MAX_BATCH_BYTES):
             batches.append(batch)
             batch, size = [], 0

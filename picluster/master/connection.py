@@ -19,25 +19,40 @@ import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from picluster import sysinfo
-from picluster.errors import DisconnectionException
 from picluster.master.history import VitalsHistory
 from picluster.master.registry import Departure, SlaveRegistry
 from picluster.master.scheduler import Scheduler
-from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 from picluster.text import clip
 from picluster.wire import BadMessage
-
-#: Versions of the hello handshake this master speaks.
-SUPPORTED_VERSIONS = (1,)
-
-#: What a connection may say it is in its hello.
-ROLES = ("slave", "client")
+from picluster.wire.errors import DisconnectionException
+from picluster.wire.messages import (
+    BAD_UUID,
+    INFO_QUESTIONS,
+    ROLES,
+    SAY_HELLO_FIRST,
+    SUPPORTED_VERSIONS,
+    UNKNOWN_INFO,
+    UNKNOWN_ROLE,
+    UNSUPPORTED_VERSION,
+    ComputerDetails,
+    Hello,
+    Submit,
+    TaskRef,
+    TaskResult,
+    TasksQuery,
+    Vitals,
+    Watch,
+    Welcome,
+    WorkerOffer,
+)
+from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 
 _UUID = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -47,12 +62,6 @@ log = Logger()
 def new_uuid() -> str:
     """A fresh connection id: 32 lowercase hex digits."""
     return uuid_module.uuid4().hex
-
-
-def _require_object(payload: Any, message_type: str) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise BadMessage(f"{message_type} payload must be a JSON object")
-    return payload
 
 
 #: Texts up to this long in a slave's computer_details are shared with the
@@ -69,9 +78,8 @@ class SharedTexts:
     One copy of each short text that slaves' facts repeat.
 
     Each slave's facts arrive as fresh JSON, so without this every node
-    holds its own copy of every key and of the texts the whole cluster
-    shares (model, OS, CPU, versions): about 1.2 KB a node of the 1.7 KB a
-    Pi's facts take.  Facts arrive once a connection, so the lookups cost
+    holds its own copy of the texts the whole cluster shares (model, OS,
+    CPU, versions).  Facts arrive once a connection, so the lookups cost
     nothing that matters; vitals, which come every few seconds, are kept as
     sent.  Not C{sys.intern}: on some Pythons an interned string lives
     forever, and peers choose these.
@@ -95,10 +103,14 @@ class SharedTexts:
             self._texts[value] = value
         return value
 
-    def details(self, details: dict[str, Any]) -> dict[str, Any]:
-        """C{details} with its keys and short texts shared."""
+    def details(self, details: ComputerDetails) -> ComputerDetails:
+        """C{details} with its short texts shared."""
         share = self.share
-        return {share(key): share(value) for key, value in details.items()}
+        for name in details.__struct_fields__:
+            value = getattr(details, name)
+            if type(value) is str:
+                setattr(details, name, share(value))
+        return details
 
 
 class PeerConnection(PeerHandler):
@@ -125,8 +137,8 @@ class PeerConnection(PeerHandler):
         self.master = master
         self.uuid = new_uuid()
         self.connected_at = master.clock.seconds()
-        self.computer_details: dict[str, Any] | None = None
-        self.vitals: dict[str, Any] | None = None
+        self.computer_details: ComputerDetails | None = None
+        self.vitals: Vitals | None = None
         self.vitals_received_at: float | None = None
         self.history = VitalsHistory()
         self.gone: defer.Deferred[None] = defer.Deferred()
@@ -145,9 +157,10 @@ class PeerConnection(PeerHandler):
 
     @property
     def hostname(self) -> str | None:
-        hostname = (self.computer_details or {}).get("hostname")
+        if self.computer_details is None:
+            return None
         # Clipped: it is logged, shown and matched, and a peer chose it.
-        return clip(hostname) if isinstance(hostname, str) else None
+        return clip(self.computer_details.hostname)
 
     def describe_peer(self) -> str:
         if self.role == "client":
@@ -187,42 +200,33 @@ class PeerConnection(PeerHandler):
 
     # -- messages ----------------------------------------------------------
 
-    def msg_hello(self, payload: Any) -> tuple[str, Any]:
-        hello = _require_object(payload, "hello")
-        version = hello.get("version")
+    def msg_hello(self, hello: Hello) -> tuple[str, Welcome]:
+        version = hello.version
         if type(version) is not int or version not in SUPPORTED_VERSIONS:
             raise BadMessage(
-                "unsupported protocol version",
+                UNSUPPORTED_VERSION,
                 version=version if type(version) in (int, str) else None,
                 supported=list(SUPPORTED_VERSIONS),
                 close=True,
             )
-        earlier = hello.get("uuid")
+        earlier = hello.uuid
         if earlier is not None:
-            if not isinstance(earlier, str) or not _UUID.fullmatch(earlier):
+            if not _UUID.fullmatch(earlier):
                 raise BadMessage(
-                    "uuid must be null or 32 hex digits",
+                    BAD_UUID,
                     supported=list(SUPPORTED_VERSIONS),
                     close=True,
                 )
             self._reclaim(earlier.lower())
-        role = hello.get("role", "slave")
+        role = hello.role
         if role not in ROLES:
-            raise BadMessage("unknown role", role=role if isinstance(role, str) else None,
-                             known=list(ROLES), close=True)
+            raise BadMessage(UNKNOWN_ROLE, role=role, known=list(ROLES), close=True)
         if self.role is None:
             self.role = role
             if role == "client":
                 self.master.registry.remove(self)
                 self.log.info("{peer} is a client", peer=self.describe_peer())
-        return (
-            "welcome",
-            {
-                "uuid": self.uuid,
-                "keepalive": self.master.keepalive,
-                "dead_after": self.master.dead_after,
-            },
-        )
+        return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after))
 
     def _reclaim(self, earlier: str) -> None:
         registry = self.master.registry
@@ -246,70 +250,61 @@ class PeerConnection(PeerHandler):
         )
         displaced.protocol.close("replaced by a newer connection with the same uuid", abort=True)
 
-    def msg_computer_details(self, payload: Any) -> None:
-        self.computer_details = self.master.shared_texts.details(
-            _require_object(payload, "computer_details")
-        )
+    def msg_computer_details(self, details: ComputerDetails) -> None:
+        self.computer_details = self.master.shared_texts.details(details)
         self.log.info(
             "Slave {uuid} at {address} is {hostname}",
             uuid=self.uuid, address=self.address, hostname=self.hostname,
         )
 
-    def msg_vitals(self, payload: Any) -> None:
-        self.vitals = _require_object(payload, "vitals")
+    def msg_vitals(self, vitals: Vitals) -> None:
+        self.vitals = vitals
         self.vitals_received_at = now = self.master.clock.seconds()
-        self.history.record(now, self.vitals)
+        self.history.record(now, vitals)
 
-    def msg_info(self, payload: Any) -> tuple[str, Any]:
-        if payload == "computer_details":
+    def msg_info(self, question: str) -> tuple[str, Any]:
+        if question == "computer_details":
             return ("master_info", self.master.computer_details)
-        if payload == "uuid":
+        if question == "uuid":
             return ("uuid", self.uuid)
-        if payload == "slave_details":
+        if question == "slave_details":
             return ("slave_details", [slave.describe() for slave in self.master.registry])
-        if payload == "status" and self.master.status_view is not None:
+        if question == "status" and self.master.status_view is not None:
             return ("status", self.master.status_view())
-        raise BadMessage(
-            "unknown info request",
-            request=payload if isinstance(payload, str) else None,
-            known=["computer_details", "uuid", "slave_details", "status"],
-        )
+        raise BadMessage(UNKNOWN_INFO, request=question, known=list(INFO_QUESTIONS))
 
-    def msg_message(self, payload: Any) -> None:
-        if not isinstance(payload, str):
-            raise BadMessage("message payload must be a string")
+    def msg_message(self, text: str) -> None:
         self.log.info(
             "Message from slave {uuid} at {address}: {text}",
-            uuid=self.uuid, address=self.address, text=payload,
+            uuid=self.uuid, address=self.address, text=text,
         )
-
 
     # -- tasks -------------------------------------------------------------
 
     def _when_ready(self, *roles: str) -> defer.Deferred[Scheduler]:
         """The scheduler, once loaded, for a connection that said hello."""
         if self.role not in roles:
-            raise BadMessage("say hello first" if self.role is None else f"not served to a {self.role}")
+            raise BadMessage(SAY_HELLO_FIRST if self.role is None else f"not served to a {self.role}")
         scheduler = self.master.scheduler
         return scheduler.when_ready().addCallback(lambda _: scheduler)
 
-    def msg_worker(self, payload: Any) -> defer.Deferred[Any]:
-        return self._when_ready("slave").addCallback(lambda s: s.worker_joined(self, payload))
+    def msg_worker(self, offer: WorkerOffer) -> defer.Deferred[Any]:
+        return self._when_ready("slave").addCallback(lambda s: s.worker_joined(self, offer))
 
-    def msg_task_result(self, payload: Any) -> defer.Deferred[Any]:
-        return self._when_ready("slave").addCallback(lambda s: s.task_result(self, payload))
+    def msg_task_result(self, result: TaskResult) -> defer.Deferred[Any]:
+        return self._when_ready("slave").addCallback(lambda s: s.task_result(self, result))
 
-    def msg_submit(self, payload: Any) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.submit(payload))
+    def msg_submit(self, submission: Submit) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.submit(submission.tasks))
 
-    def msg_tasks(self, payload: Any) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.tasks(payload))
+    def msg_tasks(self, query: TasksQuery | None) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.tasks(query or TasksQuery()))
 
-    def msg_cancel(self, payload: Any) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.cancel(payload))
+    def msg_cancel(self, task: TaskRef) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.cancel(task.id))
 
-    def msg_watch(self, payload: Any) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.watch(self, payload))
+    def msg_watch(self, watch: Watch) -> defer.Deferred[Any]:
+        return self._when_ready(*ROLES).addCallback(lambda s: s.watch(self, watch.ids))
 
 
 class Keepalives:
@@ -411,7 +406,7 @@ class MasterFactory(PiClusterFactory):
         registry: SlaveRegistry,
         *,
         scheduler: Scheduler | None = None,
-        computer_details: dict[str, Any] | None = None,
+        computer_details: ComputerDetails | dict[str, Any] | None = None,
         **settings: Any,
     ):
         super().__init__(**settings)
@@ -422,9 +417,11 @@ class MasterFactory(PiClusterFactory):
         self.scheduler = scheduler if scheduler is not None else Scheduler(
             self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - 4096
         )
-        self.computer_details = (
-            computer_details if computer_details is not None else sysinfo.computer_details()
-        )
+        if computer_details is None:
+            computer_details = sysinfo.computer_details()
+        if not isinstance(computer_details, ComputerDetails):
+            computer_details = msgspec.convert(computer_details, ComputerDetails)
+        self.computer_details = computer_details
 
     def make_handler(self, protocol: PiClusterProtocol) -> PeerConnection:
         slave = PeerConnection(protocol, self)

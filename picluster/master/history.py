@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from picluster.wire.messages import Vitals
 
 #: Samples kept per node: 20 minutes at the slave's default 10 s vitals.
 DEFAULT_SAMPLES = 120
@@ -66,12 +69,11 @@ class VitalsHistory:
     def __len__(self) -> int:
         return len(self._times)
 
-    def record(self, when: float, vitals: dict[str, Any]) -> None:
+    def record(self, when: float, vitals: Vitals) -> None:
         """Add a sample, dropping the oldest once full."""
-        get = vitals.get
-        cpu = _reading(get(_CPU_KEY))
-        temperature = _reading(get(_TEMPERATURE_KEY))
-        ram = _reading(get(_RAM_KEY))
+        cpu = _reading(getattr(vitals, _CPU_KEY))
+        temperature = _reading(getattr(vitals, _TEMPERATURE_KEY))
+        ram = _reading(getattr(vitals, _RAM_KEY))
         times = self._times
         cpus, temperatures, rams = self._values
         if len(times) < self.capacity:

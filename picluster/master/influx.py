@@ -16,13 +16,17 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
+import msgspec
 from twisted.application import service
 from twisted.internet import defer, interfaces, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from picluster.wire.messages import Vitals
 
 #: The measurement every point is written to.
 MEASUREMENT = "vitals"
@@ -100,12 +104,16 @@ def _field_value(name: str, value: Any) -> str | None:
     return repr(number) if math.isfinite(number) else None
 
 
-def _readings(vitals: dict[str, Any]) -> Iterable[tuple[str, Any]]:
+def _readings(vitals: Vitals | dict[str, Any]) -> Iterable[tuple[str, Any]]:
     """The vitals as flat C{(field name, value)} pairs."""
+    if not isinstance(vitals, dict):
+        vitals = msgspec.structs.asdict(vitals)
     for key, value in vitals.items():
         if key == "load_average" and isinstance(value, list):
             yield from zip(LOAD_FIELDS, value)
-        elif isinstance(value, dict):
+        elif isinstance(value, (dict, msgspec.Struct)):
+            if not isinstance(value, dict):
+                value = msgspec.structs.asdict(value)
             for sub_key, sub_value in value.items():
                 yield f"{key}_{sub_key}", sub_value
         else:
@@ -269,7 +277,7 @@ class InfluxExporter(service.Service):
         sampled = {}
         for slave in self.registry:
             received_at, vitals = slave.vitals_received_at, slave.vitals
-            if received_at is None or not isinstance(vitals, dict):
+            if received_at is None or vitals is None:
                 continue
             sampled[slave.uuid] = received_at
             if self._sampled.get(slave.uuid) == received_at:

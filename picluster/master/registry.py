@@ -11,14 +11,15 @@ vanishing without a trace.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from picluster import wire
 from picluster.master.history import VitalsHistory
 from picluster.text import clip
+from picluster.wire.messages import ComputerDetails, Vitals
 
 #: How long a slave that left stays listed, by default (seconds).
 DEFAULT_FORGET_AFTER = 3600.0
@@ -33,14 +34,10 @@ MAX_DEPARTURES = 256
 MAX_KEPT_BYTES = 8192
 
 
-def _kept(details: dict[str, Any] | None) -> dict[str, Any] | None:
+def _kept(details: Any) -> Any:
     if details is None:
         return None
-    try:
-        size = len(json.dumps(details, separators=(",", ":")))
-    except (TypeError, ValueError):
-        return None
-    return details if size <= MAX_KEPT_BYTES else None
+    return details if len(wire.encode(details)) <= MAX_KEPT_BYTES else None
 
 
 class LiveSlave(Protocol):
@@ -55,8 +52,8 @@ class LiveSlave(Protocol):
     uuid: str
     address: str
     hostname: str | None
-    computer_details: dict[str, Any] | None
-    vitals: dict[str, Any] | None
+    computer_details: ComputerDetails | None
+    vitals: Vitals | None
     vitals_received_at: float | None
     connected_at: float
     last_seen: float
@@ -74,8 +71,8 @@ class Departure:
     uuid: str
     address: str
     hostname: str | None
-    computer_details: dict[str, Any] | None
-    vitals: dict[str, Any] | None
+    computer_details: ComputerDetails | None
+    vitals: Vitals | None
     vitals_received_at: float | None
     connected_at: float
     last_seen: float

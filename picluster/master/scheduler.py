@@ -19,33 +19,27 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from picluster import wire
-from picluster.errors import DisconnectionException, RemoteError, ServiceError
 from picluster.logbudget import LogBudget
 from picluster.master.store import FINAL_STATES, STATES, KeyConflict, StoreError, TaskStore
 from picluster.master.taskqueue import TaskQueue
 from picluster.master.taskspec import DEFAULT_MAX_ARGS, parse_submission
 from picluster.master.watchers import Watchers
-from picluster.master.workers import OpenTask, Worker, parse_result, parse_worker
+from picluster.master.workers import OpenTask, Worker
+from picluster.wire import messages
+from picluster.wire.errors import DisconnectionException, RemoteError, ServiceError
+from picluster.wire.messages import BUSY_REFUSALS, MAX_WATCHED
 
 log = Logger()
 
 #: Open tasks the master keeps at most; a submit past it is refused.
 DEFAULT_MAX_OPEN_TASKS = 100_000
 
-#: Records in one C{tasks} reply, unless asked for fewer.
-DEFAULT_LIST_LIMIT = 100
-MAX_LIST_LIMIT = 1000
-
-#: A slave's refusals of a run that mean "busy", not "cannot".
-_BUSY_REFUSALS = ("no free slot", "task already running")
-
-#: Ids one C{watch} may name.
-MAX_WATCHED = 100_000
 
 
 class Scheduler:
@@ -164,8 +158,8 @@ class Scheduler:
 
     # -- clients -------------------------------------------------------------
 
-    def submit(self, payload: Any) -> defer.Deferred[tuple[str, Any]]:
-        specs = parse_submission(payload, self.max_args)
+    def submit(self, submitted: list[messages.TaskSpec]) -> defer.Deferred[tuple[str, Any]]:
+        specs = parse_submission(submitted, self.max_args)
         if len(self.open) + len(specs) > self.max_open_tasks:
             raise ServiceError(
                 f"the queue is full: {len(self.open)} open tasks, at most {self.max_open_tasks}"
@@ -206,22 +200,13 @@ class Scheduler:
             raise ServiceError(f"cannot store the tasks: {failure.getErrorMessage()}")
         return failure  # type: ignore[return-value]
 
-    def tasks(self, payload: Any) -> defer.Deferred[tuple[str, Any]]:
-        query = payload if payload is not None else {}
-        if not isinstance(query, dict):
-            raise wire.BadMessage("tasks payload must be a JSON object")
-        ids = _ids(query.get("ids"), "ids", MAX_LIST_LIMIT) if "ids" in query else None
-        state = query.get("state")
+    def tasks(self, query: messages.TasksQuery) -> defer.Deferred[tuple[str, Any]]:
+        state = query.state
         if state is not None and state not in STATES:
             raise wire.BadMessage(f"unknown state {state!r}", known=list(STATES))
-        limit = query.get("limit", DEFAULT_LIST_LIMIT)
-        if type(limit) is not int or not 1 <= limit <= MAX_LIST_LIMIT:
-            raise wire.BadMessage(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}")
-        after = query.get("after")
-        if after is not None and type(after) is not int:
-            raise wire.BadMessage("after must be a task id")
         found = self._store().query(
-            ids=ids, states=None if state is None else (state,), after=after, limit=limit
+            ids=query.ids, states=None if state is None else (state,), after=query.after,
+            limit=query.limit,
         )
         return found.addCallbacks(self._listed, self._store_failed)
 
@@ -239,30 +224,25 @@ class Scheduler:
             shown.append(record)
         return ("tasks", {"tasks": shown, "more": False})
 
-    def cancel(self, payload: Any) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
-        if not isinstance(payload, dict) or type(payload.get("id")) is not int:
-            raise wire.BadMessage('cancel payload must be {"id": task id}')
-        task = self.open.get(payload["id"])
+    def cancel(self, task_id: int) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
+        task = self.open.get(task_id)
         if task is not None:
             self._finish(task, "cancelled", None, None)
             log.info("Task {id} ({name}) cancelled", id=task.id, name=task.name)
             return ("tasks", {"tasks": [self._show_one(task.record)]})
-        found = self._store().query(ids=[payload["id"]])
+        found = self._store().query(ids=[task_id])
 
         def refuse(records: list[dict[str, Any]]) -> None:
             if not records:
-                raise wire.BadMessage(f"no task {payload['id']}")
+                raise wire.BadMessage(f"no task {task_id}")
             record = self._current(records[0])
             raise wire.BadMessage(f"task {record['id']} is already {record['state']}", state=record["state"])
 
         return found.addCallbacks(refuse, self._store_failed)
 
     def watch(
-        self, watcher: Any, payload: Any
+        self, watcher: Any, ids: list[int]
     ) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
-        if not isinstance(payload, dict):
-            raise wire.BadMessage('watch payload must be {"ids": [task id, ...]}')
-        ids = _ids(payload.get("ids"), "ids", MAX_WATCHED)
         if self.watchers.count(watcher) + len(ids) > MAX_WATCHED:
             raise wire.BadMessage(f"at most {MAX_WATCHED} watched tasks per connection")
         # The tasks in memory (open, or ended and being saved) are watched
@@ -310,16 +290,18 @@ class Scheduler:
 
     # -- slaves --------------------------------------------------------------
 
-    def worker_joined(self, connection: Any, payload: Any) -> tuple[str, Any]:
-        offers, refused, slots, tags, holding = parse_worker(payload)
+    def worker_joined(self, connection: Any, offer: messages.WorkerOffer) -> tuple[str, Any]:
         if connection in self.workers:
             raise wire.BadMessage("worker already sent on this connection")
-        worker = Worker(connection, offers, refused, slots, tags)
+        worker = Worker(connection, frozenset(offer.tasks), offer.refused, offer.slots,
+                        frozenset(offer.tags))
+        slots = offer.slots
+        offers = worker.offers
         self.workers[connection] = worker
         drop = []
-        for task_id, attempt in holding:
-            if not self._reclaim(worker, task_id, attempt):
-                drop.append({"id": task_id, "attempt": attempt})
+        for run in offer.holding:
+            if not self._reclaim(worker, run.id, run.attempt):
+                drop.append(run)
         log.info(
             "Slave {uuid} ({hostname}) offers {count} tasks on {slots} slots;"
             " {held} runs reclaimed, {dropped} dropped",
@@ -327,7 +309,7 @@ class Scheduler:
             held=len(worker.running), dropped=len(drop),
         )
         self._schedule_dispatch()
-        return ("worker_accepted", {"drop": drop})
+        return ("worker_accepted", messages.WorkerAccepted(drop))
 
     def _reclaim(self, worker: Worker, task_id: int, attempt: int) -> bool:
         """Let a rejoining slave keep a run it still holds, if nobody else has it."""
@@ -346,8 +328,13 @@ class Scheduler:
         self._run_on(task, worker, attempt, reclaimed=True)
         return True
 
-    def task_result(self, connection: Any, payload: Any) -> defer.Deferred[None] | None:
-        task_id, attempt, outcome, result, error, retry = parse_result(payload)
+    def task_result(self, connection: Any, report: messages.TaskResult) -> defer.Deferred[None] | None:
+        task_id, attempt, outcome, result, retry = (
+            report.id, report.attempt, report.outcome, report.result, report.retry
+        )
+        if outcome == "failed" and report.error is None:
+            raise wire.BadMessage("a failed task_result needs an error with a message")
+        error = msgspec.structs.asdict(report.error) if report.error is not None else None
         task = self.open.get(task_id)
         if task is None:
             return self._saved(task_id)
@@ -365,7 +352,7 @@ class Scheduler:
             log.info("Task {id} finished by an earlier run (attempt {attempt}); keeping it",
                      id=task_id, attempt=attempt)
         elif outcome == "failed" and retry and task.attempts <= task.retries:
-            self._run_lost(task, f"run crashed: {error.get('message')}")
+            self._run_lost(task, f"run crashed: {report.error.message}")  # type: ignore[union-attr]
             return None
         slave = reporter.uuid if reporter is not None else getattr(connection, "uuid", None)
         hostname = reporter.hostname if reporter is not None else None
@@ -418,8 +405,7 @@ class Scheduler:
         self._assignments += 1
         worker.last_assigned = self._assignments
         self._run_on(task, worker, attempt)
-        run = {"id": task.id, "attempt": attempt, "name": task.name, "args": task.record["args"],
-               "timeout": task.timeout}
+        run = messages.RunTask(task.id, attempt, task.name, task.record["args"], task.timeout)
         sent = worker.connection.protocol.request("run_task", run)
         sent.addErrback(self._run_refused, task, worker, attempt)
         sent.addErrback(lambda failure: log.failure("Handing out task {id} failed", failure, id=task.id))
@@ -432,7 +418,7 @@ class Scheduler:
         log.warn("Slave {uuid} ({hostname}) did not take task {id}: {problem}",
                  uuid=worker.uuid, hostname=worker.hostname, id=task.id,
                  problem=failure.getErrorMessage())
-        if failure.check(RemoteError) and _refusal(failure) in _BUSY_REFUSALS:
+        if failure.check(RemoteError) and _refusal(failure) in BUSY_REFUSALS:
             # Our count of its runs is off (it still runs something we gave
             # up on).  Not the task's fault: the attempt does not count, and
             # the slave gets nothing more until it next reports a result,
@@ -608,6 +594,13 @@ class Scheduler:
         return {"queued": len(self.open) - running, "running": running, "done": finished["done"],
                 "failed": finished["failed"], "cancelled": finished["cancelled"]}
 
+    def task(self, task_id: int) -> defer.Deferred[dict[str, Any] | None]:
+        """One task as shown, or C{None} when there is no such task."""
+        found = self._store().query(ids=[task_id], limit=1)
+        return found.addCallbacks(
+            lambda records: self._show_one(records[0]) if records else None, self._store_failed
+        )
+
     def latest(self, limit: int, state: str | None = None) -> defer.Deferred[list[dict[str, Any]]]:
         """The newest C{limit} tasks (in C{state}, if given), newest first, as shown."""
         found = self._store().query(
@@ -640,11 +633,3 @@ def _refusal(failure: Failure) -> Any:
     """The C{error} a slave gave for refusing a request."""
     payload = failure.value.reply.get("payload")
     return payload.get("error") if isinstance(payload, dict) else None
-
-
-def _ids(raw: Any, name: str, most: int) -> list[int]:
-    if not isinstance(raw, list) or not all(type(i) is int for i in raw):
-        raise wire.BadMessage(f"{name} must be a list of task ids")
-    if len(raw) > most:
-        raise wire.BadMessage(f"{name} may name at most {most} tasks")
-    return raw

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from picluster.master.taskspec import TaskSpec
+from picluster.wire.messages import TASK_STATES
 
 log = Logger()
 
@@ -70,7 +71,7 @@ _JSON_COLUMNS = ("args", "requirements", "result", "error")
 
 #: States after which a task never changes again.
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = TASK_STATES
 
 #: Seconds before the first retry of a failed write, and the longest wait.
 RETRY_FIRST = 1.0

@@ -10,6 +10,7 @@ The shapes are documented in docs/monitoring.rst; change them there too.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from picluster._version import __version__
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from picluster.master.connection import MasterFactory, PeerConnection
     from picluster.master.registry import Departure, SlaveRegistry
     from picluster.master.scheduler import Scheduler
+    from picluster.wire.messages import Vitals
 
     Node = PeerConnection | Departure
 
@@ -53,39 +55,63 @@ LIVE_TASKS = 10
 MAX_NUMBER = 1e300
 
 
-def _number(mapping: dict[str, Any] | None, key: str) -> Any:
-    value = (mapping or {}).get(key)
+#: The API's name for each machine fact it shows, and the fact's name on the
+#: wire (L{picluster.wire.messages.ComputerDetails}).
+FACTS_SHOWN = (("model", "model"), ("os", "os"), ("cpu_cores", "cpu_cores"), ("ram_total", "ram"))
+
+#: The API's name for each reading it shows, and the reading's name on the
+#: wire (L{picluster.wire.messages.Vitals}).  C{throttled} is true when any of
+#: the firmware's current throttling flags is.
+VITALS_SHOWN = (
+    ("uptime", "uptime"), ("cpu_percent", "cpu_percentage"), ("temperature", "cpu_temperature"),
+    ("ram_free", "ram_free"), ("disk_free", "disk_free"), ("disk_total", "disk_total"),
+    ("load_average", "load_average"), ("under_voltage", "under_voltage"),
+    ("throttled", "throttling"),
+)
+
+
+def _in_range(value: Any) -> Any:
     if type(value) in (int, float) and -MAX_NUMBER <= value <= MAX_NUMBER:
         return value
     return None
 
 
-def _text(mapping: dict[str, Any] | None, key: str) -> str | None:
-    value = (mapping or {}).get(key)
+def _number(facts: Any, key: str) -> Any:
+    return _in_range(getattr(facts, key, None))
+
+
+def _text(facts: Any, key: str) -> str | None:
+    value = getattr(facts, key, None)
     return clip(value) if isinstance(value, str) else None
 
 
-def _flag(mapping: dict[str, Any] | None, key: str) -> bool | None:
-    value = (mapping or {}).get(key)
+def _flag(vitals: Any, key: str) -> bool | None:
+    value = getattr(vitals, key, None)
     return value if isinstance(value, bool) else None
 
 
-def _throttled(vitals: dict[str, Any] | None) -> bool | None:
+def _throttled(vitals: Vitals | None) -> bool | None:
     """Whether the firmware is holding the node back right now, for any reason."""
-    throttling = (vitals or {}).get("throttling")
-    if not isinstance(throttling, dict):
+    throttling = getattr(vitals, "throttling", None)
+    if throttling is None:
         return None
-    return any(throttling.get(flag) is True for flag in
-               ("under_voltage", "frequency_capped", "throttled", "soft_temperature_limit"))
+    return any(flag is True for flag in (
+        throttling.under_voltage, throttling.frequency_capped, throttling.throttled,
+        throttling.soft_temperature_limit,
+    ))
 
 
-def _load_average(vitals: dict[str, Any] | None) -> list[float] | None:
-    loads = (vitals or {}).get("load_average")
-    if isinstance(loads, list) and len(loads) == 3:
-        shown = [_number({"x": x}, "x") for x in loads]
+def _load_average(vitals: Vitals | None) -> list[float] | None:
+    loads = getattr(vitals, "load_average", None)
+    if loads is not None and len(loads) == 3:
+        shown = [_in_range(x) for x in loads]
         if None not in shown:
             return shown
     return None
+
+
+_READ = {"load_average": _load_average, "under_voltage": lambda v: _flag(v, "under_voltage"),
+         "throttling": _throttled}
 
 
 def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
@@ -98,25 +124,16 @@ def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
         "uuid": node.uuid,
         "state": "left" if left else "connected",
         "hostname": clip(node.hostname),
-        "model": _text(facts, "model"),
         "address": node.address,
-        "os": _text(facts, "os"),
-        "cpu_cores": _number(facts, "cpu_cores"),
-        "ram_total": _number(facts, "ram"),
+        **{shown: (_text if shown in ("model", "os") else _number)(facts, sent)
+           for shown, sent in FACTS_SHOWN},
         "connected_at": node.connected_at,
         "last_seen": node.last_seen,
         "left_at": node.left_at if left else None,
         "left_reason": node.left_reason if left else None,
-        "uptime": _number(vitals, "uptime"),
         "rtt_ms": node.rtt_ms,
-        "cpu_percent": _number(vitals, "cpu_percentage"),
-        "temperature": _number(vitals, "cpu_temperature"),
-        "ram_free": _number(vitals, "ram_free"),
-        "disk_free": _number(vitals, "disk_free"),
-        "disk_total": _number(vitals, "disk_total"),
-        "load_average": _load_average(vitals),
-        "under_voltage": _flag(vitals, "under_voltage"),
-        "throttled": _throttled(vitals),
+        **{shown: _READ.get(sent, partial(_number, key=sent))(vitals)  # type: ignore[operator]
+           for shown, sent in VITALS_SHOWN},
         "vitals_at": node.vitals_received_at,
         "slots": worker.slots if worker is not None else None,
         "running_tasks": len(worker.running) if worker is not None else 0,

@@ -4,8 +4,7 @@ What the scheduler knows of a task and of a slave that runs tasks.
 L{OpenTask} wraps the record of a queued or running task; L{Worker} is a
 slave connection that said C{worker}: what it offers, its slots, what it
 runs now.  Both live only in the master's memory; the record is what goes to
-disk.  The parsers here check what slaves send, so a slave that sends
-nonsense is refused with a clear C{bad_message} and changes nothing.
+disk.
 """
 
 from __future__ import annotations
@@ -14,16 +13,10 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from picluster import wire
 from picluster.master.taskspec import Requirements
+from picluster.wire.messages import ComputerDetails, Run
 
 log = Logger()
-
-#: Most slots a slave may claim, and most task names it may offer.
-MAX_SLOTS = 1024
-MAX_OFFERS = 10_000
-
-OUTCOMES = ("done", "failed")
 
 #: The requirements of most tasks (none), parsed once for all of them.
 _NO_REQUIREMENTS = Requirements()
@@ -109,7 +102,7 @@ class Worker:
         return self.connection.hostname
 
     @property
-    def computer_details(self) -> dict[str, Any] | None:
+    def computer_details(self) -> ComputerDetails | None:
         return self.connection.computer_details
 
     @property
@@ -131,66 +124,8 @@ class Worker:
         """Tell the slave to stop a run whose result nobody needs any more."""
         if self.closing:
             return
-        stopping = self.connection.protocol.request("cancel_task", {"id": task_id, "attempt": attempt})
+        stopping = self.connection.protocol.request("cancel_task", Run(task_id, attempt))
         stopping.addErrback(
             lambda failure: log.info("Could not cancel task {id} on {uuid}: {problem}",
                                      id=task_id, uuid=self.uuid, problem=failure.getErrorMessage())
         )
-
-
-def _names(raw: Any, what: str) -> frozenset[str]:
-    if not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw):
-        raise wire.BadMessage(f"worker {what} must be a list of non-empty strings")
-    if len(raw) > MAX_OFFERS:
-        raise wire.BadMessage(f"worker {what}: at most {MAX_OFFERS}")
-    return frozenset(raw)
-
-
-def parse_worker(
-    payload: Any,
-) -> tuple[frozenset[str], dict[str, str], int, frozenset[str], list[tuple[int, int]]]:
-    """The offers, refusals, slots, tags and held runs of a C{worker} message."""
-    if not isinstance(payload, dict):
-        raise wire.BadMessage("worker payload must be a JSON object")
-    offers = _names(payload.get("tasks"), "tasks")
-    refused = payload.get("refused", {})
-    if not isinstance(refused, dict) or not all(isinstance(v, str) for v in refused.values()):
-        raise wire.BadMessage("worker refused must map task names to reasons")
-    slots = payload.get("slots")
-    if type(slots) is not int or not 1 <= slots <= MAX_SLOTS:
-        raise wire.BadMessage(f"worker slots must be a whole number from 1 to {MAX_SLOTS}")
-    tags = _names(payload.get("tags", []), "tags")
-    holding = payload.get("holding", [])
-    if not isinstance(holding, list):
-        raise wire.BadMessage("worker holding must be a list")
-    held = []
-    for run in holding:
-        if (not isinstance(run, dict) or type(run.get("id")) is not int
-                or type(run.get("attempt")) is not int):
-            raise wire.BadMessage('worker holding entries must be {"id": int, "attempt": int}')
-        held.append((run["id"], run["attempt"]))
-    return offers, dict(refused), slots, tags, held
-
-
-def parse_result(payload: Any) -> tuple[int, int, str, Any, dict[str, Any] | None, bool]:
-    """The id, attempt, outcome, result, error and retry hint of a C{task_result}."""
-    if not isinstance(payload, dict):
-        raise wire.BadMessage("task_result payload must be a JSON object")
-    task_id, attempt = payload.get("id"), payload.get("attempt")
-    if type(task_id) is not int or type(attempt) is not int:
-        raise wire.BadMessage("task_result needs an integer id and attempt")
-    outcome = payload.get("outcome")
-    if outcome not in OUTCOMES:
-        raise wire.BadMessage(f"task_result outcome must be one of {', '.join(OUTCOMES)}")
-    error = None
-    if outcome == "failed":
-        raw = payload.get("error")
-        if not isinstance(raw, dict) or not isinstance(raw.get("message"), str):
-            raise wire.BadMessage("a failed task_result needs an error with a message")
-        error = {
-            "type": str(raw.get("type") or "Error"),
-            "message": raw["message"],
-            "traceback": raw.get("traceback") if isinstance(raw.get("traceback"), str) else None,
-            "kind": str(raw.get("kind") or "error"),
-        }
-    return task_id, attempt, outcome, payload.get("result"), error, payload.get("retry") is True

@@ -44,32 +44,9 @@ from picluster.tasks.errors import (
     error_kind,
     error_payload,
 )
+from picluster.wire.messages import NO_FREE_SLOT, TASK_ALREADY_RUNNING, Run, RunTask
 
 log = Logger()
-
-
-def _read_run(run: Any) -> tuple[int, int, str, dict[str, Any], float | None]:
-    """Check a run_task payload; absent C{args} and C{timeout} mean C{{}} and none."""
-    if not isinstance(run, dict):
-        raise wire.BadMessage("run_task payload must be an object")
-    task_id, attempt, name = run.get("id"), run.get("attempt"), run.get("name")
-    args, timeout = run.get("args", {}), run.get("timeout")
-    if type(task_id) is not int:
-        raise wire.BadMessage('run_task "id" must be an integer', got=_scalar(task_id))
-    if type(attempt) is not int or attempt < 1:
-        raise wire.BadMessage('run_task "attempt" must be an integer >= 1', got=_scalar(attempt))
-    if not isinstance(name, str):
-        raise wire.BadMessage('run_task "name" must be a string', got=_scalar(name))
-    if not isinstance(args, dict):
-        raise wire.BadMessage('run_task "args" must be an object')
-    if timeout is not None and (type(timeout) not in (int, float) or not timeout > 0):
-        raise wire.BadMessage('run_task "timeout" must be null or a positive number',
-                              got=_scalar(timeout))
-    return task_id, attempt, name, args, timeout
-
-
-def _scalar(value: Any) -> Any:
-    return value if value is None or isinstance(value, (bool, int, float, str)) else None
 
 
 @dataclass
@@ -178,9 +155,9 @@ class TaskRunner:
                 refused[each.name] = why
         return refused
 
-    def holding(self) -> list[dict[str, int]]:
+    def holding(self) -> list[Run]:
         """The runs in progress."""
-        return [{"id": r.task_id, "attempt": r.attempt} for r in self._running.values()]
+        return [Run(r.task_id, r.attempt) for r in self._running.values()]
 
     def _refusal(self, task: Task) -> str | None:
         if task.admin and not self.allow_admin:
@@ -191,28 +168,33 @@ class TaskRunner:
 
     # -- the master's requests ----------------------------------------------
 
-    def start(self, run: Any) -> None:
+    def start(self, run: RunTask) -> None:
         """
         Start the run a run_task payload describes.
 
         A run this slave refuses by policy (admin, shell allow-list, bad
-        arguments) starts and fails at once, so that the master records why.
+        arguments) or cannot run at all (a task it does not have) starts and
+        fails at once, so that the master records why.
 
-        @raise wire.BadMessage: for a malformed payload, an unknown task, a run
-            of a task already running, or no free slot; the master re-queues.
+        @raise wire.BadMessage: for a run of a task already running, or no
+            free slot (the L{BUSY_REFUSALS}); the master re-queues.
         """
-        task_id, attempt, name, args, timeout = _read_run(run)
-        task = self.registry.get(name)
-        if task is None:
-            raise wire.BadMessage("unknown task", name=name)
+        task_id, attempt, name, timeout = run.id, run.attempt, run.name, run.timeout
+        args = run.args or {}
         if task_id in self._running:
             raise wire.BadMessage(
-                "task already running", id=task_id, attempt=self._running[task_id].attempt
+                TASK_ALREADY_RUNNING, id=task_id, attempt=self._running[task_id].attempt
             )
         if len(self._running) >= self.slots:
-            raise wire.BadMessage("no free slot", slots=self.slots)
+            raise wire.BadMessage(NO_FREE_SLOT, slots=self.slots)
         entry = _Run(task_id, attempt, name, self._clock.seconds())
         self._running[task_id] = entry
+        task = self.registry.get(name)
+        if task is None:
+            error = error_payload("UnknownTask", f"this slave has no task named {name!r}",
+                                  kind="unknown_task")
+            self._end(entry, {"outcome": "failed", "result": None, "error": error}, "failed")
+            return
         self.run_log.info("started", "Task {task_id} attempt {attempt} ({name}) started",
                           task_id=task_id, attempt=attempt, name=name, timeout=timeout)
         if timeout is not None:
@@ -320,7 +302,11 @@ class TaskRunner:
         if entry.finished:
             return
         try:
-            size = len(wire.encode({"result": result}))
+            text = wire.strict_json({"result": result})
+            size = len(text)
+            # What the master stores is what JSON says: a tuple is a list, a
+            # key 1 is "1", whatever the task returned.
+            result = wire.loads(text)["result"]
         except (TypeError, ValueError, RecursionError) as e:
             error = error_payload("ResultNotJSON", f"{entry.name} returned a result that is not JSON: {e}")
         else:

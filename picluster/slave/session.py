@@ -25,11 +25,27 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from picluster import sysinfo, wire
+from picluster import sysinfo
 from picluster.address import MasterAddress
-from picluster.errors import DisconnectionException, HandshakeError, RemoteError, describe_reason
-from picluster.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 from picluster.wire import BadMessage
+from picluster.wire.errors import (
+    BadReply,
+    DisconnectionException,
+    HandshakeError,
+    RemoteError,
+    describe_reason,
+)
+from picluster.wire.messages import (
+    PROTOCOL_VERSION,
+    ComputerDetails,
+    Hello,
+    Run,
+    RunTask,
+    Welcome,
+    WorkerAccepted,
+    WorkerOffer,
+)
+from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol, Reply
 
 __all__ = ["HandshakeError", "SlaveSession", "SlaveFactory", "SlaveService"]
 
@@ -81,20 +97,22 @@ class SlaveSession(PeerHandler):
 
     # -- steps -------------------------------------------------------------
 
-    def _handshake(self) -> defer.Deferred[dict[str, Any]]:
-        hello = {"uuid": self.slave.uuid, "version": wire.PROTOCOL_VERSION}
-        return self.protocol.request("hello", hello).addCallback(self._welcomed)
+    def _handshake(self) -> defer.Deferred[Welcome]:
+        hello = Hello(version=PROTOCOL_VERSION, uuid=self.slave.uuid)
+        sent = self.protocol.request("hello", hello)
+        return sent.addCallbacks(self._welcomed, self._not_welcomed)
 
-    def _welcomed(self, reply: dict[str, Any]) -> dict[str, Any]:
-        welcome = reply.get("payload")
-        if reply["type"] != "welcome" or not isinstance(welcome, dict):
-            raise HandshakeError(f"expected a welcome, got {reply['type']}")
-        uuid = welcome.get("uuid")
-        if not isinstance(uuid, str) or not _UUID.fullmatch(uuid):
+    def _not_welcomed(self, failure: Failure) -> None:
+        failure.trap(BadReply)
+        raise HandshakeError(f"the master's welcome is malformed: {failure.value.problem}")
+
+    def _welcomed(self, reply: Reply) -> Welcome:
+        welcome = reply.payload
+        if reply.type != "welcome":
+            raise HandshakeError(f"expected a welcome, got {reply.type}")
+        uuid = welcome.uuid
+        if not _UUID.fullmatch(uuid):
             raise HandshakeError(f"welcome carries no valid uuid: {uuid!r}")
-        keepalive = welcome.get("keepalive")
-        if type(keepalive) not in (int, float) or keepalive <= 0:
-            raise HandshakeError(f"welcome carries no valid keepalive: {keepalive!r}")
         rejoined = uuid == self.slave.uuid
         self.slave.uuid = uuid
         self.slave.resetDelay()
@@ -104,50 +122,47 @@ class SlaveSession(PeerHandler):
         )
         return welcome
 
-    def _introduce(self, welcome: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
-        self._master_keepalive = float(welcome["keepalive"])
+    def _introduce(self, welcome: Welcome) -> defer.Deferred[Reply]:
+        self._master_keepalive = welcome.keepalive
         return self.protocol.request("computer_details", self.slave.computer_details)
 
     def _ask_master_info(self, _: Any) -> defer.Deferred[None]:
         return self.protocol.request("info", "computer_details").addCallback(self._log_master_info)
 
-    def _log_master_info(self, reply: dict[str, Any]) -> None:
-        facts = reply.get("payload")
-        if not isinstance(facts, dict):
-            facts = {}
+    def _log_master_info(self, reply: Reply) -> None:
+        facts = reply.payload if isinstance(reply.payload, ComputerDetails) else ComputerDetails()
         self.log.info(
             "Master is {hostname} ({cpu}, {cores} cores, {ram} bytes of RAM)",
-            hostname=facts.get("hostname"), cpu=facts.get("cpu"),
-            cores=facts.get("cpu_cores"), ram=facts.get("ram"), master_info=facts,
+            hostname=facts.hostname, cpu=facts.cpu, cores=facts.cpu_cores, ram=facts.ram,
+            master_info=facts,
         )
 
     def _offer_work(self, _: Any) -> defer.Deferred[None] | None:
         runner = self.slave.runner
         if runner is None:
             return None
-        offer = {
-            "tasks": runner.offers(), "refused": runner.refusals(), "slots": runner.slots,
-            "tags": list(self.slave.tags), "holding": runner.holding(),
-        }
+        offer = WorkerOffer(
+            slots=runner.slots, tasks=runner.offers(), refused=runner.refusals(),
+            tags=list(self.slave.tags), holding=runner.holding(),
+        )
         offered = self.protocol.request("worker", offer)
         offered.addCallbacks(self._work_accepted, self._work_refused)
         return offered
 
-    def _work_accepted(self, reply: dict[str, Any]) -> None:
+    def _work_accepted(self, reply: Reply) -> None:
         runner = self.slave.runner
-        drop = (reply.get("payload") or {}).get("drop") or []
-        for run in drop:
-            if isinstance(run, dict) and type(run.get("id")) is int and type(run.get("attempt")) is int:
-                self.log.info("Master gave up task {id} (attempt {attempt}); stopping it",
-                              id=run["id"], attempt=run["attempt"])
-                runner.cancel(run["id"], run["attempt"])
+        accepted = reply.payload if isinstance(reply.payload, WorkerAccepted) else WorkerAccepted()
+        for run in accepted.drop:
+            self.log.info("Master gave up task {id} (attempt {attempt}); stopping it",
+                          id=run.id, attempt=run.attempt)
+            runner.cancel(run.id, run.attempt)
         self.working = True
         for result in runner.results:
             self.report_result(result)
 
     def _work_refused(self, failure: Failure) -> None:
         # A master that hands out no tasks (an older one) is still a master.
-        failure.trap(RemoteError)
+        failure.trap(RemoteError, BadReply)
         self.log.warn("Master {master} does not hand out tasks: {problem}",
                       master=self.slave.master, problem=failure.getErrorMessage())
 
@@ -177,17 +192,14 @@ class SlaveSession(PeerHandler):
             self.log.warn("No answer to the result of task {id}: {problem}",
                           id=run[0], problem=failure.getErrorMessage())
 
-    def msg_run_task(self, payload: Any) -> None:
+    def msg_run_task(self, run: RunTask) -> None:
         if self.slave.runner is None or not self.working:
             raise BadMessage("this slave runs no tasks on this connection")
-        self.slave.runner.start(payload)
+        self.slave.runner.start(run)
 
-    def msg_cancel_task(self, payload: Any) -> None:
-        if not isinstance(payload, dict) or type(payload.get("id")) is not int \
-                or type(payload.get("attempt")) is not int:
-            raise BadMessage('cancel_task payload must be {"id": int, "attempt": int}')
+    def msg_cancel_task(self, run: Run) -> None:
         if self.slave.runner is not None:
-            self.slave.runner.cancel(payload["id"], payload["attempt"])
+            self.slave.runner.cancel(run.id, run.attempt)
 
     def _start_reporting(self, _: Any) -> None:
         # Ping at least as often as the master expects, or it would count us dead.

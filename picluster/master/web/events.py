@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
@@ -131,7 +132,7 @@ class ClusterEvents(resource.Resource):
 
     def _event(self, tasks: list[dict[str, Any]]) -> bytes:
         event = views.cluster_event(self.master, tasks)
-        data = json.dumps(event, separators=(",", ":"), allow_nan=False)
+        data = json.dumps(event, separators=(",", ":"), allow_nan=False, default=msgspec.to_builtins)
         return b"event: cluster\ndata: " + data.encode() + b"\n\n"
 
     def _write(self, frame: bytes, subscribers: list[_Subscriber]) -> None:

@@ -23,17 +23,18 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from prometheus_client import exposition
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import pages, resource, server, static
 
-from picluster.errors import ServiceError
 from picluster.master import views
 from picluster.master.metrics import collector_registry
 from picluster.master.store import STATES
 from picluster.master.web.events import ClusterEvents
+from picluster.wire.errors import ServiceError
 
 if TYPE_CHECKING:
     from picluster.master.views import MasterState
@@ -70,7 +71,9 @@ def _json(request: server.Request, code: int, body: Any) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return json.dumps(
+        body, separators=(",", ":"), allow_nan=False, default=msgspec.to_builtins
+    ).encode() + b"\n"
 
 
 def _argument(request: server.Request, name: str) -> str | None:
@@ -297,14 +300,11 @@ class DashboardSite(server.Site):
             raise NotFound(f"no task with id {segment}")
         task_id = int(segment)
         scheduler = self.master.scheduler
-        found = scheduler.when_ready().addCallback(
-            lambda _: scheduler.tasks({"ids": [task_id], "limit": 1})
-        )
+        found = scheduler.when_ready().addCallback(lambda _: scheduler.task(task_id))
 
-        def pick(answer: tuple[str, Any]) -> dict[str, Any]:
-            shown = answer[1]["tasks"]
-            if not shown:
+        def shown(record: dict[str, Any] | None) -> dict[str, Any]:
+            if record is None:
                 raise NotFound(f"no task with id {task_id}")
-            return shown[0]
+            return record
 
-        return found.addCallback(pick)
+        return found.addCallback(shown)

@@ -45,6 +45,16 @@ class RemoteError(Exception):
         self.reply = reply
 
 
+class BadReply(Exception):
+    """The peer's reply to a request did not have the shape declared for it."""
+
+    def __init__(self, request_type: str, reply_type: str, problem: str):
+        super().__init__(f"{reply_type} in reply to {request_type} is malformed: {problem}")
+        self.request_type = request_type
+        self.reply_type = reply_type
+        self.problem = problem
+
+
 class RequestTimeout(Exception):
     """No reply to a request arrived within its timeout."""
 

@@ -16,8 +16,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from .browserhelpers import BrowserThread, Dashboard, chromium_path, playwright_missing
-from .processes import Child, Cluster, free_port
+from tests.processes import Child, Cluster, free_port
+from tests.system.browserhelpers import BrowserThread, Dashboard, chromium_path, playwright_missing
 
 #: How a slave's log says which uuid the master gave it.
 JOINED = re.compile(r"Joined master \S+ as ([0-9a-f]{32})")

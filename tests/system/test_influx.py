@@ -27,8 +27,7 @@ from picluster.master.influx import (
     vitals_line,
 )
 from picluster.master.registry import SlaveRegistry
-
-from . import processes
+from tests import processes
 
 INFLUXD = "/usr/bin/influxd"
 

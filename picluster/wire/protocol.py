@@ -2,11 +2,12 @@
 The one protocol both ends of a picluster connection speak.
 
 L{PiClusterProtocol} keeps the three layers of a connection apart, as AMP
-does: framing (Twisted's L{Int32StringReceiver} and L{picluster.wire}),
+does: framing (Twisted's L{Int32StringReceiver} and L{picluster.wire.envelope}),
 request bookkeeping (ids to waiting Deferreds, with timeouts and
 cancellation), and dispatch (a message type to a C{msg_<type>} method on the
-connection's L{PeerHandler}).  What a master or a slave does with a message
-lives in its handler, never here.
+connection's L{PeerHandler}, its payload decoded into the shape
+L{picluster.wire.messages} declares for it).  What a master or a slave does
+with a message lives in its handler, never here.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import itertools
 import struct
 from typing import Any
 
+import msgspec
 from twisted.internet import defer, interfaces, protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 
-from picluster import wire
-from picluster.errors import (
+from picluster.wire import envelope as wire
+from picluster.wire import messages
+from picluster.wire.errors import (
+    BadReply,
     DisconnectionException,
     FrameTooLarge,
     RemoteError,
@@ -31,7 +35,7 @@ from picluster.errors import (
     ServiceError,
     describe_reason,
 )
-from picluster.stats import WireStats
+from picluster.wire.stats import WireStats
 
 #: Seconds a request waits for its reply unless told otherwise.
 DEFAULT_REQUEST_TIMEOUT = 30.0
@@ -41,6 +45,16 @@ _LENGTH_PREFIX = struct.Struct("!I").pack
 
 #: Reply types that make a request's Deferred errback.
 _REFUSALS = frozenset({"bad_message", "error"})
+
+
+class Reply(msgspec.Struct, frozen=True, gc=False):
+    """
+    The answer to one of our requests: its type, and its payload decoded
+    into the shape declared for that reply to that request.
+    """
+
+    type: str
+    payload: Any = None
 
 #: Bad messages logged per connection; past this they are only counted, so a
 #: peer spamming garbage cannot fill a Pi's SD card with log lines.
@@ -66,7 +80,9 @@ class PeerHandler:
     What one side does with the messages of one connection.
 
     The protocol calls C{msg_<type>(payload)} for every message that is not a
-    reply.  A handler method returns C{None} (the message is answered with
+    reply, its payload already decoded into the shape L{messages} declares
+    for that type (plain JSON values for a type nobody declared, as in
+    tests).  A handler method returns C{None} (the message is answered with
     C{ack} if it carried an id), a C{(reply_type, payload)} pair (sent back as
     the reply), or a Deferred firing with either; it raises
     L{wire.BadMessage} to refuse the message.  Subclasses add the messages
@@ -100,25 +116,25 @@ class PeerHandler:
     def msg_pong(self, payload: Any) -> None:
         self.protocol.record_pong(payload)
 
-    def msg_message(self, payload: Any) -> None:
-        if not isinstance(payload, str):
-            raise wire.BadMessage("message payload must be a string")
+    def msg_message(self, payload: str) -> None:
         self.log.info("Message from {peer}: {text}", text=payload, **self.log_fields())
 
-    def msg_bad_message(self, payload: Any) -> None:
+    def msg_bad_message(self, refusal: messages.Refusal) -> None:
         self.log.warn(
             "{peer} could not accept a message of ours: {problem}",
-            problem=payload,
+            problem=refusal.error,
             **self.log_fields(),
         )
 
-    def msg_error(self, payload: Any) -> None:
-        self.log.warn("{peer} reported an error: {problem}", problem=payload, **self.log_fields())
+    def msg_error(self, failure: messages.ServiceFailure) -> None:
+        self.log.warn(
+            "{peer} reported an error: {problem}", problem=failure.error, **self.log_fields()
+        )
 
 
 #: A request waiting for its reply: its Deferred, its type, when it times
 #: out (in the clock's seconds), and its timeout.
-_Pending = tuple["defer.Deferred[dict[str, Any]]", str, float, float]
+_Pending = tuple["defer.Deferred[Reply]", str, float, float]
 
 
 class PiClusterProtocol(Int32StringReceiver):
@@ -194,7 +210,10 @@ class PiClusterProtocol(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         cause = self._close_cause or describe_reason(reason)
-        self.lost = DisconnectionException(self.handler.describe_peer(), cause, reason)
+        # connectionMade may have failed before it made the handler.
+        handler: PeerHandler | None = getattr(self, "handler", None)
+        peer = handler.describe_peer() if handler is not None else f"peer {self.peer_address}"
+        self.lost = DisconnectionException(peer, cause, reason)
         self.stop_keepalive()
         if self._dead_peer_check is not None and self._dead_peer_check.active():
             self._dead_peer_check.cancel()
@@ -211,7 +230,8 @@ class PiClusterProtocol(Int32StringReceiver):
         waiters, self._lost_waiters = self._lost_waiters, []
         for waiter in waiters:
             waiter.callback(self.lost)
-        self.handler.connection_lost(self._lost_failure())
+        if handler is not None:
+            handler.connection_lost(self._lost_failure())
 
     def _disconnection(self) -> DisconnectionException:
         """
@@ -334,23 +354,24 @@ class PiClusterProtocol(Int32StringReceiver):
 
     def request(
         self, message_type: str, payload: Any = None, timeout: float | None = None
-    ) -> defer.Deferred[dict[str, Any]]:
+    ) -> defer.Deferred[Reply]:
         """
         Send a message with an id and wait for its reply.
 
-        @return: A Deferred firing with the reply envelope; failing with
-            L{RemoteError} when the peer refuses it, L{RequestTimeout} when no
-            reply comes in time, L{DisconnectionException} when the connection
-            goes first.  Cancelling it forgets the request.
+        @return: A Deferred firing with the L{Reply}; failing with
+            L{RemoteError} when the peer refuses it, L{BadReply} when its reply
+            does not have the declared shape, L{RequestTimeout} when no reply
+            comes in time, L{DisconnectionException} when the connection goes
+            first.  Cancelling it forgets the request.
         """
         if timeout is None:
             timeout = self.factory.request_timeout
         request_id = next(self._request_ids)
 
-        def forget(_: defer.Deferred[dict[str, Any]]) -> None:
+        def forget(_: defer.Deferred[Reply]) -> None:
             self.pending_requests.pop(request_id, None)
 
-        waiting: defer.Deferred[dict[str, Any]] = defer.Deferred(forget)
+        waiting: defer.Deferred[Reply] = defer.Deferred(forget)
         try:
             self.send(message_type, payload, id=request_id)
         except Exception:
@@ -424,17 +445,36 @@ class PiClusterProtocol(Int32StringReceiver):
         except wire.BadMessage as bad:
             self._refuse(bad, bad.reply_to)
             return
-        reply_to = envelope.get("reply_to")
-        if reply_to is None:
+        if envelope.reply_to is None:
             self._dispatch(envelope)
         else:
-            self._settle(reply_to, envelope)
+            self._settle(envelope.reply_to, envelope)
 
-    def _settle(self, reply_to: int, reply: dict[str, Any]) -> None:
+    def _settle(self, reply_to: int, reply: wire.Envelope) -> None:
         pending = self.pending_requests.pop(reply_to, None)
-        reply_type = reply["type"]
+        reply_type = reply.type
+        request_type = pending[1] if pending is not None else None
+        if reply_type in _REFUSALS:
+            if pending is not None:
+                # What a refusal holds is open-ended: kept as plain JSON values.
+                payload = _plain_payload(reply.payload)
+                pending[0].errback(RemoteError(
+                    pending[1], {"type": reply_type, "payload": payload, "reply_to": reply_to}
+                ))
+            return
+        try:
+            payload = wire.decode_payload(reply.payload, messages.reply_decoder(request_type, reply_type))
+        except msgspec.ValidationError as e:
+            problem = str(e)
+            self.log.info(
+                "Bad {type} reply from {peer}: {problem}",
+                type=reply_type, problem=problem, **self.handler.log_fields(),
+            )
+            if pending is not None:
+                pending[0].errback(BadReply(pending[1], reply_type, problem))
+            return
         if reply_type == "pong":
-            self.record_pong(reply.get("payload"))
+            self.record_pong(payload)
         if pending is None:
             # A late reply to a request that timed out or was cancelled.
             self.log.debug(
@@ -442,20 +482,24 @@ class PiClusterProtocol(Int32StringReceiver):
                 type=reply_type, id=reply_to, **self.handler.log_fields(),
             )
             return
-        if reply_type in _REFUSALS:
-            pending[0].errback(RemoteError(pending[1], reply))
-        else:
-            pending[0].callback(reply)
+        pending[0].callback(Reply(reply_type, payload))
 
-    def _dispatch(self, envelope: dict[str, Any]) -> None:
-        message_type = envelope["type"]
-        msg_id = envelope.get("id")
+    def _dispatch(self, envelope: wire.Envelope) -> None:
+        message_type = envelope.type
+        msg_id = envelope.id
         method = getattr(self.handler, "msg_" + message_type, None)
         if method is None:
-            self._refuse(wire.BadMessage("unknown message type", type=message_type), msg_id)
+            self._refuse(wire.BadMessage(messages.UNKNOWN_TYPE, type=message_type), msg_id)
             return
         try:
-            result = method(envelope.get("payload"))
+            payload = wire.decode_payload(envelope.payload, messages.DECODERS.get(message_type))
+        except msgspec.ValidationError as e:
+            # Nesting too deep for a payload would have failed the envelope:
+            # what is left is a payload of the wrong shape.
+            self._refuse(_bad_payload(message_type, e), msg_id)
+            return
+        try:
+            result = method(payload)
             if result is None:
                 # Most messages (vitals, pongs) want no answer: skip a call.
                 if msg_id is not None:
@@ -522,6 +566,29 @@ class PiClusterProtocol(Int32StringReceiver):
             else:
                 problem = f"internal error handling {message_type}"
             self.send("error", {"error": problem}, reply_to=msg_id)
+
+
+def _bad_payload(message_type: str, error: msgspec.ValidationError) -> wire.BadMessage:
+    """The refusal of a payload that does not have its declared shape."""
+    problem, path = wire.field_path(error)
+    if problem.startswith("Number out of range"):
+        # 1e400: valid JSON, but no float holds it.
+        return wire.BadMessage(messages.NOT_JSON, detail=str(error), field=path)
+    declared = messages.MESSAGES.get(message_type)
+    refusal = declared.refusal(path, problem) if declared is not None else {}
+    close = refusal.pop("close", False)
+    if path is None:
+        return wire.BadMessage(f"bad {message_type} payload: {problem}", close=close, **refusal)
+    return wire.BadMessage(
+        f"bad {message_type} payload at {path}: {problem}", field=path, close=close, **refusal
+    )
+
+
+def _plain_payload(raw: msgspec.Raw) -> Any:
+    try:
+        return wire.decode_payload(raw)
+    except msgspec.ValidationError:  # 1e400
+        return None
 
 
 class PiClusterFactory(protocol.Factory):

@@ -1,0 +1,193 @@
+"""
+Envelopes: the JSON objects carried in picluster's frames.
+
+A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON
+holding one object, C{{"type": str, "payload": any}}, with an optional
+integer C{"id"} (a request) or C{"reply_to"} (a reply).  The framing itself
+is Twisted's L{Int32StringReceiver}; this module turns frame bytes into
+L{Envelope}s and back, and says precisely what is wrong with a bad one.  The
+payload stays undecoded (C{msgspec.Raw}) until the protocol knows which
+declared shape (L{picluster.wire.messages}) it must have.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import msgspec
+
+from picluster.wire import messages
+
+#: The largest frame accepted unless configured otherwise (C{--max-frame}).
+DEFAULT_MAX_FRAME = 1024 * 1024
+
+#: The most a 4-byte length prefix can say.
+LARGEST_FRAME = 2**32 - 1
+
+#: The payload of an envelope that has none.
+NULL = msgspec.Raw(b"null")
+
+
+class Envelope(msgspec.Struct, gc=False):
+    """One frame's object, its payload not yet decoded."""
+
+    type: str
+    payload: msgspec.Raw = NULL
+    id: int | None = None
+    reply_to: int | None = None
+
+
+class BadMessage(Exception):
+    """
+    A frame or payload that this side cannot accept.
+
+    Raised while decoding or handling a message; the protocol answers it with
+    a C{bad_message} reply whose payload is L{payload}.
+
+    @ivar error: What was wrong, in a few words.
+    @ivar details: More JSON-able facts for the payload (the offending type,
+        the versions supported, ...).
+    @ivar reply_to: The id of the offending request, when one could be read.
+    @ivar close: Whether the connection must be closed after the reply.
+    """
+
+    def __init__(
+        self, error: str, *, reply_to: int | None = None, close: bool = False, **details: Any
+    ):
+        super().__init__(error)
+        self.error = error
+        self.details = details
+        self.reply_to = reply_to
+        self.close = close
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": self.error, **self.details}
+
+
+_envelope_decoder = msgspec.json.Decoder(Envelope)
+_any_decoder = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but reads as infinity, which no JSON can carry on:
+    # stored, it would make every later reply that includes it unsendable.
+    value = float(text)
+    if value - value != 0:
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
+# The slow path, for frames msgspec refuses: it says what is wrong in the
+# words the protocol reference promises.
+_strict_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_strict_encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def loads(text: str) -> Any:
+    """
+    Parse JSON text as the wire does: C{NaN}, C{Infinity} and numbers such
+    as C{1e400} are refused (C{ValueError}), since no frame could carry them.
+    """
+    return _strict_decoder.decode(text)
+
+
+def strict_json(value: Any) -> str:
+    """
+    C{value} as compact JSON text, refusing what JSON cannot carry.
+
+    For values a task or a user made (arguments, results): the frame encoder
+    would write a NaN as C{null}, silently changing them.
+
+    @raise ValueError: for NaN and infinities.
+    @raise TypeError: for values that are not JSON types at all.
+    @raise RecursionError: for values nested too deeply, or circular.
+    """
+    return _strict_encoder.encode(value)
+
+
+def encode(envelope: Any) -> bytes:
+    """
+    Serialise an envelope (or any payload) to frame bytes.
+
+    @raise TypeError: for values that are not JSON types at all.
+    """
+    return _encoder.encode(envelope)
+
+
+def decode_payload(raw: msgspec.Raw, decoder: msgspec.json.Decoder[Any] | None = None) -> Any:
+    """
+    A payload as its declared shape (C{decoder}), or as plain JSON values.
+
+    @raise msgspec.ValidationError: the payload does not have that shape.
+    @raise msgspec.DecodeError: the payload is not JSON this side accepts.
+    """
+    return (decoder or _any_decoder).decode(raw)
+
+
+def decode(frame: bytes) -> Envelope:
+    """
+    Parse frame bytes into an envelope.
+
+    @raise BadMessage: saying what is wrong, with C{reply_to} set when the
+        frame held a readable request id.
+    """
+    try:
+        return _envelope_decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        _explain(frame, str(e))
+    except RecursionError:
+        _explain(frame, "nested too deeply")
+    raise AssertionError("unreachable: _explain always raises")
+
+
+_PATH = re.compile(r" - at `\$\.?(.*)`$")
+
+
+def field_path(error: msgspec.ValidationError) -> tuple[str, str | None]:
+    """msgspec's message without its location, and the location as a path."""
+    text = str(error)
+    found = _PATH.search(text)
+    if found is None:
+        return text, None
+    return text[: found.start()], found.group(1) or None
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _explain(frame: bytes, problem: str) -> None:
+    """Raise the L{BadMessage} that says what is wrong with C{frame}."""
+    try:
+        text = frame.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadMessage(messages.NOT_UTF8, position=e.start) from None
+    try:
+        obj = _strict_decoder.decode(text)
+    except ValueError as e:
+        raise BadMessage(messages.NOT_JSON, detail=str(e)) from None
+    except RecursionError:
+        raise BadMessage(messages.NOT_JSON, detail="nested too deeply") from None
+    if type(obj) is not dict:
+        raise BadMessage(messages.NOT_OBJECT, got=type(obj).__name__)
+    msg_id = obj.get("id")
+    if msg_id is not None and type(msg_id) is not int:
+        raise BadMessage(messages.BAD_ID, got=msg_id if _is_scalar(msg_id) else None)
+    if type(obj.get("type")) is not str:
+        raise BadMessage(messages.NO_TYPE, reply_to=msg_id)
+    reply_to = obj.get("reply_to")
+    if reply_to is not None and type(reply_to) is not int:
+        raise BadMessage(
+            messages.BAD_REPLY_TO,
+            got=reply_to if _is_scalar(reply_to) else None, reply_to=msg_id,
+        )
+    # The stdlib took what msgspec did not (a lone surrogate, say): say
+    # what msgspec found.
+    raise BadMessage(messages.NOT_JSON, detail=problem, reply_to=msg_id)

@@ -1,0 +1,573 @@
+"""
+Every message of the picluster protocol, declared once.
+
+Each L{Message} names a type, the shape of its payload (a msgspec type:
+fields, types, units and limits), who sends it and what answers it, in the
+spirit of AMP's C{Command}.  The protocol decodes every payload it receives
+with its declaration, so a handler is handed a checked, typed value; a
+payload of the wrong shape is refused with a C{bad_message} naming the field.
+The senders build their payloads from the same classes, and the protocol
+reference in the docs is generated from this module.
+
+A field's C{Meta(description=...)} is its documentation; C{extra_json_schema}
+is not used.  Limits are C{Meta} constraints, so they are checked by the
+decoder in C before any handler runs.
+"""
+
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+#: The version of the hello handshake this code speaks.
+PROTOCOL_VERSION = 1
+
+#: Versions of the hello handshake a master accepts.
+SUPPORTED_VERSIONS = (1,)
+
+#: What a connection may say it is in its hello.
+ROLES = ("slave", "client")
+
+#: Most slots a slave may claim, and most task names it may offer.
+MAX_SLOTS = 1024
+MAX_OFFERS = 10_000
+
+#: Longest idempotency key and task name, in characters.
+MAX_KEY_LENGTH = 200
+MAX_NAME_LENGTH = 200
+
+#: The most retries anyone may ask for.
+MAX_RETRIES = 100
+
+#: The longest timeout a task may have: a year, in seconds.
+MAX_TIMEOUT = 365 * 86400.0
+
+#: Specs in one C{submit} message.
+MAX_SPECS_PER_SUBMIT = 10_000
+
+#: Tasks a C{tasks} request lists unless told otherwise, and at most.
+DEFAULT_LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+
+#: Tasks one connection may watch at once.
+MAX_WATCHED = 100_000
+
+#: Task states, in the order a task goes through them.
+TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
+
+#: The refusals of a C{run_task} that cost the task no attempt: the slave is
+#: busy, not unable.  A slave must send them as the C{error} text, exactly.
+NO_FREE_SLOT = "no free slot"
+TASK_ALREADY_RUNNING = "task already running"
+BUSY_REFUSALS = (NO_FREE_SLOT, TASK_ALREADY_RUNNING)
+
+# -- refusals ------------------------------------------------------------------
+#
+# The C{error} texts of C{bad_message} payloads.  A peer may match the fixed
+# ones; those in braces carry the particulars.
+
+NOT_UTF8 = "frame is not valid UTF-8"
+NOT_JSON = "frame is not valid JSON"
+NOT_OBJECT = "frame is not a JSON object"
+BAD_ID = '"id" must be an integer'
+BAD_REPLY_TO = '"reply_to" must be an integer'
+NO_TYPE = 'envelope has no string "type"'
+UNKNOWN_TYPE = "unknown message type"
+UNSUPPORTED_VERSION = "unsupported protocol version"
+BAD_UUID = "uuid must be null or 32 hex digits"
+UNKNOWN_ROLE = "unknown role"
+UNKNOWN_INFO = "unknown info request"
+SAY_HELLO_FIRST = "say hello first"
+
+#: Every refusal text, and when it is sent: the fixed ones above, then those
+#: with particulars in braces.
+REFUSAL_TEXTS: tuple[tuple[str, str], ...] = (
+    (NOT_UTF8, "the frame's bytes are not UTF-8 (details: position)"),
+    (NOT_JSON, "not JSON, or a number no float holds such as 1e400, or nested too deeply"
+               " (details: detail, and field when inside a payload)"),
+    (NOT_OBJECT, "the frame holds a JSON value that is not an object (details: got)"),
+    (BAD_ID, "the id is not an integer (details: got)"),
+    (BAD_REPLY_TO, "the reply_to is not an integer (details: got)"),
+    (NO_TYPE, "the envelope has no string type"),
+    (UNKNOWN_TYPE, "the receiver does not handle this type (details: type)"),
+    ("bad {type} payload: {problem}", "the payload as a whole has the wrong type"),
+    ("bad {type} payload at {field}: {problem}",
+     "the payload does not have its declared shape (details: field; known, for an unknown"
+     " field; index, for a bad task spec; and a hello's refusal details)"),
+    (UNSUPPORTED_VERSION, "a hello of another version; the connection is closed"
+                          " (details: version, supported)"),
+    (BAD_UUID, "a hello's uuid is malformed; the connection is closed (details: supported)"),
+    (UNKNOWN_ROLE, "a hello's role is neither slave nor client; the connection is closed"
+                   " (details: role, known)"),
+    (UNKNOWN_INFO, "info asks something else (details: request, known)"),
+    (SAY_HELLO_FIRST, "a task message before the hello"),
+    ("not served to a {role}", "a task message the connection's role may not send"),
+    ("task {index}: {problem}", "a spec of a submit is refused (details: index); nothing is stored"),
+    ("unknown state {state}", "tasks asks for a state that does not exist (details: known)"),
+    ("no task {id}", "cancel names a task the master does not have"),
+    ("task {id} is already {state}", "cancel names a task that has ended (details: state)"),
+    (f"at most {MAX_WATCHED} watched tasks per connection", "watch asks for too many"),
+    ("worker already sent on this connection", "a second worker on one connection"),
+    ("a failed task_result needs an error with a message", "a failed result without its error"),
+    (NO_FREE_SLOT, "a slave refuses a run_task: all its slots are busy (details: slots)"),
+    (TASK_ALREADY_RUNNING, "a slave refuses a run_task of a task it runs (details: id, attempt)"),
+    ("this slave runs no tasks on this connection", "a run_task before the worker was accepted"),
+)
+
+#: What a task's error C{kind} may say.
+ERROR_KINDS = ("error", "bad_arguments", "not_permitted", "unknown_task", "timeout",
+               "crashed", "lost")
+
+#: What C{info} may ask.
+INFO_QUESTIONS = ("computer_details", "uuid", "slave_details", "status")
+
+
+def _described(kind: Any, text: str, **limits: Any) -> Any:
+    """C{kind} with its documentation and limits (on what is not null)."""
+    if limits:
+        members = typing.get_args(kind) if isinstance(kind, types.UnionType) else ()
+        if type(None) in members:
+            inner = [member for member in members if member is not type(None)]
+            kind = Annotated[Union[tuple(inner)], Meta(**limits)] | None  # noqa: UP007
+            limits = {}
+    return Annotated[kind, Meta(description=text, **limits)]
+
+
+TaskId = _described(int, "a task's id, given by the master", ge=1)
+Attempt = _described(int, "which run of the task: 1 for the first", ge=1)
+EpochSeconds = _described(float, "seconds since the Unix epoch")
+#: The largest count of bytes a field holds: a 64-bit signed integer.
+MAX_BYTES = 2**63 - 1
+NonEmpty = Annotated[str, Meta(min_length=1)]
+
+
+class Payload(Struct, forbid_unknown_fields=False):
+    """
+    An object payload: unknown fields are ignored, so peers can grow; every
+    field is sent, null or not, so a peer reads the whole shape.
+    """
+
+
+class StrictPayload(Payload, forbid_unknown_fields=True):
+    """An object payload in which a field this side does not know is refused."""
+
+
+# -- the handshake -----------------------------------------------------------
+
+
+class Hello(Payload):
+    """The first message of every connection."""
+
+    version: Annotated[Any, Meta(description=(
+        f"the handshake version the peer speaks; a master supports {list(SUPPORTED_VERSIONS)}"
+    ))] = None
+    uuid: Annotated[str | None, Meta(description=(
+        "the uuid this node had before (32 hexadecimal digits), to take it back; null for a new one"
+    ))] = None
+    role: Annotated[str, Meta(description=f"what the connection is: one of {', '.join(ROLES)}")] = "slave"
+
+
+class Welcome(Payload):
+    """The master's answer to a hello."""
+
+    uuid: _described(str, "this connection's uuid: the node's identity")
+    keepalive: _described(float, "seconds between the master's pings; ping at least as often", gt=0)
+    dead_after: _described(float, "seconds of silence after which the master drops a peer", gt=0)
+
+
+# -- machine facts and vitals ------------------------------------------------
+
+
+class Throttling(Payload):
+    """The Pi firmware's throttling flags (C{vcgencmd get_throttled}), decoded."""
+
+    raw: _described(int | None, "the flags as the firmware gives them") = None
+    under_voltage: bool | None = None
+    frequency_capped: bool | None = None
+    throttled: bool | None = None
+    soft_temperature_limit: bool | None = None
+    under_voltage_occurred: _described(bool | None, "since boot") = None
+    frequency_capped_occurred: _described(bool | None, "since boot") = None
+    throttled_occurred: _described(bool | None, "since boot") = None
+    soft_temperature_limit_occurred: _described(bool | None, "since boot") = None
+
+
+class ComputerDetails(Payload):
+    """A machine's facts, sent once a connection: what it is."""
+
+    hostname: str | None = None
+    model: _described(
+        str | None, "the board, from the device tree, e.g. Raspberry Pi 4 Model B Rev 1.4"
+    ) = None
+    cpu: _described(str | None, "the processor's name") = None
+    cpu_cores: _described(int | None, "logical cores", ge=0, le=MAX_BYTES) = None
+    cpu_frequency_max: _described(float | None, "MHz") = None
+    cpu_frequency_min: _described(float | None, "MHz") = None
+    ram: _described(int | None, "bytes of memory", ge=0, le=MAX_BYTES) = None
+    swap: _described(int | None, "bytes of swap", ge=0, le=MAX_BYTES) = None
+    architecture: str | None = None
+    os: _described(str | None, "the operating system's pretty name") = None
+    python: _described(str | None, "the Python version running picluster") = None
+    picluster_version: str | None = None
+    boot_time: _described(float | None, "seconds since the Unix epoch") = None
+
+
+class Vitals(Payload):
+    """
+    A slave's current readings, sent every C{--vitals} seconds.  A reading
+    that failed is null; it never costs the rest of the report.
+    """
+
+    cpu_percentage: _described(float | None, "percent of all cores busy since the last report") = None
+    cpu_frequency: _described(float | None, "MHz") = None
+    ram_free: _described(int | None, "bytes available", ge=0, le=MAX_BYTES) = None
+    swap_free: _described(int | None, "bytes", ge=0, le=MAX_BYTES) = None
+    cpu_temperature: _described(float | None, "degrees Celsius, from the thermal zone") = None
+    throttling: _described(Throttling | None, "where the Pi firmware exposes it") = None
+    under_voltage: _described(
+        bool | None, "also read from the rpi_volt hwmon where that is all there is"
+    ) = None
+    load_average: _described(
+        list[float] | None, "the 1, 5 and 15 minute load averages (the API shows exactly three)"
+    ) = None
+    disk_free: _described(int | None, "bytes free on the root file system", ge=0, le=MAX_BYTES) = None
+    disk_total: _described(int | None, "bytes", ge=0, le=MAX_BYTES) = None
+    uptime: _described(float | None, "seconds since boot") = None
+    process_rss: _described(
+        int | None, "bytes of memory the slave's own process holds", ge=0, le=MAX_BYTES
+    ) = None
+
+
+# -- tasks -------------------------------------------------------------------
+
+
+class TaskRequirements(StrictPayload):
+    """What a slave must have to be given a task."""
+
+    min_ram: _described(int, "bytes of memory (the slave's computer_details ram)", ge=0) = 0
+    min_cores: _described(int, "cores (the slave's computer_details cpu_cores)", ge=0) = 0
+    tags: _described(list[NonEmpty], "all of these among the slave's --tags") = []
+    hostname: _described(str | None, "this slave only", min_length=1) = None
+
+
+class TaskSpec(StrictPayload):
+    """One task as a client submits it."""
+
+    name: _described(str, "the task to run", min_length=1, max_length=MAX_NAME_LENGTH)
+    args: _described(
+        dict[str, Any] | None, "the task's keyword arguments; at most --max-args bytes as JSON"
+    ) = None
+    requirements: TaskRequirements | None = None
+    timeout: _described(
+        float | None, "seconds a run may take before it is stopped", gt=0, le=MAX_TIMEOUT
+    ) = None
+    retries: _described(int, "more runs if its slave is lost under it", ge=0, le=MAX_RETRIES) = 3
+    key: _described(str | None, "an idempotency key: the same key is the same task", min_length=1,
+                    max_length=MAX_KEY_LENGTH) = None
+
+
+class Submit(Payload):
+    tasks: _described(list[TaskSpec], "all stored, or none", min_length=1, max_length=MAX_SPECS_PER_SUBMIT)
+
+
+class Submitted(Payload):
+    tasks: _described(list[dict[str, Any]], 'per spec, in order: {"id", "key", "state", "duplicate"}')
+    warnings: _described(list[str], "things the user should know, e.g. no slave offers the task") = []
+
+
+class TaskError(Payload):
+    """Why a task failed."""
+
+    message: str
+    type: _described(str, "the exception's class name, or a word such as Timeout") = "Error"
+    traceback: str | None = None
+    kind: _described(str, f"one of {', '.join(ERROR_KINDS)}") = "error"
+
+
+class TaskRecord(Payload):
+    """A task as the master shows it."""
+
+    id: TaskId
+    name: str
+    state: _described(str, f"one of {', '.join(TASK_STATES)}")
+    key: str | None = None
+    args: dict[str, Any] | None = None
+    requirements: dict[str, Any] | None = None
+    timeout: float | None = None
+    retries: int = 3
+    slave: _described(str | None, "the uuid of the slave running it, or that ran it last") = None
+    slave_hostname: str | None = None
+    attempts: _described(int, "runs handed to slaves") = 0
+    submitted_at: EpochSeconds | None = None
+    started_at: EpochSeconds | None = None
+    finished_at: EpochSeconds | None = None
+    result: _described(Any, "what the task returned, when done") = None
+    error: TaskError | None = None
+    waiting: _described(str | None, "why a queued task waits") = None
+
+
+class TasksQuery(StrictPayload):
+    ids: _described(list[int] | None, "only these tasks", max_length=MAX_LIST_LIMIT) = None
+    state: _described(str | None, f"only tasks in this state: one of {', '.join(TASK_STATES)}") = None
+    limit: _described(int, "at most this many", ge=1, le=MAX_LIST_LIMIT) = DEFAULT_LIST_LIMIT
+    after: _described(int | None, "only tasks with a greater id: the last id of the previous page") = None
+
+
+class TaskList(Payload):
+    tasks: _described(
+        list[dict[str, Any]], "TaskRecord objects by id (for watch: only their id and state)"
+    )
+    more: _described(bool | None, "true when the list was cut to fit a frame: ask again with after") = None
+
+
+class TaskRef(StrictPayload):
+    id: TaskId
+
+
+class Watch(StrictPayload):
+    ids: _described(list[int], "tasks to watch", max_length=MAX_WATCHED)
+
+
+class TaskUpdate(Payload):
+    task: _described(TaskRecord, "the task, once it has ended")
+
+
+class Run(Payload):
+    """One run of a task: which task, which attempt."""
+
+    id: TaskId
+    attempt: Attempt
+
+
+class WorkerOffer(Payload):
+    """What a slave offers to run."""
+
+    slots: _described(int, "runs at once", ge=1, le=MAX_SLOTS)
+    tasks: _described(list[NonEmpty], "the task names it runs", max_length=MAX_OFFERS)
+    refused: _described(dict[str, str], "tasks it offers but will not run as things stand, and why") = {}
+    tags: _described(list[NonEmpty], "its --tags", max_length=MAX_OFFERS) = []
+    holding: _described(list[Run], "runs it still holds from an earlier connection") = []
+
+
+class WorkerAccepted(Payload):
+    drop: _described(list[Run], "held runs the master has given up on: stop them") = []
+
+
+class RunTask(Payload):
+    id: TaskId
+    attempt: Attempt
+    name: str
+    args: dict[str, Any] | None = None
+    timeout: _described(float | None, "seconds", gt=0) = None
+
+
+class TaskResult(Payload):
+    id: TaskId
+    attempt: Attempt
+    outcome: Literal["done", "failed"]
+    result: _described(Any, "what the task returned (done)") = None
+    error: _described(TaskError | None, "why it failed (required when failed)") = None
+    retry: _described(bool, "asks for another run; only for a crashed one") = False
+
+
+# -- replies -----------------------------------------------------------------
+
+
+class Refusal(Payload):
+    """A C{bad_message}: what was wrong, and facts to act on."""
+
+    error: str
+    type: _described(Any, "the unknown or refused message type") = None
+    field: _described(str | None, "the payload field that was wrong, as a path") = None
+    got: _described(Any, "the value that was refused") = None
+    index: _described(int | None, "the position of the bad task spec in a submit") = None
+    supported: _described(list[int] | None, "handshake versions the master speaks") = None
+    known: _described(list[str] | None, "the values that would have been accepted") = None
+    version: Any = None
+    role: Any = None
+    request: Any = None
+    state: _described(str | None, "the state of the task a cancel named") = None
+    detail: str | None = None
+    position: _described(int | None, "where in the frame decoding failed") = None
+
+
+class ServiceFailure(Payload):
+    """An C{error}: the receiver could not serve a well-formed request."""
+
+    error: _described(str, "what went wrong, for the user")
+
+
+# -- the declarations ----------------------------------------------------------
+
+
+MASTER, SLAVE, CLIENT = "master", "slave", "client"
+ANYONE = (MASTER, SLAVE, CLIENT)
+
+
+@dataclass(frozen=True)
+class Message:
+    """
+    One message type: its payload's shape, who sends it, what answers it.
+
+    @ivar replies: For a request, the reply types it may get besides the
+        generic C{bad_message} and C{error}, with their payloads' shapes.
+    @ivar on_refusal: Facts added to a C{bad_message} refusing this type,
+        and whether the connection is closed after it (C{"close": True}).
+    """
+
+    type: str
+    payload: Any
+    senders: tuple[str, ...]
+    doc: str
+    replies: dict[str, Any] = field(default_factory=dict)
+    on_refusal: dict[str, Any] = field(default_factory=dict)
+    #: Sent only as a reply, never as a request of its own.
+    reply_only: bool = False
+    #: A list field whose bad element a refusal names by its C{index}.
+    indexed: str | None = None
+
+    def refusal(self, path: str | None, problem: str) -> dict[str, Any]:
+        """The facts a C{bad_message} refusing this type carries, for a bad C{path}."""
+        facts = dict(self.on_refusal)
+        if self.indexed is not None and path is not None:
+            found = re.match(re.escape(self.indexed) + r"\[(\d+)\]", path)
+            if found is not None:
+                facts["index"] = int(found.group(1))
+        if problem.startswith("Object contains unknown field"):
+            known = fields_at(self.payload, path)
+            if known:
+                facts["known"] = known
+        return facts
+
+
+def fields_at(shape: Any, path: str | None) -> list[str] | None:
+    """The field names of the object at C{path} (C{tasks[0].requirements}) in C{shape}."""
+    for step in re.findall(r"[^.\[\]]+", path or ""):
+        shape = _object_type(shape)
+        if step.isdigit():
+            arguments = typing.get_args(shape)
+            shape = arguments[0] if arguments else None
+        elif isinstance(shape, type) and issubclass(shape, Struct):
+            shape = typing.get_type_hints(shape, include_extras=True).get(step)
+        else:
+            return None
+    shape = _object_type(shape)
+    if isinstance(shape, type) and issubclass(shape, Struct):
+        return list(shape.__struct_fields__)
+    return None
+
+
+def _object_type(shape: Any) -> Any:
+    """C{shape} without its annotations and its C{| None}."""
+    while typing.get_origin(shape) is Annotated:
+        shape = typing.get_args(shape)[0]
+    members = [m for m in typing.get_args(shape) if m is not type(None)]
+    if isinstance(shape, types.UnionType) or typing.get_origin(shape) is Union:
+        return _object_type(members[0]) if len(members) == 1 else shape
+    return shape
+
+
+SlaveDetail = dict[str, Any]
+_THIS_UUID = _described(str, "this connection's uuid")
+_SLAVE_DETAILS = _described(list[SlaveDetail], "one object per slave connection")
+_STATUS = _described(dict[str, Any], "the cluster at a glance")
+
+MESSAGES: dict[str, Message] = {}
+
+
+def _declare(*messages: Message) -> None:
+    for message in messages:
+        assert message.type not in MESSAGES, message.type
+        MESSAGES[message.type] = message
+
+
+_declare(
+    Message("hello", Hello, (SLAVE, CLIENT),
+            "Opens every connection.  Always answered.",
+            replies={"welcome": Welcome},
+            on_refusal={"close": True, "supported": list(SUPPORTED_VERSIONS)}),
+    Message("welcome", Welcome, (MASTER,), "The answer to hello.", reply_only=True),
+    Message("ping", _described(float | None, "the sender's clock, in seconds"), ANYONE,
+            "A keepalive, sent every keepalive interval.  Always answered.",
+            replies={"pong": _described(float | None, "the ping's payload, echoed")}),
+    Message("pong", _described(float | None, "the ping's payload, echoed"), ANYONE,
+            "The answer to ping; the round trip is recorded."),
+    Message("message", str, ANYONE, "Free text, logged by the receiver."),
+    Message("computer_details", ComputerDetails, (SLAVE,),
+            "The slave's machine facts, once a connection."),
+    Message("vitals", Vitals, (SLAVE,), "The slave's readings, every --vitals seconds."),
+    Message("info", _described(str, f"one of {', '.join(INFO_QUESTIONS)}"), (SLAVE, CLIENT),
+            "A question about the master or the cluster.  Always answered.",
+            replies={"master_info": ComputerDetails, "uuid": _THIS_UUID,
+                     "slave_details": _SLAVE_DETAILS, "status": _STATUS}),
+    Message("master_info", ComputerDetails, (MASTER,), "The master's own machine facts.",
+            reply_only=True),
+    Message("uuid", _THIS_UUID, (MASTER,), "The asking connection's uuid.", reply_only=True),
+    Message("slave_details", _SLAVE_DETAILS, (MASTER,),
+            "Every slave connection: uuid, address, hostname, connected_at, last_seen, rtt_ms,"
+            " vitals, vitals_received_at, computer_details, slots, running_tasks.",
+            reply_only=True),
+    Message("status", _STATUS, (MASTER,),
+            "The cluster at a glance, as picluster status shows it: master (as /api/master),"
+            " slaves (as /api/slaves), tasks (counts by state).",
+            reply_only=True),
+    Message("worker", WorkerOffer, (SLAVE,), "The slave offers to run tasks.",
+            replies={"worker_accepted": WorkerAccepted}),
+    Message("worker_accepted", WorkerAccepted, (MASTER,), "The answer to worker.",
+            reply_only=True),
+    Message("task_result", TaskResult, (SLAVE,),
+            "A run ended.  Answered with ack once the result is stored on disk.",
+            replies={"ack": None}),
+    Message("run_task", RunTask, (MASTER,),
+            "Run a task.  Answered with ack once the run has started, or bad_message"
+            f" when refused (the busy refusals, {' and '.join(map(repr, BUSY_REFUSALS))},"
+            " cost the task no attempt).",
+            replies={"ack": None}),
+    Message("cancel_task", Run, (MASTER,), "Stop a run; it is never reported.",
+            replies={"ack": None}),
+    Message("submit", Submit, (CLIENT, SLAVE), "Submit tasks, all or none.",
+            replies={"submitted": Submitted}, indexed="tasks"),
+    Message("submitted", Submitted, (MASTER,), "The answer to submit.", reply_only=True),
+    Message("tasks", TasksQuery | None, (CLIENT, SLAVE), "List tasks, by id.",
+            replies={"tasks": TaskList}),
+    Message("cancel", TaskRef, (CLIENT, SLAVE), "Cancel an open task.",
+            replies={"tasks": TaskList}),
+    Message("watch", Watch, (CLIENT, SLAVE),
+            "Be told when tasks end: a task_update for each, now or later.",
+            replies={"tasks": TaskList}),
+    Message("task_update", TaskUpdate, (MASTER,), "A watched task has ended."),
+    Message("ack", None, ANYONE, "The request was handled.", reply_only=True),
+    Message("bad_message", Refusal, ANYONE,
+            "The message was refused: what was wrong.  Never answered."),
+    Message("error", ServiceFailure, ANYONE,
+            "The receiver failed to serve a well-formed request."),
+)
+
+
+#: Decoders of each message type's payload, made once.
+DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(message.payload) for name, message in MESSAGES.items()
+}
+
+_REPLY_DECODERS: dict[tuple[str, str], msgspec.json.Decoder[Any]] = {
+    (name, reply): msgspec.json.Decoder(shape)
+    for name, message in MESSAGES.items()
+    for reply, shape in message.replies.items()
+}
+
+
+def reply_decoder(request_type: str | None, reply_type: str) -> msgspec.json.Decoder[Any] | None:
+    """
+    The decoder of a C{reply_type} answering a C{request_type} (C{None}: a
+    request we no longer wait for), or C{None} where nothing is declared and
+    the payload is taken as plain JSON for the caller to judge.
+    """
+    if request_type is None:
+        return DECODERS.get(reply_type) if reply_type == "pong" else None
+    return _REPLY_DECODERS.get((request_type, reply_type))
