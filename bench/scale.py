@@ -11,7 +11,7 @@ simulated slaves in separate processes (L{bench.herd}):
     a warm-up herd came and went) per connected slave, and the CPU it spends
     over an idle window of two keepalive periods (default keepalive, 5 s),
     per 1,000 slaves.  Each simulated slave sends picluster as many vitals
-    as the dashboard's ring holds (L{picluster.history.DEFAULT_SAMPLES}), so
+    as the dashboard's ring holds (L{picluster.master.history.DEFAULT_SAMPLES}), so
     the ring is counted full, as on a master that has run for 20 minutes.
     For scale, the floor of the threaded design too: a thread per
     connection that only blocks in C{recv} and holds nothing.

@@ -1,5 +1,5 @@
 """
-Tests for L{picluster.protocol}: framing, requests and dispatch, liveness.
+Tests for L{picluster.wire.protocol}: framing, requests and dispatch, liveness.
 
 Every test drives one protocol through a StringTransport and a Clock.
 """
@@ -695,7 +695,7 @@ class RequestTests(ProtocolTestCase):
             self.feed(frame({"type": "uuid", "payload": "x", "reply_to": request["id"]}))
             self.successResultOf(answered)
             self.assertLessEqual(
-                len(self.protocol._deadlines), 2 * len(self.protocol.pending_requests) + 64
+                len(self.protocol.requests.deadlines), 2 * len(self.protocol.pending_requests) + 64
             )
             self.clock.advance(0.001)
         # At 2.3 s: the first was due at 2.0 s, the last is due at 2.299 s.
@@ -708,7 +708,7 @@ class RequestTests(ProtocolTestCase):
             self.failureResultOf(unanswered[n], RequestTimeout)
         self.failureResultOf(unanswered[0], RequestTimeout)
         self.assertEqual(self.protocol.pending_requests, {})
-        self.assertEqual(self.protocol._deadlines, [])
+        self.assertEqual(self.protocol.requests.deadlines, [])
 
     def test_requestFromTimeoutErrback(self) -> None:
         """A request made by a timed-out request's errback times out in turn."""
@@ -769,14 +769,14 @@ class RequestTests(ProtocolTestCase):
         self.successResultOf(answered)
         self.clock.advance(1)
         self.failureResultOf(first, RequestTimeout)
-        self.assertEqual(self.protocol._deadlines, [(3.0, ids[2])])
+        self.assertEqual(self.protocol.requests.deadlines, [(3.0, ids[2])])
         timers = sorted(call.getTime() for call in self.clock.getDelayedCalls())
         self.assertEqual(timers, [3.0, 15.0])  # the request timer, the liveness check
         self.clock.advance(1.9)
         self.assertNoResult(last)
         self.clock.advance(0.1)
         self.failureResultOf(last, RequestTimeout)
-        self.assertEqual(self.protocol._deadlines, [])
+        self.assertEqual(self.protocol.requests.deadlines, [])
 
     def test_heapRebuilt(self) -> None:
         """Past twice the waiting requests plus 64 entries, the deadline heap is rebuilt from those waiting, deadlines kept."""
@@ -785,7 +785,7 @@ class RequestTests(ProtocolTestCase):
         sizes = []
         for n in range(70):
             d = self.protocol.request("echo", n, timeout=50)  # due at 51
-            sizes.append(len(self.protocol._deadlines))
+            sizes.append(len(self.protocol.requests.deadlines))
             [*_, request] = sent(self.transport)
             self.feed(frame({"type": "echoed", "payload": n, "reply_to": request["id"]}))
             self.successResultOf(d)
@@ -793,13 +793,13 @@ class RequestTests(ProtocolTestCase):
         # 68th request makes 69, and only the two waiting then are kept.
         self.assertEqual(sizes[:67], list(range(2, 69)))
         self.assertEqual(sizes[67:], [2, 3, 4])
-        [(deadline, request_id)] = [e for e in self.protocol._deadlines if e[1] in self.protocol.pending_requests]
+        [(deadline, request_id)] = [e for e in self.protocol.requests.deadlines if e[1] in self.protocol.pending_requests]
         self.assertEqual(deadline, 101.0)
         self.clock.advance(99.9)
         self.assertNoResult(waiting)
         self.clock.advance(0.2)
         self.failureResultOf(waiting, RequestTimeout)
-        self.assertEqual(self.protocol._deadlines, [])
+        self.assertEqual(self.protocol.requests.deadlines, [])
 
     def test_rebuiltHeapKeepsDeadlines(self) -> None:
         """After a rebuild the heap holds exactly each waiting request's deadline, in heap order."""
@@ -809,13 +809,13 @@ class RequestTests(ProtocolTestCase):
             self.protocol.request("echo", n, timeout=5)
             [*_, request] = sent(self.transport)
             self.feed(frame({"type": "echoed", "payload": n, "reply_to": request["id"]}))
-        self.assertEqual(len(self.protocol._deadlines), 72)
+        self.assertEqual(len(self.protocol.requests.deadlines), 72)
         # The next request makes 73 entries, over 2 * 4 + 64: a rebuild.
         self.protocol.request("echo", "last", timeout=1)
         pending = self.protocol.pending_requests
         self.assertEqual(len(pending), 4)
-        self.assertEqual(sorted(self.protocol._deadlines), sorted((entry[2], rid) for rid, entry in pending.items()))
-        self.assertEqual(self.protocol._deadlines[0], (3.0, 73))
+        self.assertEqual(sorted(self.protocol.requests.deadlines), sorted((entry[2], rid) for rid, entry in pending.items()))
+        self.assertEqual(self.protocol.requests.deadlines[0], (3.0, 73))
         self.assertEqual(sorted(entry[2] for entry in pending.values()), [3.0, 12.0, 13.0, 14.0])
         for d in keep:
             self.assertNoResult(d)
@@ -855,7 +855,7 @@ class RequestTests(ProtocolTestCase):
         self.clock.advance(5)
         self.failureResultOf(second, DisconnectionException)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.protocol._deadlines, [])
+        self.assertEqual(self.protocol.requests.deadlines, [])
 
     def test_pongReplyRecordsRoundTrip(self) -> None:
         """A pong arriving as the reply to a ping request records the round trip too."""
@@ -900,7 +900,12 @@ class RequestTests(ProtocolTestCase):
         self.assertEqual(self.successResultOf(d), Reply("welcome", Welcome("a" * 32, 5.0, 15.0)))
         d = self.protocol.request("hello", {"version": 1})
         [request] = sent(self.transport)
-        self.feed(frame({"type": "welcome", "payload": {"uuid": 7}, "reply_to": request["id"]}))
+        with capturedLogs() as events:
+            self.feed(frame({"type": "welcome", "payload": {"uuid": 7}, "reply_to": request["id"]}))
+        [event] = events
+        self.assertEqual(formatEvent(event), "Bad welcome reply from peer 10.0.0.2:4321:"
+                                             " Expected `str`, got `int` - at `$.uuid`")
+        self.assertEqual(event["address"], "10.0.0.2:4321")
         failure = self.failureResultOf(d, BadReply)
         self.assertEqual((failure.value.request_type, failure.value.reply_type), ("hello", "welcome"))
         self.assertIn("$.uuid", failure.value.problem)
@@ -923,7 +928,7 @@ class RequestTests(ProtocolTestCase):
         d = self.protocol.request("store", "x" * 5000)
         self.failureResultOf(d, FrameTooLarge)
         self.assertEqual(self.protocol.pending_requests, {})
-        self.assertEqual(self.protocol._deadlines, [])
+        self.assertEqual(self.protocol.requests.deadlines, [])
 
 
 
@@ -1497,6 +1502,26 @@ class PeerHandlerTests(ProtocolTestCase):
         self.feed(raw_frame(b'{"type": "ping", "payload": 1e400, "id": 2}'))
         [reply] = sent(self.transport)
         self.assertEqual((reply["payload"]["error"], reply["reply_to"]), ("frame is not valid JSON", 2))
+        self.assertEqual(reply["payload"]["detail"], "Number out of range")
+
+    def test_declaredRefusalFacts(self) -> None:
+        """A refusal carries what the type's declaration adds: a hello's closes, naming the versions."""
+        self.handler.msg_hello = lambda payload: self.fail("handled")  # type: ignore[attr-defined]
+        self.feed(frame({"type": "hello", "payload": {"uuid": 5}, "id": 1}))
+        [reply] = sent(self.transport)
+        self.assertEqual(reply["payload"], {
+            "error": "bad hello payload at uuid: Expected `str | null`, got `int`",
+            "field": "uuid", "supported": [1],
+        })
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_indexedRefusal(self) -> None:
+        """A bad spec of a submit is named by its index and the field's path."""
+        self.handler.msg_submit = lambda payload: self.fail("handled")  # type: ignore[attr-defined]
+        self.feed(frame({"type": "submit", "payload": {"tasks": [{"name": "a"}, {"name": 3}]}, "id": 2}))
+        [reply] = sent(self.transport)
+        self.assertEqual((reply["payload"]["index"], reply["payload"]["field"]), (1, "tasks[1].name"))
+        self.assertFalse(self.transport.disconnecting)
 
 
 

@@ -1,5 +1,5 @@
 """
-Tests for C{picluster status}: the table of L{picluster.statusview} drawn
+Tests for C{picluster status}: the table of L{picluster.cli.status} drawn
 from crafted payloads, and the command run in this process against a real
 master with a real slave over loopback TCP.
 """

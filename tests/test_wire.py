@@ -146,8 +146,19 @@ class DecodeTests(unittest.TestCase):
 
     def test_lastResortDetail(self) -> None:
         """What msgspec refuses and the stdlib reads (a lone surrogate) is refused with msgspec's words."""
-        bad = self.assertBad(b'{"type": "a", "id": 3, "payload": "\\ud800"}', "frame is not valid JSON", 3)
-        self.assertTrue(bad.payload()["detail"])
+        frame = b'{"type": "a", "id": 3, "reply_to": 5, "payload": "\\ud800"}'
+        try:
+            msgspec.json.decode(frame)
+        except msgspec.DecodeError as e:
+            words = str(e)
+        bad = self.assertBad(frame, "frame is not valid JSON", 3)
+        self.assertEqual(bad.payload(), {"error": "frame is not valid JSON", "detail": words})
+
+    def test_deepAfterBadId(self) -> None:
+        """A bad id before a payload nested too deeply for the stdlib is refused, not a crash."""
+        bad = self.assertBad(b'{"type": "a", "id": "x", "payload": ' + b"[" * 100000 + b"]" * 100000 + b"}",
+                             "frame is not valid JSON")
+        self.assertEqual(bad.payload()["detail"], "nested too deeply")
 
     def test_floatsKept(self) -> None:
         """Finite floats are read exactly, the extremes included."""

@@ -1,5 +1,5 @@
 """
-Tests for L{picluster.worker.TaskRunner}, the slave side of distributed tasks.
+Tests for L{picluster.slave.runner.TaskRunner}, the slave side of distributed tasks.
 
 Most tests use L{FakeReactor}: a Clock with a thread pool that runs only when
 told and a spawnProcess that records the child and lets the test end it.

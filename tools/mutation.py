@@ -2,7 +2,7 @@
 """
 Mutation testing of picluster's wire layer, each mutant in a fresh pytest.
 
-    python tools/mutation.py                      # wire/envelope.py and wire/protocol.py
+    python tools/mutation.py                      # wire/envelope.py, requests.py, protocol.py
     python tools/mutation.py --sample 50          # 50 mutants, chosen with --seed
     python tools/mutation.py --module picluster/wire/envelope.py --tests tests/test_wire.py
     python tools/mutation.py --mutant 'picluster.wire.envelope.x_decode__mutmut_3'
@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["picluster/wire/envelope.py", "picluster/wire/protocol.py"]
+MODULES = ["picluster/wire/envelope.py", "picluster/wire/requests.py", "picluster/wire/protocol.py"]
 TESTS = ["tests/test_wire.py", "tests/test_protocol.py", "tests/test_fuzz.py"]
 
 

@@ -34,14 +34,11 @@ from sphinx.util.docutils import SphinxDirective
 
 #: Every picluster module path these docs import, in this one place: update
 #: it when the package moves.  Keys are what the .rst files name; a value is
-#: a dotted path, or several tried in turn (the first that imports wins).
-OPTIONS_CLASSES: dict[str, str | tuple[str, ...]] = {
+#: the class's dotted path.
+OPTIONS_CLASSES: dict[str, str] = {
     "picluster-master": "picluster.tap.master.Options",
     "picluster-slave": "picluster.tap.slave.Options",
-    "picluster": (
-        "picluster.cli.options.PiClusterOptions",  # after the package move
-        "picluster.clioptions.PiClusterOptions",  # before it
-    ),
+    "picluster": "picluster.cli.options.PiClusterOptions",
 }
 
 #: How each documented command is invoked, for the synopsis lines.
@@ -64,23 +61,10 @@ _DEFAULT_IN_HELP = re.compile(r"\s*\[default:\s*(?P<default>[^\]]*)\]\.?\s*$")
 
 def resolve(name: str) -> type:
     """The Options class a directive names: a key of OPTIONS_CLASSES or a dotted path."""
-    paths = OPTIONS_CLASSES.get(name, name)
-    if isinstance(paths, str):
-        paths = (paths,)
-    failures = []
-    for path in paths:
-        module_name, _, attribute = path.rpartition(".")
-        if not module_name:
-            raise ValueError(f"{name!r} is neither a key of OPTIONS_CLASSES nor module.Class")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if not module_name.startswith(e.name or "\0"):
-                raise  # the module exists, but something it imports does not
-            failures.append(f"{path}: {e}")
-            continue
-        return getattr(module, attribute)
-    raise ImportError(f"cannot import the options of {name!r}: " + "; ".join(failures))
+    module_name, _, attribute = OPTIONS_CLASSES.get(name, name).rpartition(".")
+    if not module_name:
+        raise ValueError(f"{name!r} is neither a key of OPTIONS_CLASSES nor module.Class")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def instantiate(cls: type, name: str | None = None) -> Any:

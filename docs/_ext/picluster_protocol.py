@@ -277,10 +277,9 @@ class ApiNamesDirective(_Generated):
         self.env.note_dependency(views.__file__)
         out = [".. list-table::", "   :header-rows: 1", "   :widths: 30 30 40", "",
                "   * - API field", "     - wire field", "     - from"]
-        for shown, sent in views.FACTS_SHOWN:
-            out += [f"   * - ``{shown}``", f"     - ``{sent}``", "     - ``computer_details``"]
-        for shown, sent in views.VITALS_SHOWN:
-            out += [f"   * - ``{shown}``", f"     - ``{sent}``", "     - ``vitals``"]
+        for table, message in ((views.FACTS_SHOWN, "computer_details"), (views.VITALS_SHOWN, "vitals")):
+            for shown, sent, _ in table:
+                out += [f"   * - ``{shown}``", f"     - ``{sent}``", f"     - ``{message}``"]
         return out + [""]
 
 

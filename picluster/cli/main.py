@@ -9,10 +9,10 @@ The C{picluster} command: submit tasks to a master, look at them, wait.
     picluster status
     picluster demo [--slaves N] [--port ENDPOINT] [--web ENDPOINT] [--no-tasks]
 
-The options are L{picluster.clioptions}'; the talking is
+The options are L{picluster.cli.options}'; the talking is
 L{picluster.client.Client}'s; what is printed is shaped in
 L{picluster.cli.formatting} (and, for C{status}, L{picluster.cli.status}).
-C{demo} runs a L{picluster.demo.Demo} until the reactor is told to stop
+C{demo} runs a L{picluster.cli.demo.Demo} until the reactor is told to stop
 (Ctrl-C, SIGTERM).  Expected failures (a master that cannot be reached
 or refuses, a bad file) end in one line on stderr and exit status 1, bad
 options in exit status 2; never in a traceback.

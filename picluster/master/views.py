@@ -10,7 +10,7 @@ The shapes are documented in docs/monitoring.rst; change them there too.
 
 from __future__ import annotations
 
-from functools import partial
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from picluster._version import __version__
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from picluster.master.connection import MasterFactory, PeerConnection
     from picluster.master.registry import Departure, SlaveRegistry
     from picluster.master.scheduler import Scheduler
-    from picluster.wire.messages import Vitals
+    from picluster.wire.messages import Throttling
 
     Node = PeerConnection | Departure
 
@@ -55,44 +55,22 @@ LIVE_TASKS = 10
 MAX_NUMBER = 1e300
 
 
-#: The API's name for each machine fact it shows, and the fact's name on the
-#: wire (L{picluster.wire.messages.ComputerDetails}).
-FACTS_SHOWN = (("model", "model"), ("os", "os"), ("cpu_cores", "cpu_cores"), ("ram_total", "ram"))
-
-#: The API's name for each reading it shows, and the reading's name on the
-#: wire (L{picluster.wire.messages.Vitals}).  C{throttled} is true when any of
-#: the firmware's current throttling flags is.
-VITALS_SHOWN = (
-    ("uptime", "uptime"), ("cpu_percent", "cpu_percentage"), ("temperature", "cpu_temperature"),
-    ("ram_free", "ram_free"), ("disk_free", "disk_free"), ("disk_total", "disk_total"),
-    ("load_average", "load_average"), ("under_voltage", "under_voltage"),
-    ("throttled", "throttling"),
-)
-
-
-def _in_range(value: Any) -> Any:
+def _number(value: Any) -> Any:
     if type(value) in (int, float) and -MAX_NUMBER <= value <= MAX_NUMBER:
         return value
     return None
 
 
-def _number(facts: Any, key: str) -> Any:
-    return _in_range(getattr(facts, key, None))
-
-
-def _text(facts: Any, key: str) -> str | None:
-    value = getattr(facts, key, None)
+def _text(value: Any) -> str | None:
     return clip(value) if isinstance(value, str) else None
 
 
-def _flag(vitals: Any, key: str) -> bool | None:
-    value = getattr(vitals, key, None)
+def _flag(value: Any) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def _throttled(vitals: Vitals | None) -> bool | None:
+def _throttled(throttling: Throttling | None) -> bool | None:
     """Whether the firmware is holding the node back right now, for any reason."""
-    throttling = getattr(vitals, "throttling", None)
     if throttling is None:
         return None
     return any(flag is True for flag in (
@@ -101,23 +79,39 @@ def _throttled(vitals: Vitals | None) -> bool | None:
     ))
 
 
-def _load_average(vitals: Vitals | None) -> list[float] | None:
-    loads = getattr(vitals, "load_average", None)
+def _load_average(loads: list[float] | None) -> list[float] | None:
     if loads is not None and len(loads) == 3:
-        shown = [_in_range(x) for x in loads]
+        shown = [_number(x) for x in loads]
         if None not in shown:
             return shown
     return None
 
 
-_READ = {"load_average": _load_average, "under_voltage": lambda v: _flag(v, "under_voltage"),
-         "throttling": _throttled}
+#: What the API shows of a node's machine facts: its name for each, the
+#: fact's name on the wire (L{picluster.wire.messages.ComputerDetails}), and
+#: how it is read (a peer chose it: texts are clipped, numbers kept in range).
+FACTS_SHOWN: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("model", "model", _text), ("os", "os", _text), ("cpu_cores", "cpu_cores", _number),
+    ("ram_total", "ram", _number),
+)
+
+#: Likewise for the readings (L{picluster.wire.messages.Vitals}).
+#: C{throttled} is true when any of the firmware's current flags is.
+VITALS_SHOWN: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("uptime", "uptime", _number), ("cpu_percent", "cpu_percentage", _number),
+    ("temperature", "cpu_temperature", _number), ("ram_free", "ram_free", _number),
+    ("disk_free", "disk_free", _number), ("disk_total", "disk_total", _number),
+    ("load_average", "load_average", _load_average), ("under_voltage", "under_voltage", _flag),
+    ("throttled", "throttling", _throttled),
+)
+
+
+def _shown(table: tuple[tuple[str, str, Callable[[Any], Any]], ...], sent: Any) -> dict[str, Any]:
+    return {name: read(getattr(sent, field, None)) for name, field, read in table}
 
 
 def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
     """One node as the API lists it, connected or left (a L{Departure})."""
-    facts = node.computer_details
-    vitals = node.vitals
     left = getattr(node, "left_at", None) is not None
     worker = None if left else master.scheduler.workers.get(node)
     return {
@@ -125,15 +119,13 @@ def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
         "state": "left" if left else "connected",
         "hostname": clip(node.hostname),
         "address": node.address,
-        **{shown: (_text if shown in ("model", "os") else _number)(facts, sent)
-           for shown, sent in FACTS_SHOWN},
+        **_shown(FACTS_SHOWN, node.computer_details),
         "connected_at": node.connected_at,
         "last_seen": node.last_seen,
         "left_at": node.left_at if left else None,
         "left_reason": node.left_reason if left else None,
         "rtt_ms": node.rtt_ms,
-        **{shown: _READ.get(sent, partial(_number, key=sent))(vitals)  # type: ignore[operator]
-           for shown, sent in VITALS_SHOWN},
+        **_shown(VITALS_SHOWN, node.vitals),
         "vitals_at": node.vitals_received_at,
         "slots": worker.slots if worker is not None else None,
         "running_tasks": len(worker.running) if worker is not None else 0,
@@ -186,7 +178,7 @@ def master_summary(master: MasterState, facts: bool = True) -> dict[str, Any]:
     shown: dict[str, Any] = {
         "now": now,
         "version": __version__,
-        "hostname": _text(factory.computer_details, "hostname"),
+        "hostname": _text(factory.computer_details.hostname),
         "started_at": master.started_at,
         "uptime": None if master.started_at is None else now - master.started_at,
         "port": master.port,

@@ -141,10 +141,9 @@ def decode(frame: bytes) -> Envelope:
     try:
         return _envelope_decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
-        _explain(frame, str(e))
+        raise _explain(frame, str(e)) from None
     except RecursionError:
-        _explain(frame, "nested too deeply")
-    raise AssertionError("unreachable: _explain always raises")
+        raise BadMessage(messages.NOT_JSON, detail="nested too deeply") from None
 
 
 _PATH = re.compile(r" - at `\$\.?(.*)`$")
@@ -163,31 +162,35 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def _explain(frame: bytes, problem: str) -> None:
-    """Raise the L{BadMessage} that says what is wrong with C{frame}."""
+def _explain(frame: bytes, problem: str) -> BadMessage:
+    """
+    The L{BadMessage} that says what is wrong with C{frame}, which msgspec
+    refused saying C{problem}: read again by the stdlib, for the words the
+    protocol reference promises and the id to answer.
+    """
     try:
         text = frame.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadMessage(messages.NOT_UTF8, position=e.start) from None
+        return BadMessage(messages.NOT_UTF8, position=e.start)
     try:
         obj = _strict_decoder.decode(text)
     except ValueError as e:
-        raise BadMessage(messages.NOT_JSON, detail=str(e)) from None
+        return BadMessage(messages.NOT_JSON, detail=str(e))
     except RecursionError:
-        raise BadMessage(messages.NOT_JSON, detail="nested too deeply") from None
+        return BadMessage(messages.NOT_JSON, detail="nested too deeply")
     if type(obj) is not dict:
-        raise BadMessage(messages.NOT_OBJECT, got=type(obj).__name__)
+        return BadMessage(messages.NOT_OBJECT, got=type(obj).__name__)
     msg_id = obj.get("id")
     if msg_id is not None and type(msg_id) is not int:
-        raise BadMessage(messages.BAD_ID, got=msg_id if _is_scalar(msg_id) else None)
+        return BadMessage(messages.BAD_ID, got=msg_id if _is_scalar(msg_id) else None)
     if type(obj.get("type")) is not str:
-        raise BadMessage(messages.NO_TYPE, reply_to=msg_id)
+        return BadMessage(messages.NO_TYPE, reply_to=msg_id)
     reply_to = obj.get("reply_to")
     if reply_to is not None and type(reply_to) is not int:
-        raise BadMessage(
+        return BadMessage(
             messages.BAD_REPLY_TO,
             got=reply_to if _is_scalar(reply_to) else None, reply_to=msg_id,
         )
     # The stdlib took what msgspec did not (a lone surrogate, say): say
     # what msgspec found.
-    raise BadMessage(messages.NOT_JSON, detail=problem, reply_to=msg_id)
+    return BadMessage(messages.NOT_JSON, detail=problem, reply_to=msg_id)

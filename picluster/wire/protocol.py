@@ -12,8 +12,6 @@ with a message lives in its handler, never here.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import struct
 from typing import Any
 
@@ -31,10 +29,10 @@ from picluster.wire.errors import (
     DisconnectionException,
     FrameTooLarge,
     RemoteError,
-    RequestTimeout,
     ServiceError,
     describe_reason,
 )
+from picluster.wire.requests import Pending, PendingRequests
 from picluster.wire.stats import WireStats
 
 #: Seconds a request waits for its reply unless told otherwise.
@@ -132,11 +130,6 @@ class PeerHandler:
         )
 
 
-#: A request waiting for its reply: its Deferred, its type, when it times
-#: out (in the clock's seconds), and its timeout.
-_Pending = tuple["defer.Deferred[Reply]", str, float, float]
-
-
 class PiClusterProtocol(Int32StringReceiver):
     """
     One picluster connection, master or slave side alike.
@@ -146,8 +139,8 @@ class PiClusterProtocol(Int32StringReceiver):
     latest keepalive round trip.  The factory supplies the settings and the
     L{PeerHandler} that gives the connection its role.
 
-    @ivar pending_requests: Request id to what waits for its reply: the
-        Deferred, the request's type, when it times out, and its timeout.
+    @ivar requests: The requests sent on this connection that wait for a
+        reply (L{PendingRequests}).
     @ivar last_received: When any bytes last arrived, in the clock's seconds.
     @ivar rtt_ms: The latest keepalive round trip in milliseconds, or C{None}.
     @ivar lost: The L{DisconnectionException} once the connection is gone.
@@ -170,13 +163,7 @@ class PiClusterProtocol(Int32StringReceiver):
     _close_cause: str | None = None
 
     def __init__(self) -> None:
-        self.pending_requests: dict[int, _Pending] = {}
-        self._request_ids = itertools.count(1)
-        # One timer serves every request's timeout (see request()), with a
-        # heap of (deadline, request id), answered ones left in it.
-        self._timeouts: Any = None
-        self._timeouts_at = 0.0
-        self._deadlines: list[tuple[float, int]] = []
+        self.requests = PendingRequests()
         self._keepalive: LoopingCall | None = None
         self._dead_peer_check: Any = None
         self._lost_waiters: list[defer.Deferred[DisconnectionException]] = []
@@ -185,7 +172,7 @@ class PiClusterProtocol(Int32StringReceiver):
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.clock = factory.clock
+        self.clock = self.requests.clock = factory.clock
         self.MAX_LENGTH = factory.max_frame
         factory.stats.opened()
         self.peer_address = format_address(self.transport.getPeer())
@@ -218,15 +205,8 @@ class PiClusterProtocol(Int32StringReceiver):
         if self._dead_peer_check is not None and self._dead_peer_check.active():
             self._dead_peer_check.cancel()
         self._dead_peer_check = None
-        if self._timeouts is not None and self._timeouts.active():
-            self._timeouts.cancel()
-        self._timeouts = None
-        self._deadlines = []
         self.factory.stats.closed(self)
-        # Swap the map out first: an errback may well try to send again.
-        pending, self.pending_requests = self.pending_requests, {}
-        for waiting, _, _, _ in pending.values():
-            waiting.errback(self._lost_failure())
+        self.requests.fail_all(self._lost_failure)
         waiters, self._lost_waiters = self._lost_waiters, []
         for waiter in waiters:
             waiter.callback(self.lost)
@@ -366,59 +346,17 @@ class PiClusterProtocol(Int32StringReceiver):
         """
         if timeout is None:
             timeout = self.factory.request_timeout
-        request_id = next(self._request_ids)
-
-        def forget(_: defer.Deferred[Reply]) -> None:
-            self.pending_requests.pop(request_id, None)
-
-        waiting: defer.Deferred[Reply] = defer.Deferred(forget)
+        request_id = self.requests.next_id()
         try:
             self.send(message_type, payload, id=request_id)
         except Exception:
             return defer.fail()
-        # Not a timer per request (Deferred.addTimeout): scheduling and
-        # cancelling one cost as much as the rest of a request.  One timer
-        # fires at the earliest deadline of a heap, times out what is due
-        # and looks for the next; an answered request leaves its deadline to
-        # be skipped then, so steady traffic moves the timer once a timeout.
-        # The heap is rebuilt from what still waits once answered requests
-        # are most of it, so it stays within twice what waits.
-        deadline = self.clock.seconds() + timeout
-        pending = self.pending_requests
-        pending[request_id] = (waiting, message_type, deadline, timeout)
-        heapq.heappush(self._deadlines, (deadline, request_id))
-        if len(self._deadlines) > 2 * len(pending) + 64:
-            self._deadlines = [(entry[2], rid) for rid, entry in pending.items()]
-            heapq.heapify(self._deadlines)
-        if self._timeouts is None or deadline < self._timeouts_at:
-            self._time_out_at(deadline)
-        return waiting
+        return self.requests.wait(request_id, message_type, timeout)
 
-    def _time_out_at(self, when: float) -> None:
-        if self._timeouts is not None and self._timeouts.active():
-            self._timeouts.cancel()
-        self._timeouts_at = when
-        self._timeouts = self.clock.callLater(
-            max(0.0, when - self.clock.seconds()), self._time_out_requests
-        )
-
-    def _time_out_requests(self) -> None:
-        self._timeouts = None
-        now = self.clock.seconds() + _EPSILON
-        # An errback below may send requests (pushing deadlines, perhaps
-        # rebuilding the heap) or lose the connection: read both afresh.
-        while self._deadlines and self._deadlines[0][0] <= now and self.lost is None:
-            _, request_id = heapq.heappop(self._deadlines)
-            entry = self.pending_requests.pop(request_id, None)
-            if entry is not None:
-                entry[0].errback(RequestTimeout(entry[1], entry[3]))
-        deadlines, pending = self._deadlines, self.pending_requests
-        while deadlines and deadlines[0][1] not in pending:
-            heapq.heappop(deadlines)
-        if deadlines and self.lost is None:
-            earliest = deadlines[0][0]
-            if self._timeouts is None or earliest < self._timeouts_at:
-                self._time_out_at(earliest)
+    @property
+    def pending_requests(self) -> dict[int, Pending]:
+        """Request id to what waits for its reply (see L{PendingRequests})."""
+        return self.requests.waiting
 
     # -- receiving -------------------------------------------------------------
 
@@ -451,7 +389,7 @@ class PiClusterProtocol(Int32StringReceiver):
             self._settle(envelope.reply_to, envelope)
 
     def _settle(self, reply_to: int, reply: wire.Envelope) -> None:
-        pending = self.pending_requests.pop(reply_to, None)
+        pending = self.requests.settle(reply_to)
         reply_type = reply.type
         request_type = pending[1] if pending is not None else None
         if reply_type in _REFUSALS:

@@ -1,5 +1,5 @@
 """
-Tests for L{picluster.influx}: line protocol, then the exporter against a
+Tests for L{picluster.master.influx}: line protocol, then the exporter against a
 real twisted.web stand-in for InfluxDB (its timers on a L{task.Clock}), then
 against a real C{influxd} where one is installed.
 """

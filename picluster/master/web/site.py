@@ -11,7 +11,7 @@ C{/metrics}, as one twisted.web L{Site} built on the master service.
     /metrics            Prometheus exposition
 
 Nothing here writes: every resource answers GET (and HEAD) only.  The
-shapes of the JSON are L{picluster.views}'; this module only routes,
+shapes of the JSON are L{picluster.master.views}'; this module only routes,
 validates query arguments and encodes.
 """
 
