@@ -6,7 +6,8 @@ Trial's C{TestCase.mktemp()} returns a path relative to the working
 directory; trial itself changes into C{_trial_temp} first, but under pytest
 the working directory is the checkout, and every run left files in it.  The
 change comes after collection, so that paths on the command line (C{--ignore
-tests/system}) still mean what they say.
+tests/system}) still mean what they say.  Hypothesis, whose plugin pytest
+loads before any test, is told its database's place at once.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ import shutil
 import tempfile
 
 _checkout = os.getcwd()
-_workdir: str | None = None
+_workdir = tempfile.mkdtemp(prefix="picluster-tests-")
+os.environ["HYPOTHESIS_STORAGE_DIRECTORY"] = os.path.join(_workdir, ".hypothesis")
 
 
 def pytest_collection_finish(session: object) -> None:
-    global _workdir
-    _workdir = tempfile.mkdtemp(prefix="picluster-tests-")
     os.chdir(_workdir)
 
 
 def pytest_sessionfinish(session: object, exitstatus: int) -> None:
     os.chdir(_checkout)
-    if _workdir is not None:
-        shutil.rmtree(_workdir, ignore_errors=True)
+    shutil.rmtree(_workdir, ignore_errors=True)
