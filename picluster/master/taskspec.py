@@ -19,9 +19,6 @@ import msgspec
 from picluster import wire
 from picluster.wire import messages
 
-#: Runs a task gets after its first, when slaves are lost under it.
-DEFAULT_RETRIES = 3
-
 #: Largest JSON encoding of one task's arguments, in bytes.
 DEFAULT_MAX_ARGS = 64 * 1024
 

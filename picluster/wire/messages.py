@@ -42,7 +42,9 @@ MAX_OFFERS = 10_000
 MAX_KEY_LENGTH = 200
 MAX_NAME_LENGTH = 200
 
-#: The most retries anyone may ask for.
+#: Runs a task gets after its first, when slaves are lost under it, unless
+#: its spec says otherwise; and the most anyone may ask for.
+DEFAULT_RETRIES = 3
 MAX_RETRIES = 100
 
 #: The longest timeout a task may have: a year, in seconds.
@@ -267,7 +269,9 @@ class TaskSpec(StrictPayload):
     timeout: _described(
         float | None, "seconds a run may take before it is stopped", gt=0, le=MAX_TIMEOUT
     ) = None
-    retries: _described(int, "more runs if its slave is lost under it", ge=0, le=MAX_RETRIES) = 3
+    retries: _described(
+        int, "more runs if its slave is lost under it", ge=0, le=MAX_RETRIES
+    ) = DEFAULT_RETRIES
     key: _described(str | None, "an idempotency key: the same key is the same task", min_length=1,
                     max_length=MAX_KEY_LENGTH) = None
 
@@ -300,7 +304,7 @@ class TaskRecord(Payload):
     args: dict[str, Any] | None = None
     requirements: dict[str, Any] | None = None
     timeout: float | None = None
-    retries: int = 3
+    retries: int = DEFAULT_RETRIES
     slave: _described(str | None, "the uuid of the slave running it, or that ran it last") = None
     slave_hostname: str | None = None
     attempts: _described(int, "runs handed to slaves") = 0
