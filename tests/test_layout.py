@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 
 from twisted.trial import unittest
 
 from tests.processes import REPO_ROOT
 
 PACKAGE = os.path.join(REPO_ROOT, "picluster")
+
+#: Another object's protocol reached into: C{x.protocol.send}, not C{self.protocol.send}.
+_REACHING = re.compile(r"(?<!self)\.protocol\.[a-z_]")
 
 #: The roles, each a folder of its own.
 ROLES = ("wire", "master", "slave", "client", "cli", "tasks", "tap")
@@ -123,3 +127,24 @@ class LayoutTests(unittest.TestCase):
                 other = role(target)
                 if other is not None and other != role(module):
                     self.assertIn(other, allowed, f"{module} imports {target}")
+
+    def test_onlyHandlersTouchTheirProtocol(self):
+        """
+        Outside the wire, only a connection's own handler reaches its
+        protocol (C{self.protocol}); workers, watchers and the service send
+        through the handler's C{send}/C{request}/C{close}.
+        """
+        found = []
+        for name, path in modules().items():
+            if role(name) == "wire":
+                continue
+            with open(path, encoding="utf-8") as source:
+                for number, line in enumerate(source, 1):
+                    if _REACHING.search(line):
+                        found.append(f"{name}:{number}: {line.strip()}")
+        self.assertEqual(found, [])
+
+    def test_theReachingPatternSeesAReach(self):
+        """The pattern above finds what it forbids, and lets a handler's own protocol be."""
+        self.assertTrue(_REACHING.search("worker.connection.protocol.request('run_task')"))
+        self.assertFalse(_REACHING.search("self.protocol.request('hello')"))

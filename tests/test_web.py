@@ -401,7 +401,7 @@ class EventTests(unittest.TestCase):
         """Nobody watching, nothing built."""
         web = WebMaster(self)
         built = []
-        self.patch(web.master.scheduler, "latest", lambda limit: built.append(limit) or [])
+        self.patch(web.master.scheduler.view, "latest", lambda limit: built.append(limit) or [])
         reader = yield self.connect(web)
         yield processes.wait_until(lambda: reader.events(), "the first event", poll=0.01)
         web.clock.advance(events.INTERVAL)
@@ -427,7 +427,7 @@ class EventTests(unittest.TestCase):
             asked.append(defer.Deferred())
             return asked[-1]
 
-        self.patch(web.master.scheduler, "latest", latest)
+        self.patch(web.master.scheduler.view, "latest", latest)
         first = yield self.connect(web)
         yield processes.wait_until(lambda: stream.subscribers, "subscribed", poll=0.01)
         web.clock.advance(events.INTERVAL)       # a tick, waiting for the queue
@@ -604,7 +604,7 @@ class HostilePeerTests(unittest.TestCase):
         """
         web = WebMaster(self)
         waiting: defer.Deferred[Any] = defer.Deferred()
-        self.patch(web.master.scheduler, "latest", lambda limit, state=None: waiting)
+        self.patch(web.master.scheduler.view, "latest", lambda limit, state=None: waiting)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", web.port.getHost().port)
         reader = yield connectProtocol(endpoint, _EventReader())
         reader.transport.write(b"GET /api/tasks HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -615,5 +615,5 @@ class HostilePeerTests(unittest.TestCase):
         waiting.callback([])
         # An unhandled failure is only told of when its Deferred is collected.
         gc.collect()
-        self.patch(web.master.scheduler, "latest", lambda limit, state=None: [])
+        self.patch(web.master.scheduler.view, "latest", lambda limit, state=None: [])
         self.assertEqual((yield web.get("/api/tasks")).code, 200)

@@ -191,8 +191,8 @@ class PeerConnection(PeerHandler):
             "address": self.address,
             "hostname": self.hostname,
             "connected_at": self.connected_at,
-            "last_seen": self.protocol.last_received,
-            "rtt_ms": self.protocol.rtt_ms,
+            "last_seen": self.last_seen,
+            "rtt_ms": self.rtt_ms,
             "vitals": self.vitals,
             "vitals_received_at": self.vitals_received_at,
             "computer_details": self.computer_details,
@@ -248,7 +248,7 @@ class PeerConnection(PeerHandler):
             address=self.address,
             old=displaced.address,
         )
-        displaced.protocol.close("replaced by a newer connection with the same uuid", abort=True)
+        displaced.close("replaced by a newer connection with the same uuid", abort=True)
 
     def msg_computer_details(self, details: ComputerDetails) -> None:
         self.computer_details = self.master.shared_texts.details(details)
@@ -298,13 +298,13 @@ class PeerConnection(PeerHandler):
         return self._when_ready(*ROLES).addCallback(lambda s: s.submit(submission.tasks))
 
     def msg_tasks(self, query: TasksQuery | None) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.tasks(query or TasksQuery()))
+        return self._when_ready(*ROLES).addCallback(lambda s: s.view.tasks(query or TasksQuery()))
 
     def msg_cancel(self, task: TaskRef) -> defer.Deferred[Any]:
         return self._when_ready(*ROLES).addCallback(lambda s: s.cancel(task.id))
 
     def msg_watch(self, watch: Watch) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.watch(self, watch.ids))
+        return self._when_ready(*ROLES).addCallback(lambda s: s.view.watch(self, watch.ids))
 
 
 class Keepalives:

@@ -118,7 +118,7 @@ class ClusterCollector:
             yield CounterMetricFamily(f"picluster_{name}", help_text, value=totals[key])
 
         tasks = GaugeMetricFamily("picluster_tasks", "Tasks by state", labels=["state"])
-        for state, count in master.scheduler.state_counts().items():
+        for state, count in master.scheduler.view.state_counts().items():
             tasks.add_metric([state], count)
         yield tasks
 

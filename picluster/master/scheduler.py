@@ -12,11 +12,16 @@ is kept only if the task is still open, so it is recorded once.
 Each open task is in exactly one of three places: a queue (waiting), the
 C{held} map (found running at start, waiting for its slave to rejoin), or a
 worker's C{running} map.
+
+The scheduler only decides and records; how tasks are listed, watched and
+counted for clients and the dashboard is L{picluster.master.taskview}'s,
+which reads the scheduler through the narrow L{picluster.master.taskview.TaskBook} interface.  The
+slaves are reached through their connections' own C{request}, never their
+protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -26,14 +31,14 @@ from twisted.python.failure import Failure
 
 from picluster import wire
 from picluster.logbudget import LogBudget
-from picluster.master.store import FINAL_STATES, STATES, KeyConflict, StoreError, TaskStore
+from picluster.master.store import FINAL_STATES, KeyConflict, StoreError, TaskStore
 from picluster.master.taskqueue import TaskQueue
 from picluster.master.taskspec import DEFAULT_MAX_ARGS, parse_submission
-from picluster.master.watchers import Watchers
+from picluster.master.taskview import TaskView, store_failed
 from picluster.master.workers import OpenTask, Worker
 from picluster.wire import messages
 from picluster.wire.errors import DisconnectionException, RemoteError, ServiceError
-from picluster.wire.messages import BUSY_REFUSALS, MAX_WATCHED
+from picluster.wire.messages import BUSY_REFUSALS
 
 log = Logger()
 
@@ -60,8 +65,6 @@ class Scheduler:
         self.rejoin_grace = rejoin_grace
         self.max_args = max_args
         self.max_open_tasks = max_open_tasks
-        #: Bytes of records one reply may carry: a frame, less the envelope.
-        self.max_reply = max_reply
         self.store: TaskStore | None = None
         self.open: dict[int, OpenTask] = {}
         self.workers: dict[Any, Worker] = {}
@@ -69,7 +72,8 @@ class Scheduler:
         self.queue = TaskQueue(self.open)
         #: Finished tasks whose final row is not yet on disk, and who waits for it.
         self._finishing: dict[int, tuple[dict[str, Any], list[defer.Deferred[None]]]] = {}
-        self.watchers = Watchers()
+        #: How the tasks are shown: to clients, the web API and the dashboard.
+        self.view = TaskView(self, max_reply)
         #: Lines about single tasks: one by one only while they are few.
         self.task_log = LogBudget(
             log, clock, "Left out of the log in the last {seconds:g} s: {kinds}"
@@ -164,7 +168,7 @@ class Scheduler:
             raise ServiceError(
                 f"the queue is full: {len(self.open)} open tasks, at most {self.max_open_tasks}"
             )
-        stored = self._store().submit(specs, self.clock.seconds())
+        stored = self.usable_store().submit(specs, self.clock.seconds())
         stored.addCallbacks(self._submitted, self._not_submitted)
         return stored
 
@@ -177,7 +181,7 @@ class Scheduler:
                 self.open[task.id] = task
                 self._enqueue(task)
                 names.add(task.name)
-            current = self._current(record)
+            current = self.view.current(record)
             answers.append({"id": record["id"], "key": record["key"], "state": current["state"],
                             "duplicate": duplicate})
         offered = set().union(*(w.offers for w in self.workers.values()))
@@ -200,90 +204,25 @@ class Scheduler:
             raise ServiceError(f"cannot store the tasks: {failure.getErrorMessage()}")
         return failure  # type: ignore[return-value]
 
-    def tasks(self, query: messages.TasksQuery) -> defer.Deferred[tuple[str, Any]]:
-        state = query.state
-        if state is not None and state not in STATES:
-            raise wire.BadMessage(f"unknown state {state!r}", known=list(STATES))
-        found = self._store().query(
-            ids=query.ids, states=None if state is None else (state,), after=query.after,
-            limit=query.limit,
-        )
-        return found.addCallbacks(self._listed, self._store_failed)
-
-    def _listed(self, records: list[dict[str, Any]]) -> tuple[str, Any]:
-        """
-        The records that fit in one reply frame: results and arguments can be
-        large, so the list is cut short where it would not, and says so.
-        """
-        shown: list[dict[str, Any]] = []
-        room = self.max_reply
-        for record in self._show(records):
-            room -= len(wire.encode(record))
-            if shown and room < 0:
-                return ("tasks", {"tasks": shown, "more": True})
-            shown.append(record)
-        return ("tasks", {"tasks": shown, "more": False})
-
     def cancel(self, task_id: int) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
         task = self.open.get(task_id)
         if task is not None:
             self._finish(task, "cancelled", None, None)
             log.info("Task {id} ({name}) cancelled", id=task.id, name=task.name)
-            return ("tasks", {"tasks": [self._show_one(task.record)]})
-        found = self._store().query(ids=[task_id])
+            return ("tasks", {"tasks": [self.view.show_one(task.record)]})
+        found = self.usable_store().query(ids=[task_id])
 
         def refuse(records: list[dict[str, Any]]) -> None:
             if not records:
                 raise wire.BadMessage(f"no task {task_id}")
-            record = self._current(records[0])
+            record = self.view.current(records[0])
             raise wire.BadMessage(f"task {record['id']} is already {record['state']}", state=record["state"])
 
-        return found.addCallbacks(refuse, self._store_failed)
-
-    def watch(
-        self, watcher: Any, ids: list[int]
-    ) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
-        if self.watchers.count(watcher) + len(ids) > MAX_WATCHED:
-            raise wire.BadMessage(f"at most {MAX_WATCHED} watched tasks per connection")
-        # The tasks in memory (open, or ended and being saved) are watched
-        # and looked at now; only the others, ended long ago or unknown, are
-        # looked up on disk.  A client waits on tasks it has just submitted,
-        # so usually nothing is.
-        in_memory: list[dict[str, Any]] = []
-        on_disk: list[int] = []
-        for task_id in dict.fromkeys(ids):
-            record = self._in_memory(task_id)
-            if record is None:
-                on_disk.append(task_id)
-            else:
-                in_memory.append(record)
-        self.watchers.add(watcher, [record["id"] for record in in_memory])
-        if not on_disk:
-            return self._watched([], watcher, in_memory)
-        found = self._store().query(ids=on_disk)
-        return found.addCallbacks(self._watched, self._store_failed,
-                                  callbackArgs=(watcher, in_memory))
-
-    def _watched(self, found: list[dict[str, Any]], watcher: Any,
-                 in_memory: list[dict[str, Any]]) -> tuple[str, Any]:
-        """
-        Push each ended task's record on its own (one record always fits a
-        frame; a hundred with their results may not), and answer with the
-        id and state of the rest, by id.
-        """
-        still_open = []
-        records = sorted(in_memory + found, key=lambda record: record["id"])
-        for record in records:
-            if record["state"] in FINAL_STATES:
-                self.watchers.tell(watcher, self._show_one(record))
-            else:
-                current = self._current(record)
-                still_open.append({"id": current["id"], "state": current["state"]})
-        return ("tasks", {"tasks": still_open})
+        return found.addCallbacks(refuse, store_failed)
 
     def forget(self, connection: Any) -> None:
         """A connection has gone: stop pushing to it, and take back its work."""
-        self.watchers.forget(connection)
+        self.view.watchers.forget(connection)
         worker = self.workers.pop(connection, None)
         if worker is not None:
             self._worker_left(worker)
@@ -371,7 +310,7 @@ class Scheduler:
         return waiter
 
     def _worker_left(self, worker: Worker) -> None:
-        cause = worker.connection.protocol.lost
+        cause = worker.connection.disconnection
         why = f"slave {worker.uuid} ({worker.hostname}) was lost"
         if cause is not None:
             why += f": {cause.cause}"
@@ -406,7 +345,7 @@ class Scheduler:
         worker.last_assigned = self._assignments
         self._run_on(task, worker, attempt)
         run = messages.RunTask(task.id, attempt, task.name, task.record["args"], task.timeout)
-        sent = worker.connection.protocol.request("run_task", run)
+        sent = worker.connection.request("run_task", run)
         sent.addErrback(self._run_refused, task, worker, attempt)
         sent.addErrback(lambda failure: log.failure("Handing out task {id} failed", failure, id=task.id))
 
@@ -492,8 +431,7 @@ class Scheduler:
         _, waiters = self._finishing.pop(task_id, (None, []))
         for waiter in waiters:
             waiter.callback(None)
-        if self.watchers.watched(task_id):
-            self.watchers.ended(task_id, self._show_one(record))
+        self.view.ended(task_id, record)
 
     # -- handing out work ------------------------------------------------------
 
@@ -543,31 +481,7 @@ class Scheduler:
                      count=len(held))
         self._schedule_dispatch()
 
-    # -- showing tasks ---------------------------------------------------------
-
-    def waiting_reason(self, task: OpenTask) -> str | None:
-        """Why a queued task is not running yet, in words for C{picluster task}."""
-        if not task.queued and task.id not in self.held:
-            return None
-        if task.id in self.held:
-            return ("was running when the master restarted; waiting for its slave to rejoin"
-                    " and claim it")
-        offering = [w for w in self.workers.values() if task.name in w.offers]
-        if not offering:
-            return f"no connected slave offers {task.name!r}"
-        meeting = [w for w in offering if task.requirements.unmet(w.computer_details, w.tags) is None]
-        if not meeting:
-            unmet = offering[0].describe_unmet(task)
-            return f"no connected slave that offers {task.name!r} meets the requirements ({unmet})"
-        busy = sum(w.slots for w in meeting)
-        return (f"waiting for a free slot: all {busy} slots of the {len(meeting)} slaves"
-                " that can run it are busy")
-
-    def _current(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The newest version of a task's record: memory beats the disk."""
-        return self._in_memory(record["id"]) or record
-
-    def _in_memory(self, task_id: int) -> dict[str, Any] | None:
+    def in_memory(self, task_id: int) -> dict[str, Any] | None:
         """The live record of a task that is open, or ended and being saved."""
         task = self.open.get(task_id)
         if task is not None:
@@ -575,58 +489,21 @@ class Scheduler:
         finishing = self._finishing.get(task_id)
         return finishing[0] if finishing is not None else None
 
-    def _show_one(self, record: dict[str, Any]) -> dict[str, Any]:
-        shown = dict(self._current(record))
-        task = self.open.get(shown["id"])
-        shown["waiting"] = self.waiting_reason(task) if task is not None else None
-        return shown
-
-    def _show(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [self._show_one(record) for record in records]
-
-    # -- the dashboard's view ----------------------------------------------------
-
-    def state_counts(self) -> dict[str, int]:
-        """Tasks in each state, from memory: cheap enough for every refresh."""
-        # Held tasks show as queued until their slave claims them.
-        running = sum(len(worker.running) for worker in self.workers.values())
-        finished = self.finished_counts
-        return {"queued": len(self.open) - running, "running": running, "done": finished["done"],
-                "failed": finished["failed"], "cancelled": finished["cancelled"]}
-
-    def task(self, task_id: int) -> defer.Deferred[dict[str, Any] | None]:
-        """One task as shown, or C{None} when there is no such task."""
-        found = self._store().query(ids=[task_id], limit=1)
-        return found.addCallbacks(
-            lambda records: self._show_one(records[0]) if records else None, self._store_failed
-        )
-
-    def latest(self, limit: int, state: str | None = None) -> defer.Deferred[list[dict[str, Any]]]:
-        """The newest C{limit} tasks (in C{state}, if given), newest first, as shown."""
-        found = self._store().query(
-            states=None if state is None else (state,), limit=limit, newest_first=True
-        )
-        return found.addCallbacks(self._show, self._store_failed)
-
     # -- the store -------------------------------------------------------------
 
-    def _store(self) -> TaskStore:
+    def usable_store(self) -> TaskStore:
+        """The task store, or L{ServiceError} while it cannot serve."""
         if self._unavailable is not None or self.store is None:
             raise ServiceError(self._unavailable or "the task queue is unavailable")
         return self.store
 
     def _save(self, record: dict[str, Any]) -> defer.Deferred[None]:
         """Save a copy of C{record} (the store writes it in its own thread)."""
-        return self._store().save(dict(record))
+        return self.usable_store().save(dict(record))
 
     def _write(self, record: dict[str, Any]) -> None:
         """L{_save}, when nobody waits for the row to be committed."""
-        self._store().write(dict(record))
-
-    @staticmethod
-    def _store_failed(failure: Failure) -> None:
-        failure.trap(StoreError)
-        raise ServiceError(failure.getErrorMessage())
+        self.usable_store().write(dict(record))
 
 
 def _refusal(failure: Failure) -> Any:

@@ -175,8 +175,8 @@ class MasterService(service.MultiService):
         ])
         closing = []
         for connection in list(self.factory.connections):
-            closing.append(connection.protocol.when_lost())
-            connection.protocol.close("master shutting down")
+            closing.append(connection.when_lost())
+            connection.close("master shutting down")
         loading = [self._queue_loaded] if self._queue_loaded is not None else []
         closed = defer.gatherResults([stopped, *closing, *loading])
         closed.addCallback(lambda _: self.scheduler.stop())

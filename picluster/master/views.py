@@ -187,7 +187,7 @@ def master_summary(master: MasterState, facts: bool = True) -> dict[str, Any]:
         "dead_after": factory.dead_after,
         "slaves": {"connected": connected, "left": len(master.registry.departures(now))},
         "clients": clients,
-        "tasks": master.scheduler.state_counts(),
+        "tasks": master.scheduler.view.state_counts(),
         "wire": factory.stats.totals(c.protocol for c in factory.connections),
     }
     if facts:

@@ -53,7 +53,7 @@ class Watchers:
     def tell(connection: Any, record: dict[str, Any]) -> None:
         """Send one connection a task's record in a C{task_update}."""
         try:
-            connection.protocol.send("task_update", {"task": record})
+            connection.send("task_update", {"task": record})
         except Exception as e:
             log.info("Could not tell {peer} that task {id} ended: {problem}",
                      peer=connection.describe_peer(), id=record["id"], problem=e)

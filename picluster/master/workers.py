@@ -111,7 +111,7 @@ class Worker:
 
     @property
     def closing(self) -> bool:
-        return self.connection.protocol.closing
+        return self.connection.closing
 
     def may_run(self, task: OpenTask) -> bool:
         return (task.name in self.offers and task.name not in self.refused
@@ -124,7 +124,7 @@ class Worker:
         """Tell the slave to stop a run whose result nobody needs any more."""
         if self.closing:
             return
-        stopping = self.connection.protocol.request("cancel_task", Run(task_id, attempt))
+        stopping = self.connection.request("cancel_task", Run(task_id, attempt))
         stopping.addErrback(
             lambda failure: log.info("Could not cancel task {id} on {uuid}: {problem}",
                                      id=task_id, uuid=self.uuid, problem=failure.getErrorMessage())

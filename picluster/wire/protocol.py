@@ -32,6 +32,7 @@ from picluster.wire.errors import (
     ServiceError,
     describe_reason,
 )
+from picluster.wire.handler import PeerHandler, Reply, format_address
 from picluster.wire.requests import Pending, PendingRequests
 from picluster.wire.stats import WireStats
 
@@ -45,89 +46,12 @@ _LENGTH_PREFIX = struct.Struct("!I").pack
 _REFUSALS = frozenset({"bad_message", "error"})
 
 
-class Reply(msgspec.Struct, frozen=True, gc=False):
-    """
-    The answer to one of our requests: its type, and its payload decoded
-    into the shape declared for that reply to that request.
-    """
-
-    type: str
-    payload: Any = None
-
 #: Bad messages logged per connection; past this they are only counted, so a
 #: peer spamming garbage cannot fill a Pi's SD card with log lines.
 LOGGED_BAD_MESSAGES = 10
 
 # Tolerance for float arithmetic when a dead-peer check lands exactly on time.
 _EPSILON = 1e-6
-
-
-def format_address(address: Any) -> str:
-    """Render an L{IAddress} as C{host:port} (C{[v6]:port} for IPv6)."""
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None or port is None:
-        return str(address)
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
-
-
-class PeerHandler:
-    """
-    What one side does with the messages of one connection.
-
-    The protocol calls C{msg_<type>(payload)} for every message that is not a
-    reply, its payload already decoded into the shape L{messages} declares
-    for that type (plain JSON values for a type nobody declared, as in
-    tests).  A handler method returns C{None} (the message is answered with
-    C{ack} if it carried an id), a C{(reply_type, payload)} pair (sent back as
-    the reply), or a Deferred firing with either; it raises
-    L{wire.BadMessage} to refuse the message.  Subclasses add the messages
-    their side serves; the ones here are common to both sides.
-    """
-
-    log = Logger()
-
-    def __init__(self, protocol: PiClusterProtocol):
-        self.protocol = protocol
-
-    def describe_peer(self) -> str:
-        """Name the peer for log lines and L{DisconnectionException}s."""
-        return f"peer {self.protocol.peer_address}"
-
-    def log_fields(self) -> dict[str, Any]:
-        """Fields every log event about this connection carries."""
-        return {"peer": self.describe_peer(), "address": self.protocol.peer_address}
-
-    def connection_made(self) -> None:
-        """The connection is up; start whatever this side does on it."""
-
-    def connection_lost(self, failure: Failure) -> None:
-        """
-        The connection is gone; C{failure} wraps a L{DisconnectionException}.
-        """
-
-    def msg_ping(self, payload: Any) -> tuple[str, Any]:
-        return ("pong", payload)
-
-    def msg_pong(self, payload: Any) -> None:
-        self.protocol.record_pong(payload)
-
-    def msg_message(self, payload: str) -> None:
-        self.log.info("Message from {peer}: {text}", text=payload, **self.log_fields())
-
-    def msg_bad_message(self, refusal: messages.Refusal) -> None:
-        self.log.warn(
-            "{peer} could not accept a message of ours: {problem}",
-            problem=refusal.error,
-            **self.log_fields(),
-        )
-
-    def msg_error(self, failure: messages.ServiceFailure) -> None:
-        self.log.warn(
-            "{peer} reported an error: {problem}", problem=failure.error, **self.log_fields()
-        )
 
 
 class PiClusterProtocol(Int32StringReceiver):

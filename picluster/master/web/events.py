@@ -122,7 +122,7 @@ class ClusterEvents(resource.Resource):
         return self._send_now(list(self.subscribers))
 
     def _send_now(self, subscribers: list[_Subscriber]) -> defer.Deferred[None]:
-        latest = defer.maybeDeferred(self.master.scheduler.latest, views.LIVE_TASKS)
+        latest = defer.maybeDeferred(self.master.scheduler.view.latest, views.LIVE_TASKS)
         # A task queue that cannot answer must not stop the slaves' picture.
         latest.addErrback(lambda _: [])
         latest.addCallback(self._event)

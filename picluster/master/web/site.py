@@ -288,10 +288,10 @@ class DashboardSite(server.Site):
         if state is not None and state not in STATES:
             raise BadQuery(f"state must be one of {', '.join(STATES)}")
         scheduler = self.master.scheduler
-        found = scheduler.when_ready().addCallback(lambda _: scheduler.latest(limit, state))
+        found = scheduler.when_ready().addCallback(lambda _: scheduler.view.latest(limit, state))
         return found.addCallback(lambda records: {
             "now": self.master.reactor.seconds(),
-            "counts": scheduler.state_counts(),
+            "counts": scheduler.view.state_counts(),
             "tasks": [views.task_brief(record) for record in records],
         })
 
@@ -300,7 +300,7 @@ class DashboardSite(server.Site):
             raise NotFound(f"no task with id {segment}")
         task_id = int(segment)
         scheduler = self.master.scheduler
-        found = scheduler.when_ready().addCallback(lambda _: scheduler.task(task_id))
+        found = scheduler.when_ready().addCallback(lambda _: scheduler.view.task(task_id))
 
         def shown(record: dict[str, Any] | None) -> dict[str, Any]:
             if record is None:
