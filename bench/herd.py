@@ -111,7 +111,7 @@ class SimSlave(Int32StringReceiver):
             herd.settled += 1
             herd.last_settled_at = time.time()
             return
-        hello = {"uuid": self.factory.uuid, "version": wire.PROTOCOL_VERSION}
+        hello = {"uuid": self.factory.uuid, "version": wire.messages.PLAIN_VERSION}
         self.sendString(frame("hello", hello, HELLO))
 
     def stringReceived(self, data: bytes) -> None:

@@ -225,7 +225,7 @@ class Processes:
         database = db if db is not None else self.path(f"{name}.db")
         child = self.twistd(
             name, "picluster-master", "--port", f"tcp:{port}:interface=127.0.0.1",
-            "--db", database, *web, *args,
+            "--db", database, "--insecure", *web, *args,
         )
         wait_until(lambda: port_open(port) or _exited(child), f"{name} to listen on {port}",
                    report=child.report)
@@ -235,7 +235,8 @@ class Processes:
 
     def slave(self, name: str, port: int, *args: str) -> Child:
         """A real C{twistd -n picluster-slave} of the master on C{port}."""
-        return self.twistd(name, "picluster-slave", "--master", f"127.0.0.1:{port}", *args)
+        return self.twistd(name, "picluster-slave", "--master", f"127.0.0.1:{port}", "--insecure",
+                           *args)
 
 
 def _exited(child: Child) -> bool:

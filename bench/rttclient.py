@@ -93,7 +93,7 @@ def connect_picluster(port: int) -> Any:
     from picluster.wire.protocol import PiClusterFactory
 
     connection = yield endpoint(port).connect(PiClusterFactory())
-    hello = {"version": wire.PROTOCOL_VERSION, "uuid": None, "role": "client"}
+    hello = {"version": wire.messages.PLAIN_VERSION, "uuid": None, "role": "client"}
     yield connection.request("hello", hello)
     return lambda number: connection.request("ping", number)
 

@@ -439,7 +439,7 @@ def storm(procs: Processes, sizes: dict[str, Any], backlog: int | None) -> dict[
     if backlog is not None:
         description += f":backlog={backlog}"
     master = procs.twistd(f"master-storm-{backlog or DEFAULT_BACKLOG}", "picluster-master",
-                          "--port", description, "--db", ":memory:", "--web", "none")
+                          "--port", description, "--db", ":memory:", "--web", "none", "--insecure")
     wait_until(lambda: port_open(port) or not master.running, f"{master.name} to listen",
                report=master.report)
     quiet(master, sizes["quiet"])

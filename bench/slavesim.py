@@ -38,7 +38,7 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from bench.bare import MAX_FRAME, encode, framed
 from picluster import sysinfo
-from picluster.wire import PROTOCOL_VERSION
+from picluster.wire.messages import PLAIN_VERSION
 
 #: Seconds between keepalive pings between rounds: a slave's default.
 KEEPALIVE = 5.0
@@ -116,7 +116,7 @@ class SimulatedSlave(Int32StringReceiver):
 
     def handshake(self, facts: dict[str, Any]) -> defer.Deferred[Any]:
         """What a real slave says first (it offers no work: it runs no tasks)."""
-        hello = {"uuid": None, "version": PROTOCOL_VERSION, "role": "slave"}
+        hello = {"uuid": None, "version": PLAIN_VERSION, "role": "slave"}
         return defer.gatherResults([
             self.request(1, "hello", hello),
             self.request(2, "computer_details", facts),

@@ -100,7 +100,7 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
     me = psutil.Process()
     go: defer.DeferredQueue[None] = defer.DeferredQueue()
     signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(go.put, None))
-    client = Client(parse_master(options.master), reactor=reactor, reconnect=False)
+    client = Client(parse_master(options.master), reactor=reactor, reconnect=False, insecure=True)
     await client.connect()
     slots = await working_slaves(reactor, client, options.slaves)
     if options.warmup:

@@ -1,15 +1,21 @@
 """
-Where a slave finds its master.
+Where a slave or a client finds its master, and how it says hello there.
 
 C{--master} takes a client endpoint description, C{tcp:host=H:port=P} (or
 C{tcp:H:P}), or a plain C{H:P} / C{[v6]:P}, and turns it into the arguments
-of the reconnecting factory's C{connectTCP}.
+of the reconnecting factory's C{connectTCP}; L{dial} adds TLS, pinned to the
+token's CA, whenever there is a token.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
+
+from picluster.trust.channel import PinnedMasterTLS, channel_binding, proof
+from picluster.trust.token import JoinToken
+from picluster.wire.messages import PLAIN_VERSION, PROTOCOL_VERSION, Hello
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 
@@ -65,7 +71,12 @@ def parse_master(description: str) -> MasterAddress:
     kind, _, rest = description.partition(":")
     if kind.lower() == "tcp" and rest:
         return _parse_tcp(rest)
-    if kind.lower() in ("ssl", "tls", "unix", "tcp6", "hostname"):
+    if kind.lower() in ("ssl", "tls"):
+        raise ValueError(
+            f"{kind}: is not needed: the master is reached over TLS whenever a token is given;"
+            " use tcp:HOST:PORT (or HOST:PORT)"
+        )
+    if kind.lower() in ("unix", "tcp6", "hostname"):
         raise ValueError(f"{kind}: endpoints are not supported for the master yet; use tcp:")
     if description.startswith("["):
         host, bracket, port = description[1:].partition("]:")
@@ -108,3 +119,33 @@ def _parse_tcp(arguments: str) -> MasterAddress:
         if not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
     return MasterAddress(named["host"], _port(named["port"]), timeout)
+
+
+def dial(reactor: Any, master: MasterAddress, factory: Any, token: JoinToken | None) -> Any:
+    """
+    Connect C{factory} to C{master}: over TLS pinned to C{token}'s CA, or
+    plain when there is no token (C{--insecure}).
+
+    @return: The connector, for a reconnecting factory to retry with.
+    """
+    if token is not None:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        factory = TLSMemoryBIOFactory(PinnedMasterTLS(token.fingerprint), True, factory)
+    return reactor.connectTCP(master.host, master.port, factory, timeout=master.timeout)
+
+
+def hello_for(token: JoinToken | None, role: str, transport: Any,
+              uuid: str | None = None) -> Hello | dict[str, Any]:
+    """
+    The hello a node sends: version 2 with the proof of C{token}'s secret
+    bound to this TLS connection, or version 1 in plain mode (as it always
+    was, without the version 2 fields).
+    """
+    if token is None:
+        return {"version": PLAIN_VERSION, "uuid": uuid, "role": role}
+    binding = channel_binding(transport)
+    if binding is None:
+        raise ValueError("a token's hello needs a TLS connection")
+    return Hello(version=PROTOCOL_VERSION, uuid=uuid, role=role, credential=token.credential,
+                 proof=proof(token.key, token.credential, binding))

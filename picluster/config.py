@@ -19,6 +19,8 @@ from typing import Any
 from twisted.internet import endpoints
 from twisted.python import usage
 
+from picluster.trust.token import ROLE_OF, SLAVE, JoinToken, TokenError, parse_token, read_token_file
+
 #: Where a master serves its dashboard unless told: this machine only, as
 #: the API has no login yet.
 DEFAULT_WEB = "tcp:8080:interface=127.0.0.1"
@@ -89,6 +91,18 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def directory(text: str) -> str:
+    """A directory's path; whether it can be made and written is checked as it is used."""
+    if not text.strip():
+        raise ValueError("must name a directory")
+    return text
+
+
+def optional_text(text: str) -> str | None:
+    """Any text; empty is unset."""
+    return text.strip() or None
 
 
 def word_list(text: str) -> tuple[str, ...]:
@@ -264,3 +278,34 @@ def server_endpoint(text: str) -> str:
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"not a usable server endpoint ({text!r}): port must be between 0 and 65535")
     return text
+
+
+def join_token(text: str | None, file: str | None, insecure: bool, *,
+               credential: str) -> JoinToken | None:
+    """
+    The token of C{--token} or C{--token-file}, or C{None} with C{--insecure}.
+
+    @raise usage.UsageError: none given, both given, or one that cannot be used.
+    """
+    if insecure:
+        if text or file:
+            raise usage.UsageError("--insecure joins without a token: drop --token/--token-file")
+        return None
+    if text and file:
+        raise usage.UsageError("give --token or --token-file, not both")
+    if not text and not file:
+        raise usage.UsageError(
+            "a token is needed to join: --token-file FILE or --token TOKEN, as"
+            f" 'picluster token{'' if credential == SLAVE else ' --client'}' prints it on the"
+            " master (or --insecure for a master run with --insecure)"
+        )
+    try:
+        token = read_token_file(file) if file else parse_token(text or "")
+    except TokenError as e:
+        raise usage.UsageError(f"bad join token: {e}") from None
+    if token.role != ROLE_OF[credential]:
+        raise usage.UsageError(
+            f"this is a {token.credential} token; a {credential} needs the one"
+            f" 'picluster token{'' if credential == SLAVE else ' --client'}' prints"
+        )
+    return token

@@ -19,11 +19,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, endpoints, error, reactor, task
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from picluster.address import MasterAddress
+from picluster.client import Client
+from picluster.trust.cluster import ClusterTrust
 from picluster.wire.errors import DisconnectionException, RequestTimeout
-from picluster.wire.protocol import PiClusterFactory, PiClusterProtocol
 
 #: The checkout under test: put on the children's C{PYTHONPATH}.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -202,6 +204,15 @@ class Cluster:
         self.cwd = temp_dir(case)
         self.port = free_port()
         self.children: list[Child] = []
+        #: Whether the master runs in plain mode (C{--insecure}).
+        self.insecure = False
+        # The cluster's trust, made as the master would on its first start:
+        # the tokens are known before any process starts.
+        self.state_dir = os.path.join(self.cwd, "state")
+        self.trust = ClusterTrust.open(self.state_dir)
+        self.slave_token_file = os.path.join(self.cwd, "slave.token")
+        with open(self.slave_token_file, "w", encoding="utf-8") as out:
+            out.write(f"{self.trust.token('slave')}\n")
 
     def twistd(self, name: str, *arguments: str, checkout: bool = True) -> Child:
         argv = [*twistd_command(), "-n", "--pidfile=", "--logfile=-", *arguments]
@@ -216,17 +227,27 @@ class Cluster:
         one for the whole machine, and tests run side by side).
         """
         web = () if "--web" in arguments else ("--web", "none")
+        self.insecure = "--insecure" in arguments
+        state = () if self.insecure or "--state-dir" in arguments else ("--state-dir", self.state_dir)
         return self.twistd(
             name, "picluster-master", "--port", f"tcp:{self.port}:interface=127.0.0.1",
-            "--keepalive", "1", *web, *arguments,
+            "--keepalive", "1", *web, *state, *arguments,
         )
 
     def slave(self, name: str = "slave", *arguments: str) -> Child:
         """A slave of L{master} that retries and reports quickly."""
+        plain = {"--insecure", "--token", "--token-file", "--config"} & set(arguments)
+        token = () if plain else ("--token-file", self.slave_token_file)
         return self.twistd(
             name, "picluster-slave", "--master", f"127.0.0.1:{self.port}", "--keepalive", "1",
-            "--initial-delay", "0.2", "--max-delay", "1", "--vitals", "1", *arguments,
+            "--initial-delay", "0.2", "--max-delay", "1", "--vitals", "1", *token, *arguments,
         )
+
+    def client(self, **settings: Any) -> Client:
+        """A client of L{master}, holding the client token unless it is plain."""
+        token = None if self.insecure else self.trust.token("client")
+        return Client(MasterAddress("127.0.0.1", self.port), token=token,
+                      insecure=self.insecure, **settings)
 
     def report(self) -> str:
         return "\n".join(child.report() for child in self.children)
@@ -246,22 +267,17 @@ class Cluster:
         The query connection is itself listed by the master (with no machine
         facts); it is left out.
         """
-        query = PiClusterProtocol()
-        query.factory = PiClusterFactory(keepalive=1.0)
-        endpoint = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port, timeout=2)
+        client = self.client(reconnect=False)
         try:
-            yield endpoints.connectProtocol(endpoint, query)
-        except error.ConnectError:
+            yield client.connect()
+        except DisconnectionException:
             return None
         try:
-            reply = yield query.request("info", "slave_details", timeout=5.0)
+            reply = yield client.connection.request("info", "slave_details", timeout=5.0)
         except (DisconnectionException, RequestTimeout):
             return None
         finally:
-            if query.lost is None:
-                lost = query.when_lost()
-                query.transport.loseConnection()
-                yield lost
+            yield client.close()
         return [slave for slave in reply.payload if slave["computer_details"] is not None]
 
     @defer.inlineCallbacks

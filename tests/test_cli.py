@@ -70,6 +70,9 @@ class CLITestCase(unittest.TestCase):
         stdout, stderr = io.StringIO(), (TTY() if tty else io.StringIO())
         if environ is None and "--master" not in argv:
             argv = argv + ("--master", self.address)
+        if argv and argv[0] not in ("demo", "token") and not {"--token", "--insecure"} & set(argv):
+            # The masters here are plain, in-process ones.
+            argv = argv + ("--insecure",)
         status = yield cli.main(list(argv), reactor=reactor, stdout=stdout, stderr=stderr,
                                 stdin=io.StringIO(stdin), environ=environ or {})
         return status, stdout.getvalue(), stderr.getvalue()
@@ -455,7 +458,7 @@ class ProcessTests(CLITestCase):
         child = processes.Child(
             self, "picluster",
             [sys.executable, "-m", "picluster.cli", "submit", "boom", "--wait", "--json",
-             "--master", self.address],
+             "--master", self.address, "--insecure"],
             cwd=processes.temp_dir(self), env=processes.child_env(),
         )
         status = yield child.wait_for_exit()
@@ -472,7 +475,7 @@ class ProcessTests(CLITestCase):
         if not os.path.exists(script):
             raise unittest.SkipTest(f"picluster is not installed beside {sys.executable}")
         child = processes.Child(
-            self, "installed", [script, "tasks", "--json", "--master", self.address],
+            self, "installed", [script, "tasks", "--json", "--master", self.address, "--insecure"],
             cwd=processes.temp_dir(self), env=processes.child_env(checkout=False),
         )
         status = yield child.wait_for_exit()

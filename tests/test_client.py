@@ -99,6 +99,7 @@ class ClientTestCase(unittest.TestCase):
         self.master = FakeMaster(clock=self.network, keepalive=5)
 
     def make_client(self, **settings: Any) -> Client:
+        settings.setdefault("insecure", True)
         client = Client(MASTER, reactor=self.network, **settings)
         client.factory.jitter = 0
         return client
@@ -128,7 +129,9 @@ class ConnectTests(ClientTestCase):
     def test_helloAsClient(self) -> None:
         """On connecting the client says hello as a client, and connect() fires on welcome."""
         client, pump = self.connected()
-        self.assertEqual(self.master.hellos, [{"version": 1, "uuid": None, "role": "client"}])
+        # As the master reads it: the version 2 fields are unset in plain mode.
+        self.assertEqual(self.master.hellos, [{"version": 1, "uuid": None, "role": "client",
+                                              "credential": None, "proof": None}])
         self.assertEqual(self.network.tcpClients[0][:2], ("10.0.0.1", 12345))
         self.assertIsNotNone(client.connection)
 

@@ -40,6 +40,8 @@ class OptionsTestMixin:
     """Parse options of one side, with or without a config file."""
 
     options_class: type[config.Options]
+    #: Arguments every parse starts with.
+    default_arguments: tuple[str, ...] = ()
 
     def write_config(self, text: str) -> str:
         path = temp_path(self)
@@ -49,6 +51,7 @@ class OptionsTestMixin:
 
     def parse(self, *arguments: str, config_text: str | None = None) -> config.Options:
         options = self.options_class()
+        arguments = (*self.default_arguments, *arguments)
         if config_text is not None:
             arguments = ("--config", self.write_config(config_text), *arguments)
         options.parseOptions(list(arguments))
@@ -250,10 +253,14 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
                       message)
 
     def test_makeServiceDefaults(self):
-        """makeService gives a MasterService on port 12345 with a 4096 backlog."""
-        service = master_tap.makeService(self.parse())
+        """makeService gives a secure MasterService on port 12345 with a 4096 backlog."""
+        state_dir = temp_path(self)
+        service = master_tap.makeService(self.parse("--state-dir", state_dir))
         self.assertIsInstance(service, MasterService)
-        self.assertIs(service.listener.factory, service.factory)
+        # TLS around the master's factory, with the state directory's trust.
+        self.assertIs(service.listener.factory.wrappedFactory, service.factory)
+        self.assertEqual(service.trust.state_dir, state_dir)
+        self.assertTrue(os.path.exists(os.path.join(state_dir, "cluster-ca.pem")))
         self.assertIs(service.factory.registry, service.registry)
         endpoint = service.listener.endpoint
         self.assertEqual(endpoint._port, 12345)
@@ -355,6 +362,8 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
     """
 
     options_class = slave_tap.Options
+    #: The slaves here need no token: they are only parsed, or join plain masters.
+    default_arguments = ("--insecure",)
     section = "slave"
 
     def test_defaults(self):
@@ -557,9 +566,16 @@ class ParseMasterTests(unittest.TestCase):
 
     def test_unsupportedKinds(self):
         """Endpoint kinds other than tcp: are refused by name."""
-        for kind in ["ssl", "tls", "unix", "tcp6", "hostname", "SSL"]:
+        for kind in ["unix", "tcp6", "hostname"]:
             error = self.assertRaises(ValueError, parse_master, f"{kind}:host=x:port=1")
             self.assertIn(f"{kind}: endpoints are not supported", str(error))
+
+    def test_tlsNeedsNoKind(self):
+        """ssl: and tls: are refused with the reason: a token brings TLS by itself."""
+        for kind in ["ssl", "tls", "SSL"]:
+            error = self.assertRaises(ValueError, parse_master, f"{kind}:host=x:port=1")
+            self.assertIn(f"{kind}: is not needed: the master is reached over TLS whenever a token"
+                          " is given", str(error))
 
 
 class SettingTests(unittest.TestCase):

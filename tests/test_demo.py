@@ -97,6 +97,7 @@ class DemoServiceTests(unittest.TestCase):
         settings.setdefault("trickle_interval", None)
         demo = Demo(slaves, reactor=reactor, **settings)
         demo.startService()
+        self.addCleanup(demo.remove_state)
         self.addCleanup(self.stop, demo)
         return demo
 
@@ -143,7 +144,8 @@ class DemoServiceTests(unittest.TestCase):
         demo = self.start(2, trickle_interval=0.1, primes_width=10**5)
         where = yield demo.when_ready()
         yield wait_until(lambda: demo.trickle.finished >= 4, "two batches of demo tasks to end")
-        client = Client(where.master, reactor=reactor, reconnect=False)
+        client = Client(where.master, reactor=reactor, reconnect=False,
+                        token=demo.trust.token("client"))
         self.addCleanup(client.close)
         done = yield client.tasks(state="done")
         self.assertGreaterEqual(len(done), 4)

@@ -22,7 +22,7 @@ PACKAGE = os.path.join(REPO_ROOT, "picluster")
 _REACHING = re.compile(r"(?<!self)\.protocol\.[a-z_]")
 
 #: The roles, each a folder of its own.
-ROLES = ("wire", "master", "slave", "client", "cli", "tasks", "tap")
+ROLES = ("wire", "trust", "master", "slave", "client", "cli", "tasks", "tap")
 
 
 def _module_name(path: str) -> str:
@@ -116,9 +116,9 @@ class LayoutTests(unittest.TestCase):
             self.assertTrue(os.path.isfile(os.path.join(PACKAGE, name, "__init__.py")), name)
 
     def test_sidesDoNotImportEachOther(self):
-        """The master and the slave never import each other; the wire and the tasks API import no role."""
-        below = {"wire": set(), "tasks": set(), "master": {"wire"}, "slave": {"wire", "tasks"},
-                 "client": {"wire"}}
+        """The master and the slave never import each other; the wire, trust and the tasks API import no role."""
+        below = {"wire": set(), "trust": set(), "tasks": set(), "master": {"wire", "trust"},
+                 "slave": {"wire", "tasks", "trust"}, "client": {"wire", "trust"}}
         for module, targets in import_graph().items():
             allowed = below.get(role(module) or "")
             if allowed is None:

@@ -100,7 +100,7 @@ class HelloTests(MasterTestCase):
             born_with = protocol.handler.uuid
             [reply] = self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": bad_uuid, "version": 1}, "id": 3})
             self.assertEqual(reply["type"], "bad_message")
-            self.assertEqual(reply["payload"]["supported"], [1])
+            self.assertEqual(reply["payload"]["supported"], [1, 2])
             self.assertEqual(reply["reply_to"], 3)
             self.assertTrue(transport.disconnecting, f"not closed after uuid {bad_uuid!r}")
             self.assertEqual(protocol.handler.uuid, born_with)
@@ -127,7 +127,7 @@ class HelloTests(MasterTestCase):
         protocol, transport = self.slave()
         [reply] = self.ask(transport, protocol, {"type": "hello", "payload": "hi"})
         self.assertEqual(reply["payload"]["error"], "bad hello payload: Expected `object`, got `str`")
-        self.assertEqual((reply["payload"]["supported"], transport.disconnecting), ([1], True))
+        self.assertEqual((reply["payload"]["supported"], transport.disconnecting), ([1, 2], True))
 
 
 def full(shape: type, fields: dict[str, Any]) -> dict[str, Any]:

@@ -123,7 +123,7 @@ class ShapeTests(unittest.TestCase):
         self.assertEqual(facts, {"index": 0, "known": ["min_ram", "min_cores", "tags", "hostname"]})
         hello = messages.MESSAGES["hello"]
         self.assertEqual(hello.refusal("uuid", "Expected `str | null`"),
-                         {"close": True, "supported": [messages.PROTOCOL_VERSION]})
+                         {"close": True, "supported": list(messages.SUPPORTED_VERSIONS)})
 
     def test_fieldsAt(self):
         """fields_at walks lists, optional values and nested objects."""

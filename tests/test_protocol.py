@@ -1511,7 +1511,7 @@ class PeerHandlerTests(ProtocolTestCase):
         [reply] = sent(self.transport)
         self.assertEqual(reply["payload"], {
             "error": "bad hello payload at uuid: Expected `str | null`, got `int`",
-            "field": "uuid", "supported": [1],
+            "field": "uuid", "supported": [1, 2],
         })
         self.assertTrue(self.transport.disconnecting)
 

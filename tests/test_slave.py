@@ -10,13 +10,12 @@ import msgspec
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from picluster import RemoteError
 from picluster.address import MasterAddress
-from picluster.slave.session import HandshakeError, SlaveFactory, SlaveService
+from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.wire.messages import ComputerDetails, Vitals
 
 from .helpers import (
@@ -135,23 +134,30 @@ class HandshakeFailureTests(unittest.TestCase):
         self.assertEqual(self.hello["payload"], {"uuid": None, "version": 1, "role": "slave"})
 
     def test_helloRefused(self) -> None:
-        """A bad_message answer to hello closes the connection, logged."""
-        self.protocol.dataReceived(
-            frame({"type": "bad_message", "payload": {"error": "unsupported protocol version"},
-                   "reply_to": self.hello["id"]})
-        )
+        """A bad_message answer to hello closes the connection, logged in one line."""
+        with capturedLogs() as events:
+            self.protocol.dataReceived(
+                frame({"type": "bad_message", "payload": {"error": "unsupported protocol version"},
+                       "reply_to": self.hello["id"]})
+            )
         self.assertTrue(self.transport.disconnecting)
-        self.assertEqual(len(self.flushLoggedErrors(RemoteError)), 1)
+        [line] = [event for event in events if event.get("log_level") == LogLevel.error]
+        self.assertIn("hello refused by peer (bad_message): unsupported protocol version",
+                      formatEvent(line))
+        self.assertNotIn("log_failure", line)
         self.protocol.connectionLost(Failure(ConnectionDone()))
         self.assertIn("unsupported protocol version", self.protocol.lost.cause)
 
     def test_badWelcome(self) -> None:
-        """A welcome without a valid uuid closes the connection, logged."""
-        self.protocol.dataReceived(
-            frame({"type": "welcome", "payload": {"uuid": "nope", "keepalive": 5}, "reply_to": self.hello["id"]})
-        )
+        """A welcome without a valid uuid closes the connection, logged in one line."""
+        with capturedLogs() as events:
+            self.protocol.dataReceived(
+                frame({"type": "welcome", "payload": {"uuid": "nope", "keepalive": 5},
+                       "reply_to": self.hello["id"]})
+            )
+        [line] = [event for event in events if event.get("log_level") == LogLevel.error]
+        self.assertIn("the master's welcome is malformed", formatEvent(line))
         self.assertTrue(self.transport.disconnecting)
-        self.assertEqual(len(self.flushLoggedErrors(HandshakeError)), 1)
         self.assertIsNone(self.slave.uuid)
 
     def test_silentMaster(self) -> None:

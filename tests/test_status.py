@@ -234,8 +234,8 @@ class StatusCommandTests(unittest.TestCase):
     def picluster(self, *argv: str) -> Any:
         """Run one command line; fire with (status, stdout, stderr)."""
         stdout, stderr = io.StringIO(), io.StringIO()
-        code = yield cli.main(list(argv), reactor=reactor, stdout=stdout, stderr=stderr,
-                              stdin=io.StringIO(), environ={})
+        code = yield cli.main([*argv, "--insecure"], reactor=reactor, stdout=stdout,
+                              stderr=stderr, stdin=io.StringIO(), environ={})
         return code, stdout.getvalue(), stderr.getvalue()
 
     @defer.inlineCallbacks
@@ -323,7 +323,7 @@ class OtherMasterTests(unittest.TestCase):
         self.addCleanup(delattr, FakeMasterConnection, "msg_info")
         stdout, stderr = io.StringIO(), io.StringIO()
         address = f"127.0.0.1:{self.listening.getHost().port}"
-        code = yield cli.main(["status", "--master", address], reactor=reactor,
+        code = yield cli.main(["status", "--master", address, "--insecure"], reactor=reactor,
                               stdout=stdout, stderr=stderr, environ={})
         return code, stdout.getvalue(), stderr.getvalue()
 

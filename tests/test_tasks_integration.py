@@ -52,7 +52,8 @@ class TaskLoopbackTests(unittest.TestCase):
         return slave
 
     def client(self, port: int) -> Client:
-        client = Client(MasterAddress("127.0.0.1", port), initial_delay=0.05, max_delay=0.2)
+        client = Client(MasterAddress("127.0.0.1", port), insecure=True, initial_delay=0.05,
+                        max_delay=0.2)
         self.addCleanup(client.close)
         return client
 

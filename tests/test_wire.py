@@ -379,4 +379,4 @@ class ConstantsTests(unittest.TestCase):
         """1 MiB frames by default, no more than a 4-byte length says, protocol version 1."""
         self.assertEqual(wire.DEFAULT_MAX_FRAME, 1048576)
         self.assertEqual(wire.LARGEST_FRAME, 4294967295)
-        self.assertEqual(messages.PROTOCOL_VERSION, 1)
+        self.assertEqual((messages.PROTOCOL_VERSION, messages.PLAIN_VERSION), (2, 1))

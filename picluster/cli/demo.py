@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +32,8 @@ from picluster.address import MasterAddress
 from picluster.client import Client
 from picluster.master.service import MasterService
 from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.trust.cluster import ClusterTrust
+from picluster.trust.token import CLIENT, SLAVE, JoinToken
 from picluster.wire.errors import DisconnectionException
 
 __all__ = ["Demo", "DemoAddresses", "ListenFailed", "PrimesTrickle", "demo_hostnames"]
@@ -82,6 +86,9 @@ class DemoAddresses:
     dashboard: str
     #: Where slaves and clients connect (C{picluster status --master ...}).
     master: MasterAddress
+    #: The demo cluster's state directory: its CA and tokens
+    #: (C{picluster status --state-dir ...} takes the client token from it).
+    state_dir: str
 
 
 def demo_hostnames(hostname: str | None, count: int) -> list[str]:
@@ -134,10 +141,11 @@ class PrimesTrickle(service.Service):
     """
 
     def __init__(self, master: MasterAddress, *, batch: int, interval: float,
-                 width: int = PRIMES_WIDTH, reactor: Any = None):
+                 token: JoinToken, width: int = PRIMES_WIDTH, reactor: Any = None):
         if reactor is None:
             from twisted.internet import reactor
         self.master = master
+        self.token = token
         self.batch = batch
         self.interval = interval
         self.width = width
@@ -149,7 +157,8 @@ class PrimesTrickle(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        self.client = Client(self.master, reactor=self.reactor, initial_delay=0.2, max_delay=2.0)
+        self.client = Client(self.master, reactor=self.reactor, token=self.token,
+                             initial_delay=0.2, max_delay=2.0)
         self._loop = LoopingCall(self._submit_batch)
         self._loop.clock = self.reactor
         self._loop.start(self.interval, now=True).addErrback(
@@ -217,8 +226,12 @@ class Demo(service.MultiService):
         self.slave_count = slaves
         self.trickle_interval = trickle_interval
         self.primes_width = primes_width
+        # Secure like any cluster, with nothing for the user to do: its own
+        # CA and tokens, in a directory of its own that goes with it.
+        self.state_dir = tempfile.mkdtemp(prefix="picluster-demo-")
+        self.trust = ClusterTrust.open(self.state_dir)
         self.master = MasterService(port, reactor=reactor, db=":memory:", web=web,
-                                    keepalive=KEEPALIVE)
+                                    keepalive=KEEPALIVE, trust=self.trust)
         self.master.setServiceParent(self)
         self.slaves: list[SlaveService] = []
         self.trickle: PrimesTrickle | None = None
@@ -280,7 +293,7 @@ class Demo(service.MultiService):
         web_host = _reachable(web.getHost().host)
         url = f"http://{f'[{web_host}]' if ':' in web_host else web_host}:{web.getHost().port}/"
         if not self.running:
-            return DemoAddresses(url, master)
+            return DemoAddresses(url, master, self.state_dir)
         from picluster.tasks.installed import installed_tasks
 
         tasks = installed_tasks()
@@ -295,9 +308,10 @@ class Demo(service.MultiService):
         if self.trickle_interval is not None:
             self.trickle = PrimesTrickle(master, batch=self.slave_count,
                                          interval=self.trickle_interval,
-                                         width=self.primes_width, reactor=self.reactor)
+                                         width=self.primes_width, reactor=self.reactor,
+                                         token=self.trust.token(CLIENT))
             self.trickle.setServiceParent(self)
-        return DemoAddresses(url, master)
+        return DemoAddresses(url, master, self.state_dir)
 
     def _slave_factory(self, master: MasterAddress, tasks: Any, facts: dict[str, Any],
                        hostname: str, sampler: _SharedSampler) -> SlaveFactory:
@@ -308,7 +322,7 @@ class Demo(service.MultiService):
         return SlaveFactory(
             master, vitals_interval=VITALS_INTERVAL, keepalive=KEEPALIVE,
             initial_delay=0.2, max_delay=2.0, computer_details={**facts, "hostname": hostname},
-            sampler=sampler, runner=runner, clock=self.reactor,
+            sampler=sampler, runner=runner, clock=self.reactor, token=self.trust.token(SLAVE),
         )
 
     def stopService(self) -> defer.Deferred[None]:
@@ -329,6 +343,10 @@ class Demo(service.MultiService):
         for child in [*trickle, *self.slaves]:
             child.disownServiceParent()
         self.slaves, self.trickle = [], None
+
+    def remove_state(self) -> None:
+        """Remove the demo's CA and tokens: call once it has stopped for good."""
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def _fire(waiting: defer.Deferred[Any], outcome: Any) -> None:

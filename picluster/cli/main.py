@@ -32,6 +32,7 @@ from twisted.python import usage
 from picluster.cli import formatting, status
 from picluster.cli.options import MASTER_ENV, PiClusterOptions, ShowText, strict_json
 from picluster.client import Client, HandshakeError, UnexpectedReply, UnknownTask
+from picluster.trust.cluster import TrustError
 from picluster.wire.errors import DisconnectionException, RemoteError, RequestTimeout
 
 __all__ = ["CommandFailed", "MASTER_ENV", "main", "run"]
@@ -88,7 +89,9 @@ class _Session:
     async def connect(self, reconnect: bool) -> Client:
         """A client welcomed by the master; with C{reconnect}, one that rides out its loss."""
         master = self.options["master"]
+        token = self.options["join-token"]
         self.client = client = Client(master, reactor=self.reactor, reconnect=reconnect,
+                                      token=token, insecure=token is None,
                                       initial_delay=INITIAL_DELAY, max_delay=MAX_DELAY)
         client.on_lost = lambda lost: self.notice(
             f"lost master {master} ({lost.cause}); reconnecting")
@@ -259,6 +262,25 @@ def _terminal_width(stream: TextIO) -> int | None:
         return None
 
 
+async def _token(session: _Session) -> int:
+    options = session.options
+    trust = options["trust"]
+    if options["rotate"]:
+        try:
+            trust.rotate()
+        except TrustError as e:
+            raise CommandFailed(str(e)) from None
+        session.notice(
+            "New secrets: every token given out before is refused from its next connection on."
+            "  Give each slave the new slave token, and each user the new client token."
+        )
+    try:
+        session.emit(str(trust.token(options["credential"])))
+    except TrustError as e:
+        raise CommandFailed(str(e)) from None
+    return 0
+
+
 async def _demo(session: _Session) -> int:
     from picluster.cli.demo import TRICKLE_INTERVAL, Demo, ListenFailed
 
@@ -280,23 +302,26 @@ async def _demo(session: _Session) -> int:
     except ListenFailed as e:
         session.reactor.removeSystemEventTrigger(trigger)
         await demo.stopService()
+        demo.remove_state()
         hint = f"; try --{e.option} {e.any_port}" if e.cause == "address in use" else ""
         raise CommandFailed(f"{e}{hint}") from None
     noun = "slave" if options["slaves"] == 1 else "slaves"
     session.emit(
         f"picluster demo: a master and {options['slaves']} {noun} on this machine\n"
         f"  dashboard:  {where.dashboard}\n"
-        f"  slave port: {where.master}  (picluster status --master {where.master})\n"
+        f"  slave port: {where.master}\n"
+        f"  status:     picluster status --master {where.master} --state-dir {where.state_dir}\n"
         + (f"  tasks:      a batch of primes every {TRICKLE_INTERVAL:g} s\n"
            if options["tasks"] else "")
         + "Stop it with Ctrl-C."
     )
     await stopped
+    demo.remove_state()
     return 0
 
 
 _COMMANDS: dict[str, Callable[[_Session], Awaitable[int]]] = {
-    "submit": _submit, "map": _map, "tasks": _tasks, "task": _task, "cancel": _cancel,
+    "submit": _submit, "map": _map, "tasks": _tasks, "task": _task, "cancel": _cancel, "token": _token,
     "status": _status, "demo": _demo,
 }
 

@@ -19,10 +19,17 @@ from twisted.python import usage
 from picluster import config, wire
 from picluster._version import __version__
 from picluster.address import parse_master
+from picluster.trust.cluster import ClusterTrust, TrustError
+from picluster.trust.token import CLIENT, READ_ONLY, SLAVE, JoinToken
 from picluster.wire.messages import TASK_STATES
 
 DEFAULT_MASTER = "tcp:host=127.0.0.1:port=12345"
 MASTER_ENV = "PICLUSTER_MASTER"
+TOKEN_ENV = "PICLUSTER_TOKEN"
+STATE_DIR_ENV = "PICLUSTER_STATE_DIR"
+#: Where a master's state directory is looked for, on its own machine: the
+#: systemd unit's, then here (where a hand-started twistd keeps it).
+STATE_DIRS = ("/var/lib/picluster", ".")
 STATES = TASK_STATES
 
 MAX_DEMO_SLAVES = 64
@@ -137,12 +144,22 @@ class _CommandOptions(_ShowsText, usage.Options):
     # Without one, usage.Options shows the __main__ module's docstring.
     longdesc = ""
 
-    optFlags = [["json", None, "Print machine-readable JSON on stdout."]]
-    optParameters = [[
-        "master", "m", None,
-        f"The master: tcp:host=HOST:port=PORT or HOST:PORT"
-        f" [default: ${MASTER_ENV}, or {DEFAULT_MASTER}]",
-    ]]
+    optFlags = [
+        ["json", None, "Print machine-readable JSON on stdout."],
+        ["insecure", None, "Plain mode: no TLS, no token, for a master run with --insecure."],
+    ]
+    optParameters = [
+        ["master", "m", None,
+         f"The master: tcp:host=HOST:port=PORT or HOST:PORT"
+         f" [default: ${MASTER_ENV}, or {DEFAULT_MASTER}]"],
+        ["token", None, None,
+         f"The client (or read-only) token, as 'picluster token --client' prints it"
+         f" [default: ${TOKEN_ENV}, or the token of the master's --state-dir on this machine]"],
+        ["token-file", None, None, "A file holding the token."],
+        ["state-dir", None, None,
+         f"The master's state directory, to take the client token from on the master's machine"
+         f" [default: ${STATE_DIR_ENV}, then {', then '.join(STATE_DIRS)}]"],
+    ]
 
     def getSynopsis(self) -> str:
         return f"Usage: picluster {self.parent.subCommand} {self.synopsis}"
@@ -157,6 +174,76 @@ class _CommandOptions(_ShowsText, usage.Options):
             self["master"] = parse_master(description)
         except ValueError as e:
             raise usage.UsageError(f"--master: {e}") from None
+        self["join-token"] = client_token(self, environ)
+
+
+def client_token(options: Mapping[str, Any], environ: Mapping[str, str]) -> JoinToken | None:
+    """
+    The token the command joins with: C{--token}, C{--token-file},
+    C{$PICLUSTER_TOKEN}, or, on the master's own machine, the client token
+    of its state directory; C{None} with C{--insecure}.
+    """
+    text = options["token"] or (None if options["token-file"] else environ.get(TOKEN_ENV))
+    if options["insecure"] or text or options["token-file"]:
+        token = config.join_token(text, options["token-file"], options["insecure"],
+                                  credential=CLIENT)
+        return token
+    state_dir = options["state-dir"] or environ.get(STATE_DIR_ENV)
+    for candidate in [state_dir] if state_dir else STATE_DIRS:
+        try:
+            return ClusterTrust.open(candidate, create=False).token(CLIENT)
+        except TrustError as e:
+            if state_dir:
+                raise usage.UsageError(f"--state-dir: {e}") from None
+    raise usage.UsageError(
+        "a token is needed to reach the master: --token-file FILE, --token TOKEN or"
+        f" ${TOKEN_ENV}, as 'picluster token --client' prints it on the master"
+        " (or --insecure for a master run with --insecure)"
+    )
+
+
+class TokenOptions(_ShowsText, usage.Options):
+    synopsis = "[--client | --read-only] [--rotate] [--state-dir DIR]"
+    longdesc = (
+        "Print a join token of the cluster whose master keeps its state in --state-dir:"
+        " the slaves' (paste it into each slave's --token-file), or with --client the"
+        " users' (for picluster and the Python client), or with --read-only one that may"
+        " only look.  --rotate makes new secrets for all three first: every token given"
+        " out so far stops working at its next connection."
+    )
+    optFlags = [
+        ["client", "c", "Print the token for users of the picluster command."],
+        ["read-only", None, "Print a token that may list tasks and see the cluster, nothing more."],
+        ["rotate", None, "Make new secrets first; the old tokens are refused from then on."],
+    ]
+    optParameters = [[
+        "state-dir", "d", None,
+        f"The master's state directory [default: ${STATE_DIR_ENV}, then {', then '.join(STATE_DIRS)}]",
+    ]]
+
+    def getSynopsis(self) -> str:
+        return f"Usage: picluster token {self.synopsis}"
+
+    def parseArgs(self, *arguments: str) -> None:
+        if arguments:
+            raise usage.UsageError(f"unexpected argument {arguments[0]!r}")
+
+    def postOptions(self) -> None:
+        if self["client"] and self["read-only"]:
+            raise usage.UsageError("--client or --read-only, not both")
+        self["credential"] = CLIENT if self["client"] else READ_ONLY if self["read-only"] else SLAVE
+        environ = getattr(self.parent, "environ", {})
+        given = self["state-dir"] or environ.get(STATE_DIR_ENV)
+        candidates = [given] if given else STATE_DIRS
+        problems = []
+        for candidate in candidates:
+            try:
+                self["trust"] = ClusterTrust.open(candidate, create=False)
+                return
+            except TrustError as e:
+                problems.append(str(e))
+        raise usage.UsageError(problems[0] if given else (
+            f"no cluster found in {' or '.join(STATE_DIRS)}: name the master's --state-dir"))
 
 
 class _TaskIdOptions(_CommandOptions):
@@ -345,6 +432,7 @@ class PiClusterOptions(_ShowsText, usage.Options):
         ["cancel", None, CancelOptions, "Cancel a task."],
         ["status", None, StatusOptions, "Show the master and its slaves."],
         ["demo", None, DemoOptions, "Run a master and slaves here, with the dashboard."],
+        ["token", None, TokenOptions, "Print a join token (on the master's machine)."],
     ]
 
     def __init__(self, environ: Mapping[str, str]):

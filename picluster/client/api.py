@@ -21,7 +21,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from picluster.address import MasterAddress
+from picluster.address import MasterAddress, dial
 from picluster.client.connection import (
     MAX_WATCH_IDS,
     ClientConnection,
@@ -30,6 +30,7 @@ from picluster.client.connection import (
     checked_payload,
     submit_batches,
 )
+from picluster.trust.token import JoinToken, parse_token
 from picluster.wire.errors import (
     BadReply,
     DisconnectionException,
@@ -141,18 +142,29 @@ class Client:
         master: MasterAddress,
         *,
         reactor: Any = None,
+        token: JoinToken | str | None = None,
+        insecure: bool = False,
         reconnect: bool = True,
         initial_delay: float = 1.0,
         max_delay: float = 60.0,
         **settings: Any,
     ):
+        if isinstance(token, str):
+            token = parse_token(token)
+        if token is None and not insecure:
+            raise ValueError(
+                "a master is reached with a client token (picluster token --client on the"
+                " master), or insecure=True for a master run with --insecure"
+            )
+        if token is not None and token.role != "client":
+            raise ValueError(f"a {token.credential} token cannot be a client's")
         if reactor is None:
             from twisted.internet import reactor
         self.master = master
         self.reactor = reactor
         self.reconnect = reconnect
         self.factory = ClientFactory(
-            master, self, initial_delay=initial_delay, max_delay=max_delay,
+            master, self, initial_delay=initial_delay, max_delay=max_delay, token=token,
             clock=reactor, **settings,
         )
         self.connection: PiClusterProtocol | None = None
@@ -220,9 +232,7 @@ class Client:
             self._was_welcomed = False
             self.factory.resetDelay()
             self.factory.continueTrying = True
-            self._connector = self.reactor.connectTCP(
-                self.master.host, self.master.port, self.factory, timeout=self.master.timeout
-            )
+            self._connector = dial(self.reactor, self.master, self.factory, self.factory.token)
         return waiter
 
     def _connected(self, connection: PiClusterProtocol) -> None:

@@ -22,9 +22,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from picluster import wire
-from picluster.address import MasterAddress
+from picluster.address import MasterAddress, hello_for
+from picluster.trust.channel import verify_master
+from picluster.trust.token import JoinToken
 from picluster.wire.errors import DisconnectionException, HandshakeError
-from picluster.wire.messages import PROTOCOL_VERSION, Hello, TaskUpdate
+from picluster.wire.messages import TaskUpdate
 from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol, Reply
 
 #: A submission is split into messages of at most this many specs or bytes,
@@ -78,7 +80,7 @@ class ClientConnection(PeerHandler):
         return f"master {self.factory.master}"
 
     def connection_made(self) -> None:
-        hello = Hello(version=PROTOCOL_VERSION, role="client")
+        hello = hello_for(self.factory.token, "client", self.protocol.transport)
         self.protocol.request("hello", hello).addCallbacks(self._welcomed, self._refused)
 
     def _welcomed(self, reply: Reply) -> None:
@@ -119,9 +121,13 @@ class ClientFactory(PiClusterFactory, ReconnectingClientFactory):
         *,
         initial_delay: float = 1.0,
         max_delay: float = 60.0,
+        token: JoinToken | None = None,
         **settings: Any,
     ):
         PiClusterFactory.__init__(self, **settings)
+        #: The join token; C{None} in plain mode.
+        self.token = token
+        self.tls = token is not None
         self.master = master
         self.client = client
         self.initialDelay = self.delay = initial_delay
@@ -130,6 +136,11 @@ class ClientFactory(PiClusterFactory, ReconnectingClientFactory):
 
     def make_handler(self, protocol: PiClusterProtocol) -> ClientConnection:
         return ClientConnection(protocol, self)
+
+    def check_peer(self, protocol: PiClusterProtocol) -> None:
+        """Talk only to a master whose certificate the token's CA signed."""
+        assert self.token is not None
+        verify_master(protocol.transport, self.token.fingerprint)
 
     def buildProtocol(self, addr: Any) -> PiClusterProtocol:
         self.connection = super().buildProtocol(addr)

@@ -22,21 +22,32 @@ from typing import Any
 import msgspec
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from picluster import sysinfo
+from picluster.logbudget import LogBudget
 from picluster.master.history import VitalsHistory
 from picluster.master.registry import Departure, SlaveRegistry
 from picluster.master.scheduler import Scheduler
 from picluster.text import clip
+from picluster.trust.channel import channel_binding, proof_holds
+from picluster.trust.cluster import ClusterTrust
+from picluster.trust.token import ROLE_OF
+from picluster.trust.token import SLAVE as SLAVE_CREDENTIAL
 from picluster.wire import BadMessage
 from picluster.wire.errors import DisconnectionException
 from picluster.wire.messages import (
+    AUTHENTICATION_FAILED,
     BAD_UUID,
+    BEFORE_HELLO,
     INFO_QUESTIONS,
+    PLAIN_VERSION,
+    PROTOCOL_VERSION,
     ROLES,
     SAY_HELLO_FIRST,
+    SERVED,
+    SLAVE_INFO,
     SUPPORTED_VERSIONS,
     UNKNOWN_INFO,
     UNKNOWN_ROLE,
@@ -131,6 +142,11 @@ class PeerConnection(PeerHandler):
 
     log = log
     role: str | None = None
+    #: The credential whose token the hello proved; C{None} before, and always
+    #: on a plain (C{--insecure}) master.
+    credential: str | None = None
+    #: Whether its hello was refused (and logged as such).
+    refused_at_hello = False
 
     def __init__(self, protocol: PiClusterProtocol, master: MasterFactory):
         super().__init__(protocol)
@@ -171,11 +187,21 @@ class PeerConnection(PeerHandler):
         return {"peer": self.describe_peer(), "address": self.address, "uuid": self.uuid}
 
     def connection_made(self) -> None:
-        self.master.registry.add(self)
         self.master.keepalives.add(self.protocol)
+        if self.master.trust is not None:
+            # A stranger until its hello proves a token: listed nowhere,
+            # served nothing else.
+            self.serves = BEFORE_HELLO
+            return
+        self.master.registry.add(self)
         self.log.info(
             "Slave connected from {address} as {uuid}", address=self.address, uuid=self.uuid
         )
+
+    def not_served(self, message_type: str) -> BadMessage:
+        if self.credential is None:
+            return BadMessage(SAY_HELLO_FIRST, type=message_type, close=True)
+        return BadMessage(f"not served to a {self.credential}", type=message_type)
 
     def connection_lost(self, failure: Failure) -> None:
         self.master.keepalives.discard(self.protocol)
@@ -201,12 +227,14 @@ class PeerConnection(PeerHandler):
     # -- messages ----------------------------------------------------------
 
     def msg_hello(self, hello: Hello) -> tuple[str, Welcome]:
+        if self.master.trust is not None:
+            return self._proven_hello(hello)
         version = hello.version
-        if type(version) is not int or version not in SUPPORTED_VERSIONS:
+        if type(version) is not int or version != PLAIN_VERSION:
             raise BadMessage(
                 UNSUPPORTED_VERSION,
                 version=version if type(version) in (int, str) else None,
-                supported=list(SUPPORTED_VERSIONS),
+                supported=[PLAIN_VERSION],
                 close=True,
             )
         earlier = hello.uuid
@@ -226,6 +254,49 @@ class PeerConnection(PeerHandler):
             if role == "client":
                 self.master.registry.remove(self)
                 self.log.info("{peer} is a client", peer=self.describe_peer())
+        return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after))
+
+    def _proven_hello(self, hello: Hello) -> tuple[str, Welcome]:
+        """
+        A secure master's hello: version 2, and a proof of a token's secret
+        bound to this TLS connection; the credential decides the role.
+        """
+        if hello.version != PROTOCOL_VERSION:
+            self.master.refused(self.address, f"hello version {clip(repr(hello.version))}")
+            self.refused_at_hello = True
+            raise BadMessage(
+                UNSUPPORTED_VERSION,
+                version=hello.version if type(hello.version) in (int, str) else None,
+                supported=[PROTOCOL_VERSION],
+                close=True,
+            )
+        credential = hello.credential
+        binding = channel_binding(self.protocol.transport)
+        key = self.master.trust.key_of(credential) if credential is not None else None
+        why = None
+        if credential is None or hello.proof is None:
+            why = "no token"
+        elif key is None:
+            why = f"unknown credential {clip(credential)!r}"
+        elif binding is None or not proof_holds(key, credential, binding, hello.proof):
+            why = f"wrong proof for a {credential} token (an old or forged token, or a replay)"
+        elif ROLE_OF[credential] != hello.role:
+            why = f"a {credential} token used as a {clip(str(hello.role))}"
+        if why is not None:
+            self.master.refused(self.address, why)
+            self.refused_at_hello = True
+            raise BadMessage(AUTHENTICATION_FAILED, close=True)
+        if hello.uuid is not None and not _UUID.fullmatch(hello.uuid):
+            raise BadMessage(BAD_UUID, supported=list(SUPPORTED_VERSIONS), close=True)
+        self.credential = credential
+        self.role = hello.role
+        self.serves = SERVED[credential]
+        if self.role == "slave":
+            self.master.registry.add(self)
+            if hello.uuid is not None:
+                self._reclaim(hello.uuid.lower())
+        self.log.info("{peer} joined with a {credential} token", peer=self.describe_peer(),
+                      credential=credential)
         return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after))
 
     def _reclaim(self, earlier: str) -> None:
@@ -263,6 +334,8 @@ class PeerConnection(PeerHandler):
         self.history.record(now, vitals)
 
     def msg_info(self, question: str) -> tuple[str, Any]:
+        if self.credential == SLAVE_CREDENTIAL and question not in SLAVE_INFO:
+            raise BadMessage(f"not served to a {self.credential}", request=question)
         if question == "computer_details":
             return ("master_info", self.master.computer_details)
         if question == "uuid":
@@ -407,9 +480,17 @@ class MasterFactory(PiClusterFactory):
         *,
         scheduler: Scheduler | None = None,
         computer_details: ComputerDetails | dict[str, Any] | None = None,
+        trust: ClusterTrust | None = None,
         **settings: Any,
     ):
         super().__init__(**settings)
+        self.trust = trust
+        self.tls = trust is not None
+        #: Refused handshakes, logged a few at a time (a scan must not fill the log).
+        self.refusals = LogBudget(
+            self.log, self.clock, "Left out of the log in the last {seconds:g} s: {kinds}",
+            lines=20, interval=60.0,
+        )
         self.registry = registry
         self.connections: set[PeerConnection] = set()
         self.keepalives = Keepalives(self.clock, self.keepalive)
@@ -422,6 +503,11 @@ class MasterFactory(PiClusterFactory):
         if not isinstance(computer_details, ComputerDetails):
             computer_details = msgspec.convert(computer_details, ComputerDetails)
         self.computer_details = computer_details
+
+    def refused(self, address: str, why: str) -> None:
+        """Log a refused handshake from C{address}, within the refusals' budget."""
+        self.refusals.emit(LogLevel.warn, "refused handshakes", "Refused {address}: {why}",
+                           address=address, why=why)
 
     def make_handler(self, protocol: PiClusterProtocol) -> PeerConnection:
         slave = PeerConnection(protocol, self)
@@ -438,6 +524,12 @@ class MasterFactory(PiClusterFactory):
                 Departure.of(slave, self.clock.seconds(), failure.value.cause)
             )
         self.scheduler.forget(slave)
+        if self.trust is not None and slave.credential is None:
+            # A stranger (a scan, a plain-TCP peer, a wrong token): one line
+            # within the refusals' budget, not two for every knock.
+            if not slave.refused_at_hello:
+                self.refused(slave.address, f"gone before a proven hello: {failure.value.cause}")
+            return
         self.log.info(
             "Got disconnection exception with message: {disconnection}",
             disconnection=str(failure.value), uuid=slave.uuid, address=slave.address,

@@ -17,11 +17,13 @@ from twisted.application import service, strports
 from twisted.internet import defer, interfaces
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from picluster.master import views
 from picluster.master.connection import MasterFactory
 from picluster.master.registry import DEFAULT_FORGET_AFTER, SlaveRegistry
 from picluster.master.store import StoreError, TaskStore, check_database
+from picluster.trust.cluster import ClusterTrust
 
 log = Logger()
 
@@ -71,23 +73,31 @@ class MasterService(service.MultiService):
         influxdb: str | None = None,
         influxdb_db: str = "picluster",
         influxdb_interval: float = 10.0,
+        trust: ClusterTrust | None = None,
         **settings: Any,
     ):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
+        #: The cluster's CA and secrets; C{None} for a plain master (C{--insecure}).
+        self.trust = trust
         self.port = port
         self.db = db
         self.web = web
         self.reactor = reactor
         self.registry = SlaveRegistry(forget_after)
-        self.factory = MasterFactory(self.registry, clock=reactor, **settings)
+        self.factory = MasterFactory(self.registry, clock=reactor, trust=trust, **settings)
         self.factory.status_view = lambda: views.status(self)
         self.scheduler = self.factory.scheduler
         self.scheduler.rejoin_grace = rejoin_grace
         if max_args is not None:
             self.scheduler.max_args = max_args
-        self.listener = strports.service(with_default_backlog(port), self.factory, reactor=reactor)
+        listening: Any = self.factory
+        if trust is not None:
+            # TLS around the factory rather than an ssl: endpoint, so that any
+            # endpoint (a systemd socket too) speaks TLS, and only TLS.
+            listening = TLSMemoryBIOFactory(trust.server_options(), False, self.factory)
+        self.listener = strports.service(with_default_backlog(port), listening, reactor=reactor)
         self.listener.setServiceParent(self)
         if web is not None:
             from picluster.master.web.site import DashboardSite
@@ -129,6 +139,18 @@ class MasterService(service.MultiService):
         """Listen, and load the task queue; tasks are served once it is loaded."""
         self.started_at = self.reactor.seconds()
         super().startService()
+        if self.trust is None:
+            log.warn(
+                "Plain mode (--insecure): no TLS, no tokens; anyone who reaches {port} can run"
+                " tasks and read every result.  For benchmarks and experiments only.",
+                port=self.port,
+            )
+        else:
+            log.info(
+                "Secure mode: TLS only, nodes join with a token.  Print the join token for"
+                " slaves with 'picluster token --state-dir {state_dir}' (--client for users)",
+                state_dir=self.trust.state_dir,
+            )
         # The port slaves reach, as bound (the description may say 0, or
         # name a socket that systemd handed over).
         self.when_listening().addCallbacks(
@@ -179,6 +201,7 @@ class MasterService(service.MultiService):
             connection.close("master shutting down")
         loading = [self._queue_loaded] if self._queue_loaded is not None else []
         closed = defer.gatherResults([stopped, *closing, *loading])
+        closed.addCallback(lambda _: self.factory.refusals.flush())
         closed.addCallback(lambda _: self.scheduler.stop())
         return closed.addCallback(lambda _: None)
 

@@ -26,7 +26,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from picluster import sysinfo
-from picluster.address import MasterAddress
+from picluster.address import MasterAddress, dial, hello_for
+from picluster.trust.channel import verify_master
+from picluster.trust.token import JoinToken
 from picluster.wire import BadMessage
 from picluster.wire.errors import (
     BadReply,
@@ -36,9 +38,7 @@ from picluster.wire.errors import (
     describe_reason,
 )
 from picluster.wire.messages import (
-    PROTOCOL_VERSION,
     ComputerDetails,
-    Hello,
     Run,
     RunTask,
     Welcome,
@@ -98,11 +98,13 @@ class SlaveSession(PeerHandler):
     # -- steps -------------------------------------------------------------
 
     def _handshake(self) -> defer.Deferred[Welcome]:
-        hello = Hello(version=PROTOCOL_VERSION, uuid=self.slave.uuid)
+        hello = hello_for(self.slave.token, "slave", self.protocol.transport, uuid=self.slave.uuid)
         sent = self.protocol.request("hello", hello)
         return sent.addCallbacks(self._welcomed, self._not_welcomed)
 
     def _not_welcomed(self, failure: Failure) -> None:
+        if failure.check(RemoteError):
+            raise HandshakeError(failure.getErrorMessage())
         failure.trap(BadReply)
         raise HandshakeError(f"the master's welcome is malformed: {failure.value.problem}")
 
@@ -223,7 +225,13 @@ class SlaveSession(PeerHandler):
                 disconnection=str(failure.value),
             )
             return
-        self.log.failure("Session with {master} failed", failure, master=self.slave.master)
+        if failure.check(HandshakeError):
+            # Said in one line, without a traceback: a wrong token is the
+            # user's to fix, and the factory keeps retrying meanwhile.
+            self.log.error("Could not join master {master}: {problem}", master=self.slave.master,
+                           problem=failure.getErrorMessage())
+        else:
+            self.log.failure("Session with {master} failed", failure, master=self.slave.master)
         self.protocol.close(f"session failed: {failure.getErrorMessage()}")
 
     # -- vitals ------------------------------------------------------------
@@ -276,9 +284,13 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
         sampler: Any = None,
         runner: Any = None,
         tags: tuple[str, ...] = (),
+        token: JoinToken | None = None,
         **settings: Any,
     ):
         PiClusterFactory.__init__(self, **settings)
+        #: The join token; C{None} in plain mode (C{--insecure}).
+        self.token = token
+        self.tls = token is not None
         self.runner = runner
         self.tags = tags
         if runner is not None:
@@ -296,6 +308,11 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
 
     def make_handler(self, protocol: PiClusterProtocol) -> SlaveSession:
         return SlaveSession(protocol, self)
+
+    def check_peer(self, protocol: PiClusterProtocol) -> None:
+        """Talk only to a master whose certificate the token's CA signed."""
+        assert self.token is not None
+        verify_master(protocol.transport, self.token.fingerprint)
 
     def _run_finished(self, result: dict[str, Any]) -> None:
         """A run ended: tell the master now if connected, else at the next session."""
@@ -343,10 +360,7 @@ class SlaveService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.factory.continueTrying = True
-        master = self.factory.master
-        self.connector = self.reactor.connectTCP(
-            master.host, master.port, self.factory, timeout=master.timeout
-        )
+        self.connector = dial(self.reactor, self.factory.master, self.factory, self.factory.token)
 
     def stopService(self) -> defer.Deferred[Any] | None:
         """Stop reconnecting, close the connection, and stop the running tasks."""

@@ -10,6 +10,7 @@ from picluster import config
 from picluster.config import server_endpoint
 from picluster.master.service import MasterService
 from picluster.master.taskspec import DEFAULT_MAX_ARGS
+from picluster.trust.cluster import ClusterTrust, TrustError
 
 #: What turns an optional part (the web server, the InfluxDB export) off.
 _OFF = ("none", "off", "no", "")
@@ -60,6 +61,16 @@ class Options(config.Options):
     section = "master"
     settings = [
         config.Setting("port", server_endpoint, "tcp:12345", "Endpoint to listen on for slaves"),
+        config.Setting(
+            "state-dir", config.directory, ".",
+            "Directory of the cluster's CA, the master's certificate and the tokens' secrets"
+            " (created on the first start)",
+        ),
+        config.Setting(
+            "insecure", config.boolean, False,
+            "Plain mode: no TLS, no tokens, anyone may join (benchmarks and experiments only)",
+            flag=True,
+        ),
         *config.COMMON_SETTINGS,
         config.Setting(
             "db", database_path, "picluster.db",
@@ -91,6 +102,7 @@ class Options(config.Options):
         ),
     ]
     optParameters = config.parameters(settings)
+    optFlags = config.flags(settings)
 
     def translate_legacy(self, from_file: dict[str, str]) -> dict[str, str]:
         """Accept the tutorial's C{socket_port} and C{socket_bind_ip}."""
@@ -120,9 +132,18 @@ class Options(config.Options):
             )
 
 
+def cluster_trust(state_dir: str) -> ClusterTrust:
+    """The state directory's trust material, made on the first start; exits on a problem."""
+    try:
+        return ClusterTrust.open(state_dir)
+    except TrustError as e:
+        raise SystemExit(f"picluster-master: {e}") from e
+
+
 def makeService(options: Options) -> MasterService:
     return MasterService(
         options["port"],
+        trust=None if options["insecure"] else cluster_trust(options["state-dir"]),
         keepalive=options["keepalive"],
         dead_after=options["dead-after"],
         max_frame=options["max-frame"],

@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from picluster import address, config
 from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.trust.token import SLAVE
 
 
 class Options(config.Options):
@@ -23,6 +24,18 @@ class Options(config.Options):
         config.Setting(
             "master", address.parse_master, "tcp:host=127.0.0.1:port=12345",
             "The master's endpoint: tcp:host=HOST:port=PORT or HOST:PORT",
+        ),
+        config.Setting(
+            "token", config.optional_text, None,
+            "The join token for slaves, as 'picluster token' prints it on the master",
+        ),
+        config.Setting(
+            "token-file", config.optional_text, None,
+            "A file holding the join token (better than --token: no secret in ps)",
+        ),
+        config.Setting(
+            "insecure", config.boolean, False,
+            "Plain mode: no TLS, no token, for a master run with --insecure", flag=True,
         ),
         *config.COMMON_SETTINGS,
         config.Setting("vitals", config.seconds, 10.0, "Seconds between vitals reports"),
@@ -68,6 +81,8 @@ class Options(config.Options):
         super().check()
         if isinstance(self["master"], str):
             self["master"] = address.parse_master(self["master"])
+        self["join-token"] = config.join_token(self["token"], self["token-file"], self["insecure"],
+                                        credential=SLAVE)
         if self["max-delay"] < self["initial-delay"]:
             raise usage.UsageError(
                 f"--max-delay ({self['max-delay']:g} s) must not be shorter than"
@@ -96,5 +111,6 @@ def makeService(options: Options) -> SlaveService:
         max_frame=options["max-frame"],
         runner=runner,
         tags=options["tags"],
+        token=options["join-token"],
     )
     return SlaveService(factory)

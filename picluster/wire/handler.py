@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from picluster.wire import envelope as wire
 from picluster.wire import messages
 from picluster.wire.errors import DisconnectionException
 
@@ -77,6 +78,8 @@ class PeerHandler:
     """
 
     log = Logger()
+    #: The message types served now; C{None} for all the handler has.
+    serves: frozenset[str] | None = None
 
     def __init__(self, protocol: Connection):
         self.protocol = protocol
@@ -119,6 +122,10 @@ class PeerHandler:
     def disconnection(self) -> DisconnectionException | None:
         """Why the connection went, once it has."""
         return self.protocol.lost
+
+    def not_served(self, message_type: str) -> wire.BadMessage:
+        """The refusal of a message type outside L{serves}."""
+        return wire.BadMessage(messages.UNKNOWN_TYPE, type=message_type)
 
     def connection_made(self) -> None:
         """The connection is up; start whatever this side does on it."""

@@ -25,11 +25,19 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import Meta, Struct
 
-#: The version of the hello handshake this code speaks.
-PROTOCOL_VERSION = 1
+#: The version of the hello handshake this code speaks: 2 on TLS, with a
+#: proof of the token's secret; 1 in plain mode (C{--insecure}).
+PROTOCOL_VERSION = 2
+PLAIN_VERSION = 1
 
-#: Versions of the hello handshake a master accepts.
-SUPPORTED_VERSIONS = (1,)
+#: Versions of the hello handshake a master accepts, in either mode.
+SUPPORTED_VERSIONS = (PLAIN_VERSION, PROTOCOL_VERSION)
+
+#: What a hello's credential may name (see L{picluster.trust.token}).
+CREDENTIALS = ("slave", "client", "read-only")
+
+#: Characters of a hello's proof: a hex HMAC-SHA256.
+PROOF_LENGTH = 64
 
 #: What a connection may say it is in its hello.
 ROLES = ("slave", "client")
@@ -86,6 +94,7 @@ BAD_UUID = "uuid must be null or 32 hex digits"
 UNKNOWN_ROLE = "unknown role"
 UNKNOWN_INFO = "unknown info request"
 SAY_HELLO_FIRST = "say hello first"
+AUTHENTICATION_FAILED = "authentication failed"
 
 #: Every refusal text, and when it is sent: the fixed ones above, then those
 #: with particulars in braces.
@@ -108,7 +117,11 @@ REFUSAL_TEXTS: tuple[tuple[str, str], ...] = (
     (UNKNOWN_ROLE, "a hello's role is neither slave nor client; the connection is closed"
                    " (details: role, known)"),
     (UNKNOWN_INFO, "info asks something else (details: request, known)"),
-    (SAY_HELLO_FIRST, "a task message before the hello"),
+    (AUTHENTICATION_FAILED, "a secure master's hello without a valid proof of a token's secret,"
+                            " or with a role its credential does not allow; the connection"
+                            " is closed"),
+    (SAY_HELLO_FIRST, "a task message before the hello; on a secure master, any message but"
+                      " hello before it, and the connection is closed"),
     ("not served to a {role}", "a task message the connection's role may not send"),
     ("task {index}: {problem}", "a spec of a submit is refused (details: index); nothing is stored"),
     ("unknown state {state}", "tasks asks for a state that does not exist (details: known)"),
@@ -173,6 +186,13 @@ class Hello(Payload):
         "the uuid this node had before (32 hexadecimal digits), to take it back; null for a new one"
     ))] = None
     role: Annotated[str, Meta(description=f"what the connection is: one of {', '.join(ROLES)}")] = "slave"
+    credential: Annotated[Annotated[str, Meta(max_length=16)] | None, Meta(
+        description=f"version 2: the credential of the token held, one of {', '.join(CREDENTIALS)}",
+    )] = None
+    proof: Annotated[Annotated[str, Meta(max_length=PROOF_LENGTH)] | None, Meta(
+        description=("version 2: hex HMAC-SHA256 keyed with the token's secret over the proof"
+                     " context, the credential and the TLS exporter; see the security page"),
+    )] = None
 
 
 class Welcome(Payload):
@@ -552,6 +572,25 @@ _declare(
     Message("error", ServiceFailure, ANYONE,
             "The receiver failed to serve a well-formed request."),
 )
+
+
+#: What every authenticated peer may send: the connection's own upkeep.
+_UPKEEP = frozenset({"ping", "pong", "message", "bad_message", "error"})
+
+#: The message types a secure master serves to each credential once its
+#: hello is proven; anything else is refused as "not served to a ...".  A
+#: slave may ask C{info} only about the master itself (computer_details,
+#: uuid), and a read-only client only looks.
+SERVED: dict[str, frozenset[str]] = {
+    "slave": _UPKEEP | {"computer_details", "vitals", "worker", "task_result", "info"},
+    "client": _UPKEEP | {"info", "submit", "tasks", "cancel", "watch"},
+    "read-only": _UPKEEP | {"info", "tasks", "watch"},
+}
+#: What a slave credential may ask with C{info}.
+SLAVE_INFO = ("computer_details", "uuid")
+
+#: What a secure master serves before a proven hello: the hello alone.
+BEFORE_HELLO = frozenset({"hello"})
 
 
 #: Decoders of each message type's payload, made once.

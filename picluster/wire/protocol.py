@@ -21,6 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from picluster.wire import envelope as wire
 from picluster.wire import messages
@@ -54,6 +55,7 @@ LOGGED_BAD_MESSAGES = 10
 _EPSILON = 1e-6
 
 
+@implementer(interfaces.IHandshakeListener)
 class PiClusterProtocol(Int32StringReceiver):
     """
     One picluster connection, master or slave side alike.
@@ -85,6 +87,7 @@ class PiClusterProtocol(Int32StringReceiver):
     frames_in = 0
     frames_out = 0
     _close_cause: str | None = None
+    _producing = False
 
     def __init__(self) -> None:
         self.requests = PendingRequests()
@@ -114,9 +117,27 @@ class PiClusterProtocol(Int32StringReceiver):
         # buffer without bound.  (Int32StringReceiver is already a pausable
         # push producer.)
         self.transport.registerProducer(self, True)
+        self._producing = True
         self.last_received = self.clock.seconds()
         self._dead_peer_check = self.clock.callLater(factory.dead_after, self._check_peer_alive)
         self.handler = factory.make_handler(self)
+        if not factory.tls:
+            self.handler.connection_made()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake is done (L{IHandshakeListener}): check the peer as
+        the factory asks, then start the connection's work, so that nothing
+        is sent, or served, to a peer before that.
+        """
+        if self.closing:
+            return
+        try:
+            self.factory.check_peer(self)
+        except Exception as e:
+            self.log.warn("Refusing {peer}: {problem}", problem=str(e), **self.handler.log_fields())
+            self.close(str(e), abort=True)
+            return
         self.handler.connection_made()
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
@@ -170,6 +191,12 @@ class PiClusterProtocol(Int32StringReceiver):
         if abort:
             self.transport.abortConnection()
         else:
+            # We produce nothing more.  Still registered, we would hold the
+            # connection open: TLS waits for its producer to go before it
+            # sends its close_notify, and TCP for a paused one.
+            if self._producing:
+                self._producing = False
+                self.transport.unregisterProducer()
             self.transport.loseConnection()
 
     @property
@@ -349,6 +376,10 @@ class PiClusterProtocol(Int32StringReceiver):
     def _dispatch(self, envelope: wire.Envelope) -> None:
         message_type = envelope.type
         msg_id = envelope.id
+        serves = self.handler.serves
+        if serves is not None and message_type not in serves:
+            self._refuse(self.handler.not_served(message_type), msg_id)
+            return
         method = getattr(self.handler, "msg_" + message_type, None)
         if method is None:
             self._refuse(wire.BadMessage(messages.UNKNOWN_TYPE, type=message_type), msg_id)
@@ -470,6 +501,9 @@ class PiClusterFactory(protocol.Factory):
 
     protocol = PiClusterProtocol
     log = Logger()
+    #: Whether connections run over TLS: their work starts once the
+    #: handshake is done and L{check_peer} has passed.
+    tls = False
     #: Our own log lines say what matters; Twisted's "Starting factory" on
     #: every reconnection attempt would bury them.
     noisy = False
@@ -495,3 +529,9 @@ class PiClusterFactory(protocol.Factory):
 
     def make_handler(self, protocol: PiClusterProtocol) -> PeerHandler:
         return PeerHandler(protocol)
+
+    def check_peer(self, protocol: PiClusterProtocol) -> None:
+        """
+        Judge the peer of a TLS connection once the handshake is done; raise
+        to close the connection (the exception's text says why).
+        """

@@ -30,6 +30,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap
 from picluster.tasks.builtin import ADMIN_COMMANDS
+from picluster.trust.cluster import ClusterTrust
 from tests.processes import (
     REPO_ROOT,
     WAIT,
@@ -145,6 +146,10 @@ def command_line(settings: list[tuple[str, str, str]], environment: dict[str, st
     return argv
 
 
+#: Where the shipped slave unit reads its join token.
+UNIT_TOKEN_FILE = "/etc/picluster/slave.token"
+
+
 def parse_twistd(argv: list[str]) -> ServerOptions:
     """Parse a twistd command line with twistd's own parser, plugin options included."""
     options = ServerOptions()
@@ -199,7 +204,19 @@ class UnitCommandLineTests(unittest.TestCase):
 
     def slave_argv(self, *extra_units: str) -> list[str]:
         settings = read_unit(contrib("picluster-slave.service"), *extra_units)
-        return command_line(settings, environment_of(settings, contrib("picluster-slave.default")))
+        argv = command_line(settings, environment_of(settings, contrib("picluster-slave.default")))
+        return self.with_test_token(argv)
+
+    def with_test_token(self, argv: list[str]) -> list[str]:
+        """C{argv} with the unit's token file swapped for one this test made."""
+        token_file = os.path.join(temp_dir(self), "slave.token")
+        if not os.path.exists(token_file):
+            trust = ClusterTrust.open(os.path.join(temp_dir(self), "state"))
+            with open(token_file, "w", encoding="utf-8") as out:
+                out.write(f"{trust.token('slave')}\n")
+        unit_file = f"--token-file={UNIT_TOKEN_FILE}"
+        self.assertIn(unit_file, argv)
+        return [f"--token-file={token_file}" if word == unit_file else word for word in argv]
 
     def test_everyUnitRunsTheVenvTwistd(self):
         """Every ExecStart, drop-ins too, runs the venv's twistd in the foreground, no pid file."""
@@ -276,8 +293,11 @@ class UnitCommandLineTests(unittest.TestCase):
             for example in examples:
                 words = " ".join(shlex.split(example)).split()
                 value = " ".join(config if word == "/etc/picluster.cfg" else word for word in words)
-                argv = command_line(settings, {variable: value})
-                options = parse_twistd(argv)
+                environment = {variable: value}
+                if side == "slave":
+                    environment["PICLUSTER_SLAVE_TOKEN"] = f"--token-file={UNIT_TOKEN_FILE}"
+                argv = command_line(settings, environment)
+                options = parse_twistd(self.with_test_token(argv) if side == "slave" else argv)
                 self.assertEqual(options.subCommand, f"picluster-{side}", example)
 
     def test_aTypoFails(self):
@@ -475,7 +495,7 @@ class SocketActivationTests(unittest.TestCase):
             cluster, [f"127.0.0.1:{cluster.port}"], ["slaves"],
             ["-n", "--pidfile=", "picluster-master", "--port", "systemd:domain=INET:index=0",
              "--web", "none", "--db", os.path.join(cluster.cwd, "picluster.db"),
-             "--keepalive", "1"],
+             "--keepalive", "1", "--state-dir", cluster.state_dir],
         )
         slave = cluster.slave("slave")
         [listed] = yield cluster.wait_for_slaves("the slave to join", one_slave)
@@ -496,7 +516,8 @@ class SocketActivationTests(unittest.TestCase):
         [drop_in] = drop_ins("picluster-master.service")
         settings = read_unit(contrib("picluster-master.service"), drop_in)
         # How a user adds options: through PICLUSTER_MASTER_OPTS.
-        argv = command_line(settings, {"PICLUSTER_MASTER_OPTS": "--keepalive 1"})
+        argv = command_line(settings, {"PICLUSTER_MASTER_OPTS":
+                                       f"--keepalive 1 --state-dir {cluster.state_dir}"})
         self.assertEqual(argv[0], TWISTD)
         db = argv.index("--db") + 1
         argv[db] = os.path.join(cluster.cwd, "picluster.db")

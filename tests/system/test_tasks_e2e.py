@@ -67,7 +67,7 @@ class KillMidwayTests(unittest.TestCase):
         mapping = Child(
             self, "map",
             [sys.executable, "-m", "picluster.cli", "map", "primes", "--args-file", args_file,
-             "--json", "--master", f"127.0.0.1:{cluster.port}"],
+             "--json", "--master", f"127.0.0.1:{cluster.port}", "--state-dir", cluster.state_dir],
             cwd=cluster.cwd, env=child_env(),
         )
         cluster.children.append(mapping)

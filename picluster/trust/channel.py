@@ -1,0 +1,142 @@
+"""
+The TLS layer of a secure cluster, and the proof a node sends in its hello.
+
+B{The master, pinned.}  A node knows the cluster CA only by the fingerprint
+in its token, so it cannot hand OpenSSL a trust root before the handshake.
+As k3s does with its token's CA hash, the node takes the master's chain as
+offered, then, once the handshake is done and before it sends a single
+byte, checks it with pyca's X.509 verifier against the one certificate of
+the chain whose fingerprint the token pins (L{verify_master}): a chain that
+does not end in the cluster's CA, or whose leaf does not name
+C{picluster-master}, closes the connection.
+
+B{The node, proven.}  In its hello the node sends
+C{proof = HMAC-SHA256(secret, label || credential || binding)}, where
+C{binding} is the TLS exporter (RFC 8446 section 7.5) of this very
+connection.  The master computes the same from its side.  The secret never
+crosses the wire; a proof recorded from one connection is worthless on
+another (a replay); and a man in the middle who relays a node's hello to
+the master has a different TLS session on each side, so the proof fails
+there too (a relay).  TLS 1.3 only, where the exporter is bound to the
+whole handshake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+from picluster.trust.pki import MASTER_NAME, fingerprint
+
+#: The exporter label (RFC 5705 / RFC 8446): names what the secret is for.
+EXPORTER_LABEL = b"EXPORTER-picluster-hello"
+#: Bytes of exporter output bound into a proof.
+BINDING_BYTES = 32
+#: What a proof's HMAC covers before the credential and the binding.
+PROOF_CONTEXT = b"picluster hello proof v2\x00"
+
+
+class UntrustedMaster(Exception):
+    """The master's certificate chain is not the one the token pins."""
+
+
+def channel_binding(transport: Any) -> bytes | None:
+    """
+    The TLS exporter value of the connection under C{transport}, or C{None}
+    on a plain connection.
+    """
+    handle = getattr(transport, "getHandle", None)
+    connection = handle() if handle is not None else None
+    if not isinstance(connection, SSL.Connection):
+        return None
+    return connection.export_keying_material(EXPORTER_LABEL, BINDING_BYTES)
+
+
+def proof(key: bytes, credential: str, binding: bytes) -> str:
+    """The hello proof of holding C{key} for C{credential} on the channel C{binding}."""
+    message = PROOF_CONTEXT + credential.encode("ascii") + b"\x00" + binding
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def proof_holds(key: bytes, credential: str, binding: bytes, offered: str) -> bool:
+    """Whether C{offered} is the proof for C{key}, in constant time."""
+    return hmac.compare_digest(proof(key, credential, binding), offered)
+
+
+def verify_master(transport: Any, pinned: str) -> None:
+    """
+    Check the chain the master presented on C{transport} against the CA
+    fingerprint C{pinned}.
+
+    @raise UntrustedMaster: saying why, for the log.
+    """
+    connection = transport.getHandle()
+    chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+    if not chain:
+        raise UntrustedMaster("the master presented no certificate")
+    roots = [certificate for certificate in chain if fingerprint(certificate) == pinned]
+    if not roots:
+        raise UntrustedMaster(
+            f"the master's certificate is not from the cluster's CA (the token pins"
+            f" {pinned[:16]}..., the master offers {fingerprint(chain[-1])[:16]}...):"
+            " an impostor, or a master whose state directory was replaced"
+        )
+    verifier = PolicyBuilder().store(Store(roots)).build_server_verifier(x509.DNSName(MASTER_NAME))
+    try:
+        verifier.verify(chain[0], chain[1:])
+    except VerificationError as e:
+        raise UntrustedMaster(f"the master's certificate does not verify: {e}") from None
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class PinnedMasterTLS:
+    """
+    TLS for a node dialling a master it knows by its CA's fingerprint.
+
+    OpenSSL is told to take the chain as offered (there is no trust root to
+    give it yet); L{verify_master} judges the chain once the handshake is
+    done, before the node sends anything.
+    """
+
+    def __init__(self, pinned: str):
+        self.pinned = pinned
+        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        context.set_min_proto_version(SSL.TLS1_3_VERSION)
+        context.set_verify(SSL.VERIFY_NONE)
+        self._context = context
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        connection.set_tlsext_host_name(MASTER_NAME.encode("ascii"))
+        connection.set_connect_state()
+        return connection
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class MasterTLS:
+    """
+    The master's side: its certificate with the CA after it (a node pins
+    the CA, so it must be shown), TLS 1.3 only, no client certificate asked.
+    """
+
+    def __init__(self, key: Any, certificate: x509.Certificate, ca: x509.Certificate):
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(SSL.TLS1_3_VERSION)
+        context.use_privatekey(key)
+        context.use_certificate(certificate)
+        context.add_extra_chain_cert(ca)
+        context.check_privatekey()
+        self._context = context
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tlsProtocol)
+        return connection
