@@ -7,6 +7,7 @@ scripted, so no test runs apt-get or reboots anything.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -219,7 +220,7 @@ class ShellTests(unittest.TestCase):
     """
 
     def run_shell(self, command: Any, *results: ProcessResult,
-                  allowed: tuple[str, ...] = ("echo", "uptime")) -> Any:
+                  allowed: tuple[str, ...] = ("echo ...", "uptime -p")) -> Any:
         self.processes = FakeProcesses(*results)
         return builtin.shell.bind(make_node(self.processes, allowed=allowed))(command=command)
 
@@ -241,9 +242,39 @@ class ShellTests(unittest.TestCase):
         """A command not on the list is refused, naming it and the allowed ones."""
         e = self.assertRaises(NotPermitted, self.run_shell, ["rm", "-rf", "/"])
         self.assertEqual(
-            str(e), "shell is refused: 'rm' is not an allowed command (allowed: echo, uptime)"
+            str(e), "shell is refused: 'rm -rf /' is not an allowed command"
+                    " (allowed: echo ...; uptime -p)"
         )
         self.assertEqual(self.processes.calls, [])
+
+    def test_wholeCommandLine(self) -> None:
+        """An entry allows its words exactly: no other arguments, unless it says so."""
+        for entry, argv, allowed in [
+            ("vcgencmd measure_temp", ["vcgencmd", "measure_temp"], True),
+            ("vcgencmd measure_temp", ["vcgencmd", "measure_temp", "x"], False),
+            ("vcgencmd measure_temp", ["vcgencmd"], False),
+            ("vcgencmd measure_temp", ["vcgencmd", "get_config", "int"], False),
+            ("uptime", ["uptime"], True),
+            ("uptime", ["uptime", "-p"], False),
+            ("find", ["find", ".", "-exec", "sh", ";"], False),
+            ("tar", ["tar", "--checkpoint-action=exec=sh"], False),
+            ("vcgencmd measure_clock *", ["vcgencmd", "measure_clock", "arm"], True),
+            ("vcgencmd measure_clock *", ["vcgencmd", "measure_clock"], False),
+            ("vcgencmd measure_clock *", ["vcgencmd", "measure_clock", "arm", "core"], False),
+            ("journalctl -u picluster-slave ...", ["journalctl", "-u", "picluster-slave"], True),
+            ("journalctl -u picluster-slave ...", ["journalctl", "-u", "picluster-slave", "-n", "5"], True),
+            ("journalctl -u picluster-slave ...", ["journalctl", "-u", "sshd"], False),
+            ("'a b' c", ["a b", "c"], True),
+        ]:
+            self.assertEqual(builtin.command_matches(entry, argv), allowed, (entry, argv))
+
+    def test_badEntries(self) -> None:
+        """An entry that names no command, or puts ... before its end, is refused."""
+        for entry, problem in [("", "cannot be empty"), ("* x", "must be named"),
+                               ("... ", "must be named"), ("ls ... -l", "may only end"),
+                               ("ls 'x", "cannot split")]:
+            error = self.assertRaises(ValueError, builtin.parse_allowed_command, entry)
+            self.assertIn(problem, str(error))
 
     def test_exactWord(self) -> None:
         """The first word must match as written: allowing echo does not allow /bin/echo."""
@@ -254,7 +285,7 @@ class ShellTests(unittest.TestCase):
         self.assertRaises(NotPermitted, self.run_shell, "echo hi", allowed=())
         refusal = builtin.shell.refusal(make_node())
         self.assertEqual(refusal, "shell is refused: this slave allows no commands")
-        self.assertIsNone(builtin.shell.refusal(make_node(allowed=("echo",))))
+        self.assertIsNone(builtin.shell.refusal(make_node(allowed=("echo ...",))))
 
     def test_badCommands(self) -> None:
         """Empty, unsplittable and non-string commands are BadArguments."""
@@ -290,6 +321,19 @@ class PowerTests(unittest.TestCase):
         self.assertEqual(processes.calls, [])
         clock.advance(0.1)
         self.assertEqual([call["argv"] for call in processes.calls], [["reboot-now"]])
+
+    def test_noRebootSoonAfterBoot(self) -> None:
+        """A node that booted less than REBOOT_MIN_UPTIME ago refuses to reboot: no reboot loop."""
+        clock, processes = Clock(), FakeProcesses()
+        clock.advance(10_000)
+        node = dataclasses.replace(make_node(processes, allow_admin=True, clock=clock),
+                                   booted_at=clock.seconds() - builtin.REBOOT_MIN_UPTIME + 60)
+        error = self.assertRaises(NotPermitted, builtin.reboot.bind(node))
+        self.assertIn("booted 540 s ago", str(error))
+        clock.advance(builtin.POWER_DELAY * 2)
+        self.assertEqual(processes.calls, [])
+        clock.advance(60)
+        self.assertEqual(builtin.reboot.bind(node)()["scheduled"], "reboot")
 
     def test_shutdown(self) -> None:
         """shutdown runs its own command."""

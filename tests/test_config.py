@@ -22,6 +22,7 @@ from picluster.master.service import DEFAULT_BACKLOG, MasterService, with_defaul
 from picluster.slave.session import SlaveService
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap
+from picluster.wire.messages import COMMAND_TASKS
 from tests.processes import REPO_ROOT, temp_dir, temp_path
 
 #: The tutorial's rpicluster.cfg, exactly as it ships.
@@ -252,6 +253,14 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertIn("no socket for 'systemd:domain=INET:index=0' was handed over by systemd",
                       message)
 
+    def test_plainMasterRefusesCommandTasks(self):
+        """--insecure gives a plain master (no TLS) that will not queue a task running commands."""
+        service = master_tap.makeService(self.parse("--insecure"))
+        self.assertIsNone(service.trust)
+        self.assertIs(service.listener.factory, service.factory)
+        self.assertEqual(set(service.scheduler.refused_tasks), set(COMMAND_TASKS))
+        self.assertIn("plain mode", service.scheduler.refused_tasks["shell"])
+
     def test_makeServiceDefaults(self):
         """makeService gives a secure MasterService on port 12345 with a 4096 backlog."""
         state_dir = temp_path(self)
@@ -260,6 +269,7 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
         # TLS around the master's factory, with the state directory's trust.
         self.assertIs(service.listener.factory.wrappedFactory, service.factory)
         self.assertEqual(service.trust.state_dir, state_dir)
+        self.assertEqual(service.scheduler.refused_tasks, {})
         self.assertTrue(os.path.exists(os.path.join(state_dir, "cluster-ca.pem")))
         self.assertIs(service.factory.registry, service.registry)
         endpoint = service.listener.endpoint
@@ -395,6 +405,16 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertEqual((factory.initialDelay, factory.delay, factory.maxDelay), (0.5, 0.5, 30.0))
         self.assertEqual(factory.max_frame, 64 * 1024)
         self.assertIsNone(factory.uuid)
+
+    def test_allowShellEntriesChecked(self):
+        """--allow-shell entries are command lines, checked as they are read."""
+        self.assertIn("may only end", self.refused("--allow-shell", "ls ... -l"))
+        self.assertIn("must be named", self.refused("--allow-shell", "uptime,* x"))
+
+    def test_plainRunsNoCommands(self):
+        """In plain mode (--insecure) a slave refuses to allow admin or shell tasks."""
+        for option in (["--allow-admin"], ["--allow-shell", "uptime"]):
+            self.assertIn("need a secure master", self.refused(*option))
 
     def test_makeServiceDefaults(self):
         """makeService with no options makes a factory for 127.0.0.1:12345."""

@@ -121,6 +121,17 @@ class SubmitTests(Cluster):
         self.assertIn("the queue is full", reply["payload"]["error"])
 
 
+class RefusedTaskTests(Cluster):
+    def test_refusedNameRefusesTheSubmission(self) -> None:
+        """A task the master refuses to queue makes the whole submit a bad_message naming it."""
+        self.master.scheduler.refused_tasks = {"sleep": "sleep is refused here"}
+        reply = self.client.submit(PRIMES, {"name": "sleep", "args": {"seconds": 1}})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertEqual(reply["payload"]["error"], "task 1: sleep is refused here")
+        self.assertEqual(reply["payload"]["index"], 1)
+        self.assertEqual(self.client.request("tasks", {})["payload"]["tasks"], [])
+
+
 class DispatchTests(Cluster):
     def test_slotsBoundRunningTasks(self) -> None:
         """A slave is given at most as many tasks as it has slots."""
@@ -415,6 +426,21 @@ class FaultTests(Cluster):
         back.finish(first, 25)
         self.assertEqual(back.cancels(), [{"id": 1, "attempt": 2}])
         self.assertEqual(self.client.record(1)["result"], 25)
+
+    def test_resultOfAnotherSlavesRunIgnored(self) -> None:
+        """A slave cannot end a task with a result for a run another slave was handed."""
+        one = FakeSlave(self.master, self.clock, slots=1)
+        self.submit(PRIMES)
+        (run,) = one.runs()
+        other = FakeSlave(self.master, self.clock, "10.0.0.3", slots=1)
+        for attempt in (run["attempt"], run["attempt"] + 1):
+            forged = other.finish({"id": run["id"], "attempt": attempt}, "forged")
+            self.assertEqual(forged["type"], "ack")
+        record = self.client.record(1)
+        self.assertEqual((record["state"], record["result"], record["slave"]), ("running", None, one.uuid))
+        one.finish(run, 25)
+        record = self.client.record(1)
+        self.assertEqual((record["state"], record["result"], record["slave"]), ("done", 25, one.uuid))
 
     def test_rejoiningSlaveKeepsItsRun(self) -> None:
         """A slave that rejoins still holding a run not yet given out keeps it."""

@@ -112,7 +112,7 @@ class TaskLoopbackTests(unittest.TestCase):
     def test_shellNeedsAllowList(self) -> Any:
         """shell runs only commands on the slave's allow-list."""
         master, port = yield self.start_master()
-        self.start_slave(port, allowed_commands=("echo",))
+        self.start_slave(port, allowed_commands=("echo hello",))
         client = self.client(port)
         submitted = yield client.submit([
             {"name": "shell", "args": {"command": ["echo", "hello"]}},

@@ -350,7 +350,7 @@ class _EventReader(protocol.Protocol):
         self.closed: defer.Deferred[None] = defer.Deferred()
 
     def connectionMade(self) -> None:
-        self.transport.write(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.transport.write(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
@@ -459,7 +459,7 @@ class EventTests(unittest.TestCase):
         stalled = socket.create_connection(("127.0.0.1", web.port.getHost().port))
         self.addCleanup(stalled.close)
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        stalled.sendall(b"GET /api/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
         stream = web.site.events
         yield processes.wait_until(lambda: len(stream.subscribers) == 2, "both subscribed", poll=0.01)
         [slow] = [s for s in stream.subscribers
@@ -607,7 +607,7 @@ class HostilePeerTests(unittest.TestCase):
         self.patch(web.master.scheduler.view, "latest", lambda limit, state=None: waiting)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", web.port.getHost().port)
         reader = yield connectProtocol(endpoint, _EventReader())
-        reader.transport.write(b"GET /api/tasks HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader.transport.write(b"GET /api/tasks HTTP/1.1\r\nHost: localhost\r\n\r\n")
         yield processes.sleep(0.05)
         reader.transport.loseConnection()
         yield reader.closed

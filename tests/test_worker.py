@@ -701,7 +701,7 @@ class RealProcessTests(unittest.TestCase):
             Task("sleep_forever", sleep_forever, "process"),
         ])
         self.runner = TaskRunner(registry, slots=4, clock=reactor, reactor=reactor,
-                                 allowed_commands=["echo", "false", "sh"])
+                                 allowed_commands=["echo ...", "false", "sh ..."])
         self.addCleanup(self.runner.stop)
 
     def result_of(self, payload: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:

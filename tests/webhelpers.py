@@ -87,8 +87,10 @@ class WebMaster:
         return slave
 
     @defer.inlineCallbacks
-    def get(self, path: str, method: bytes = b"GET", headers: dict[str, str] | None = None) -> Any:
+    def get(self, path: str, method: bytes = b"GET", headers: dict[str, str] | None = None,
+            follow: bool = True) -> Any:
         raw = Headers({name: [value] for name, value in (headers or {}).items()})
-        response = yield self.http.request(method.decode(), self.base + path, headers=raw)
+        response = yield self.http.request(method.decode(), self.base + path, headers=raw,
+                                           allow_redirects=follow)
         body = yield response.content()
         return Response(response.code, response.headers, body)

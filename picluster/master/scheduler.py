@@ -61,6 +61,8 @@ class Scheduler:
         max_reply: int = wire.DEFAULT_MAX_FRAME - 4096,
     ):
         self.clock = clock
+        #: Task name to why this master refuses to queue it at all.
+        self.refused_tasks: dict[str, str] = {}
         self.overdue_grace = overdue_grace
         self.rejoin_grace = rejoin_grace
         self.max_args = max_args
@@ -116,6 +118,7 @@ class Scheduler:
                 # Its slave may still be at it: give the slave time to rejoin
                 # and claim it before anyone else is given it.
                 task.last_run = (record["slave"], record["attempts"])
+                task.ran_by[record["attempts"]] = record["slave"]
                 self._requeue_record(task)
                 self.held[task.id] = task
             else:
@@ -164,6 +167,9 @@ class Scheduler:
 
     def submit(self, submitted: list[messages.TaskSpec]) -> defer.Deferred[tuple[str, Any]]:
         specs = parse_submission(submitted, self.max_args)
+        for index, spec in enumerate(specs):
+            if spec.name in self.refused_tasks:
+                raise wire.BadMessage(f"task {index}: {self.refused_tasks[spec.name]}", index=index)
         if len(self.open) + len(specs) > self.max_open_tasks:
             raise ServiceError(
                 f"the queue is full: {len(self.open)} open tasks, at most {self.max_open_tasks}"
@@ -284,17 +290,21 @@ class Scheduler:
         current = (task.worker is not None and task.worker is reporter
                    and task.attempts == attempt)
         if not current:
-            if outcome != "done" or not 1 <= attempt <= task.attempts:
-                log.info("Ignoring a stale {outcome} of task {id} attempt {attempt}",
-                         outcome=outcome, id=task_id, attempt=attempt)
+            # Only the slave that was handed that run may end the task with
+            # it: nobody else's result is ever stored.
+            ran_it = reporter is not None and task.ran_by.get(attempt) == reporter.uuid
+            if outcome != "done" or not ran_it:
+                log.info("Ignoring a stale {outcome} of task {id} attempt {attempt} from {uuid}",
+                         outcome=outcome, id=task_id, attempt=attempt,
+                         uuid=getattr(connection, "uuid", None))
                 return None
             log.info("Task {id} finished by an earlier run (attempt {attempt}); keeping it",
                      id=task_id, attempt=attempt)
         elif outcome == "failed" and retry and task.attempts <= task.retries:
             self._run_lost(task, f"run crashed: {report.error.message}")  # type: ignore[union-attr]
             return None
-        slave = reporter.uuid if reporter is not None else getattr(connection, "uuid", None)
-        hostname = reporter.hostname if reporter is not None else None
+        assert reporter is not None
+        slave, hostname = reporter.uuid, reporter.hostname
         self._finish(task, outcome, result, error, slave=slave, hostname=hostname,
                      stop_run=not current)
         self.task_log.info(outcome, "Task {id} ({name}) {outcome} on {hostname}", id=task_id,
@@ -327,6 +337,7 @@ class Scheduler:
 
     def _run_on(self, task: OpenTask, worker: Worker, attempt: int, reclaimed: bool = False) -> None:
         task.worker = worker
+        task.ran_by[attempt] = worker.uuid
         worker.running[task.id] = task
         task.record.update(state="running", slave=worker.uuid, slave_hostname=worker.hostname,
                            attempts=attempt)

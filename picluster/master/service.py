@@ -74,6 +74,7 @@ class MasterService(service.MultiService):
         influxdb_db: str = "picluster",
         influxdb_interval: float = 10.0,
         trust: ClusterTrust | None = None,
+        web_public: bool = False,
         **settings: Any,
     ):
         super().__init__()
@@ -102,7 +103,7 @@ class MasterService(service.MultiService):
         if web is not None:
             from picluster.master.web.site import DashboardSite
 
-            self.site = DashboardSite(self)
+            self.site = DashboardSite(self, public=web_public)
             self.web_listener = strports.service(web, self.site, reactor=reactor)
             self.web_listener.setServiceParent(self)
         self.influx: Any = None
@@ -156,6 +157,11 @@ class MasterService(service.MultiService):
         self.when_listening().addCallbacks(
             lambda port: setattr(self, "slave_port", port.getHost().port), lambda _: None
         )
+        if self.web_listener is not None:
+            # Who may see the dashboard depends on where it really listens.
+            self.when_web_listening().addCallbacks(
+                lambda port: self.site.gate.listening_on(port.getHost().host), lambda _: None
+            )
         self._queue_loaded: defer.Deferred[None] = defer.Deferred()
         opened = TaskStore.open(self.db, self.reactor)
         opened.addCallbacks(self._store_opened, self.scheduler.failed_to_start)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from picluster.master.connection import MasterFactory, PeerConnection
     from picluster.master.registry import Departure, SlaveRegistry
     from picluster.master.scheduler import Scheduler
+    from picluster.trust.cluster import ClusterTrust
     from picluster.wire.messages import Throttling
 
     Node = PeerConnection | Departure
@@ -45,6 +46,8 @@ class MasterState(Protocol):
     started_at: float | None
     slave_port: int | None
     influx: Any
+    #: The cluster's CA and secrets; C{None} on a plain master.
+    trust: ClusterTrust | None
 
 
 #: Tasks in the dashboard's live list.

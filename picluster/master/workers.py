@@ -42,6 +42,9 @@ class OpenTask:
         self.worker: Worker | None = None
         self.queued = False
         self.last_run: tuple[str | None, int] | None = None
+        #: Attempt to the uuid of the slave it was handed to: only that slave
+        #: may report that run's result.
+        self.ran_by: dict[int, str | None] = {}
         self.deadline: Any = None
 
     @property

@@ -100,6 +100,7 @@ class TaskRunner:
         admin_commands: Mapping[str, Sequence[Sequence[str]]] = ADMIN_COMMANDS,
         max_result_bytes: int = 512 * 1024,
         thread_pool: Any = None,
+        booted_at: float | None = None,
     ):
         if slots < 0:
             raise ValueError("slots must not be negative")
@@ -133,6 +134,7 @@ class TaskRunner:
             allowed_commands=frozenset(allowed_commands),
             admin_commands=admin_commands,
             run_process=self.run_process,
+            booted_at=booted_at,
         )
 
     # -- what the slave tells the master ----------------------------------

@@ -11,6 +11,7 @@ from picluster.config import server_endpoint
 from picluster.master.service import MasterService
 from picluster.master.taskspec import DEFAULT_MAX_ARGS
 from picluster.trust.cluster import ClusterTrust, TrustError
+from picluster.wire.messages import COMMAND_TASKS
 
 #: What turns an optional part (the web server, the InfluxDB export) off.
 _OFF = ("none", "off", "no", "")
@@ -89,6 +90,11 @@ class Options(config.Options):
             "Endpoint of the dashboard, JSON API and /metrics; none to turn it off",
         ),
         config.Setting(
+            "web-public", config.boolean, False,
+            "Serve the dashboard beyond loopback without asking for the read-only token",
+            flag=True,
+        ),
+        config.Setting(
             "forget-after", config.seconds, 3600.0,
             "Seconds a slave that left stays listed (greyed) on the dashboard",
         ),
@@ -141,7 +147,7 @@ def cluster_trust(state_dir: str) -> ClusterTrust:
 
 
 def makeService(options: Options) -> MasterService:
-    return MasterService(
+    master = MasterService(
         options["port"],
         trust=None if options["insecure"] else cluster_trust(options["state-dir"]),
         keepalive=options["keepalive"],
@@ -151,8 +157,16 @@ def makeService(options: Options) -> MasterService:
         rejoin_grace=options["rejoin-grace"],
         max_args=options["max-args"],
         web=options["web"],
+        web_public=options["web-public"],
         forget_after=options["forget-after"],
         influxdb=options["influxdb"],
         influxdb_db=options["influxdb-db"],
         influxdb_interval=options["influxdb-interval"],
     )
+    if options["insecure"]:
+        # Anyone may submit to a plain master: nothing that runs commands.
+        master.scheduler.refused_tasks = {
+            name: f"{name} is refused by a master in plain mode (--insecure): anyone can reach it"
+            for name in COMMAND_TASKS
+        }
+    return master

@@ -12,6 +12,16 @@ from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.trust.token import SLAVE
 
 
+def allowed_commands(text: str) -> tuple[str, ...]:
+    """The C{--allow-shell} entries, each checked (see L{builtin.command_matches})."""
+    from picluster.tasks.builtin import parse_allowed_command
+
+    entries = config.word_list(text)
+    for entry in entries:
+        parse_allowed_command(entry)
+    return entries
+
+
 class Options(config.Options):
     synopsis = "[options]"
     longdesc = (
@@ -55,8 +65,9 @@ class Options(config.Options):
             "tags", config.word_list, (), "Comma-separated tags that task requirements can ask for"
         ),
         config.Setting(
-            "allow-shell", config.word_list, (),
-            "Comma-separated commands the shell task may run (it is refused when unset)",
+            "allow-shell", allowed_commands, (),
+            "Comma-separated command lines the shell task may run, word for word; * allows"
+            " any one word, a final ... any further words (refused when unset)",
         ),
         config.Setting(
             "allow-admin", config.boolean, False,
@@ -83,6 +94,11 @@ class Options(config.Options):
             self["master"] = address.parse_master(self["master"])
         self["join-token"] = config.join_token(self["token"], self["token-file"], self["insecure"],
                                         credential=SLAVE)
+        if self["insecure"] and (self["allow-admin"] or self["allow-shell"]):
+            raise usage.UsageError(
+                "--allow-admin and --allow-shell need a secure master: in plain mode (--insecure)"
+                " anyone who can pose as the master could run commands here"
+            )
         if self["max-delay"] < self["initial-delay"]:
             raise usage.UsageError(
                 f"--max-delay ({self['max-delay']:g} s) must not be shorter than"
@@ -100,6 +116,7 @@ def makeService(options: Options) -> SlaveService:
     runner = TaskRunner(
         installed_tasks(), slots=slots, clock=reactor, reactor=reactor,
         allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
+        booted_at=psutil.boot_time(),
     )
     factory = SlaveFactory(
         options["master"],

@@ -51,6 +51,9 @@ ADMIN_COMMANDS: dict[str, list[list[str]]] = {
 #: re-queue it, and reboot the node again.
 POWER_DELAY = 5
 
+#: Seconds a node must have been up before it reboots again.
+REBOOT_MIN_UPTIME = 600.0
+
 #: How much of each output stream C{shell} returns.
 SHELL_OUTPUT_LIMIT = 64 * 1024
 
@@ -124,6 +127,50 @@ def sleep(node: Node, seconds: float) -> defer.Deferred[dict[str, float]]:
 # -- shell ---------------------------------------------------------------------
 
 
+#: In an allow-list entry: any one word here; any words from here on (last only).
+ANY_WORD = "*"
+ANY_WORDS = "..."
+
+
+def parse_allowed_command(entry: str) -> list[str]:
+    """
+    The words of one C{--allow-shell} entry.
+
+    @raise ValueError: it is empty, cannot be split, starts with a wildcard,
+        or has C{...} before its end.
+    """
+    try:
+        words = shlex.split(entry)
+    except ValueError as e:
+        raise ValueError(f"cannot split {entry!r}: {e}") from None
+    if not words:
+        raise ValueError("an allowed command cannot be empty")
+    if words[0] in (ANY_WORD, ANY_WORDS):
+        raise ValueError(f"{entry!r}: the command itself must be named, not {words[0]!r}")
+    if ANY_WORDS in words[:-1]:
+        raise ValueError(f"{entry!r}: {ANY_WORDS!r} may only end an entry")
+    return words
+
+
+def command_matches(entry: str, argv: list[str]) -> bool:
+    """
+    Whether C{argv} is allowed by the allow-list C{entry}: the same words in
+    the same order, where a C{*} word allows any one word and a final C{...}
+    any number of further words.  C{vcgencmd measure_temp} allows exactly
+    that; C{vcgencmd measure_clock *} one more word of any kind;
+    C{journalctl -u picluster-slave ...} any arguments after those.
+    """
+    words = parse_allowed_command(entry)
+    if words[-1] == ANY_WORDS:
+        words = words[:-1]
+        if len(argv) < len(words):
+            return False
+        argv = argv[: len(words)]
+    elif len(argv) != len(words):
+        return False
+    return all(word == ANY_WORD or word == given for word, given in zip(words, argv))
+
+
 def _shell_refusal(node: Node) -> str | None:
     if not node.allowed_commands:
         return "shell is refused: this slave allows no commands"
@@ -136,9 +183,10 @@ def shell(node: Node, command: list[str] | str) -> defer.Deferred[dict[str, Any]
     Run one allowed command (no shell) and return its exit code and output.
 
     C{command} is an argv list, or a string split as a POSIX shell would
-    (C{shlex.split}) though no shell runs it.  Its first word must be on the
-    slave's allow-list exactly as written: allowing C{uptime} allows neither
-    C{/usr/bin/uptime} nor C{./uptime}.
+    (C{shlex.split}) though no shell runs it.  It must match an entry of the
+    slave's allow-list (L{command_matches}) word for word: allowing
+    C{uptime} allows C{uptime} alone, neither C{uptime -p} nor
+    C{/usr/bin/uptime}.
     """
     if isinstance(command, str):
         try:
@@ -154,10 +202,10 @@ def shell(node: Node, command: list[str] | str) -> defer.Deferred[dict[str, Any]
     refusal = _shell_refusal(node)
     if refusal is not None:
         raise NotPermitted(refusal)
-    if argv[0] not in node.allowed_commands:
-        allowed = ", ".join(sorted(node.allowed_commands))
+    if not any(command_matches(entry, argv) for entry in node.allowed_commands):
+        allowed = "; ".join(sorted(node.allowed_commands))
         raise NotPermitted(
-            f"shell is refused: {argv[0]!r} is not an allowed command (allowed: {allowed})"
+            f"shell is refused: {shlex.join(argv)!r} is not an allowed command (allowed: {allowed})"
         )
     running = node.run_process(argv, env=dict(os.environ), limit=SHELL_OUTPUT_LIMIT)
     return running.addCallback(_shell_outcome)
@@ -220,7 +268,18 @@ def _log_power_outcome(result: ProcessResult, argv: list[str]) -> None:
 
 @node_bound()
 def reboot(node: Node) -> dict[str, Any]:
-    """Reboot the node, a few seconds after answering (admin)."""
+    """
+    Reboot the node, a few seconds after answering (admin); refused within
+    L{REBOOT_MIN_UPTIME} of a boot, so that no master (nor a task queued
+    twice) can keep a node rebooting.
+    """
+    if node.booted_at is not None:
+        up = node.clock.seconds() - node.booted_at
+        if up < REBOOT_MIN_UPTIME:
+            raise NotPermitted(
+                f"reboot is refused: this node booted {max(up, 0):.0f} s ago, and reboots at most"
+                f" once per {REBOOT_MIN_UPTIME / 60:g} minutes of uptime"
+            )
     return _power(node, "reboot")
 
 

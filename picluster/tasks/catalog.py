@@ -160,6 +160,8 @@ class Node:
         firing with a L{ProcessResult}; cancelling it kills the command.
         Fails with L{ChildCrashed} if a signal it did not send killed it.
     @ivar admin_commands: Admin task name to the commands it runs in turn.
+    @ivar booted_at: When the machine booted, in the clock's seconds
+        (C{None}: unknown), so that a reboot can refuse to come too soon.
     """
 
     reactor: Any
@@ -168,6 +170,7 @@ class Node:
     allowed_commands: frozenset[str]
     admin_commands: Mapping[str, Sequence[Sequence[str]]]
     run_process: RunProcess
+    booted_at: float | None = None
 
 
 class NodeBound:

@@ -33,6 +33,10 @@ PLAIN_VERSION = 1
 #: Versions of the hello handshake a master accepts, in either mode.
 SUPPORTED_VERSIONS = (PLAIN_VERSION, PROTOCOL_VERSION)
 
+#: The built-in tasks that run commands on a slave: a master in plain mode
+#: (C{--insecure}), which anyone may reach, refuses to queue them.
+COMMAND_TASKS = ("shell", "reboot", "shutdown", "update")
+
 #: What a hello's credential may name (see L{picluster.trust.token}).
 CREDENTIALS = ("slave", "client", "read-only")
 

@@ -401,7 +401,7 @@ def sudoers_rules(path: str) -> list[tuple[set[str], list[str]]]:
     with open(path, encoding="utf-8") as file:
         for line in file:
             line = line.strip()
-            if not line or line.startswith("#"):
+            if not line or line.startswith("#") or line.startswith("Defaults"):
                 continue
             match = re.fullmatch(r"picluster\s+ALL=\(root\)\s+((?:[A-Z]+:)+)\s*(.*)", line)
             assert match, f"not a rule for picluster: {line}"
@@ -436,10 +436,17 @@ class SudoersTests(unittest.TestCase):
         self.assertEqual(allowed, needed)
         for tags, words in rules:
             self.assertTrue(os.path.isabs(words[0]), words)
-            # As a non-root slave, the update task hands DEBIAN_FRONTEND to
-            # apt-get through sudo, which only SETENV allows.
-            if words[0].endswith("/apt-get"):
-                self.assertIn("SETENV", tags, words)
+            # SETENV would let the slave's user set any variable for root.
+            self.assertEqual(tags, {"NOPASSWD"}, words)
+
+    def test_onlyTheFrontendIsKept(self):
+        """The one variable the update task hands to apt-get is kept for picluster alone."""
+        with open(contrib("picluster.sudoers"), encoding="utf-8") as file:
+            defaults = [line.strip() for line in file if line.startswith("Defaults")]
+        self.assertEqual(defaults, ['Defaults:picluster env_keep += "DEBIAN_FRONTEND"'])
+        set_by_update = {word.split("=")[0] for command in ADMIN_COMMANDS["update"]
+                         for word in command if re.fullmatch(r"[A-Z_]+=.*", word)}
+        self.assertLessEqual(set_by_update, {"DEBIAN_FRONTEND"})
 
     @defer.inlineCallbacks
     def test_visudoAcceptsTheFile(self):

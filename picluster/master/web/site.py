@@ -9,6 +9,7 @@ C{/metrics}, as one twisted.web L{Site} built on the master service.
     /api/tasks[/id]     task counts and the latest tasks
     /api/events         Server-Sent Events for the dashboard
     /metrics            Prometheus exposition
+    /login              where a browser signs in, beyond loopback (see gate.py)
 
 Nothing here writes: every resource answers GET (and HEAD) only.  The
 shapes of the JSON are L{picluster.master.views}'; this module only routes,
@@ -34,6 +35,7 @@ from picluster.master import views
 from picluster.master.metrics import collector_registry
 from picluster.master.store import STATES
 from picluster.master.web.events import ClusterEvents
+from picluster.master.web.gate import WebGate
 from picluster.wire.errors import ServiceError
 
 if TYPE_CHECKING:
@@ -233,8 +235,10 @@ class DashboardSite(server.Site):
     @ivar events: The live event stream, closed when the master stops.
     """
 
-    def __init__(self, master: MasterState):
+    def __init__(self, master: MasterState, *, public: bool = False):
         self.master = master
+        #: Who may see it: see L{picluster.master.web.gate}.
+        self.gate = WebGate(master.trust, public=public)
         self.events = ClusterEvents(master)
         api = Api()
         api.putChild(b"slaves", _Collection(self._slaves, self._slave))
@@ -248,6 +252,13 @@ class DashboardSite(server.Site):
             b"metrics": MetricsPage(master),
         })
         super().__init__(root)
+
+    def getResourceFor(self, request: server.Request) -> resource.IResource:
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        refusal = self.gate.refuse(request)
+        if refusal is not None:
+            return refusal
+        return super().getResourceFor(request)
 
     def startFactory(self) -> None:
         """The site listens: the live events' loop runs until it stops."""
