@@ -4,8 +4,9 @@ A herd of idle simulated slaves in one process, for the scale benchmark.
 C{python -m bench.herd --master HOST:PORT --count N [--first I]}
 
 Each simulated slave does what L{picluster.slave} does on joining, and no
-more than an idle slave does after: a hello (protocol version 1, its uuid
-from the master once it has one, so that a rejoin reclaims it), then its
+more than an idle slave does after: a hello (over TLS with the proof of
+C{--token-file}'s token, or plain without one; its uuid from the master
+once it has one, so that a rejoin reclaims it), then its
 computer_details, the master's own facts, and one vitals report (or
 C{--vitals N}: enough to fill the dashboard's ring), so that the master
 holds the whole of its per-node state (facts, latest vitals, the vitals
@@ -38,6 +39,7 @@ import time
 from typing import Any
 
 from twisted.internet import error, protocol, reactor, task
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
@@ -46,7 +48,9 @@ from twisted.logger import (
     textFileLogObserver,
 )
 from twisted.protocols.basic import Int32StringReceiver
+from zope.interface import implementer
 
+from bench import secure
 from picluster import config, sysinfo, wire
 from picluster.address import parse_master
 from picluster.slave.session import SlaveFactory
@@ -95,6 +99,7 @@ def pi_like_facts() -> tuple[dict[str, Any], dict[str, Any]]:
     return facts, vitals
 
 
+@implementer(IHandshakeListener)
 class SimSlave(Int32StringReceiver):
     """One simulated slave's connection."""
 
@@ -111,7 +116,15 @@ class SimSlave(Int32StringReceiver):
             herd.settled += 1
             herd.last_settled_at = time.time()
             return
-        hello = {"uuid": self.factory.uuid, "version": wire.messages.PLAIN_VERSION}
+        if herd.token is None:
+            self.say_hello()
+
+    def handshakeCompleted(self) -> None:
+        """Over TLS, the hello goes once the master's chain is checked, as a real slave's."""
+        self.say_hello()
+
+    def say_hello(self) -> None:
+        hello = secure.hello(self.factory.herd.token, "slave", self.transport, uuid=self.factory.uuid)
         self.sendString(frame("hello", hello, HELLO))
 
     def stringReceived(self, data: bytes) -> None:
@@ -196,6 +209,8 @@ class Herd:
         self.keepalive = options.keepalive
         self.vitals_count = options.vitals
         self.bare = options.bare
+        #: The slave token of a secure master; plain without one.
+        self.token = secure.token_from(options.token_file)
         facts, vitals = pi_like_facts()
         self.facts = facts
         self.vitals_frame = frame("vitals", vitals)
@@ -233,8 +248,8 @@ class Herd:
                 if slave is None:
                     starting.stop()
                     return
-                reactor.connectTCP(self.master.host, self.master.port, slave,
-                                   timeout=self.master.timeout)
+                reactor.connectTCP(self.master.host, self.master.port,
+                                   secure.wrap(slave, self.token), timeout=self.master.timeout)
 
         starting = task.LoopingCall(connect_some)
         starting.start(TICK)
@@ -361,6 +376,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         help="our own keepalive, before the master's (default: the slave's)")
     parser.add_argument("--vitals", type=int, default=1, help="vitals reports sent on joining")
     parser.add_argument("--bare", action="store_true", help="connect, and do nothing else")
+    parser.add_argument("--token-file", default=None,
+                        help="join a secure master with this slave token (plain without it)")
     return parser.parse_args(argv)
 
 

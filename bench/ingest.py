@@ -2,7 +2,9 @@
 Ingest: vitals and keepalive messages per second a master handles, against a bare JSON server.
 
 N simulated slaves (L{bench.slavesim}, in processes of their own) say hello
-to a real C{twistd -n picluster-master} as real slaves do, then stream the
+to a real C{twistd -n picluster-master} as real slaves do (over TLS, with
+the slave token's proof, as installed; and, in the same run, to a second
+master started with C{--insecure}, for the cost of TLS), then stream the
 frames a slave sends: C{vitals} and keepalive C{ping}s, in a slave's own
 proportions (its defaults, 5 s keepalive and 10 s vitals, make two pings to
 one vitals).  The same generator, in the same run, drives the ceiling: a
@@ -52,18 +54,24 @@ GOAL = 0.8
 #: the server, so its pair is run again (up to as many extra pairs as asked).
 STARVED_BELOW = 80.0
 
-SYSTEMS = ("picluster", "bare")
+#: The master as installed (TLS, tokens), the same master with --insecure,
+#: and the bare baseline.
+SYSTEMS = ("picluster", "plain", "bare")
+
+#: Secure ingest over plain ingest, in the same run.
+TLS_GOAL = 0.7
 
 
 def start_generators(procs: Processes, system: str, port: int, slaves: int,
-                     processes: int, frames: int) -> list[Child]:
+                     processes: int, frames: int, token_file: str | None = None) -> list[Child]:
     generators = []
+    token = ("--token-file", token_file) if token_file is not None else ()
     for index in range(processes):
         share = slaves // processes + (1 if index < slaves % processes else 0)
         generators.append(procs.python(
             f"gen-{system}-{slaves}-{index}", "bench.slavesim", "--port", str(port),
             "--connections", str(share), "--frames", str(frames // slaves),
-            "--pings-per-vitals", str(PINGS_PER_VITALS),
+            "--pings-per-vitals", str(PINGS_PER_VITALS), *token,
         ))
     for generator in generators:
         generator.wait_for_output("READY")
@@ -124,22 +132,26 @@ def measure(slaves: int, processes: int, frames: int, rounds: int, keep: bool,
     server was starved of CPU are run again.
     """
     with Processes(f"ingest-{slaves}", keep) as procs:
-        master_port, bare_port = free_port(), free_port()
+        ports = {system: free_port() for system in SYSTEMS}
         servers = {
-            "picluster": procs.master("master", master_port, db=":memory:"),
-            "bare": procs.python("bare", "bench.bare", "serve", str(bare_port)),
+            "picluster": procs.master("master", ports["picluster"], db=":memory:"),
+            "plain": procs.master("plain", ports["plain"], db=":memory:", secure=False),
+            "bare": procs.python("bare", "bench.bare", "serve", str(ports["bare"])),
         }
         servers["bare"].wait_for_output("READY")
+        tokens = {"picluster": procs.token_file("master", "slave")}
         generators = {
-            "picluster": start_generators(procs, "picluster", master_port, slaves, processes, frames),
-            "bare": start_generators(procs, "bare", bare_port, slaves, processes, frames),
+            system: start_generators(procs, system, ports[system], slaves, processes, frames,
+                                     tokens.get(system))
+            for system in SYSTEMS
         }
         results: dict[str, list[dict[str, float]]] = {system: [] for system in SYSTEMS}
         starved: list[dict[str, dict[str, float]]] = []
         number = 0
         while len(results["bare"]) < rounds:
             number += 1
-            order = SYSTEMS if number % 2 else tuple(reversed(SYSTEMS))
+            turn = number % len(SYSTEMS)
+            order = SYSTEMS[turn:] + SYSTEMS[:turn]
             pair = {system: one_round(servers[system], generators[system], number)
                     for system in order}
             if number == 1:
@@ -164,6 +176,11 @@ def measure(slaves: int, processes: int, frames: int, rounds: int, keep: bool,
         }
 
 
+def round_ratios(measured: dict[str, dict[str, Any]], system: str, other: str) -> list[float]:
+    """C{system}'s messages/s over C{other}'s, round by round (each round's runs were back to back)."""
+    return [mine / theirs for mine, theirs in zip(measured[system]["rounds"], measured[other]["rounds"])]
+
+
 def run(report: Any, options: Any) -> None:
     sizes = QUICK_SIZES if options.quick else FULL_SIZES
     rounds = QUICK_ROUNDS if options.quick else FULL_ROUNDS
@@ -181,17 +198,15 @@ def run(report: Any, options: Any) -> None:
                            check_starved=not options.quick)
         # Each round's pair ran back to back, under the same load from
         # whatever else the machine does: the median of their ratios.
-        round_ratios = [
-            mine / bare for mine, bare in zip(measured["picluster"]["rounds"], measured["bare"]["rounds"])
-        ]
-        report.figure(f"ingest.{slaves}.round_ratios", round_ratios)
-        ratio = statistics.median(round_ratios)
+        ratios = {system: round_ratios(measured, system, "bare") for system in SYSTEMS}
+        report.figure(f"ingest.{slaves}.round_ratios", ratios["picluster"])
+        ratio = statistics.median(ratios["picluster"])
+        tls_ratio = statistics.median(round_ratios(measured, "picluster", "plain"))
         for system in SYSTEMS:
             figures = measured[system]
             report.figure(f"ingest.{slaves}.{system}", figures)
             table.rows.append([
-                slaves, system, figures["per_second"],
-                ratio if system == "picluster" else 1.0,
+                slaves, system, figures["per_second"], statistics.median(ratios[system]),
                 figures["server_cpu_percent"], figures["server_cpu_us_per_frame"],
                 figures["generator_cpu_percent"], figures["frames"],
             ])
@@ -202,8 +217,13 @@ def run(report: Any, options: Any) -> None:
                         f" having had less than {STARVED_BELOW:g} % of a core")
         report.ratio(
             f"ingest_{slaves}_vs_bare", ratio, GOAL,
-            what=f"messages/s the master handles from {slaves} slaves, over the bare"
-                 " Int32StringReceiver JSON server's",
+            what=f"messages/s the master (secure, as installed) handles from {slaves} slaves,"
+                 " over the bare Int32StringReceiver JSON server's (plain TCP)",
+        )
+        report.ratio(
+            f"ingest_{slaves}_tls_vs_plain", tls_ratio, TLS_GOAL,
+            what=f"messages/s the secure master handles from {slaves} slaves, over the same"
+                 " master's with --insecure",
         )
     report.note(
         "messages counted: each connection's vitals and pings and its one closing request;"

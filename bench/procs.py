@@ -216,16 +216,23 @@ class Processes:
         argv = [*twistd_command(), "-n", "--pidfile=", "--logfile=-", plugin, *args]
         return self.spawn(name, argv)
 
-    def master(self, name: str, port: int, *args: str, db: str | None = None) -> Child:
+    def master(self, name: str, port: int, *args: str, db: str | None = None,
+               secure: bool = True, cluster: str | None = None) -> Child:
         """
         A real C{twistd -n picluster-master} on 127.0.0.1:C{port}, without a
         web server unless C{args} ask for one; returns once it listens.
+
+        Secure, as installed, unless C{secure} is false (C{--insecure}): its
+        state directory and the token files of its credentials are made
+        first, named by L{token_file}: those of C{cluster}, the name of an
+        earlier master whose state it takes over (a restart), or its own.
         """
         web = () if "--web" in args else ("--web", "none")
         database = db if db is not None else self.path(f"{name}.db")
+        mode = ("--state-dir", self.cluster(cluster or name)) if secure else ("--insecure",)
         child = self.twistd(
             name, "picluster-master", "--port", f"tcp:{port}:interface=127.0.0.1",
-            "--db", database, "--insecure", *web, *args,
+            "--db", database, *mode, *web, *args,
         )
         wait_until(lambda: port_open(port) or _exited(child), f"{name} to listen on {port}",
                    report=child.report)
@@ -233,9 +240,34 @@ class Processes:
             raise BenchError(f"{name} did not start\n{child.report()}")
         return child
 
-    def slave(self, name: str, port: int, *args: str) -> Child:
-        """A real C{twistd -n picluster-slave} of the master on C{port}."""
-        return self.twistd(name, "picluster-slave", "--master", f"127.0.0.1:{port}", "--insecure",
+    def cluster(self, master: str) -> str:
+        """
+        The state directory of the master called C{master}, made as its
+        first start would, with a token file per credential beside it.
+        """
+        from picluster.trust.cluster import ClusterTrust
+        from picluster.trust.token import CREDENTIALS
+
+        state_dir = self.path(f"{master}-state")
+        if not os.path.isdir(state_dir):
+            trust = ClusterTrust.open(state_dir)
+            for credential in CREDENTIALS:
+                with open(self.token_file(master, credential), "w", encoding="utf-8") as out:
+                    out.write(f"{trust.token(credential)}\n")
+        return state_dir
+
+    def token_file(self, master: str, credential: str) -> str:
+        """Where the token of C{credential} for the master called C{master} is."""
+        return self.path(f"{master}-{credential}.token")
+
+    def slave(self, name: str, port: int, *args: str, master: str | None = "master") -> Child:
+        """
+        A real C{twistd -n picluster-slave} of the master on C{port}: with the
+        slave token of the master called C{master}, or plain for C{None}.
+        """
+        token = (("--token-file", self.token_file(master, "slave")) if master is not None
+                 else ("--insecure",))
+        return self.twistd(name, "picluster-slave", "--master", f"127.0.0.1:{port}", *token,
                            *args)
 
 

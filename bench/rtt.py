@@ -1,7 +1,8 @@
 """
 RTT: request/reply round trips per second and latency over one connection, against AMP and bare JSON.
 
-Three servers, each its own process: a real C{twistd -n picluster-master},
+Servers, each its own process: a real C{twistd -n picluster-master} (secure,
+as installed, and a second one with C{--insecure} for the cost of TLS),
 Twisted AMP answering an echo command (L{bench.ampbench}), and the ceiling,
 a bare Int32StringReceiver JSON server replying by id (L{bench.bare}); and,
 for reference only, the floor under all three: a Twisted protocol echoing
@@ -28,7 +29,8 @@ from typing import Any
 
 from bench.procs import BenchError, Child, Processes, free_port, wait_until
 
-SYSTEMS = ("picluster", "amp", "bare", "echo")
+#: The master as installed (TLS, tokens), the same with --insecure, and the baselines.
+SYSTEMS = ("picluster", "plain", "amp", "bare", "echo")
 INFLIGHT = (1, 50)
 
 #: (slices, seconds a slice for each in-flight count, seconds of warm-up).
@@ -66,6 +68,7 @@ def measure(slices: int, seconds: float, warmup: float, keep: bool) -> dict[Any,
         ports = {system: free_port() for system in SYSTEMS}
         servers = {
             "picluster": procs.master("master", ports["picluster"], db=":memory:"),
+            "plain": procs.master("plain", ports["plain"], db=":memory:", secure=False),
             "amp": procs.python("amp", "bench.ampbench", "serve", str(ports["amp"])),
             "bare": procs.python("bare", "bench.bare", "serve", str(ports["bare"])),
             "echo": procs.python("echo", "bench.bare", "echo", str(ports["echo"])),
@@ -77,6 +80,7 @@ def measure(slices: int, seconds: float, warmup: float, keep: bool) -> dict[Any,
                 f"client-{system}", "bench.rttclient", system, str(ports[system]),
                 "--inflight", ",".join(map(str, INFLIGHT)), "--seconds", str(seconds),
                 "--warmup", str(warmup), "--slices", str(slices),
+                *(("--token-file", procs.token_file("master", "client")) if system == "picluster" else ()),
             )
             for system in SYSTEMS
         }
@@ -148,22 +152,32 @@ def run(report: Any, options: Any) -> None:
         for inflight in INFLIGHT
     })
 
-    report.ratio("rtt_serial_vs_bare", rate(measured, "picluster", "bare", 1), 0.8,
-                 what="picluster round trips/s one at a time, over bare JSON's")
-    report.ratio("rtt_50_vs_bare", rate(measured, "picluster", "bare", 50), 0.8,
-                 what="picluster round trips/s with 50 in flight, over bare JSON's")
-    report.ratio("rtt_serial_vs_amp", rate(measured, "picluster", "amp", 1), 2.0,
-                 what="picluster round trips/s one at a time, over AMP callRemote's")
-    report.ratio("rtt_50_vs_amp", rate(measured, "picluster", "amp", 50), 3.0,
-                 what="picluster round trips/s with 50 in flight, over AMP callRemote's")
+    report.ratio("rtt_serial_vs_bare", rate(measured, "plain", "bare", 1), 0.8,
+                 what="picluster (plain) round trips/s one at a time, over bare JSON's")
+    report.ratio("rtt_50_vs_bare", rate(measured, "plain", "bare", 50), 0.8,
+                 what="picluster (plain) round trips/s with 50 in flight, over bare JSON's")
+    report.ratio("rtt_serial_vs_amp", rate(measured, "plain", "amp", 1), 2.0,
+                 what="picluster (plain) round trips/s one at a time, over AMP callRemote's")
+    report.ratio("rtt_50_vs_amp", rate(measured, "plain", "amp", 50), 3.0,
+                 what="picluster (plain) round trips/s with 50 in flight, over AMP callRemote's")
     for inflight in INFLIGHT:
         name = "serial" if inflight == 1 else str(inflight)
         report.ratio(
             f"rtt_p99_{name}_vs_amp",
-            measured[("picluster", inflight)]["p99_us"] / measured[("amp", inflight)]["p99_us"],
+            measured[("plain", inflight)]["p99_us"] / measured[("amp", inflight)]["p99_us"],
             1.0, higher=False,
-            what=f"picluster p99 latency over AMP's, {inflight} in flight",
+            what=f"picluster (plain) p99 latency over AMP's, {inflight} in flight",
         )
+    tls = {inflight: rate(measured, "picluster", "plain", inflight) for inflight in INFLIGHT}
+    for inflight, ratio in tls.items():
+        report.figure(f"rtt.tls_vs_plain.{inflight}", ratio)
+    report.note(
+        "the goals against AMP and bare JSON compare like with like, all on plain TCP: the"
+        " master run with --insecure.  The cost of TLS is the secure master's calls/s over"
+        f" the plain one's: {tls[1]:.2f} one at a time, {tls[INFLIGHT[-1]]:.2f} with"
+        f" {INFLIGHT[-1]} in flight (each round trip is encrypted and decrypted twice, in"
+        " pyOpenSSL's memory BIO)"
+    )
     report.note(
         "echo is the floor, not a goal: bytes echoed by a Twisted protocol, no framing, no JSON."
         f" One at a time it makes {rate(measured, 'echo', 'amp', 1):.2f}x AMP's calls/s and"

@@ -2,9 +2,11 @@
 The client process of rtt: one driver of round trips, for each system measured.
 
 C{python -m bench.rttclient SYSTEM PORT --inflight 1,50 --seconds S
---warmup W --slices K} connects once to the server of SYSTEM (C{picluster}:
-a real master, asked C{ping} with an id through
-L{PiClusterProtocol.request}; C{amp}: L{bench.ampbench}'s C{Echo} through
+--warmup W --slices K [--token-file F]} connects once to the server of
+SYSTEM (C{picluster}: a real master, asked C{ping} with an id through
+L{PiClusterProtocol.request} on the Python client's connection, over TLS
+with the client token of F; C{plain}: the same, to a master run with
+C{--insecure}; C{amp}: L{bench.ampbench}'s C{Echo} through
 C{callRemote}; C{bare}: L{bench.bare}'s JSON request/reply; C{echo}: the
 floor, L{bench.bare.Echo}) and, for each in-flight count in turn, keeps that
 many requests outstanding over the one connection: each reply sends the
@@ -87,19 +89,25 @@ def endpoint(port: int) -> TCP4ClientEndpoint:
 
 
 @defer.inlineCallbacks
-def connect_picluster(port: int) -> Any:
-    """A client connection to a real master, greeted as the CLI's client is."""
-    from picluster import wire
-    from picluster.wire.protocol import PiClusterFactory
+def connect_picluster(port: int, token_file: str | None = None) -> Any:
+    """
+    A connection to a real master, made by the Python client as the CLI's
+    is: over TLS with the client token's proof, or plain without a token.
+    """
+    from bench.secure import token_from
+    from picluster.address import MasterAddress
+    from picluster.client import Client
 
-    connection = yield endpoint(port).connect(PiClusterFactory())
-    hello = {"version": wire.messages.PLAIN_VERSION, "uuid": None, "role": "client"}
-    yield connection.request("hello", hello)
+    token = token_from(token_file)
+    client = Client(MasterAddress("127.0.0.1", port), token=token, insecure=token is None,
+                    reconnect=False)
+    yield client.connect()
+    connection = client.connection
     return lambda number: connection.request("ping", number)
 
 
 @defer.inlineCallbacks
-def connect_amp(port: int) -> Any:
+def connect_amp(port: int, token_file: str | None = None) -> Any:
     from twisted.protocols import amp
 
     from bench.ampbench import Echo
@@ -109,7 +117,7 @@ def connect_amp(port: int) -> Any:
 
 
 @defer.inlineCallbacks
-def connect_bare(port: int) -> Any:
+def connect_bare(port: int, token_file: str | None = None) -> Any:
     from bench.bare import BareClient
 
     connection = yield connectProtocol(endpoint(port), BareClient())
@@ -117,15 +125,15 @@ def connect_bare(port: int) -> Any:
 
 
 @defer.inlineCallbacks
-def connect_echo(port: int) -> Any:
+def connect_echo(port: int, token_file: str | None = None) -> Any:
     from bench.bare import EchoClient
 
     connection = yield connectProtocol(endpoint(port), EchoClient())
     return lambda number: connection.call("ping", number)
 
 
-CONNECT = {"picluster": connect_picluster, "amp": connect_amp, "bare": connect_bare,
-           "echo": connect_echo}
+CONNECT = {"picluster": connect_picluster, "plain": connect_picluster, "amp": connect_amp,
+           "bare": connect_bare, "echo": connect_echo}
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -179,7 +187,7 @@ class Slices:
 
 @defer.inlineCallbacks
 def measure(options: argparse.Namespace) -> Any:
-    call = yield CONNECT[options.system](options.port)
+    call = yield CONNECT[options.system](options.port, options.token_file)
     slices = Slices(call, options)
     yield slices.warm_up()
     # A signal handler may not touch the reactor: callFromThread only queues
@@ -202,6 +210,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=0.5, help="per in-flight count a slice")
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--slices", type=int, default=1, help="slices to measure, then exit")
+    parser.add_argument("--token-file", default=None,
+                        help="picluster: the client token of a secure master (plain without it)")
     return parser.parse_args(argv)
 
 

@@ -109,10 +109,12 @@ def last_line(child: Child, prefix: str) -> dict[str, Any] | None:
 class Herds:
     """The herd processes of one part, and their summed counts."""
 
-    def __init__(self, procs: Processes, master_port: int, name: str):
+    def __init__(self, procs: Processes, master_port: int, name: str, token_file: str | None = None):
         self.procs = procs
         self.master_port = master_port
         self.name = name
+        #: The slave token of a secure master (none for the threaded baselines).
+        self.token = ("--token-file", token_file) if token_file is not None else ()
         self.children: list[Child] = []
         self.count = 0
 
@@ -126,7 +128,7 @@ class Herds:
             self.children.append(self.procs.python(
                 f"{self.name}-{len(self.children) + 1}", "bench.herd",
                 "--master", f"127.0.0.1:{self.master_port}", "--count", str(size),
-                "--first", str(self.count), "--rate", str(RATE), *args,
+                "--first", str(self.count), "--rate", str(RATE), *self.token, *args,
             ))
             self.count += size
             count -= size
@@ -248,9 +250,10 @@ def open_file_limit(child: Child) -> int:
 def grow(report: Report, procs: Processes, kind: str, counts: tuple[int, ...],
          sizes: dict[str, Any]) -> list[dict[str, Any]]:
     """
-    Start one server (C{kind}: C{"threaded"}, C{"bare_thread"} or
-    C{"picluster"}), let a warm-up herd come and go, then add herds step by
-    step to C{counts} slaves; at each step read RSS and the CPU of an idle
+    Start one server (C{kind}: C{"threaded"}, C{"bare_thread"},
+    C{"picluster"}, secure as installed, or C{"plain"}, with --insecure),
+    let a warm-up herd come and go, then add herds step by step to
+    C{counts} slaves; at each step read RSS and the CPU of an idle
     window (none for the bare threads, which do nothing).
     """
     port = free_port()
@@ -258,8 +261,9 @@ def grow(report: Report, procs: Processes, kind: str, counts: tuple[int, ...],
     bare = kind == "bare_thread"
     window = 0.0 if bare else sizes["window"]
     settle = sizes["quiet"]
-    if kind == "picluster":
-        server = procs.master("picluster", port, "--web", f"tcp:{web}:interface=127.0.0.1")
+    if kind in ("picluster", "plain"):
+        server = procs.master(kind, port, "--web", f"tcp:{web}:interface=127.0.0.1",
+                              secure=kind == "picluster")
 
         def holding() -> int:
             return connected(web)
@@ -277,9 +281,11 @@ def grow(report: Report, procs: Processes, kind: str, counts: tuple[int, ...],
                          f" too low for {max(counts)} slaves")
     # picluster keeps a ring of each slave's vitals: fill it.  The threaded
     # master keeps the latest only, as the tutorial's did.
-    herd_args = ("--bare",) if bare else ("--vitals", str(DEFAULT_SAMPLES if kind == "picluster" else 1))
+    master = kind in ("picluster", "plain")
+    herd_args = ("--bare",) if bare else ("--vitals", str(DEFAULT_SAMPLES if master else 1))
 
-    warm_up = Herds(procs, port, f"{kind}-warm-up")
+    token_file = procs.token_file("picluster", "slave") if kind == "picluster" else None
+    warm_up = Herds(procs, port, f"{kind}-warm-up", token_file)
     warm_up.add(WARM_UP, WARM_UP, *herd_args)
     warm_up.wait("settled", WARM_UP)
     warm_up.stop()
@@ -288,7 +294,7 @@ def grow(report: Report, procs: Processes, kind: str, counts: tuple[int, ...],
     empty = rss(server)
     report.figure(f"{kind}_empty_rss", empty)
 
-    herds = Herds(procs, port, f"{kind}-herd")
+    herds = Herds(procs, port, f"{kind}-herd", token_file)
     steps = []
     for count in counts:
         herds.add(count - herds.count, sizes["per_herd"], *herd_args)
@@ -341,7 +347,7 @@ def silent(report: Report, procs: Processes, sizes: dict[str, Any],
     """Stop the herds dead; time until the master counts no slave."""
     master = procs.master("master", port, *master_args, db=db)
     count = sizes["silent"]
-    herds = Herds(procs, port, "silent-herd")
+    herds = Herds(procs, port, "silent-herd", procs.token_file("master", "slave"))
     herds.add(count, (count + 1) // 2)
     herds.wait("settled", count)
     wait_until(lambda: connected(web) == count, f"the master to hold {count} slaves",
@@ -392,7 +398,7 @@ def restart(procs: Processes, sizes: dict[str, Any], master: Child, herds: Herds
     master.signal(signal.SIGKILL)
     killed = time.time()
     master.kill()
-    master = procs.master("master-restarted", port, *master_args, db=db)
+    master = procs.master("master-restarted", port, *master_args, db=db, cluster="master")
     listening = time.time()
     herds.wait("rejoins", status.get("rejoins", 0) + count, timeout=90.0)
     back = time.time()
@@ -438,12 +444,13 @@ def storm(procs: Processes, sizes: dict[str, Any], backlog: int | None) -> dict[
     description = f"tcp:{port}:interface=127.0.0.1"
     if backlog is not None:
         description += f":backlog={backlog}"
-    master = procs.twistd(f"master-storm-{backlog or DEFAULT_BACKLOG}", "picluster-master",
-                          "--port", description, "--db", ":memory:", "--web", "none", "--insecure")
+    name = f"master-storm-{backlog or DEFAULT_BACKLOG}"
+    master = procs.twistd(name, "picluster-master", "--port", description, "--db", ":memory:",
+                          "--web", "none", "--state-dir", procs.cluster(name))
     wait_until(lambda: port_open(port) or not master.running, f"{master.name} to listen",
                report=master.report)
     quiet(master, sizes["quiet"])
-    herds = Herds(procs, port, f"storm-{backlog or DEFAULT_BACKLOG}")
+    herds = Herds(procs, port, f"storm-{backlog or DEFAULT_BACKLOG}", procs.token_file(name, "slave"))
     drops = listen_drops()
     # Every connect at once: far more a second than the herd can issue.
     herds.add(count, sizes["per_herd"], "--rate", "1000000")
@@ -511,6 +518,7 @@ def run(report: Report, options: Any) -> None:
         threaded = grow(report, procs, "threaded", counts, sizes)
         [bare] = grow(report, procs, "bare_thread", counts[-1:], sizes)
         picluster = grow(report, procs, "picluster", counts, sizes)
+        plain = grow(report, procs, "plain", counts, sizes)
 
         port, web = free_port(), free_port()
         db = procs.path("restarted.db")
@@ -526,20 +534,21 @@ def run(report: Report, options: Any) -> None:
             storms = [storm(procs, sizes, backlog) for backlog in (None, *STORM_BACKLOGS)
                       if backlog != DEFAULT_BACKLOG]
 
-    _report_growth(report, threaded, bare, picluster)
+    _report_growth(report, threaded, bare, picluster, plain)
     _report_failures(report, sizes)
     _report_rejoin(report, rejoin, storms)
 
 
 def _report_growth(report: Report, threaded: list[dict[str, Any]], bare: dict[str, Any],
-                   picluster: list[dict[str, Any]]) -> None:
+                   picluster: list[dict[str, Any]], plain: list[dict[str, Any]]) -> None:
     table = report.table(
         "Memory and idle CPU by slave count (picluster's vitals ring full: "
         f"{DEFAULT_SAMPLES} vitals each; keepalive 5 s)",
         ["server", "slaves", "RSS MiB", "KiB per slave", "CPU s/s", "CPU s/s per 1,000",
          "herd CPU s/s"],
     )
-    for kind, steps in (("threaded", threaded), ("bare_thread", [bare]), ("picluster", picluster)):
+    for kind, steps in (("threaded", threaded), ("bare_thread", [bare]), ("picluster", picluster),
+                        ("plain", plain)):
         for step in steps:
             table.rows.append([kind, step["slaves"], step["rss"] / 2**20, step["per_slave"] / 1024,
                                step["cpu"], step["cpu_per_1000"], step["herd_cpu"]])
@@ -555,9 +564,20 @@ def _report_growth(report: Report, threaded: list[dict[str, Any]], bare: dict[st
         "picluster_total_bytes": [step["per_slave"] * step["slaves"] for step in picluster],
         "threaded_total_bytes": [step["per_slave"] * step["slaves"] for step in threaded],
     })
-    ratios = [p["per_slave"] / t["per_slave"] for p, t in zip(picluster, threaded)]
+    # Like for like, all on plain TCP: the master with --insecure against the
+    # threaded baseline (which has no TLS either); TLS's own cost apart.
+    ratios = [p["per_slave"] / t["per_slave"] for p, t in zip(plain, threaded)]
     report.figure("rss_ratio_by_count", ratios)
-    most = picluster[-1]
+    most = plain[-1]
+    tls_bytes = picluster[-1]["per_slave"] - plain[-1]["per_slave"]
+    report.figure("tls_bytes_per_slave", tls_bytes)
+    report.note(
+        f"the secure master (as installed) holds {picluster[-1]['per_slave'] / 1024:.1f} KiB a"
+        f" slave at {picluster[-1]['slaves']} slaves, {tls_bytes / 1024:.1f} KiB more than with"
+        " --insecure: OpenSSL's state of each TLS connection (its buffers are released while"
+        " the connection is idle); the goal below compares the plain master with the threaded"
+        " baseline, both without TLS"
+    )
     versus_bare = most["per_slave"] / bare["per_slave"]
     report.figure("rss_per_slave_vs_bare_thread", versus_bare)
     ring_one, ring_full = ring_bytes(1), ring_bytes(DEFAULT_SAMPLES)
@@ -565,8 +585,8 @@ def _report_growth(report: Report, threaded: list[dict[str, Any]], bare: dict[st
     report.figure("vitals_ring_bytes_full", ring_full)
     report.ratio(
         "rss_per_slave_vs_threaded", ratios[-1], RSS_GOAL, higher=False,
-        what=f"picluster's RSS per idle slave (vitals ring full) / the threaded baseline's"
-        f" per connection, at {most['slaves']} slaves",
+        what=f"picluster's RSS per idle slave (plain, vitals ring full) / the threaded"
+        f" baseline's per connection, at {most['slaves']} slaves",
     )
     report.note(
         f"a bare thread blocked in recv (the floor of the threaded design, holding nothing)"

@@ -3,8 +3,9 @@ Simulated slaves for the ingest benchmark: many connections, pre-encoded frames.
 
 C{python -m bench.slavesim --port P --connections C --frames F --rounds R}
 opens C connections to a master (or to the bare ceiling, L{bench.bare}),
-and on each says hello as a real slave does (C{hello} with protocol version
-1 and role C{slave}, its C{computer_details}, C{info computer_details}),
+and on each says hello as a real slave does (C{hello} with role C{slave};
+over TLS with the proof of C{--token-file}'s token, or plain version 1
+without one; its C{computer_details}, C{info computer_details}),
 then prints C{READY}.  Each SIGUSR1 starts one round: every connection
 writes F frames (C{vitals} and keepalive C{ping}s in the proportions given)
 followed by one request with an id, and the round ends when every
@@ -33,12 +34,15 @@ import time
 from typing import Any
 
 from twisted.internet import defer, protocol, reactor
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.task import LoopingCall
 from twisted.protocols.basic import Int32StringReceiver
+from zope.interface import implementer
 
+from bench import secure
 from bench.bare import MAX_FRAME, encode, framed
 from picluster import sysinfo
-from picluster.wire.messages import PLAIN_VERSION
+from picluster.trust.token import JoinToken
 
 #: Seconds between keepalive pings between rounds: a slave's default.
 KEEPALIVE = 5.0
@@ -90,6 +94,7 @@ def round_stream(frames: int, pings_per_vitals: float) -> tuple[bytes, int, int]
     return b"".join(parts), vitals_count, pings_count
 
 
+@implementer(IHandshakeListener)
 class SimulatedSlave(Int32StringReceiver):
     """
     One simulated slave's connection: a handshake, then rounds of frames.
@@ -106,6 +111,11 @@ class SimulatedSlave(Int32StringReceiver):
         self.waiting: dict[int, defer.Deferred[dict[str, Any]]] = {}
 
     def connectionMade(self) -> None:
+        if self.factory.token is None:
+            self.factory.connected(self)
+
+    def handshakeCompleted(self) -> None:
+        """Over TLS: the session starts once the master is checked, as a real slave's does."""
         self.factory.connected(self)
 
     def request(self, request_id: int, message_type: str, payload: Any) -> defer.Deferred[Any]:
@@ -116,7 +126,7 @@ class SimulatedSlave(Int32StringReceiver):
 
     def handshake(self, facts: dict[str, Any]) -> defer.Deferred[Any]:
         """What a real slave says first (it offers no work: it runs no tasks)."""
-        hello = {"uuid": None, "version": PLAIN_VERSION, "role": "slave"}
+        hello = secure.hello(self.factory.token, "slave", self.transport)
         return defer.gatherResults([
             self.request(1, "hello", hello),
             self.request(2, "computer_details", facts),
@@ -161,8 +171,10 @@ class SimulatedSlaves(protocol.ClientFactory):
     protocol = SimulatedSlave
     noisy = False
 
-    def __init__(self, port: int, connections: int, frames: int, pings_per_vitals: float):
+    def __init__(self, port: int, connections: int, frames: int, pings_per_vitals: float,
+                 token: JoinToken | None = None):
         self.port = port
+        self.token = token
         self.wanted = connections
         self.slaves: list[SimulatedSlave] = []
         self.data, self.vitals, self.pings = round_stream(frames, pings_per_vitals)
@@ -185,7 +197,7 @@ class SimulatedSlaves(protocol.ClientFactory):
     def _connect_one(self) -> None:
         if self._attempts < self.wanted:
             self._attempts += 1
-            reactor.connectTCP("127.0.0.1", self.port, self, timeout=30)
+            reactor.connectTCP("127.0.0.1", self.port, secure.wrap(self, self.token), timeout=30)
 
     def connected(self, slave: SimulatedSlave) -> None:
         self.slaves.append(slave)
@@ -263,13 +275,15 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, required=True)
     parser.add_argument("--frames", type=int, required=True, help="frames a connection sends a round")
     parser.add_argument("--pings-per-vitals", type=float, default=2.0)
+    parser.add_argument("--token-file", default=None,
+                        help="join a secure master with this slave token (plain without it)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     options = parse_arguments(argv)
     slaves = SimulatedSlaves(options.port, options.connections, options.frames,
-                             options.pings_per_vitals)
+                             options.pings_per_vitals, secure.token_from(options.token_file))
 
     def ready(_: Any) -> None:
         print(f"READY {len(slaves.slaves)} connections, {len(slaves.data)} bytes a round each",

@@ -31,6 +31,7 @@ from typing import Any
 import psutil
 from twisted.internet import defer, task
 
+from bench.secure import token_from
 from picluster.address import parse_master
 from picluster.client import Client
 
@@ -44,6 +45,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--expect", default=None,
                         help="the result every task must give, as JSON (echo: its arguments)")
     parser.add_argument("--slaves", type=int, default=0, help="working slaves to wait for")
+    parser.add_argument("--token-file", default=None,
+                        help="the client token of a secure master (plain without it)")
     parser.add_argument("--warmup", type=int, default=0, help="tasks run before timing")
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds")
     parser.add_argument("--pids", default="", help="comma-separated pids whose CPU to measure")
@@ -100,7 +103,9 @@ async def main(reactor: Any, options: argparse.Namespace) -> None:
     me = psutil.Process()
     go: defer.DeferredQueue[None] = defer.DeferredQueue()
     signal.signal(signal.SIGUSR1, lambda *_: reactor.callFromThread(go.put, None))
-    client = Client(parse_master(options.master), reactor=reactor, reconnect=False, insecure=True)
+    token = token_from(options.token_file)
+    client = Client(parse_master(options.master), reactor=reactor, reconnect=False, token=token,
+                    insecure=token is None)
     await client.connect()
     slots = await working_slaves(reactor, client, options.slaves)
     if options.warmup:

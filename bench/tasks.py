@@ -69,7 +69,8 @@ class TaskCluster:
         self.port = free_port()
         self.master = procs.master(name, self.port, db=db)
         self.slaves = [
-            procs.slave(f"{name}-slave{i}", self.port, *slave_args) for i in range(slaves)
+            procs.slave(f"{name}-slave{i}", self.port, *slave_args, master=name)
+            for i in range(slaves)
         ]
 
     def load(self, count: int, *, warmup: int, rounds: int, name: str = "echo",
@@ -80,6 +81,7 @@ class TaskCluster:
             "--args", json.dumps(args or {"n": 1}), "--warmup", str(warmup),
             "--rounds", str(rounds), "--slaves", str(len(self.slaves)),
             "--pids", ",".join(str(child.pid) for child in (self.master, *self.slaves)),
+            "--token-file", self.procs.token_file(self.name, "client"),
         ]
         if expect is not None:
             argv += ["--expect", json.dumps(expect)]

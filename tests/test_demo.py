@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -249,10 +251,20 @@ class DemoProcessTests(unittest.TestCase):
                     if slave["vitals_at"] is not None] == demo_hostnames(socket.gethostname(), 2)
 
         yield wait_until(both_slaves, "both slaves on the dashboard", child.report)
+        # The status line works as printed: over TLS, with the demo's own token.
+        [status_line] = re.findall(r"status: +(picluster status .*)", child.stdout())
+        argv = shlex.split(status_line)[1:]
+        out, err = io.StringIO(), io.StringIO()
+        code = yield cli.main(argv, reactor=reactor, stdout=out, stderr=err, environ={})
+        self.assertEqual(code, 0, err.getvalue())
+        self.assertIn("2 slaves connected", out.getvalue())
+        state_dir = argv[argv.index("--state-dir") + 1]
+        self.assertTrue(os.path.isdir(state_dir))
         child.signal(signal.SIGINT)
         code = yield child.wait_for_exit()
         self.assertEqual(code, 0, child.report())
         self.assertEqual(child.stderr(), "picluster demo: stopping\n")
+        self.assertFalse(os.path.exists(state_dir), "the demo left its CA and tokens behind")
 
     @defer.inlineCallbacks
     def test_terminated(self) -> Any:

@@ -145,6 +145,19 @@ class StateDirectoryTests(TrustDirectory):
             self.assertEqual(after.fingerprint, token.fingerprint)
             self.assertNotEqual(after.secret, token.secret, credential)
 
+    def test_rotationKeepsTheOwner(self) -> None:
+        """Root rotating the secrets leaves the file to the master's own user."""
+        if os.getuid() != 0:
+            raise unittest.SkipTest("only root can hand a file to another user")
+        directory = self.mktemp()
+        shutil.copytree(self.trust.state_dir, directory)
+        secrets = os.path.join(directory, SECRETS)
+        os.chown(secrets, 65534, 65534)
+        ClusterTrust.open(directory).rotate()
+        status = os.stat(secrets)
+        self.assertEqual((status.st_uid, status.st_gid), (65534, 65534))
+        self.assertEqual(stat.S_IMODE(status.st_mode), 0o600)
+
     def test_masterCertificateVerifies(self) -> None:
         """The master's certificate is issued by the CA for the name nodes check."""
         from cryptography import x509

@@ -10,6 +10,7 @@ master does for each connection is L{picluster.master}'s.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -150,7 +151,7 @@ class MasterService(service.MultiService):
             log.info(
                 "Secure mode: TLS only, nodes join with a token.  Print the join token for"
                 " slaves with 'picluster token --state-dir {state_dir}' (--client for users)",
-                state_dir=self.trust.state_dir,
+                state_dir=os.path.abspath(self.trust.state_dir),
             )
         # The port slaves reach, as bound (the description may say 0, or
         # name a socket that systemd handed over).

@@ -44,14 +44,21 @@ class TrustError(Exception):
 
 
 def write_private(path: str, content: bytes) -> None:
-    """Write C{content} to C{path}, mode 0600, whole or not at all."""
+    """
+    Write C{content} to C{path}, mode 0600, whole or not at all.  A file
+    replaced keeps its owner: root rotating the tokens of a master that
+    runs as its own user must not leave it a file it cannot read.
+    """
     temporary = f"{path}.{random_text.token_hex(4)}.tmp"
     try:
+        owner = os.stat(path) if os.path.exists(path) else None
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as out:
             out.write(content)
             out.flush()
             os.fsync(out.fileno())
+        if owner is not None and (owner.st_uid, owner.st_gid) != (os.getuid(), os.getgid()):
+            os.chown(temporary, owner.st_uid, owner.st_gid)
         os.replace(temporary, path)
     except OSError as e:
         try:

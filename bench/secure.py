@@ -1,0 +1,43 @@
+"""
+What the benchmarks' own clients need to join a secure master as real nodes do.
+
+A real master runs secure by default (TLS 1.3, a join token's proof in the
+hello), so the simulated slaves and the round-trip client speak that too:
+L{wrap} puts TLS pinned to the token's CA around their factory, and, once
+the handshake is done, L{hello} gives the hello with its proof.  With no
+token (C{--token-file} not given) they speak plain mode, to a master run
+with C{--insecure}, or to the bare baselines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from picluster.address import hello_for
+from picluster.trust.channel import PinnedMasterTLS, verify_master
+from picluster.trust.token import JoinToken, read_token_file
+
+
+def token_from(path: str | None) -> JoinToken | None:
+    return read_token_file(path) if path else None
+
+
+def wrap(factory: Any, token: JoinToken | None) -> Any:
+    """C{factory} over TLS pinned to C{token}'s CA; as it is without a token."""
+    if token is None:
+        return factory
+    return TLSMemoryBIOFactory(PinnedMasterTLS(token.fingerprint), True, factory)
+
+
+def hello(token: JoinToken | None, role: str, transport: Any, uuid: str | None = None) -> dict[str, Any]:
+    """
+    The hello a real node sends on C{transport}, as plain JSON values; with a
+    token, only once the master's chain has been checked against it.
+    """
+    if token is not None:
+        verify_master(transport, token.fingerprint)
+    made = hello_for(token, role, transport, uuid=uuid)
+    return made if isinstance(made, dict) else msgspec.to_builtins(made)
