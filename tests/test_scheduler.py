@@ -41,6 +41,8 @@ class SubmitTests(Cluster):
         records = self.client.records(1, 2)
         self.assertEqual([records[1]["name"], records[2]["name"]], ["primes", "sleep"])
         self.assertEqual({r["state"] for r in records.values()}, {"queued"})
+        # Who submitted them: this plain master's client, at its address.
+        self.assertEqual({r["submitted_by"] for r in records.values()}, {"plain client at 10.0.0.50:4321"})
 
     def test_warnsOfNamesNoSlaveOffers(self) -> None:
         """A name that no connected slave offers is named in a warning."""

@@ -12,7 +12,14 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
-from picluster.master.store import SCHEMA_VERSION, KeyConflict, StoreError, TaskStore, check_database
+from picluster.master.store import (
+    SCHEMA_VERSION,
+    KeyConflict,
+    StoreError,
+    TaskStore,
+    check_database,
+    row_to_record,
+)
 from picluster.master.taskspec import TaskSpec
 from tests.processes import temp_dir
 from tests.taskhelpers import SynchronousPool
@@ -198,6 +205,31 @@ class CheckDatabaseTests(unittest.TestCase):
         with sqlite3.connect(path) as connection:
             (version,) = connection.execute("PRAGMA user_version").fetchone()
         self.assertEqual(version, SCHEMA_VERSION)
+
+    def test_versionOneGainsSubmittedBy(self) -> None:
+        """A version 1 database (before submitted_by) is upgraded in place, its tasks kept."""
+        path = os.path.join(temp_dir(self), "old.db")
+        with sqlite3.connect(path) as connection:
+            connection.execute(
+                "CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE,"
+                " name TEXT NOT NULL, args TEXT NOT NULL, requirements TEXT NOT NULL,"
+                " timeout REAL, retries INTEGER NOT NULL, state TEXT NOT NULL, slave TEXT,"
+                " slave_hostname TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+                " submitted_at REAL NOT NULL, started_at REAL, finished_at REAL, result TEXT,"
+                " error TEXT)")
+            connection.execute(
+                "INSERT INTO tasks (name, args, requirements, retries, state, submitted_at)"
+                " VALUES ('primes', '{}', '{}', 3, 'done', 1.0)")
+            connection.execute("PRAGMA user_version = 1")
+        connection.close()
+        check_database(path)
+        with sqlite3.connect(path) as connection:
+            (version,) = connection.execute("PRAGMA user_version").fetchone()
+            row = connection.execute("SELECT * FROM tasks").fetchone()
+        connection.close()
+        self.assertEqual(version, SCHEMA_VERSION)
+        record = row_to_record(row)
+        self.assertEqual((record["name"], record["state"], record["submitted_by"]), ("primes", "done", None))
 
     def test_missingDirectory(self) -> None:
         """A path in a directory that does not exist is refused, naming it."""

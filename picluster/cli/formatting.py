@@ -135,7 +135,8 @@ def details(record: Record, now: float) -> str:
         ("retries", str(record.get("retries"))),
         ("attempts", str(record.get("attempts"))),
         ("slave", slave),
-        ("submitted", _moment(record.get("submitted_at"), now)),
+        ("submitted", _moment(record.get("submitted_at"), now)
+         + (f" by {record['submitted_by']}" if record.get("submitted_by") else "")),
         ("started", _moment(record.get("started_at"), now)),
         ("finished", _moment(record.get("finished_at"), now)),
         ("time", task_time(record, now)),

@@ -368,7 +368,13 @@ class PeerConnection(PeerHandler):
         return self._when_ready("slave").addCallback(lambda s: s.task_result(self, result))
 
     def msg_submit(self, submission: Submit) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.submit(submission.tasks))
+        return self._when_ready(*ROLES).addCallback(
+            lambda s: s.submit(submission.tasks, self.submitter()))
+
+    def submitter(self) -> str:
+        """Who submits on this connection, as the task's record keeps it."""
+        credential = self.credential or f"plain {self.role}"
+        return f"{credential} at {self.address}"
 
     def msg_tasks(self, query: TasksQuery | None) -> defer.Deferred[Any]:
         return self._when_ready(*ROLES).addCallback(lambda s: s.view.tasks(query or TasksQuery()))

@@ -165,7 +165,8 @@ class Scheduler:
 
     # -- clients -------------------------------------------------------------
 
-    def submit(self, submitted: list[messages.TaskSpec]) -> defer.Deferred[tuple[str, Any]]:
+    def submit(self, submitted: list[messages.TaskSpec],
+               submitted_by: str | None = None) -> defer.Deferred[tuple[str, Any]]:
         specs = parse_submission(submitted, self.max_args)
         for index, spec in enumerate(specs):
             if spec.name in self.refused_tasks:
@@ -174,7 +175,7 @@ class Scheduler:
             raise ServiceError(
                 f"the queue is full: {len(self.open)} open tasks, at most {self.max_open_tasks}"
             )
-        stored = self.usable_store().submit(specs, self.clock.seconds())
+        stored = self.usable_store().submit(specs, self.clock.seconds(), submitted_by)
         stored.addCallbacks(self._submitted, self._not_submitted)
         return stored
 

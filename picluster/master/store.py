@@ -35,8 +35,9 @@ from picluster.wire.messages import TASK_STATES
 
 log = Logger()
 
-#: Version of the schema below, kept in SQLite's C{user_version}.
-SCHEMA_VERSION = 1
+#: Version of the schema below, kept in SQLite's C{user_version}.  Version 2
+#: added C{submitted_by}; a version 1 database gains the column on opening.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -55,7 +56,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at REAL,
     finished_at REAL,
     result TEXT,
-    error TEXT
+    error TEXT,
+    submitted_by TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
 """
@@ -64,6 +66,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
 COLUMNS = (
     "id", "key", "name", "args", "requirements", "timeout", "retries", "state", "slave",
     "slave_hostname", "attempts", "submitted_at", "started_at", "finished_at", "result", "error",
+    "submitted_by",
 )
 
 #: Columns holding JSON text in the table and JSON values in a row dict.
@@ -107,6 +110,8 @@ def _create_schema(txn: Any) -> None:
             f"the task database has schema version {version}; this picluster knows"
             f" only {SCHEMA_VERSION} (was it made by a newer picluster?)"
         )
+    if version == 1:
+        txn.execute("ALTER TABLE tasks ADD COLUMN submitted_by TEXT")
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             txn.execute(statement)
@@ -236,15 +241,17 @@ class TaskStore:
         self._dirty[record["id"]] = record
         self._kick()
 
-    def submit(self, specs: list[TaskSpec], now: float) -> defer.Deferred[list[tuple[dict[str, Any], bool]]]:
+    def submit(self, specs: list[TaskSpec], now: float,
+               submitted_by: str | None = None) -> defer.Deferred[list[tuple[dict[str, Any], bool]]]:
         """
         Store new tasks in one transaction; fires with (record, duplicate)
         per spec.  A spec whose key was seen before gets the stored task.
+        C{submitted_by} says who submitted them (credential and address).
 
         @raise KeyConflict: (as a failure) a key names a task with another
             name or other arguments; nothing is stored.
         """
-        return self._operate(lambda txn: _insert(txn, specs, now))
+        return self._operate(lambda txn: _insert(txn, specs, now, submitted_by))
 
     def query(
         self, *, ids: list[int] | None = None, states: Iterable[str] | None = None,
@@ -390,7 +397,8 @@ def _write_batch(txn: Any, rows: list[dict[str, Any]], operations: list[_Operati
     return results
 
 
-def _insert(txn: Any, specs: list[TaskSpec], now: float) -> list[tuple[dict[str, Any], bool]]:
+def _insert(txn: Any, specs: list[TaskSpec], now: float,
+            submitted_by: str | None = None) -> list[tuple[dict[str, Any], bool]]:
     known = _by_key(txn, [spec.key for spec in specs if spec.key is not None])
     existing: dict[int, dict[str, Any]] = {}
     for index, spec in enumerate(specs):
@@ -403,9 +411,9 @@ def _insert(txn: Any, specs: list[TaskSpec], now: float) -> list[tuple[dict[str,
     requirements = [spec.requirements.as_json() for spec in new]
     txn.executemany(
         "INSERT INTO tasks (key, name, args, requirements, timeout, retries, state,"
-        " attempts, submitted_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?)",
+        " attempts, submitted_at, submitted_by) VALUES (?, ?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
         [(spec.key, spec.name, spec.args_json, json.dumps(required, separators=(",", ":")),
-          spec.timeout, spec.retries, now) for spec, required in zip(new, requirements)],
+          spec.timeout, spec.retries, now, submitted_by) for spec, required in zip(new, requirements)],
     )
     # One transaction on the only connection: AUTOINCREMENT gave the new
     # rows the ids up to the last one, one after the other.
@@ -424,7 +432,7 @@ def _insert(txn: Any, specs: list[TaskSpec], now: float) -> list[tuple[dict[str,
             "requirements": required, "timeout": spec.timeout, "retries": spec.retries,
             "state": "queued", "slave": None, "slave_hostname": None, "attempts": 0,
             "submitted_at": now, "started_at": None, "finished_at": None, "result": None,
-            "error": None,
+            "error": None, "submitted_by": submitted_by,
         }, False))
     return stored
 

@@ -333,6 +333,9 @@ class TaskRecord(Payload):
     slave_hostname: str | None = None
     attempts: _described(int, "runs handed to slaves") = 0
     submitted_at: EpochSeconds | None = None
+    submitted_by: _described(
+        str | None, "the credential and address that submitted it: client at 10.0.0.5:40312"
+    ) = None
     started_at: EpochSeconds | None = None
     finished_at: EpochSeconds | None = None
     result: _described(Any, "what the task returned, when done") = None

@@ -8,6 +8,7 @@ the LAN would try them.  Each attack must fail for the attacker.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from typing import Any
@@ -189,6 +190,18 @@ class SecureClusterTests(unittest.TestCase):
                                               '{"start": 0, "stop": 10}', "--token", token)
         self.assertEqual(code, 1, err)
         self.assertIn("not served to a read-only", err)
+
+    @defer.inlineCallbacks
+    def test_submitterRecorded(self) -> Any:
+        """The master records which credential, from where, submitted each task."""
+        token = str(self.cluster.trust.token("client"))
+        code, out, err = yield self.picluster("submit", "primes", "--args", '{"start": 0, "stop": 10}',
+                                              "--token", token)
+        self.assertEqual(code, 0, err)
+        task_id = out.split()[-1]
+        code, out, err = yield self.picluster("task", task_id, "--json", "--token", token)
+        self.assertEqual(code, 0, err)
+        self.assertRegex(json.loads(out)["submitted_by"], r"^client at 127\.0\.0\.1:\d+$")
 
     @defer.inlineCallbacks
     def test_rotation(self) -> Any:
