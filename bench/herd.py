@@ -124,7 +124,8 @@ class SimSlave(Int32StringReceiver):
         self.say_hello()
 
     def say_hello(self) -> None:
-        hello = secure.hello(self.factory.herd.token, "slave", self.transport, uuid=self.factory.uuid)
+        hello = secure.hello(self.factory.herd.token, "slave", self.transport, uuid=self.factory.uuid,
+                             node_key=self.factory.node_key)
         self.sendString(frame("hello", hello, HELLO))
 
     def stringReceived(self, data: bytes) -> None:
@@ -182,6 +183,7 @@ class SimSlaveFactory(protocol.ReconnectingClientFactory):
         self.herd = herd
         self.index = index
         self.uuid: str | None = None
+        self.node_key: str | None = None
         self.joined_before = False
 
     def startedConnecting(self, connector: Any) -> None:
@@ -281,6 +283,9 @@ class Herd:
                 self.count("new_uuids")
         slave.joined_before = True
         slave.uuid = welcome["uuid"]
+        if welcome.get("node_key") is not None:
+            # Its node key, as a real slave keeps it, to take the uuid back.
+            slave.node_key = welcome["node_key"]
         slave.resetDelay()
         self.keepalive = min(self.keepalive, float(welcome["keepalive"]))
         self.live += 1

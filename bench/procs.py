@@ -265,7 +265,8 @@ class Processes:
         A real C{twistd -n picluster-slave} of the master on C{port}: with the
         slave token of the master called C{master}, or plain for C{None}.
         """
-        token = (("--token-file", self.token_file(master, "slave")) if master is not None
+        token = (("--token-file", self.token_file(master, "slave"),
+                  "--state-dir", self.path(f"{name}-state")) if master is not None
                  else ("--insecure",))
         return self.twistd(name, "picluster-slave", "--master", f"127.0.0.1:{port}", *token,
                            *args)

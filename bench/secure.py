@@ -18,7 +18,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from picluster.address import hello_for
 from picluster.trust.channel import PinnedMasterTLS, verify_master
-from picluster.trust.token import JoinToken, read_token_file
+from picluster.trust.token import JoinToken, read_token_file, secret_key
 
 
 def token_from(path: str | None) -> JoinToken | None:
@@ -32,12 +32,15 @@ def wrap(factory: Any, token: JoinToken | None) -> Any:
     return TLSMemoryBIOFactory(PinnedMasterTLS(token.fingerprint), True, factory)
 
 
-def hello(token: JoinToken | None, role: str, transport: Any, uuid: str | None = None) -> dict[str, Any]:
+def hello(token: JoinToken | None, role: str, transport: Any, uuid: str | None = None,
+          node_key: str | None = None) -> dict[str, Any]:
     """
     The hello a real node sends on C{transport}, as plain JSON values; with a
-    token, only once the master's chain has been checked against it.
+    token, only once the master's chain has been checked against it, and
+    with the proof of C{node_key} when it takes its C{uuid} back.
     """
     if token is not None:
         verify_master(transport, token.fingerprint)
-    made = hello_for(token, role, transport, uuid=uuid)
+    key = secret_key(node_key) if node_key is not None else None
+    made = hello_for(token, role, transport, uuid=uuid, node_key=key)
     return made if isinstance(made, dict) else msgspec.to_builtins(made)

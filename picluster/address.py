@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from picluster.trust.channel import PinnedMasterTLS, channel_binding, proof
+from picluster.trust.channel import PinnedMasterTLS, channel_binding, node_proof, proof
 from picluster.trust.token import JoinToken
 from picluster.wire.messages import PLAIN_VERSION, PROTOCOL_VERSION, Hello
 
@@ -136,16 +136,18 @@ def dial(reactor: Any, master: MasterAddress, factory: Any, token: JoinToken | N
 
 
 def hello_for(token: JoinToken | None, role: str, transport: Any,
-              uuid: str | None = None) -> Hello | dict[str, Any]:
+              uuid: str | None = None, node_key: bytes | None = None) -> Hello | dict[str, Any]:
     """
     The hello a node sends: version 2 with the proof of C{token}'s secret
-    bound to this TLS connection, or version 1 in plain mode (as it always
-    was, without the version 2 fields).
+    bound to this TLS connection (and, for a slave taking its C{uuid} back
+    with its C{node_key}, the proof of that key), or version 1 in plain mode
+    (as it always was, without the version 2 fields).
     """
     if token is None:
         return {"version": PLAIN_VERSION, "uuid": uuid, "role": role}
     binding = channel_binding(transport)
     if binding is None:
         raise ValueError("a token's hello needs a TLS connection")
+    owned = node_proof(node_key, uuid, binding) if node_key is not None and uuid is not None else None
     return Hello(version=PROTOCOL_VERSION, uuid=uuid, role=role, credential=token.credential,
-                 proof=proof(token.key, token.credential, binding))
+                 proof=proof(token.key, token.credential, binding), node_proof=owned)

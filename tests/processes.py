@@ -238,6 +238,9 @@ class Cluster:
         """A slave of L{master} that retries and reports quickly."""
         plain = {"--insecure", "--token", "--token-file", "--config"} & set(arguments)
         token = () if plain else ("--token-file", self.slave_token_file)
+        if "--state-dir" not in arguments:
+            # Each slave its own identity, as each Pi has.
+            token += ("--state-dir", os.path.join(self.cwd, f"{name}-state"))
         return self.twistd(
             name, "picluster-slave", "--master", f"127.0.0.1:{self.port}", "--keepalive", "1",
             "--initial-delay", "0.2", "--max-delay", "1", "--vitals", "1", *token, *arguments,

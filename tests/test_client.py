@@ -131,7 +131,7 @@ class ConnectTests(ClientTestCase):
         client, pump = self.connected()
         # As the master reads it: the version 2 fields are unset in plain mode.
         self.assertEqual(self.master.hellos, [{"version": 1, "uuid": None, "role": "client",
-                                              "credential": None, "proof": None}])
+                                              "credential": None, "proof": None, "node_proof": None}])
         self.assertEqual(self.network.tcpClients[0][:2], ("10.0.0.1", 12345))
         self.assertIsNotNone(client.connection)
 

@@ -28,10 +28,11 @@ from twisted.python.failure import Failure
 from picluster import sysinfo
 from picluster.logbudget import LogBudget
 from picluster.master.history import VitalsHistory
+from picluster.master.nodes import NODES_FILE, NodeBook
 from picluster.master.registry import Departure, SlaveRegistry
 from picluster.master.scheduler import Scheduler
 from picluster.text import clip
-from picluster.trust.channel import channel_binding, proof_holds
+from picluster.trust.channel import channel_binding, node_proof_holds, proof_holds
 from picluster.trust.cluster import ClusterTrust
 from picluster.trust.token import ROLE_OF
 from picluster.trust.token import SLAVE as SLAVE_CREDENTIAL
@@ -41,7 +42,9 @@ from picluster.wire.messages import (
     AUTHENTICATION_FAILED,
     BAD_UUID,
     BEFORE_HELLO,
+    IDENTITY_IN_USE,
     INFO_QUESTIONS,
+    NODE_OWNED,
     PLAIN_VERSION,
     PROTOCOL_VERSION,
     ROLES,
@@ -222,7 +225,14 @@ class PeerConnection(PeerHandler):
             "vitals": self.vitals,
             "vitals_received_at": self.vitals_received_at,
             "computer_details": self.computer_details,
+            "cloned": self.cloned,
         }
+
+    @property
+    def cloned(self) -> bool:
+        """Whether another machine holds this node's identity too, as far as the master can tell."""
+        nodes = self.master.nodes
+        return nodes is not None and nodes.conflicted(self.uuid, self.master.clock.seconds())
 
     # -- messages ----------------------------------------------------------
 
@@ -288,18 +298,57 @@ class PeerConnection(PeerHandler):
             raise BadMessage(AUTHENTICATION_FAILED, close=True)
         if hello.uuid is not None and not _UUID.fullmatch(hello.uuid):
             raise BadMessage(BAD_UUID, supported=list(SUPPORTED_VERSIONS), close=True)
+        node_key = self._identify(hello, binding) if hello.role == "slave" else None
         self.credential = credential
         self.role = hello.role
         self.serves = SERVED[credential]
-        if self.role == "slave":
-            self.master.registry.add(self)
-            if hello.uuid is not None:
-                self._reclaim(hello.uuid.lower())
         self.log.info("{peer} joined with a {credential} token", peer=self.describe_peer(),
                       credential=credential)
-        return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after))
+        return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after,
+                                   node_key=node_key))
 
-    def _reclaim(self, earlier: str) -> None:
+    def _identify(self, hello: Hello, binding: bytes) -> str | None:
+        """
+        Which node this slave is: the owner of the uuid it takes back, proven
+        by its node key; or, for a uuid nobody owns, a node given a key now
+        (returned, for the welcome).  Two machines that keep taking one
+        uuid from each other are clones: the newcomer is refused.
+        """
+        nodes = self.master.nodes
+        now = self.master.clock.seconds()
+        uuid = hello.uuid.lower() if hello.uuid is not None else None
+        key = nodes.key_of(uuid) if uuid is not None else None
+        if uuid is not None and key is not None:
+            if hello.node_proof is None or not node_proof_holds(key, uuid, binding, hello.node_proof):
+                self.master.refused(self.address, f"uuid {uuid} taken without its node key")
+                self.refused_at_hello = True
+                raise BadMessage(NODE_OWNED, close=True)
+            holder = self.master.registry.get(uuid)
+            if holder is not None and holder is not self and nodes.conflicted(uuid, now):
+                nodes.refused_clone(uuid, now)
+                self.master.refused(self.address, f"node {uuid} is connected from {holder.address}"
+                                                  " too: two machines hold its identity")
+                self.refused_at_hello = True
+                raise BadMessage(IDENTITY_IN_USE, close=True)
+            self.master.registry.add(self)
+            if self._reclaim(uuid) is not None:
+                nodes.displaced(uuid, now)
+                if nodes.conflicted(uuid, now):
+                    self.log.error(
+                        "Node {uuid} keeps joining from two machines ({address} and another):"
+                        " a cloned SD card?  Reset the identity of one of them (docs: security)",
+                        uuid=uuid, address=self.address,
+                    )
+            return None
+        self.master.registry.add(self)
+        if uuid is not None:
+            # Nobody owns it (a node from before node keys, or a master that
+            # lost its nodes file): it becomes this node's.
+            self._reclaim(uuid)
+        return nodes.issue(self.uuid)
+
+    def _reclaim(self, earlier: str) -> PeerConnection | None:
+        """Take the uuid C{earlier} back; returns the live connection it displaced, if any."""
         registry = self.master.registry
         if earlier != self.uuid:
             self.master.stats.reconnections += 1
@@ -312,7 +361,7 @@ class PeerConnection(PeerHandler):
             self.log.info(
                 "Slave at {address} rejoined as {uuid}", address=self.address, uuid=self.uuid
             )
-            return
+            return None
         self.log.warn(
             "Slave {uuid} rejoined from {address}; closing its older connection from {old}",
             uuid=self.uuid,
@@ -320,6 +369,7 @@ class PeerConnection(PeerHandler):
             old=displaced.address,
         )
         displaced.close("replaced by a newer connection with the same uuid", abort=True)
+        return displaced  # type: ignore[return-value]
 
     def msg_computer_details(self, details: ComputerDetails) -> None:
         self.computer_details = self.master.shared_texts.details(details)
@@ -492,6 +542,8 @@ class MasterFactory(PiClusterFactory):
         super().__init__(**settings)
         self.trust = trust
         self.tls = trust is not None
+        #: Which node owns which uuid; C{None} on a plain master.
+        self.nodes = NodeBook(trust.path(NODES_FILE), self.clock) if trust is not None else None
         #: Refused handshakes, logged a few at a time (a scan must not fill the log).
         self.refusals = LogBudget(
             self.log, self.clock, "Left out of the log in the last {seconds:g} s: {kinds}",

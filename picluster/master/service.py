@@ -209,6 +209,8 @@ class MasterService(service.MultiService):
         loading = [self._queue_loaded] if self._queue_loaded is not None else []
         closed = defer.gatherResults([stopped, *closing, *loading])
         closed.addCallback(lambda _: self.factory.refusals.flush())
+        if self.factory.nodes is not None:
+            closed.addCallback(lambda _: self.factory.nodes.flush())
         closed.addCallback(lambda _: self.scheduler.stop())
         return closed.addCallback(lambda _: None)
 

@@ -132,6 +132,8 @@ def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
         "vitals_at": node.vitals_received_at,
         "slots": worker.slots if worker is not None else None,
         "running_tasks": len(worker.running) if worker is not None else 0,
+        # Two machines hold this node's identity (a cloned SD card).
+        "cloned": False if left else bool(getattr(node, "cloned", False)),
     }
 
 

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from picluster import sysinfo
 from picluster.address import MasterAddress, dial, hello_for
+from picluster.slave.identity import IdentityError, NodeIdentity
 from picluster.trust.channel import verify_master
 from picluster.trust.token import JoinToken
 from picluster.wire import BadMessage
@@ -98,7 +99,10 @@ class SlaveSession(PeerHandler):
     # -- steps -------------------------------------------------------------
 
     def _handshake(self) -> defer.Deferred[Welcome]:
-        hello = hello_for(self.slave.token, "slave", self.protocol.transport, uuid=self.slave.uuid)
+        identity = self.slave.identity
+        node_key = identity.key_bytes if identity is not None and identity.uuid == self.slave.uuid else None
+        hello = hello_for(self.slave.token, "slave", self.protocol.transport, uuid=self.slave.uuid,
+                          node_key=node_key)
         sent = self.protocol.request("hello", hello)
         return sent.addCallbacks(self._welcomed, self._not_welcomed)
 
@@ -117,6 +121,12 @@ class SlaveSession(PeerHandler):
             raise HandshakeError(f"welcome carries no valid uuid: {uuid!r}")
         rejoined = uuid == self.slave.uuid
         self.slave.uuid = uuid
+        if welcome.node_key is not None and self.slave.identity is not None:
+            try:
+                self.slave.identity.save(uuid, welcome.node_key)
+            except IdentityError as e:
+                self.log.error("Could not keep this node's identity: {problem}; it is this"
+                               " node's until the slave stops", problem=str(e))
         self.slave.resetDelay()
         self.log.info(
             "{how} master {master} as {uuid}",
@@ -285,11 +295,14 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
         runner: Any = None,
         tags: tuple[str, ...] = (),
         token: JoinToken | None = None,
+        identity: NodeIdentity | None = None,
         **settings: Any,
     ):
         PiClusterFactory.__init__(self, **settings)
         #: The join token; C{None} in plain mode (C{--insecure}).
         self.token = token
+        #: This node's uuid and key, kept in its state directory; C{None}: in memory only.
+        self.identity = identity
         self.tls = token is not None
         self.runner = runner
         self.tags = tags
@@ -299,7 +312,7 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
         self.vitals_interval = vitals_interval
         self.initialDelay = self.delay = initial_delay
         self.maxDelay = max_delay
-        self.uuid: str | None = None
+        self.uuid: str | None = identity.uuid if identity is not None else None
         self.computer_details = (
             computer_details if computer_details is not None else sysinfo.computer_details()
         )
@@ -369,6 +382,8 @@ class SlaveService(service.Service):
         waits = []
         if self.factory.runner is not None:
             waits.append(self.factory.runner.stop())
+        if self.factory.identity is not None:
+            self.factory.identity.close()
         connection = self.factory.connection
         if connection is not None and connection.lost is None:
             waits.append(connection.when_lost())

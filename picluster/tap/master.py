@@ -147,6 +147,13 @@ def cluster_trust(state_dir: str) -> ClusterTrust:
 
 
 def makeService(options: Options) -> MasterService:
+    try:
+        return _master_service(options)
+    except TrustError as e:
+        raise SystemExit(f"picluster-master: {e}") from e
+
+
+def _master_service(options: Options) -> MasterService:
     master = MasterService(
         options["port"],
         trust=None if options["insecure"] else cluster_trust(options["state-dir"]),

@@ -8,6 +8,7 @@ import psutil
 from twisted.python import usage
 
 from picluster import address, config
+from picluster.slave.identity import IdentityError, NodeIdentity
 from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.trust.token import SLAVE
 
@@ -46,6 +47,10 @@ class Options(config.Options):
         config.Setting(
             "insecure", config.boolean, False,
             "Plain mode: no TLS, no token, for a master run with --insecure", flag=True,
+        ),
+        config.Setting(
+            "state-dir", config.directory, ".",
+            "Directory keeping this node's identity (node.json) across restarts; one slave each",
         ),
         *config.COMMON_SETTINGS,
         config.Setting("vitals", config.seconds, 10.0, "Seconds between vitals reports"),
@@ -118,6 +123,13 @@ def makeService(options: Options) -> SlaveService:
         allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
         booted_at=psutil.boot_time(),
     )
+    token = options["join-token"]
+    identity = None
+    if token is not None:
+        try:
+            identity = NodeIdentity.open(options["state-dir"], token.fingerprint)
+        except IdentityError as e:
+            raise SystemExit(f"picluster-slave: {e}") from e
     factory = SlaveFactory(
         options["master"],
         vitals_interval=options["vitals"],
@@ -128,6 +140,7 @@ def makeService(options: Options) -> SlaveService:
         max_frame=options["max-frame"],
         runner=runner,
         tags=options["tags"],
-        token=options["join-token"],
+        token=token,
+        identity=identity,
     )
     return SlaveService(factory)

@@ -41,6 +41,8 @@ EXPORTER_LABEL = b"EXPORTER-picluster-hello"
 BINDING_BYTES = 32
 #: What a proof's HMAC covers before the credential and the binding.
 PROOF_CONTEXT = b"picluster hello proof v2\x00"
+#: What a node proof's HMAC covers before the uuid and the binding.
+NODE_PROOF_CONTEXT = b"picluster node proof v1\x00"
 
 
 class UntrustedMaster(Exception):
@@ -68,6 +70,17 @@ def proof(key: bytes, credential: str, binding: bytes) -> str:
 def proof_holds(key: bytes, credential: str, binding: bytes, offered: str) -> bool:
     """Whether C{offered} is the proof for C{key}, in constant time."""
     return hmac.compare_digest(proof(key, credential, binding), offered)
+
+
+def node_proof(key: bytes, uuid: str, binding: bytes) -> str:
+    """The proof that a slave holds the node key of C{uuid}, on the channel C{binding}."""
+    message = NODE_PROOF_CONTEXT + uuid.encode("ascii") + b"\x00" + binding
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def node_proof_holds(key: bytes, uuid: str, binding: bytes, offered: str) -> bool:
+    """Whether C{offered} is the node proof of C{uuid} for C{key}, in constant time."""
+    return hmac.compare_digest(node_proof(key, uuid, binding), offered)
 
 
 def verify_master(transport: Any, pinned: str) -> None:

@@ -99,6 +99,8 @@ UNKNOWN_ROLE = "unknown role"
 UNKNOWN_INFO = "unknown info request"
 SAY_HELLO_FIRST = "say hello first"
 AUTHENTICATION_FAILED = "authentication failed"
+NODE_OWNED = "this uuid belongs to another node"
+IDENTITY_IN_USE = "this node's identity is in use by another machine (a cloned SD card?)"
 
 #: Every refusal text, and when it is sent: the fixed ones above, then those
 #: with particulars in braces.
@@ -124,6 +126,10 @@ REFUSAL_TEXTS: tuple[tuple[str, str], ...] = (
     (AUTHENTICATION_FAILED, "a secure master's hello without a valid proof of a token's secret,"
                             " or with a role its credential does not allow; the connection"
                             " is closed"),
+    (NODE_OWNED, "a secure master's slave hello takes a uuid back without the proof of its"
+                 " node key; the connection is closed"),
+    (IDENTITY_IN_USE, "a secure master's slave hello takes back a uuid that two machines hold"
+                      " (they displaced each other again and again); the connection is closed"),
     (SAY_HELLO_FIRST, "a task message before the hello; on a secure master, any message but"
                       " hello before it, and the connection is closed"),
     ("not served to a {role}", "a task message the connection's role may not send"),
@@ -197,14 +203,24 @@ class Hello(Payload):
         description=("version 2: hex HMAC-SHA256 keyed with the token's secret over the proof"
                      " context, the credential and the TLS exporter; see the security page"),
     )] = None
+    node_proof: Annotated[Annotated[str, Meta(max_length=PROOF_LENGTH)] | None, Meta(
+        description=("version 2, a slave taking its uuid back: hex HMAC-SHA256 keyed with its"
+                     " node key over the node proof context, the uuid and the TLS exporter"),
+    )] = None
 
 
-class Welcome(Payload):
-    """The master's answer to a hello."""
+class Welcome(Payload, omit_defaults=True):
+    """
+    The master's answer to a hello.  C{node_key} is sent only when there is
+    one, so a plain master's welcome is what it always was.
+    """
 
     uuid: _described(str, "this connection's uuid: the node's identity")
     keepalive: _described(float, "seconds between the master's pings; ping at least as often", gt=0)
     dead_after: _described(float, "seconds of silence after which the master drops a peer", gt=0)
+    node_key: _described(
+        str | None, "a secure master's new node key for this slave's uuid: keep it with the uuid"
+    ) = None
 
 
 # -- machine facts and vitals ------------------------------------------------

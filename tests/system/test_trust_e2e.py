@@ -204,6 +204,23 @@ class SecureClusterTests(unittest.TestCase):
         self.assertRegex(json.loads(out)["submitted_by"], r"^client at 127\.0\.0\.1:\d+$")
 
     @defer.inlineCallbacks
+    def test_uuidTakeover(self) -> Any:
+        """A holder of the slave token cannot take a real slave's uuid: the slave stays, unbothered."""
+        [real] = yield self.cluster.slave_details()
+        token = self.cluster.trust.token("slave")
+        for _ in range(3):
+            node = DiallingKnocker(
+                lambda transport: hello_for(token, "slave", transport, uuid=real["uuid"]), reactor,
+                pinned=token.fingerprint)
+            dial(reactor, MasterAddress("127.0.0.1", self.cluster.port), node, token)
+            yield wait_until(lambda: node.answer is not None, "an answer to the hello")
+            yield self.assertRefused(node, "this uuid belongs to another node")
+        [still] = yield self.cluster.slave_details()
+        self.assertEqual((still["uuid"], still["connected_at"]), (real["uuid"], real["connected_at"]))
+        # One session from start to end: never dropped, never rejoined.
+        self.assertEqual(self.slave.output().count("oined master"), 1, self.slave.output())
+
+    @defer.inlineCallbacks
     def test_rotation(self) -> Any:
         """After 'picluster token --rotate' the old token is refused; the new one joins."""
         old = str(self.cluster.trust.token("client"))
@@ -254,3 +271,28 @@ class ImpostorMasterTests(unittest.TestCase):
                                  "the slave to try again")
         self.assertNotIn("joined with", impostor.output())
         self.assertTrue(slave.running, cluster.report())
+
+
+class ClonedCardTests(unittest.TestCase):
+    """Two Pis from one SD card image, identity and all."""
+
+    @defer.inlineCallbacks
+    def test_clonedIdentityFoundOut(self) -> Any:
+        """The clones displace each other a few times, then one is refused and the node shown as cloned."""
+        cluster = Cluster(self)
+        cluster.master("master")
+        first_dir = os.path.join(cluster.cwd, "pi-one")
+        first = cluster.slave("pi-one", "--state-dir", first_dir)
+        [joined] = yield cluster.wait_for_slaves("the first Pi", lambda slaves: len(slaves) == 1)
+        clone_dir = os.path.join(cluster.cwd, "pi-two")
+        os.makedirs(clone_dir)
+        shutil.copy(os.path.join(first_dir, "node.json"), clone_dir)
+        clone = cluster.slave("pi-two", "--state-dir", clone_dir)
+        refusal = "this node's identity is in use by another machine (a cloned SD card?)"
+        # Which of the two is refused depends on who came back last.
+        yield cluster.wait_until(lambda: refusal in first.output() + clone.output(),
+                                 "one of the clones to be refused")
+        yield cluster.wait_for_slaves(
+            "the node shown as cloned",
+            lambda slaves: len(slaves) == 1 and slaves[0]["cloned"] and slaves[0]["uuid"] == joined["uuid"])
+        self.assertTrue(first.running and clone.running, cluster.report())

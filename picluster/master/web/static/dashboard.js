@@ -315,7 +315,9 @@
     const hostLine = el("div", "host-line");
     refs.hostname = el("span", "hostname");
     refs.stateBadge = el("span", "badge badge-left", "left");
-    hostLine.append(refs.hostname, refs.stateBadge);
+    refs.clonedBadge = el("span", "badge badge-warn badge-cloned", "cloned");
+    refs.clonedBadge.title = "Two machines hold this node's identity (a cloned SD card?)";
+    hostLine.append(refs.hostname, refs.stateBadge, refs.clonedBadge);
     refs.model = el("div", "model");
     refs.address = el("div", "address");
     node.append(hostLine, refs.model, refs.address);
@@ -383,6 +385,7 @@
     setText(r.hostname, s.hostname || "(unnamed)");
     r.hostname.title = `uuid ${s.uuid}`;
     r.stateBadge.hidden = !left;
+    r.clonedBadge.hidden = !s.cloned;
     setText(r.model, s.model || s.os || "unknown machine");
     const details = [s.address || "–"];
     if (!left && isNumber(s.rtt_ms)) details.push(`rtt ${s.rtt_ms.toFixed(1)} ms`);
