@@ -9,6 +9,7 @@ its clock.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet import defer, protocol
@@ -22,6 +23,7 @@ from twisted.trial import unittest
 from picluster.address import MasterAddress
 from picluster.client import Client, MasterUnreachable, UnknownTask
 from picluster.client.connection import MAX_BATCH_TASKS
+from picluster.trust.token import TOKEN_ENV, JoinToken, new_secret
 from picluster.wire.errors import DisconnectionException, RemoteError
 
 from .fakemaster import FakeMaster, FakeMasterConnection
@@ -119,6 +121,44 @@ class ClientTestCase(unittest.TestCase):
         """The master drops every connection."""
         self.master.drop_connections()
         pump.flush()
+
+
+class TokenTests(unittest.TestCase):
+    """A client needs a client token (given, or in $PICLUSTER_TOKEN), or to say it is plain."""
+
+    def setUp(self) -> None:
+        saved = os.environ.pop(TOKEN_ENV, None)
+        if saved is not None:
+            self.addCleanup(os.environ.__setitem__, TOKEN_ENV, saved)
+        self.addCleanup(os.environ.pop, TOKEN_ENV, None)
+
+    def token(self, credential: str) -> JoinToken:
+        return JoinToken("ab" * 32, credential, new_secret())
+
+    def test_fromTheEnvironment(self) -> None:
+        """Given no token, the client takes $PICLUSTER_TOKEN's."""
+        token = self.token("client")
+        os.environ[TOKEN_ENV] = str(token)
+        client = Client(MASTER, reactor=MemoryReactorClock())
+        self.assertEqual(client.factory.token, token)
+        self.assertTrue(client.factory.tls)
+
+    def test_noneRefused(self) -> None:
+        """No token and no insecure=True: refused at once, saying where a token comes from."""
+        error = self.assertRaises(ValueError, Client, MASTER, reactor=MemoryReactorClock())
+        self.assertIn("$PICLUSTER_TOKEN", str(error))
+
+    def test_slaveTokenRefused(self) -> None:
+        """A slave's token is not a client's."""
+        error = self.assertRaises(ValueError, Client, MASTER, reactor=MemoryReactorClock(),
+                                  token=str(self.token("slave")))
+        self.assertIn("a slave token cannot be a client's", str(error))
+
+    def test_insecureIgnoresTheEnvironment(self) -> None:
+        """insecure=True means plain, whatever the environment holds."""
+        os.environ[TOKEN_ENV] = str(self.token("client"))
+        client = Client(MASTER, reactor=MemoryReactorClock(), insecure=True)
+        self.assertIsNone(client.factory.token)
 
 
 class ConnectTests(ClientTestCase):

@@ -20,12 +20,11 @@ from picluster import config, wire
 from picluster._version import __version__
 from picluster.address import parse_master
 from picluster.trust.cluster import ClusterTrust, TrustError
-from picluster.trust.token import CLIENT, READ_ONLY, SLAVE, JoinToken
+from picluster.trust.token import CLIENT, READ_ONLY, SLAVE, TOKEN_ENV, JoinToken
 from picluster.wire.messages import TASK_STATES
 
 DEFAULT_MASTER = "tcp:host=127.0.0.1:port=12345"
 MASTER_ENV = "PICLUSTER_MASTER"
-TOKEN_ENV = "PICLUSTER_TOKEN"
 STATE_DIR_ENV = "PICLUSTER_STATE_DIR"
 #: Where a master's state directory is looked for, on its own machine: the
 #: systemd unit's, then here (where a hand-started twistd keeps it).

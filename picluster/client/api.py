@@ -14,6 +14,7 @@ stored twice), and open waits watch their tasks again.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,7 +31,7 @@ from picluster.client.connection import (
     checked_payload,
     submit_batches,
 )
-from picluster.trust.token import JoinToken, parse_token
+from picluster.trust.token import TOKEN_ENV, JoinToken, parse_token
 from picluster.wire.errors import (
     BadReply,
     DisconnectionException,
@@ -149,12 +150,15 @@ class Client:
         max_delay: float = 60.0,
         **settings: Any,
     ):
+        if token is None and not insecure:
+            token = os.environ.get(TOKEN_ENV) or None
         if isinstance(token, str):
             token = parse_token(token)
         if token is None and not insecure:
             raise ValueError(
-                "a master is reached with a client token (picluster token --client on the"
-                " master), or insecure=True for a master run with --insecure"
+                f"a master is reached with a client token (picluster token --client on the"
+                f" master; token=..., or ${TOKEN_ENV}), or insecure=True for a master run"
+                " with --insecure"
             )
         if token is not None and token.role != "client":
             raise ValueError(f"a {token.credential} token cannot be a client's")

@@ -30,6 +30,10 @@ CREDENTIALS = (SLAVE, CLIENT, READ_ONLY)
 #: The role each credential may say in its hello.
 ROLE_OF = {SLAVE: "slave", CLIENT: "client", READ_ONLY: "client"}
 
+#: The environment variable where the picluster command and the Python
+#: client find a token they are not given.
+TOKEN_ENV = "PICLUSTER_TOKEN"
+
 #: Random bytes in a secret.
 SECRET_BYTES = 32
 

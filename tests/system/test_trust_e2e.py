@@ -167,6 +167,27 @@ class SecureClusterTests(unittest.TestCase):
         yield self.assertRefused(node, "authentication failed")
 
     @defer.inlineCallbacks
+    def test_replayedHello(self) -> Any:
+        """A hello recorded on one TLS connection is refused on another: its proof is bound to the first."""
+        token = self.cluster.trust.token("client")
+        recorded: list[Any] = []
+
+        def record(transport: Any) -> Any:
+            recorded.append(hello_for(token, "client", transport))
+            return recorded[-1]
+
+        first = DiallingKnocker(record, reactor, pinned=token.fingerprint)
+        dial(reactor, MasterAddress("127.0.0.1", self.cluster.port), first, token)
+        yield wait_until(lambda: first.answer is not None, "the first hello's answer")
+        welcome = yield first.answer
+        self.assertEqual(welcome.type, "welcome")
+        first.connection.close("test over")
+        replay = DiallingKnocker(lambda transport: recorded[0], reactor, pinned=token.fingerprint)
+        dial(reactor, MasterAddress("127.0.0.1", self.cluster.port), replay, token)
+        yield wait_until(lambda: replay.answer is not None, "the replayed hello's answer")
+        yield self.assertRefused(replay, "authentication failed")
+
+    @defer.inlineCallbacks
     def test_forgedResult(self) -> Any:
         """A client cannot send a task_result: nobody but a slave reports results."""
         node = yield self.knock(self.cluster.trust.token("client"), "client")
