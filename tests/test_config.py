@@ -22,6 +22,7 @@ from picluster.master.service import DEFAULT_BACKLOG, MasterService, with_defaul
 from picluster.slave.session import SlaveService
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap
+from picluster.trust.token import JoinToken, new_secret
 from picluster.wire.messages import COMMAND_TASKS
 from tests.processes import REPO_ROOT, temp_dir, temp_path
 
@@ -405,6 +406,24 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertEqual((factory.initialDelay, factory.delay, factory.maxDelay), (0.5, 0.5, 30.0))
         self.assertEqual(factory.max_frame, 64 * 1024)
         self.assertIsNone(factory.uuid)
+
+    def test_tokenFromTheConfigFile(self):
+        """token_file (or token) in the [slave] section joins as --token-file does."""
+        token = JoinToken("ab" * 32, "slave", new_secret())
+        path = temp_path(self)
+        with open(path, "w") as out:
+            out.write(f"{token}\n")
+        options = slave_tap.Options()
+        options.parseOptions(["--config", self.write_config(f"[slave]\ntoken_file = {path}\n")])
+        self.assertEqual(options["join-token"], token)
+        options = slave_tap.Options()
+        options.parseOptions(["--config", self.write_config(f"[slave]\ntoken = {token}\n")])
+        self.assertEqual(options["join-token"], token)
+
+    def test_noToken(self):
+        """A slave with neither token nor --insecure is told where the token comes from."""
+        error = self.assertRaises(usage.UsageError, slave_tap.Options().parseOptions, [])
+        self.assertIn("a token is needed to join", str(error))
 
     def test_allowShellEntriesChecked(self):
         """--allow-shell entries are command lines, checked as they are read."""

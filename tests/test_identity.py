@@ -78,6 +78,7 @@ class NodeTests(TrustDirectory):
     """The master binds each slave's uuid to a node key, and holds every claim to it."""
 
     def setUp(self) -> None:
+        super().setUp()
         self.clock = Clock()
         self.state = self.mktemp()
         shutil.copytree(self.trust.state_dir, self.state)

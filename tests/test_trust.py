@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import tempfile
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -45,16 +44,13 @@ MASTER_FACTS = {"hostname": "master", "cpu_cores": 4}
 
 
 class TrustDirectory(unittest.TestCase):
-    """One cluster's trust material for the whole class (making keys takes a while)."""
+    """
+    A cluster's trust material for each test, in its temporary directory
+    (per test rather than per class: trial runs no setUpClass).
+    """
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        cls.directory = tempfile.mkdtemp(prefix="picluster-trust-")
-        cls.trust = ClusterTrust.open(os.path.join(cls.directory, "state"))
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        shutil.rmtree(cls.directory, ignore_errors=True)
+    def setUp(self) -> None:
+        self.trust = ClusterTrust.open(os.path.join(self.mktemp(), "state"))
 
 
 class TokenTests(unittest.TestCase):
@@ -241,6 +237,7 @@ class HandshakeTests(TrustDirectory):
     """Only a holder of a token's secret gets past the hello, and only as its credential allows."""
 
     def setUp(self) -> None:
+        super().setUp()
         self.clock = Clock()
         self.master = MasterFactory(SlaveRegistry(), clock=self.clock, trust=self.trust,
                                     computer_details=MASTER_FACTS, keepalive=5)
@@ -334,6 +331,17 @@ class HandshakeTests(TrustDirectory):
         pump.flush()
         failure = self.failureResultOf(answer, RemoteError)
         self.assertEqual(failure.value.reply["payload"]["error"], SAY_HELLO_FIRST)
+        self.assertIsNotNone(master_side.lost)
+
+    def test_silentStrangerDropped(self) -> None:
+        """A peer that completes TLS and says nothing is not pinged, and is dropped after dead_after."""
+        master_side, node, pump = self.knock(None)
+        self.clock.advance(self.master.keepalive * 2)
+        pump.flush()
+        self.assertEqual(node.connection.frames_in, 0)
+        self.assertIsNone(master_side.lost)
+        self.clock.advance(self.master.dead_after)
+        pump.flush()
         self.assertIsNotNone(master_side.lost)
 
     def test_readOnlyOnlyLooks(self) -> None:

@@ -190,12 +190,13 @@ class PeerConnection(PeerHandler):
         return {"peer": self.describe_peer(), "address": self.address, "uuid": self.uuid}
 
     def connection_made(self) -> None:
-        self.master.keepalives.add(self.protocol)
         if self.master.trust is not None:
             # A stranger until its hello proves a token: listed nowhere,
-            # served nothing else.
+            # served nothing else, not even pinged (its pong would be
+            # refused); silent, it is dropped after dead_after.
             self.serves = BEFORE_HELLO
             return
+        self.master.keepalives.add(self.protocol)
         self.master.registry.add(self)
         self.log.info(
             "Slave connected from {address} as {uuid}", address=self.address, uuid=self.uuid
@@ -302,6 +303,7 @@ class PeerConnection(PeerHandler):
         self.credential = credential
         self.role = hello.role
         self.serves = SERVED[credential]
+        self.master.keepalives.add(self.protocol)
         self.log.info("{peer} joined with a {credential} token", peer=self.describe_peer(),
                       credential=credential)
         return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after,
