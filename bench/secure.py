@@ -14,10 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from picluster.address import hello_for
-from picluster.trust.channel import PinnedMasterTLS, verify_master
+from picluster.trust.channel import PinnedMasterTLS, TLSFactory, verify_master
 from picluster.trust.token import JoinToken, read_token_file, secret_key
 
 
@@ -29,7 +28,7 @@ def wrap(factory: Any, token: JoinToken | None) -> Any:
     """C{factory} over TLS pinned to C{token}'s CA; as it is without a token."""
     if token is None:
         return factory
-    return TLSMemoryBIOFactory(PinnedMasterTLS(token.fingerprint), True, factory)
+    return TLSFactory(PinnedMasterTLS(token.fingerprint), True, factory)
 
 
 def hello(token: JoinToken | None, role: str, transport: Any, uuid: str | None = None,

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from picluster.trust.channel import PinnedMasterTLS, channel_binding, node_proof, proof
+from picluster.trust.channel import PinnedMasterTLS, TLSFactory, channel_binding, node_proof, proof
 from picluster.trust.token import JoinToken
 from picluster.wire.messages import PLAIN_VERSION, PROTOCOL_VERSION, Hello
 
@@ -129,9 +129,7 @@ def dial(reactor: Any, master: MasterAddress, factory: Any, token: JoinToken | N
     @return: The connector, for a reconnecting factory to retry with.
     """
     if token is not None:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        factory = TLSMemoryBIOFactory(PinnedMasterTLS(token.fingerprint), True, factory)
+        factory = TLSFactory(PinnedMasterTLS(token.fingerprint), True, factory)
     return reactor.connectTCP(master.host, master.port, factory, timeout=master.timeout)
 
 

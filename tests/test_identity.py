@@ -18,10 +18,11 @@ from twisted.internet.task import Clock
 
 from picluster.address import hello_for
 from picluster.master.connection import MasterFactory
-from picluster.master.nodes import CLONE_DISPLACEMENTS, NODES_FILE, SAVE_DELAY
+from picluster.master.nodes import CLONE_DISPLACEMENTS, NODES_FILE, SAVE_DELAY, NodeBook
 from picluster.master.registry import SlaveRegistry
 from picluster.slave.identity import IDENTITY_FILE, IdentityError, NodeIdentity
 from picluster.trust.channel import PinnedMasterTLS
+from picluster.trust.cluster import TrustError
 from picluster.wire.errors import RemoteError
 from picluster.wire.messages import IDENTITY_IN_USE, NODE_OWNED
 from tests.helpers import slave_factory
@@ -72,6 +73,23 @@ class IdentityFileTests(TrustDirectory):
         self.assertIn("delete the file to join as a new node", str(error))
         # The lock went with the refusal.
         NodeIdentity.open(directory + "-other", self.trust.fingerprint).close()
+
+
+class NodesFileTests(TrustDirectory):
+    """The master's nodes.json: a damaged key is refused, never read as an empty one."""
+
+    def test_damagedKey(self) -> None:
+        path = os.path.join(self.mktemp() + "-nodes.json")
+        with open(path, "w") as out:
+            json.dump({"format": "picluster-nodes-1", "nodes": {"a" * 32: "!"}}, out)
+        error = self.assertRaises(TrustError, NodeBook, path, Clock())
+        self.assertIn("damaged node key", str(error))
+
+    def test_notAnObject(self) -> None:
+        path = os.path.join(self.mktemp() + "-nodes.json")
+        with open(path, "w") as out:
+            out.write("[1, 2]")
+        self.assertRaises(TrustError, NodeBook, path, Clock())
 
 
 class NodeTests(TrustDirectory):

@@ -25,8 +25,10 @@ from picluster.master.connection import MasterFactory
 from picluster.master.registry import SlaveRegistry
 from picluster.trust import pki
 from picluster.trust.channel import (
+    RECEIVE_CHUNK,
     MasterTLS,
     PinnedMasterTLS,
+    TLSFactory,
     UntrustedMaster,
     channel_binding,
     proof,
@@ -129,6 +131,16 @@ class StateDirectoryTests(TrustDirectory):
         error = self.assertRaises(TrustError, ClusterTrust.open, directory)
         self.assertIn("is not a picluster-tokens-1 file", str(error))
 
+    def test_secretsNotAnObject(self) -> None:
+        """A secrets file holding JSON of another shape, or a damaged secret, is refused by name."""
+        for content in ('["a list"]', '{"format": "picluster-tokens-1", "secrets": {"slave": "!",'
+                                      ' "client": "!", "read-only": "!"}}'):
+            directory = self.mktemp()
+            shutil.copytree(self.trust.state_dir, directory)
+            with open(os.path.join(directory, SECRETS), "w") as out:
+                out.write(content)
+            self.assertRaises(TrustError, ClusterTrust.open, directory)
+
     def test_rotateChangesEveryToken(self) -> None:
         """Rotation gives every credential a new secret; the CA stays."""
         directory = self.mktemp()
@@ -179,9 +191,33 @@ class ProofTests(unittest.TestCase):
         self.assertFalse(proof_holds(os.urandom(32), "slave", binding, offered), "another key")
         self.assertFalse(proof_holds(key, "client", binding, offered), "another credential")
 
+    def test_anyTextOffered(self) -> None:
+        """A proof of any text (non-ASCII, lone surrogates) is simply wrong, never an error."""
+        from picluster.trust.channel import node_proof_holds, proof_holds
+
+        key, binding = os.urandom(32), os.urandom(32)
+        for offered in ("é" * 64, "\ud800" * 64, "", "0" * 64):
+            self.assertFalse(proof_holds(key, "slave", binding, offered))
+            self.assertFalse(node_proof_holds(key, "a" * 32, binding, offered))
+
     def test_plainHasNoBinding(self) -> None:
         """A plain connection has no channel to bind a proof to."""
         self.assertIsNone(channel_binding(object()))
+
+
+class _Recording:
+    """An OpenSSL connection whose bio_write sizes are noted."""
+
+    def __init__(self, connection: Any, sizes: list[int]):
+        self._connection = connection
+        self._sizes = sizes
+
+    def bio_write(self, data: bytes) -> int:
+        self._sizes.append(len(data))
+        return self._connection.bio_write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
 
 
 class Knocker(PiClusterFactory):
@@ -222,9 +258,9 @@ class Knocker(PiClusterFactory):
 def tls_pair(server_options: Any, master: PiClusterFactory, node: Any, creator: Any,
              clock: Clock) -> tuple[Any, Any, iosim.IOPump]:
     """A node connected to a master over real TLS in memory: (master side, node side, pump)."""
-    server = TLSMemoryBIOFactory(server_options, False, master, clock=clock).buildProtocol(
+    server = TLSFactory(server_options, False, master, clock=clock).buildProtocol(
         IPv4Address("TCP", "10.0.0.9", 5000))
-    client = TLSMemoryBIOFactory(creator, True, node, clock=clock).buildProtocol(
+    client = TLSFactory(creator, True, node, clock=clock).buildProtocol(
         IPv4Address("TCP", "10.0.0.1", 12345))
     # Taken now: a TLS wrapper lets go of its protocol once the connection is lost.
     master_side, node_side = server.wrappedProtocol, client.wrappedProtocol
@@ -267,6 +303,22 @@ class HandshakeTests(TrustDirectory):
         self.assertIsNotNone(slave.uuid)
         self.assertEqual(master_side.handler.credential, "slave")
         self.assertEqual([s.uuid for s in self.master.registry], [slave.uuid])
+
+    def test_burstInPieces(self) -> None:
+        """A burst far larger than a receive chunk reaches OpenSSL in pieces, and the master whole, in order."""
+        master_side, node, pump = self.knock(self.hello_with(self.trust.token("client")))
+        self.successResultOf(node.answer)
+        fed: list[int] = []
+        tls = master_side.transport
+        tls._tlsConnection = _Recording(tls._tlsConnection, fed)
+        seen: list[str] = []
+        master_side.handler.msg_message = seen.append
+        for number in range(200):
+            node.connection.send("message", f"{number} {'x' * 1000}")
+        pump.flush()
+        self.assertEqual(seen, [f"{number} {'x' * 1000}" for number in range(200)])
+        self.assertGreater(sum(fed), 200 * 1000)
+        self.assertLessEqual(max(fed), RECEIVE_CHUNK)
 
     def test_clientJoins(self) -> None:
         """The client token joins as a client, listed nowhere."""
@@ -332,6 +384,21 @@ class HandshakeTests(TrustDirectory):
         failure = self.failureResultOf(answer, RemoteError)
         self.assertEqual(failure.value.reply["payload"]["error"], SAY_HELLO_FIRST)
         self.assertIsNotNone(master_side.lost)
+
+    def test_unreadableSecrets(self) -> None:
+        """A master that cannot read its secrets says so to the node, and logs it; nobody is let in."""
+        directory = self.mktemp()
+        shutil.copytree(self.trust.state_dir, directory)
+        self.master.trust = trust = ClusterTrust.open(directory)
+        token = trust.token("client")
+        with open(trust.path(SECRETS), "w") as out:
+            out.write("garbage")
+        master_side, node, _ = self.knock(self.hello_with(token))
+        failure = self.failureResultOf(node.answer, RemoteError)
+        self.assertEqual(failure.value.reply["type"], "error")
+        self.assertIn("the master cannot check tokens now", failure.value.reply["payload"]["error"])
+        self.assertIsNone(master_side.handler.credential)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     def test_silentStrangerDropped(self) -> None:
         """A peer that completes TLS and says nothing is not pinged, and is dropped after dead_after."""

@@ -33,11 +33,11 @@ from picluster.master.registry import Departure, SlaveRegistry
 from picluster.master.scheduler import Scheduler
 from picluster.text import clip
 from picluster.trust.channel import channel_binding, node_proof_holds, proof_holds
-from picluster.trust.cluster import ClusterTrust
+from picluster.trust.cluster import ClusterTrust, TrustError
 from picluster.trust.token import ROLE_OF
 from picluster.trust.token import SLAVE as SLAVE_CREDENTIAL
 from picluster.wire import BadMessage
-from picluster.wire.errors import DisconnectionException
+from picluster.wire.errors import DisconnectionException, ServiceError
 from picluster.wire.messages import (
     AUTHENTICATION_FAILED,
     BAD_UUID,
@@ -283,7 +283,12 @@ class PeerConnection(PeerHandler):
             )
         credential = hello.credential
         binding = channel_binding(self.protocol.transport)
-        key = self.master.trust.key_of(credential) if credential is not None else None
+        try:
+            key = self.master.trust.key_of(credential) if credential is not None else None
+        except TrustError as e:
+            # Ours, not the peer's: it may try again once the file is fixed.
+            self.log.error("Cannot check a hello: {problem}", problem=str(e))
+            raise ServiceError(f"the master cannot check tokens now: {e}") from None
         why = None
         if credential is None or hello.proof is None:
             why = "no token"

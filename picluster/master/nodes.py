@@ -27,7 +27,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from picluster.trust.cluster import TrustError, write_private
-from picluster.trust.token import new_secret, secret_key
+from picluster.trust.token import TokenError, check_secret, new_secret, secret_key
 
 log = Logger()
 
@@ -136,8 +136,14 @@ def _read(path: str) -> dict[str, str]:
     except (OSError, ValueError) as e:
         raise TrustError(f"cannot read {path}: {e}") from None
     nodes = content.get("nodes") if isinstance(content, dict) else None
-    if content.get("format") != _FORMAT or not isinstance(nodes, dict) or not all(
+    if not isinstance(nodes, dict) or content.get("format") != _FORMAT or not all(
         isinstance(uuid, str) and isinstance(secret, str) for uuid, secret in nodes.items()
     ):
         raise TrustError(f"{path} is not a {_FORMAT} file")
+    try:
+        for secret in nodes.values():
+            # A damaged key must not become an empty one, which anyone could use.
+            check_secret(secret)
+    except TokenError as e:
+        raise TrustError(f"{path} holds a damaged node key: {e}") from None
     return dict(nodes)

@@ -18,12 +18,12 @@ from twisted.application import service, strports
 from twisted.internet import defer, interfaces
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from picluster.master import views
 from picluster.master.connection import MasterFactory
 from picluster.master.registry import DEFAULT_FORGET_AFTER, SlaveRegistry
 from picluster.master.store import StoreError, TaskStore, check_database
+from picluster.trust.channel import TLSFactory
 from picluster.trust.cluster import ClusterTrust
 
 log = Logger()
@@ -98,7 +98,7 @@ class MasterService(service.MultiService):
         if trust is not None:
             # TLS around the factory rather than an ssl: endpoint, so that any
             # endpoint (a systemd socket too) speaks TLS, and only TLS.
-            listening = TLSMemoryBIOFactory(trust.server_options(), False, self.factory)
+            listening = TLSFactory(trust.server_options(), False, self.factory)
         self.listener = strports.service(with_default_backlog(port), listening, reactor=reactor)
         self.listener.setServiceParent(self)
         if web is not None:

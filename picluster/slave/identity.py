@@ -23,7 +23,7 @@ import os
 from typing import IO, Any
 
 from picluster.trust.cluster import TrustError, write_private
-from picluster.trust.token import TokenError, secret_key
+from picluster.trust.token import TokenError, check_secret, secret_key
 
 IDENTITY_FILE = "node.json"
 LOCK_FILE = "node.lock"
@@ -95,7 +95,7 @@ class NodeIdentity:
             if content.get("format") != _FORMAT:
                 raise ValueError(f"not a {_FORMAT} file")
             uuid, key, cluster = content["uuid"], content["key"], content["cluster"]
-            secret_key(key)
+            check_secret(key)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, TokenError) as e:
             raise IdentityError(
                 f"cannot read this node's identity in {self.path} ({e}): delete the file to"

@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from picluster.trust.pki import MASTER_NAME, fingerprint
@@ -69,7 +70,12 @@ def proof(key: bytes, credential: str, binding: bytes) -> str:
 
 def proof_holds(key: bytes, credential: str, binding: bytes, offered: str) -> bool:
     """Whether C{offered} is the proof for C{key}, in constant time."""
-    return hmac.compare_digest(proof(key, credential, binding), offered)
+    return _same(proof(key, credential, binding), offered)
+
+
+def _same(expected: str, offered: str) -> bool:
+    """C{offered} is C{expected}, compared in constant time; any text a peer sends is safe here."""
+    return hmac.compare_digest(expected.encode("ascii"), offered.encode("utf-8", "surrogatepass"))
 
 
 def node_proof(key: bytes, uuid: str, binding: bytes) -> str:
@@ -80,7 +86,7 @@ def node_proof(key: bytes, uuid: str, binding: bytes) -> str:
 
 def node_proof_holds(key: bytes, uuid: str, binding: bytes, offered: str) -> bool:
     """Whether C{offered} is the node proof of C{uuid} for C{key}, in constant time."""
-    return hmac.compare_digest(node_proof(key, uuid, binding), offered)
+    return _same(node_proof(key, uuid, binding), offered)
 
 
 def verify_master(transport: Any, pinned: str) -> None:
@@ -157,3 +163,36 @@ class MasterTLS:
         connection = SSL.Connection(self._context, None)
         connection.set_app_data(tlsProtocol)
         return connection
+
+
+#: Bytes handed to OpenSSL's receive buffer at a time: a memory BIO keeps
+#: the largest size it was ever given, for as long as the connection lasts.
+RECEIVE_CHUNK = 4096
+
+
+class BoundedTLSTransport(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, fed at most L{RECEIVE_CHUNK} bytes at a time.
+
+    A read from the socket may bring 64 KiB at once (a slave's burst of
+    vitals after it joins), and OpenSSL's memory BIO keeps a buffer that
+    size afterwards, idle or not: some 80 KiB a connection on a master of
+    thousands of slaves (the scale benchmark).  Fed in pieces, it never
+    holds more than a piece and a part-read record.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if len(data) <= RECEIVE_CHUNK:
+            super().dataReceived(data)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), RECEIVE_CHUNK):
+            if self._lostTLSConnection:
+                return
+            super().dataReceived(bytes(view[start:start + RECEIVE_CHUNK]))
+
+
+class TLSFactory(TLSMemoryBIOFactory):
+    """Twisted's TLS around a picluster factory, on a L{BoundedTLSTransport}."""
+
+    protocol = BoundedTLSTransport

@@ -27,7 +27,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from picluster.trust import pki
-from picluster.trust.token import CREDENTIALS, JoinToken, new_secret, secret_key
+from picluster.trust.token import (
+    CREDENTIALS,
+    JoinToken,
+    TokenError,
+    check_secret,
+    new_secret,
+    secret_key,
+)
 
 CA_CERTIFICATE = "cluster-ca.pem"
 CA_KEY = "cluster-ca.key"
@@ -128,12 +135,15 @@ class ClusterTrust:
         except ValueError as e:
             raise TrustError(f"{location} is not a tokens file: {e}") from None
         found = content.get("secrets") if isinstance(content, dict) else None
-        if content.get("format") != _FORMAT or not isinstance(found, dict) or not all(
+        if not isinstance(found, dict) or content.get("format") != _FORMAT or not all(
             isinstance(found.get(c), str) for c in CREDENTIALS
         ):
             raise TrustError(f"{location} is not a {_FORMAT} file")
-        for credential in CREDENTIALS:
-            secret_key(found[credential])
+        try:
+            for credential in CREDENTIALS:
+                check_secret(found[credential])
+        except TokenError as e:
+            raise TrustError(f"{location} holds a damaged secret: {e}") from None
         self._secrets = {credential: found[credential] for credential in CREDENTIALS}
         self._secrets_stamp = stamp
 

@@ -65,8 +65,7 @@ class JoinToken:
             raise TokenError(
                 f"unknown credential {self.credential!r} (known: {', '.join(CREDENTIALS)})"
             )
-        if not _SECRET.fullmatch(self.secret):
-            raise TokenError("the secret must be 43 characters of URL-safe base64")
+        check_secret(self.secret)
 
     def __str__(self) -> str:
         return f"{PREFIX}:{self.fingerprint}:{self.credential}:{self.secret}"
@@ -84,6 +83,17 @@ class JoinToken:
     def key(self) -> bytes:
         """The secret as the bytes a proof is keyed with."""
         return secret_key(self.secret)
+
+
+def check_secret(secret: str) -> str:
+    """
+    C{secret}, if it is one as tokens write them.
+
+    @raise TokenError: it is not.
+    """
+    if not isinstance(secret, str) or not _SECRET.fullmatch(secret):
+        raise TokenError("the secret must be 43 characters of URL-safe base64")
+    return secret
 
 
 def secret_key(secret: str) -> bytes:
