@@ -62,10 +62,14 @@ def channel_binding(transport: Any) -> bytes | None:
     return connection.export_keying_material(EXPORTER_LABEL, BINDING_BYTES)
 
 
+def _keyed_proof(key: bytes, context: bytes, name: str, binding: bytes) -> str:
+    """Hex HMAC-SHA256 under C{key} of C{context}, C{name} and the channel C{binding}."""
+    return hmac.new(key, context + name.encode("ascii") + b"\x00" + binding, hashlib.sha256).hexdigest()
+
+
 def proof(key: bytes, credential: str, binding: bytes) -> str:
     """The hello proof of holding C{key} for C{credential} on the channel C{binding}."""
-    message = PROOF_CONTEXT + credential.encode("ascii") + b"\x00" + binding
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return _keyed_proof(key, PROOF_CONTEXT, credential, binding)
 
 
 def proof_holds(key: bytes, credential: str, binding: bytes, offered: str) -> bool:
@@ -73,20 +77,19 @@ def proof_holds(key: bytes, credential: str, binding: bytes, offered: str) -> bo
     return _same(proof(key, credential, binding), offered)
 
 
-def _same(expected: str, offered: str) -> bool:
-    """C{offered} is C{expected}, compared in constant time; any text a peer sends is safe here."""
-    return hmac.compare_digest(expected.encode("ascii"), offered.encode("utf-8", "surrogatepass"))
-
-
 def node_proof(key: bytes, uuid: str, binding: bytes) -> str:
     """The proof that a slave holds the node key of C{uuid}, on the channel C{binding}."""
-    message = NODE_PROOF_CONTEXT + uuid.encode("ascii") + b"\x00" + binding
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+    return _keyed_proof(key, NODE_PROOF_CONTEXT, uuid, binding)
 
 
 def node_proof_holds(key: bytes, uuid: str, binding: bytes, offered: str) -> bool:
     """Whether C{offered} is the node proof of C{uuid} for C{key}, in constant time."""
     return _same(node_proof(key, uuid, binding), offered)
+
+
+def _same(expected: str, offered: str) -> bool:
+    """C{offered} is C{expected}, compared in constant time; any text a peer sends is safe here."""
+    return hmac.compare_digest(expected.encode("ascii"), offered.encode("utf-8", "surrogatepass"))
 
 
 def verify_master(transport: Any, pinned: str) -> None:
