@@ -251,7 +251,8 @@ class Herd:
                     starting.stop()
                     return
                 reactor.connectTCP(self.master.host, self.master.port,
-                                   secure.wrap(slave, self.token), timeout=self.master.timeout)
+                                   secure.wrap(slave, self.token), timeout=self.master.timeout,
+                                   bindAddress=secure.source_address(slave.index, self.master.host))
 
         starting = task.LoopingCall(connect_some)
         starting.start(TICK)

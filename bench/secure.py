@@ -31,6 +31,18 @@ def wrap(factory: Any, token: JoinToken | None) -> Any:
     return TLSFactory(PinnedMasterTLS(token.fingerprint), True, factory)
 
 
+def source_address(index: int, master_host: str) -> tuple[str, int] | None:
+    """
+    Where simulated slave C{index} connects from: its own loopback address
+    (127.1.x.y) when the master is on loopback, as each Pi has its own
+    address, so that the master's cap on handshakes from one host (16 by
+    default) paces no herd; C{None} (the system's choice) otherwise.
+    """
+    if not master_host.startswith("127."):
+        return None
+    return (f"127.1.{index // 250 % 250}.{index % 250 + 1}", 0)
+
+
 def hello(token: JoinToken | None, role: str, transport: Any, uuid: str | None = None,
           node_key: str | None = None) -> dict[str, Any]:
     """

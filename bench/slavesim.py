@@ -197,7 +197,8 @@ class SimulatedSlaves(protocol.ClientFactory):
     def _connect_one(self) -> None:
         if self._attempts < self.wanted:
             self._attempts += 1
-            reactor.connectTCP("127.0.0.1", self.port, secure.wrap(self, self.token), timeout=30)
+            reactor.connectTCP("127.0.0.1", self.port, secure.wrap(self, self.token), timeout=30,
+                               bindAddress=secure.source_address(self._attempts, "127.0.0.1"))
 
     def connected(self, slave: SimulatedSlave) -> None:
         self.slaves.append(slave)

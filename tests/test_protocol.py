@@ -25,6 +25,7 @@ from picluster.wire import BadMessage
 from picluster.wire.errors import BadReply, FrameTooLarge, ServiceError
 from picluster.wire.messages import Welcome
 from picluster.wire.protocol import (
+    DEFAULT_FRAME_DEADLINE,
     DEFAULT_REQUEST_TIMEOUT,
     LOGGED_BAD_MESSAGES,
     PeerHandler,
@@ -1114,10 +1115,11 @@ class LivenessTests(ProtocolTestCase):
         self.assertTrue(self.transport.disconnecting)
 
     def test_partialFrameIsLife(self) -> None:
-        """A large frame trickling in keeps its sender alive."""
+        """A large frame trickling in within its deadline keeps its sender alive."""
         data = frame({"type": "store", "payload": "x" * 100})
-        for i in range(0, len(data), 10):
-            self.clock.advance(10)
+        pieces = range(0, len(data), 10)
+        for i in pieces:
+            self.clock.advance(DEFAULT_FRAME_DEADLINE / (len(pieces) + 1))
             self.feed(data[i : i + 10])
         self.assertFalse(self.transport.disconnecting)
         self.assertEqual(self.handler.received, ["x" * 100])

@@ -27,6 +27,13 @@ from twisted.python.failure import Failure
 
 from picluster import sysinfo
 from picluster.logbudget import LogBudget
+from picluster.master.admission import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_STRANGERS,
+    DEFAULT_MAX_STRANGERS_PER_HOST,
+    Admission,
+)
 from picluster.master.history import VitalsHistory
 from picluster.master.nodes import NODES_FILE, NodeBook
 from picluster.master.registry import Departure, SlaveRegistry
@@ -38,6 +45,7 @@ from picluster.trust.token import ROLE_OF
 from picluster.trust.token import SLAVE as SLAVE_CREDENTIAL
 from picluster.wire import BadMessage
 from picluster.wire.errors import DisconnectionException, ServiceError
+from picluster.wire.handler import format_address
 from picluster.wire.messages import (
     AUTHENTICATION_FAILED,
     BAD_UUID,
@@ -151,9 +159,13 @@ class PeerConnection(PeerHandler):
     #: Whether its hello was refused (and logged as such).
     refused_at_hello = False
 
-    def __init__(self, protocol: PiClusterProtocol, master: MasterFactory):
+    def __init__(self, protocol: PiClusterProtocol, master: MasterFactory, host: str):
         super().__init__(protocol)
         self.master = master
+        #: The peer's host, as the master's admission counts it.
+        self.host = host
+        #: Whether it still has to prove a token (on a secure master).
+        self.stranger = master.tls
         self.uuid = new_uuid()
         self.connected_at = master.clock.seconds()
         self.computer_details: ComputerDetails | None = None
@@ -305,6 +317,9 @@ class PeerConnection(PeerHandler):
         if hello.uuid is not None and not _UUID.fullmatch(hello.uuid):
             raise BadMessage(BAD_UUID, supported=list(SUPPORTED_VERSIONS), close=True)
         node_key = self._identify(hello, binding) if hello.role == "slave" else None
+        self.stranger = False
+        self.master.admission.known(self.host)
+        self.protocol.trusted()
         self.credential = credential
         self.role = hello.role
         self.serves = SERVED[credential]
@@ -404,9 +419,9 @@ class PeerConnection(PeerHandler):
         raise BadMessage(UNKNOWN_INFO, request=question, known=list(INFO_QUESTIONS))
 
     def msg_message(self, text: str) -> None:
-        self.log.info(
-            "Message from slave {uuid} at {address}: {text}",
-            uuid=self.uuid, address=self.address, text=text,
+        self.master.peer_lines.emit(
+            LogLevel.info, "messages", "Message from slave {uuid} at {address}: {text}",
+            uuid=self.uuid, address=self.address, text=clip(text),
         )
 
     # -- tasks -------------------------------------------------------------
@@ -544,15 +559,26 @@ class MasterFactory(PiClusterFactory):
         scheduler: Scheduler | None = None,
         computer_details: ComputerDetails | dict[str, Any] | None = None,
         trust: ClusterTrust | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_strangers: int = DEFAULT_MAX_STRANGERS,
+        max_strangers_per_host: int = DEFAULT_MAX_STRANGERS_PER_HOST,
         **settings: Any,
     ):
+        if trust is not None:
+            settings.setdefault("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)
         super().__init__(**settings)
         self.trust = trust
         self.tls = trust is not None
+        self.admission = Admission(max_connections, max_strangers, max_strangers_per_host)
         #: Which node owns which uuid; C{None} on a plain master.
         self.nodes = NodeBook(trust.path(NODES_FILE), self.clock) if trust is not None else None
         #: Refused handshakes, logged a few at a time (a scan must not fill the log).
         self.refusals = LogBudget(
+            self.log, self.clock, "Left out of the log in the last {seconds:g} s: {kinds}",
+            lines=20, interval=60.0,
+        )
+        #: Lines carrying text that peers chose (their messages), likewise.
+        self.peer_lines = LogBudget(
             self.log, self.clock, "Left out of the log in the last {seconds:g} s: {kinds}",
             lines=20, interval=60.0,
         )
@@ -574,8 +600,25 @@ class MasterFactory(PiClusterFactory):
         self.refusals.emit(LogLevel.warn, "refused handshakes", "Refused {address}: {why}",
                            address=address, why=why)
 
+    def buildProtocol(self, addr: Any) -> PiClusterProtocol | None:
+        """
+        A protocol for a new connection, or C{None} to close it at once
+        when a cap of L{Admission} is reached (the peers already connected,
+        and the web port, are untouched).
+        """
+        host = _host(addr)
+        why = self.admission.refusal(host, self.tls)
+        if why is not None:
+            self.refused(format_address(addr), why)
+            return None
+        protocol = super().buildProtocol(addr)
+        protocol.admitted_host = host
+        return protocol
+
     def make_handler(self, protocol: PiClusterProtocol) -> PeerConnection:
-        slave = PeerConnection(protocol, self)
+        host = protocol.admitted_host or _host(protocol.transport.getPeer())
+        slave = PeerConnection(protocol, self, host)
+        self.admission.opened(host, slave.stranger)
         self.connections.add(slave)
         slave.gone.addErrback(self._slave_gone, slave)
         return slave
@@ -584,6 +627,7 @@ class MasterFactory(PiClusterFactory):
         """Forget a connection that has gone, and remember the slave."""
         failure.trap(DisconnectionException)
         self.connections.discard(slave)
+        self.admission.closed(slave.host, slave.stranger)
         if self.registry.remove(slave) and slave.role == "slave":
             self.registry.departed(
                 Departure.of(slave, self.clock.seconds(), failure.value.cause)
@@ -603,3 +647,9 @@ class MasterFactory(PiClusterFactory):
             "Shutting down {role} connection handler for {uuid} at {address}",
             role=slave.role or "slave", uuid=slave.uuid, address=slave.address,
         )
+
+
+def _host(address: Any) -> str:
+    """The host part of a peer's address (its whole text where it has none)."""
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else str(address)

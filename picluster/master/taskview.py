@@ -25,6 +25,9 @@ from picluster.wire import messages
 from picluster.wire.errors import ServiceError
 from picluster.wire.messages import MAX_WATCHED
 
+#: Bytes of a watch's answer per task named: C{{"id":..,"state":"..."}}, at most.
+_WATCHED_ENTRY = 48
+
 
 class TaskBook(Protocol):
     """What the view reads of the scheduler: its tasks, slaves and store."""
@@ -120,6 +123,12 @@ class TaskView:
         """Tell C{watcher} (a connection) when each of C{ids} ends, in a C{task_update}."""
         if self.watchers.count(watcher) + len(ids) > MAX_WATCHED:
             raise wire.BadMessage(f"at most {MAX_WATCHED} watched tasks per connection")
+        if len(ids) * _WATCHED_ENTRY > self.max_reply:
+            # Refused before anything is registered: the answer lists every
+            # task still open, and must fit a frame (a small --max-frame).
+            raise wire.BadMessage(
+                f"at most {self.max_reply // _WATCHED_ENTRY} tasks in one watch with this --max-frame"
+            )
         # The tasks in memory (open, or ended and being saved) are watched
         # and looked at now; only the others, ended long ago or unknown, are
         # looked up on disk.  A client waits on tasks it has just submitted,

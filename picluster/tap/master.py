@@ -8,10 +8,12 @@ from twisted.python import usage
 
 from picluster import config
 from picluster.config import server_endpoint
+from picluster.master import admission
 from picluster.master.service import MasterService
 from picluster.master.taskspec import DEFAULT_MAX_ARGS
 from picluster.trust.cluster import ClusterTrust, TrustError
 from picluster.wire.messages import COMMAND_TASKS
+from picluster.wire.protocol import DEFAULT_FRAME_DEADLINE
 
 #: What turns an optional part (the web server, the InfluxDB export) off.
 _OFF = ("none", "off", "no", "")
@@ -73,6 +75,33 @@ class Options(config.Options):
             flag=True,
         ),
         *config.COMMON_SETTINGS,
+        # What a peer can make the master hold (docs: security, "Bounds").
+        config.Setting(
+            "max-connections", config.whole_number(1, 10_000_000), admission.DEFAULT_MAX_CONNECTIONS,
+            "Most connections at once (fewer if the file limit is lower); more are closed at once",
+        ),
+        config.Setting(
+            "max-handshakes", config.whole_number(1, 1_000_000), admission.DEFAULT_MAX_STRANGERS,
+            "Most connections at once that have not yet proven a token",
+        ),
+        config.Setting(
+            "max-handshakes-per-host", config.whole_number(1, 1_000_000),
+            admission.DEFAULT_MAX_STRANGERS_PER_HOST,
+            "Most connections at once from one host that have not yet proven a token",
+        ),
+        config.Setting(
+            "handshake-timeout", config.seconds, admission.DEFAULT_HANDSHAKE_TIMEOUT,
+            "Seconds a new connection has to finish TLS and prove a token",
+        ),
+        config.Setting(
+            "frame-deadline", config.seconds, DEFAULT_FRAME_DEADLINE,
+            "Seconds a frame may take to arrive, first byte to last",
+        ),
+        config.Setting(
+            "max-queued", config.byte_size, None,
+            "Bytes that may wait for a peer that does not read before it is dropped"
+            " (8 x --max-frame when unset)",
+        ),
         config.Setting(
             "db", database_path, "picluster.db",
             "SQLite file holding the task queue (created if missing)",
@@ -160,6 +189,13 @@ def _master_service(options: Options) -> MasterService:
         keepalive=options["keepalive"],
         dead_after=options["dead-after"],
         max_frame=options["max-frame"],
+        max_connections=admission.connection_cap(
+            options["max-connections"], admission.raise_file_limit()),
+        max_strangers=options["max-handshakes"],
+        max_strangers_per_host=options["max-handshakes-per-host"],
+        handshake_timeout=None if options["insecure"] else options["handshake-timeout"],
+        frame_deadline=options["frame-deadline"],
+        max_queued=options["max-queued"],
         db=options["db"],
         rejoin_grace=options["rejoin-grace"],
         max_args=options["max-args"],

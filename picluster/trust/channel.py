@@ -199,3 +199,11 @@ class TLSFactory(TLSMemoryBIOFactory):
     """Twisted's TLS around a picluster factory, on a L{BoundedTLSTransport}."""
 
     protocol = BoundedTLSTransport
+
+    def buildProtocol(self, addr: Any) -> BoundedTLSTransport | None:
+        # The wrapped factory may turn a connection away (its caps): then
+        # there is nothing to wrap, and the connection is closed at once.
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)

@@ -69,8 +69,19 @@ MAX_SPECS_PER_SUBMIT = 10_000
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 
-#: Tasks one connection may watch at once.
-MAX_WATCHED = 100_000
+#: Tasks one connection may watch at once, and name in one watch: the
+#: answer lists each still open one (some 35 bytes), and must fit a frame.
+MAX_WATCHED = 10_000
+
+#: The largest payload of a slave's machine facts or vitals, in bytes of
+#: JSON: a real one is some 600.  Unknown fields (a newer slave's) count.
+MAX_FACTS_BYTES = 4096
+
+#: The largest payload of a free-text C{message}, in bytes of JSON.
+MAX_MESSAGE_BYTES = 4096
+
+#: The largest payload of a hello, a ping, a pong or an info question.
+MAX_SMALL_BYTES = 1024
 
 #: Task states, in the order a task goes through them.
 TASK_STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -478,6 +489,9 @@ class Message:
     reply_only: bool = False
     #: A list field whose bad element a refusal names by its C{index}.
     indexed: str | None = None
+    #: The largest payload accepted, in bytes of JSON, where the frame's
+    #: limit is too generous for what the message is.
+    max_bytes: int | None = None
 
     def refusal(self, path: str | None, problem: str) -> dict[str, Any]:
         """The facts a C{bad_message} refusing this type carries, for a bad C{path}."""
@@ -538,19 +552,24 @@ _declare(
     Message("hello", Hello, (SLAVE, CLIENT),
             "Opens every connection.  Always answered.",
             replies={"welcome": Welcome},
-            on_refusal={"close": True, "supported": list(SUPPORTED_VERSIONS)}),
+            on_refusal={"close": True, "supported": list(SUPPORTED_VERSIONS)},
+            max_bytes=MAX_SMALL_BYTES),
     Message("welcome", Welcome, (MASTER,), "The answer to hello.", reply_only=True),
     Message("ping", _described(float | None, "the sender's clock, in seconds"), ANYONE,
             "A keepalive, sent every keepalive interval.  Always answered.",
-            replies={"pong": _described(float | None, "the ping's payload, echoed")}),
+            replies={"pong": _described(float | None, "the ping's payload, echoed")},
+            max_bytes=MAX_SMALL_BYTES),
     Message("pong", _described(float | None, "the ping's payload, echoed"), ANYONE,
-            "The answer to ping; the round trip is recorded."),
-    Message("message", str, ANYONE, "Free text, logged by the receiver."),
+            "The answer to ping; the round trip is recorded.", max_bytes=MAX_SMALL_BYTES),
+    Message("message", str, ANYONE, "Free text, logged by the receiver (clipped).",
+            max_bytes=MAX_MESSAGE_BYTES),
     Message("computer_details", ComputerDetails, (SLAVE,),
-            "The slave's machine facts, once a connection."),
-    Message("vitals", Vitals, (SLAVE,), "The slave's readings, every --vitals seconds."),
+            "The slave's machine facts, once a connection.", max_bytes=MAX_FACTS_BYTES),
+    Message("vitals", Vitals, (SLAVE,), "The slave's readings, every --vitals seconds.",
+            max_bytes=MAX_FACTS_BYTES),
     Message("info", _described(str, f"one of {', '.join(INFO_QUESTIONS)}"), (SLAVE, CLIENT),
             "A question about the master or the cluster.  Always answered.",
+            max_bytes=MAX_SMALL_BYTES,
             replies={"master_info": ComputerDetails, "uuid": _THIS_UUID,
                      "slave_details": _SLAVE_DETAILS, "status": _STATUS}),
     Message("master_info", ComputerDetails, (MASTER,), "The master's own machine facts.",
@@ -615,6 +634,11 @@ SLAVE_INFO = ("computer_details", "uuid")
 #: What a secure master serves before a proven hello: the hello alone.
 BEFORE_HELLO = frozenset({"hello"})
 
+
+#: The largest payload of each message type that has a limit of its own.
+MAX_PAYLOAD: dict[str, int] = {
+    name: message.max_bytes for name, message in MESSAGES.items() if message.max_bytes is not None
+}
 
 #: Decoders of each message type's payload, made once.
 DECODERS: dict[str, msgspec.json.Decoder[Any]] = {

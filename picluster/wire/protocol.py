@@ -19,10 +19,10 @@ import msgspec
 from twisted.internet import defer, interfaces, protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from picluster.text import clip
 from picluster.wire import envelope as wire
 from picluster.wire import messages
 from picluster.wire.errors import (
@@ -33,6 +33,7 @@ from picluster.wire.errors import (
     ServiceError,
     describe_reason,
 )
+from picluster.wire.framing import FrameReceiver
 from picluster.wire.handler import PeerHandler, Reply, format_address
 from picluster.wire.requests import Pending, PendingRequests
 from picluster.wire.stats import WireStats
@@ -40,8 +41,21 @@ from picluster.wire.stats import WireStats
 #: Seconds a request waits for its reply unless told otherwise.
 DEFAULT_REQUEST_TIMEOUT = 30.0
 
+#: Seconds a frame may take to arrive, from its first byte to its last.
+DEFAULT_FRAME_DEADLINE = 30.0
+
+#: Requests from one peer being answered at once (their replies deferred):
+#: above this, we stop reading the peer until some are answered.
+DEFAULT_MAX_IN_FLIGHT = 64
+
+#: The largest frame a stranger may send before its handshake is done: a
+#: hello is a few hundred bytes.
+STRANGER_MAX_FRAME = 4096
+
 #: The 4-byte big-endian length before each frame, as Int32StringReceiver writes it.
 _LENGTH_PREFIX = struct.Struct("!I").pack
+
+_MAX_PAYLOAD = messages.MAX_PAYLOAD
 
 #: Reply types that make a request's Deferred errback.
 _REFUSALS = frozenset({"bad_message", "error"})
@@ -55,8 +69,8 @@ LOGGED_BAD_MESSAGES = 10
 _EPSILON = 1e-6
 
 
-@implementer(interfaces.IHandshakeListener)
-class PiClusterProtocol(Int32StringReceiver):
+@implementer(interfaces.IHandshakeListener, interfaces.IPushProducer)
+class PiClusterProtocol(FrameReceiver):
     """
     One picluster connection, master or slave side alike.
 
@@ -64,6 +78,14 @@ class PiClusterProtocol(Int32StringReceiver):
     requests still waiting for replies, when anything last arrived, the
     latest keepalive round trip.  The factory supplies the settings and the
     L{PeerHandler} that gives the connection its role.
+
+    What a peer can make this side hold is bounded here, for every role
+    (docs: security, "Bounds"): a frame's size (C{max_frame}) and the time
+    it takes to arrive (C{frame_deadline}); its requests being answered at
+    once (C{max_in_flight}: above it we stop reading); the bytes queued for
+    it while it does not read (C{max_queued}: above it the connection is
+    dropped); and, on a factory with a C{handshake_timeout}, a stranger's
+    frames (L{STRANGER_MAX_FRAME}) and time to prove itself.
 
     @ivar requests: The requests sent on this connection that wait for a
         reply (L{PendingRequests}).
@@ -88,8 +110,20 @@ class PiClusterProtocol(Int32StringReceiver):
     frames_out = 0
     _close_cause: str | None = None
     _producing = False
+    _aborted = False
+    #: Bytes written to the peer since it last stopped reading, if it has.
+    _unread: int | None = None
+    #: Requests of the peer whose replies are still to come.
+    in_flight = 0
+    #: When the frame now arriving began, while one is incomplete.
+    _frame_since: float | None = None
+    _frame_timer: Any = None
+    _probation: Any = None
+    #: The host its factory let it in from, where a factory counts them.
+    admitted_host: str | None = None
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests = PendingRequests()
         self._keepalive: LoopingCall | None = None
         self._dead_peer_check: Any = None
@@ -101,6 +135,11 @@ class PiClusterProtocol(Int32StringReceiver):
         factory = self.factory
         self.clock = self.requests.clock = factory.clock
         self.MAX_LENGTH = factory.max_frame
+        if factory.handshake_timeout is not None:
+            # A stranger until the handler says otherwise (L{trusted}): small
+            # frames, and a deadline that trickling bytes do not extend.
+            self.MAX_LENGTH = min(STRANGER_MAX_FRAME, factory.max_frame)
+            self._probation = self.clock.callLater(factory.handshake_timeout, self._probation_over)
         factory.stats.opened()
         self.peer_address = format_address(self.transport.getPeer())
         if interfaces.ITCPTransport.providedBy(self.transport):
@@ -147,9 +186,11 @@ class PiClusterProtocol(Int32StringReceiver):
         peer = handler.describe_peer() if handler is not None else f"peer {self.peer_address}"
         self.lost = DisconnectionException(peer, cause, reason)
         self.stop_keepalive()
-        if self._dead_peer_check is not None and self._dead_peer_check.active():
-            self._dead_peer_check.cancel()
-        self._dead_peer_check = None
+        for call in (self._dead_peer_check, self._frame_timer, self._probation):
+            if call is not None and call.active():
+                call.cancel()
+        self._dead_peer_check = self._frame_timer = self._probation = None
+        self._pieces = []
         self.factory.stats.closed(self)
         self.requests.fail_all(self._lost_failure)
         waiters, self._lost_waiters = self._lost_waiters, []
@@ -189,6 +230,9 @@ class PiClusterProtocol(Int32StringReceiver):
         if self._close_cause is None:
             self._close_cause = cause
         if abort:
+            # Until connectionLost, which comes later, the transport would
+            # still buffer what we write: L{send} drops it instead.
+            self._aborted = True
             self.transport.abortConnection()
         else:
             # We produce nothing more.  Still registered, we would hold the
@@ -203,14 +247,59 @@ class PiClusterProtocol(Int32StringReceiver):
     def closing(self) -> bool:
         return self._close_cause is not None or self.lost is not None
 
+    def trusted(self) -> None:
+        """
+        The peer has proven who it is: lift a stranger's limits (the small
+        frames, the handshake deadline).
+        """
+        if self._probation is not None:
+            if self._probation.active():
+                self._probation.cancel()
+            self._probation = None
+        self.MAX_LENGTH = self.factory.max_frame
+
+    def _probation_over(self) -> None:
+        self._probation = None
+        if not self.closing:
+            timeout = self.factory.handshake_timeout
+            self.close(f"no proven hello within {timeout:g} s", abort=True)
+
     # -- liveness ----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
         # Any bytes at all are a sign of life: a large frame trickling in
-        # over a slow link must not get its sender declared dead.
+        # over a slow link must not get its sender declared dead.  (That
+        # frame has its own deadline: L{frameIncomplete}.)
         if data:
             self.last_received = self.clock.seconds()
         super().dataReceived(data)
+
+    def frameIncomplete(self, new: bool) -> None:
+        if new or self._frame_since is None:
+            self._frame_since = self.clock.seconds()
+        if self._frame_timer is None:
+            self._frame_timer = self.clock.callLater(self.factory.frame_deadline, self._check_frame)
+
+    def framesComplete(self) -> None:
+        # The timer, if any, finds nothing to time and stops itself: frames
+        # that span reads come in bursts, and a timer each would cost more.
+        self._frame_since = None
+
+    def _check_frame(self) -> None:
+        self._frame_timer = None
+        since = self._frame_since
+        if since is None or self.closing:
+            return
+        deadline = self.factory.frame_deadline
+        taken = self.clock.seconds() - since
+        if taken < deadline - _EPSILON:
+            self._frame_timer = self.clock.callLater(deadline - taken, self._check_frame)
+            return
+        self.log.warn(
+            "Closing connection to {peer}: a frame of {size} bytes still incomplete after"
+            " {taken:.0f} s", size=self.buffered, taken=taken, **self.handler.log_fields(),
+        )
+        self.close(f"a frame took over {deadline:g} s to arrive", abort=True)
 
     def _check_peer_alive(self) -> None:
         dead_after = self.factory.dead_after
@@ -253,6 +342,25 @@ class PiClusterProtocol(Int32StringReceiver):
             if 0 <= rtt <= self.factory.dead_after:
                 self.rtt_ms = rtt * 1000.0
 
+    # -- back-pressure (IPushProducer: the transport calls these) -----------
+
+    def pauseProducing(self) -> None:
+        """The peer is not reading what we send: stop reading it too."""
+        if self._unread is None:
+            self._unread = 0
+        self.hold("peer not reading")
+
+    def resumeProducing(self) -> None:
+        """The peer has read what was queued."""
+        self._unread = None
+        self.release("peer not reading")
+
+    def stopProducing(self) -> None:
+        # The connection is going: read nothing more (the transport is
+        # already closing, so it is not asked to pause).
+        self._pause_causes.add("stopped")
+        self.paused = True
+
     # -- sending -------------------------------------------------------------
 
     def send(
@@ -267,6 +375,8 @@ class PiClusterProtocol(Int32StringReceiver):
         """
         if self.lost is not None:
             raise self._disconnection()
+        if self._aborted:
+            return
         envelope: dict[str, Any] = {"type": message_type, "payload": payload}
         if id is not None:
             envelope["id"] = id
@@ -279,6 +389,17 @@ class PiClusterProtocol(Int32StringReceiver):
                 f" {self.MAX_LENGTH} byte frame limit"
             )
         self.frames_out += 1
+        if self._unread is not None:
+            # The peer is not reading: what we send now waits in memory (a
+            # later reply, a task_update, a ping), up to max_queued.
+            self._unread += len(frame)
+            if self._unread > self.factory.max_queued:
+                self.log.warn(
+                    "Closing connection to {peer}: it does not read, and {unread} bytes wait for it",
+                    unread=self._unread, **self.handler.log_fields(),
+                )
+                self.close(f"over {self.factory.max_queued} bytes queued, unread", abort=True)
+                return
         # sendString, without its second length check: MAX_LENGTH is within
         # what the 4-byte prefix says (wire.LARGEST_FRAME).
         self.transport.write(_LENGTH_PREFIX(len(frame)) + frame)
@@ -325,7 +446,7 @@ class PiClusterProtocol(Int32StringReceiver):
         # close it can read, and loseConnection stops reading at once.
         self.close(f"frame of {length} bytes exceeds the {self.MAX_LENGTH} byte limit")
 
-    def stringReceived(self, frame: bytes) -> None:
+    def frameReceived(self, frame: bytes) -> None:
         if self._close_cause is not None or self.lost is not None:  # self.closing, inlined
             return
         self.frames_in += 1
@@ -384,6 +505,12 @@ class PiClusterProtocol(Int32StringReceiver):
         if method is None:
             self._refuse(wire.BadMessage(messages.UNKNOWN_TYPE, type=message_type), msg_id)
             return
+        limit = _MAX_PAYLOAD.get(message_type)
+        if limit is not None and len(envelope.payload) > limit:
+            self._refuse(wire.BadMessage(
+                f"{message_type} payload over {limit} bytes", type=message_type, limit=limit,
+            ), msg_id)
+            return
         try:
             payload = wire.decode_payload(envelope.payload, messages.DECODERS.get(message_type))
         except msgspec.ValidationError as e:
@@ -404,12 +531,27 @@ class PiClusterProtocol(Int32StringReceiver):
             elif isinstance(result, defer.Deferred):
                 result.addCallback(self._answer, msg_id)
                 result.addErrback(self._answer_failure, message_type, msg_id)
+                if not result.called:
+                    self._wait_for(result)
             else:
                 self._answer(result, msg_id)
         except wire.BadMessage as bad:
             self._refuse(bad, msg_id)
         except Exception:
             self._fail(Failure(), message_type, msg_id)
+
+    def _wait_for(self, answer: defer.Deferred[None]) -> None:
+        """Count a request whose reply is still to come, while it is."""
+        self.in_flight += 1
+        if self.in_flight >= self.factory.max_in_flight:
+            self.hold("requests in flight")
+        answer.addBoth(self._answered)
+
+    def _answered(self, result: Any) -> Any:
+        self.in_flight -= 1
+        if self.in_flight < self.factory.max_in_flight:
+            self.release("requests in flight")
+        return result
 
     def _answer(self, result: tuple[str, Any] | None, msg_id: int | None) -> None:
         if result is None:
@@ -430,7 +572,7 @@ class PiClusterProtocol(Int32StringReceiver):
         self.bad_messages += 1
         if self.bad_messages <= LOGGED_BAD_MESSAGES:
             self.log.info(
-                "Bad message from {peer}: {error}", error=bad.error, **self.handler.log_fields()
+                "Bad message from {peer}: {error}", error=clip(bad.error), **self.handler.log_fields()
             )
             if self.bad_messages == LOGGED_BAD_MESSAGES:
                 self.log.warn(
@@ -495,6 +637,13 @@ class PiClusterFactory(protocol.Factory):
     @ivar dead_after: Seconds of silence after which a peer counts as dead.
     @ivar max_frame: The largest frame accepted, in bytes.
     @ivar request_timeout: Seconds a request waits for its reply.
+    @ivar frame_deadline: Seconds a frame may take to arrive.
+    @ivar max_in_flight: A peer's requests answered at once before we stop
+        reading it.
+    @ivar max_queued: Bytes that may wait for a peer that does not read
+        before it is dropped (by default, eight frames).
+    @ivar handshake_timeout: Seconds a new peer has to prove itself
+        (L{PiClusterProtocol.trusted}); C{None} where peers need not.
     @ivar clock: The L{IReactorTime} used for every timer.
     @ivar stats: Counts over every connection this factory made.
     """
@@ -515,6 +664,10 @@ class PiClusterFactory(protocol.Factory):
         dead_after: float | None = None,
         max_frame: int = wire.DEFAULT_MAX_FRAME,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        frame_deadline: float = DEFAULT_FRAME_DEADLINE,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        handshake_timeout: float | None = None,
+        max_queued: int | None = None,
         clock: interfaces.IReactorTime | None = None,
     ):
         if clock is None:
@@ -524,6 +677,10 @@ class PiClusterFactory(protocol.Factory):
         # No length prefix says more than LARGEST_FRAME: send() relies on it.
         self.max_frame = min(max_frame, wire.LARGEST_FRAME)
         self.request_timeout = request_timeout
+        self.frame_deadline = frame_deadline
+        self.max_in_flight = max_in_flight
+        self.max_queued = max_queued if max_queued is not None else 8 * self.max_frame
+        self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.stats = WireStats()
 
