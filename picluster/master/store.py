@@ -20,6 +20,8 @@ single connection, which serialises all of it.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     submitted_by TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
+CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks (finished_at, id) WHERE finished_at IS NOT NULL;
 """
 
 #: Columns of a task row, in table order.
@@ -80,6 +83,19 @@ STATES = TASK_STATES
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
 
+#: Largest task database (its file and write-ahead log) that still takes
+#: new tasks; past it, submissions are refused and results still stored.
+DEFAULT_MAX_DB = 1024**3
+
+#: Most bytes the write-ahead log keeps once checkpointed.
+WAL_SIZE_LIMIT = 64 * 1024**2
+
+#: SQLite's C{auto_vacuum} mode that gives freed pages back on request.
+INCREMENTAL = 2
+
+#: What SQLite says when a write finds no room (SQLITE_FULL).
+DISK_FULL = "database or disk is full"
+
 
 class StoreError(Exception):
     """The task database cannot be opened or used."""
@@ -96,10 +112,17 @@ class KeyConflict(Exception):
 
 
 def _prepare(connection: sqlite3.Connection) -> None:
-    """Per-connection settings: durable commits, tolerant of a slow card."""
+    """
+    Per-connection settings: durable commits, tolerant of a slow card; a new
+    database gives the pages of pruned tasks back to the file system (set
+    before anything is written: an older file is converted by
+    L{check_database}).
+    """
+    connection.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=5000")
+    connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
 def _create_schema(txn: Any) -> None:
@@ -134,10 +157,59 @@ def check_database(path: str) -> None:
             _prepare(connection)
             _create_schema(connection.cursor())
             connection.commit()
+            _convert_to_incremental(connection, path)
         finally:
             connection.close()
     except sqlite3.Error as e:
         raise StoreError(f"cannot use task database {path}: {e}") from None
+
+
+def database_size(path: str) -> int:
+    """Bytes of the database at C{path} on disk: its file and its write-ahead log."""
+    if path == ":memory:":
+        return 0
+    size = 0
+    for name in (path, path + "-wal"):
+        try:
+            size += os.path.getsize(name)
+        except OSError:
+            pass
+    return size
+
+
+def _free_bytes(path: str) -> int:
+    return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+
+
+def _convert_to_incremental(connection: sqlite3.Connection, path: str) -> None:
+    """
+    Make a database from before pruning give freed pages back to the file
+    system.  That takes one C{VACUUM}: a copy of the whole file, so it is
+    done only when the disk has room for two more copies, and a failure
+    leaves the database as it was (it still works; its file only does not
+    shrink as tasks are pruned).
+    """
+    (mode,) = connection.execute("PRAGMA auto_vacuum").fetchone()
+    if mode == INCREMENTAL:
+        return
+    size = database_size(path)
+    free = _free_bytes(path)
+    if free < 2 * size + WAL_SIZE_LIMIT:
+        log.warn(
+            "The task database {path} ({size} bytes) gives the space of pruned tasks back only once"
+            " converted, which needs {needed} bytes free ({free} are); pruned tasks' space is"
+            " reused meanwhile, and the conversion is tried at the next start",
+            path=path, size=size, needed=2 * size + WAL_SIZE_LIMIT, free=free,
+        )
+        return
+    log.info("Converting the task database {path} ({size} bytes) to give back the space of pruned"
+             " tasks: once, and it may take a while", path=path, size=size)
+    try:
+        connection.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
+        connection.execute("VACUUM")
+    except sqlite3.Error as e:
+        log.warn("Could not convert the task database {path}: {problem}; it works as it is, and"
+                 " the conversion is tried at the next start", path=path, problem=str(e))
 
 
 def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
@@ -195,9 +267,11 @@ class TaskStore:
         C{runInteraction} and C{close} (the tests run SQLite synchronously).
     """
 
-    def __init__(self, pool: Any, clock: Any):
+    def __init__(self, pool: Any, clock: Any, path: str = ":memory:"):
         self.pool = pool
         self.clock = clock
+        #: The database file (C{":memory:"} for none).
+        self.path = path
         self._dirty: dict[int, dict[str, Any]] = {}
         self._save_waiters: dict[int, list[defer.Deferred[None]]] = {}
         self._operations: list[_Operation] = []
@@ -212,7 +286,7 @@ class TaskStore:
     def open(cls, path: str, reactor: Any, pool: Any = None) -> defer.Deferred[TaskStore]:
         """Open (creating if need be) the task database at C{path}."""
         pool = pool if pool is not None else open_pool(path, reactor)
-        store = cls(pool, reactor)
+        store = cls(pool, reactor, path)
 
         def explain(failure: Failure) -> Failure:
             pool.close()
@@ -263,6 +337,18 @@ class TaskStore:
     def counts(self) -> defer.Deferred[dict[str, int]]:
         """How many tasks are stored in each state."""
         return self._operate(_count_by_state)
+
+    def prune(self, before: float, keep: int, batch: int) -> defer.Deferred[dict[str, int]]:
+        """
+        Delete at most C{batch} finished tasks: those finished before
+        C{before}, then the oldest of those past the newest C{keep}.  Fires
+        with how many were deleted in each state.
+        """
+        return self._operate(lambda txn: _prune(txn, before, keep, batch))
+
+    def size(self) -> int:
+        """Bytes of the database on disk (its file and write-ahead log)."""
+        return database_size(self.path)
 
     def pending_saves(self) -> int:
         """Rows waiting to be written (for status pages and tests)."""
@@ -346,7 +432,7 @@ class TaskStore:
             try:
                 (outcome,) = yield self.pool.runInteraction(_write_batch, [], [operation])
             except Exception as e:
-                outcome = StoreError(f"task database: {e}")
+                outcome = _store_error(e)
             if isinstance(outcome, Exception):
                 operation.done.errback(outcome)
             else:
@@ -379,6 +465,14 @@ class TaskStore:
         self.pool.close()
         assert self._closed is not None
         self._closed.callback(None)
+
+
+def _store_error(error: Exception) -> StoreError:
+    """A failed transaction, in words for the user."""
+    if DISK_FULL in str(error):
+        return StoreError(f"the disk holding the task database is full ({DISK_FULL});"
+                          " the tasks already stored are kept")
+    return StoreError(f"task database: {error}")
 
 
 def _write_batch(txn: Any, rows: list[dict[str, Any]], operations: list[_Operation]) -> list[Any]:
@@ -451,6 +545,51 @@ def _by_key(txn: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
 
 #: Ids (or keys) per query: SQLite caps the parameters of one statement.
 _IDS_PER_QUERY = 500
+
+
+def _prune(txn: Any, before: float, keep: int, batch: int) -> dict[str, int]:
+    """L{TaskStore.prune}, in one transaction; then free pages go back to the file system."""
+    oldest = "SELECT id, state FROM tasks WHERE finished_at IS NOT NULL"
+    txn.execute(f"{oldest} AND finished_at < ? ORDER BY finished_at, id LIMIT ?", (before, batch))
+    doomed = txn.fetchall()
+    if len(doomed) < batch:
+        txn.execute("SELECT COUNT(*) FROM tasks WHERE finished_at IS NOT NULL")
+        (finished,) = txn.fetchone()
+        # The too old are the oldest: the next oldest come right after them.
+        excess = min(finished - len(doomed) - keep, batch - len(doomed))
+        if excess > 0:
+            txn.execute(f"{oldest} ORDER BY finished_at, id LIMIT ? OFFSET ?", (excess, len(doomed)))
+            doomed += txn.fetchall()
+    counts: dict[str, int] = {}
+    for start in range(0, len(doomed), _IDS_PER_QUERY):
+        chunk = [task_id for task_id, _ in doomed[start:start + _IDS_PER_QUERY]]
+        txn.execute(f"DELETE FROM tasks WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+    for _, state in doomed:
+        counts[state] = counts.get(state, 0) + 1
+    if doomed:
+        _give_back_free_pages(txn)
+    return counts
+
+
+def _give_back_free_pages(txn: Any) -> None:
+    """
+    Shrink the file by its free pages (in a database made incremental; in
+    another, there is nothing to give back and this does nothing).  Each
+    step of C{incremental_vacuum} frees one page, and Python's sqlite3 steps
+    a statement that returns no rows once: so one statement a page, some
+    16 microseconds each.
+    """
+    txn.execute("PRAGMA auto_vacuum")
+    if txn.fetchone() != (INCREMENTAL,):
+        return
+    txn.execute("PRAGMA freelist_count")
+    (free,) = txn.fetchone()
+    for _ in range(free):
+        txn.execute("PRAGMA incremental_vacuum(1)")
+    # The last step left its statement open, which would stop the commit:
+    # the next statement on the cursor resets it.
+    txn.execute("PRAGMA freelist_count")
+    txn.fetchone()
 
 
 def _count_by_state(txn: Any) -> dict[str, int]:
