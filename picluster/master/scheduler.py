@@ -98,6 +98,20 @@ class Scheduler:
         #: Tasks in each final state, from the store at start, then counted.
         self.finished_counts: dict[str, int] = dict.fromkeys(sorted(FINAL_STATES), 0)
 
+    def set_limits(self, *, quota_open: int | None = None, quota_args: int | None = None,
+                   quota_rate: float | None = None, quota_burst: int | None = None,
+                   keep_finished: int | None = None, keep_finished_days: float | None = None,
+                   max_db: int | None = None) -> None:
+        """Set the bounds on what submitters may hold (the master's options); C{None} keeps one."""
+        for owner, name, value in (
+            (self.quotas, "max_open", quota_open), (self.quotas, "max_args", quota_args),
+            (self.quotas, "rate", quota_rate), (self.quotas, "burst", quota_burst),
+            (self.retention, "keep", keep_finished), (self.retention, "keep_days", keep_finished_days),
+            (self, "max_db", max_db),
+        ):
+            if value is not None:
+                setattr(owner, name, value)
+
     # -- life ----------------------------------------------------------------
 
     def start(self, store: TaskStore) -> defer.Deferred[None]:
