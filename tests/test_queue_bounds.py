@@ -69,6 +69,15 @@ class QuotaTests(QueueTestCase):
         self.assertEqual(len(self.assertSubmitted(self.neighbour.submit(*[PRIMES] * 5))), 5)
         self.assertSubmitted(self.flooder.submit(PRIMES))
 
+    def test_floodAtTheDefaults(self) -> None:
+        """The flood of the issue (10 submits of 10,000) fills one quota, not the queue."""
+        flood = [PRIMES] * 10_000
+        self.assertEqual(len(self.assertSubmitted(self.flooder.submit(*flood))), 10_000)
+        for _ in range(9):
+            self.assertRefused(self.flooder.submit(*flood), "over your quota of open tasks")
+        self.assertEqual(len(self.scheduler.open), 10_000)
+        self.assertEqual(len(self.assertSubmitted(self.neighbour.submit(*[PRIMES] * 100))), 100)
+
     def test_openQuotaMessageNamesTheOption(self) -> None:
         """The refusal says which quota, how full it is, and its option."""
         self.scheduler.quotas.max_open = 1
@@ -162,6 +171,19 @@ class SubmitterKeyTests(unittest.TestCase):
         """A plain submitter is its one connection: its address and port."""
         self.assertEqual(submitter_key("plain client at 10.0.0.5:40000"), "plain client at 10.0.0.5:40000")
         self.assertIsNone(submitter_key(None))
+
+
+    def test_keyFromTheConnection(self) -> None:
+        """What a connection records as its submitter yields its credential, or itself when plain."""
+        from types import SimpleNamespace
+
+        from picluster.master.connection import PeerConnection
+
+        secure = SimpleNamespace(credential="client", role="client", address="10.0.0.5:40000")
+        plain = SimpleNamespace(credential=None, role="client", address="10.0.0.5:40001")
+        self.assertEqual(submitter_key(PeerConnection.submitter(secure)), "client")  # type: ignore[arg-type]
+        self.assertEqual(submitter_key(PeerConnection.submitter(plain)),  # type: ignore[arg-type]
+                         "plain client at 10.0.0.5:40001")
 
 
 class QuotasTests(unittest.TestCase):
