@@ -377,10 +377,10 @@ class ConversionTests(unittest.TestCase):
 
     def test_notWithoutRoom(self) -> None:
         """Without room for the copy a VACUUM makes, the file is left as it is, and says so."""
-        from picluster.master import store
+        from picluster.master import space
 
         path = self.old_database()
-        self.patch(store, "_free_bytes", lambda path: 1000)
+        self.patch(space, "_free_bytes", lambda path: 1000)
         with capturedLogs() as events:
             check_database(path)
         self.assertEqual(_pragma(path, "auto_vacuum"), 0)
@@ -389,15 +389,15 @@ class ConversionTests(unittest.TestCase):
 
     def test_failedConversionIsNotFatal(self) -> None:
         """A VACUUM that fails (the disk filled meanwhile) leaves a database that still works."""
-        from picluster.master import store
+        from picluster.master import space, store
 
         path = self.old_database()
 
         def no_vacuum(connection: sqlite3.Connection, path: str) -> None:
             real(_Refusing(connection), path)
 
-        real = store._convert_to_incremental
-        self.patch(store, "_convert_to_incremental", no_vacuum)
+        real = space.convert_to_incremental
+        self.patch(store, "convert_to_incremental", no_vacuum)
         with capturedLogs() as events:
             check_database(path)
         self.assertIn("Could not convert the task database", formatEvent(events[-1]))

@@ -33,7 +33,8 @@ from picluster import wire
 from picluster.logbudget import LogBudget
 from picluster.master.quotas import Charge, Quotas, submitter_key
 from picluster.master.retention import Retention
-from picluster.master.store import DEFAULT_MAX_DB, FINAL_STATES, KeyConflict, StoreError, TaskStore
+from picluster.master.space import DEFAULT_MAX_DB
+from picluster.master.store import FINAL_STATES, KeyConflict, StoreError, TaskStore
 from picluster.master.taskqueue import TaskQueue
 from picluster.master.taskspec import DEFAULT_MAX_ARGS, TaskSpec, parse_submission
 from picluster.master.taskview import TaskView, store_failed

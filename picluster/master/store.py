@@ -14,14 +14,13 @@ makes it durable.  Two kinds of work reach it:
 Everything queued while a transaction runs goes into the next one, a group
 commit: with C{synchronous=FULL} each commit costs an fsync, so on an SD
 card batching is what keeps a busy master fast.  The connection pool has a
-single connection, which serialises all of it.
+single connection, which serialises all of it.  Pruning finished tasks is
+one more operation (L{picluster.master.space} holds how).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,6 +31,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from picluster.master.space import (
+    INCREMENTAL,
+    WAL_SIZE_LIMIT,
+    convert_to_incremental,
+    database_size,
+    prune,
+)
 from picluster.master.taskspec import TaskSpec
 from picluster.wire.messages import TASK_STATES
 
@@ -82,16 +88,6 @@ STATES = TASK_STATES
 #: Seconds before the first retry of a failed write, and the longest wait.
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
-
-#: Largest task database (its file and write-ahead log) that still takes
-#: new tasks; past it, submissions are refused and results still stored.
-DEFAULT_MAX_DB = 1024**3
-
-#: Most bytes the write-ahead log keeps once checkpointed.
-WAL_SIZE_LIMIT = 64 * 1024**2
-
-#: SQLite's C{auto_vacuum} mode that gives freed pages back on request.
-INCREMENTAL = 2
 
 #: What SQLite says when a write finds no room (SQLITE_FULL).
 DISK_FULL = "database or disk is full"
@@ -157,59 +153,11 @@ def check_database(path: str) -> None:
             _prepare(connection)
             _create_schema(connection.cursor())
             connection.commit()
-            _convert_to_incremental(connection, path)
+            convert_to_incremental(connection, path)
         finally:
             connection.close()
     except sqlite3.Error as e:
         raise StoreError(f"cannot use task database {path}: {e}") from None
-
-
-def database_size(path: str) -> int:
-    """Bytes of the database at C{path} on disk: its file and its write-ahead log."""
-    if path == ":memory:":
-        return 0
-    size = 0
-    for name in (path, path + "-wal"):
-        try:
-            size += os.path.getsize(name)
-        except OSError:
-            pass
-    return size
-
-
-def _free_bytes(path: str) -> int:
-    return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-
-
-def _convert_to_incremental(connection: sqlite3.Connection, path: str) -> None:
-    """
-    Make a database from before pruning give freed pages back to the file
-    system.  That takes one C{VACUUM}: a copy of the whole file, so it is
-    done only when the disk has room for two more copies, and a failure
-    leaves the database as it was (it still works; its file only does not
-    shrink as tasks are pruned).
-    """
-    (mode,) = connection.execute("PRAGMA auto_vacuum").fetchone()
-    if mode == INCREMENTAL:
-        return
-    size = database_size(path)
-    free = _free_bytes(path)
-    if free < 2 * size + WAL_SIZE_LIMIT:
-        log.warn(
-            "The task database {path} ({size} bytes) gives the space of pruned tasks back only once"
-            " converted, which needs {needed} bytes free ({free} are); pruned tasks' space is"
-            " reused meanwhile, and the conversion is tried at the next start",
-            path=path, size=size, needed=2 * size + WAL_SIZE_LIMIT, free=free,
-        )
-        return
-    log.info("Converting the task database {path} ({size} bytes) to give back the space of pruned"
-             " tasks: once, and it may take a while", path=path, size=size)
-    try:
-        connection.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
-        connection.execute("VACUUM")
-    except sqlite3.Error as e:
-        log.warn("Could not convert the task database {path}: {problem}; it works as it is, and"
-                 " the conversion is tried at the next start", path=path, problem=str(e))
 
 
 def open_pool(path: str, reactor: Any) -> adbapi.ConnectionPool:
@@ -344,7 +292,7 @@ class TaskStore:
         C{before}, then the oldest of those past the newest C{keep}.  Fires
         with how many were deleted in each state.
         """
-        return self._operate(lambda txn: _prune(txn, before, keep, batch))
+        return self._operate(lambda txn: prune(txn, before, keep, batch))
 
     def size(self) -> int:
         """Bytes of the database on disk (its file and write-ahead log)."""
@@ -545,51 +493,6 @@ def _by_key(txn: Any, keys: list[str]) -> dict[str, dict[str, Any]]:
 
 #: Ids (or keys) per query: SQLite caps the parameters of one statement.
 _IDS_PER_QUERY = 500
-
-
-def _prune(txn: Any, before: float, keep: int, batch: int) -> dict[str, int]:
-    """L{TaskStore.prune}, in one transaction; then free pages go back to the file system."""
-    oldest = "SELECT id, state FROM tasks WHERE finished_at IS NOT NULL"
-    txn.execute(f"{oldest} AND finished_at < ? ORDER BY finished_at, id LIMIT ?", (before, batch))
-    doomed = txn.fetchall()
-    if len(doomed) < batch:
-        txn.execute("SELECT COUNT(*) FROM tasks WHERE finished_at IS NOT NULL")
-        (finished,) = txn.fetchone()
-        # The too old are the oldest: the next oldest come right after them.
-        excess = min(finished - len(doomed) - keep, batch - len(doomed))
-        if excess > 0:
-            txn.execute(f"{oldest} ORDER BY finished_at, id LIMIT ? OFFSET ?", (excess, len(doomed)))
-            doomed += txn.fetchall()
-    counts: dict[str, int] = {}
-    for start in range(0, len(doomed), _IDS_PER_QUERY):
-        chunk = [task_id for task_id, _ in doomed[start:start + _IDS_PER_QUERY]]
-        txn.execute(f"DELETE FROM tasks WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
-    for _, state in doomed:
-        counts[state] = counts.get(state, 0) + 1
-    if doomed:
-        _give_back_free_pages(txn)
-    return counts
-
-
-def _give_back_free_pages(txn: Any) -> None:
-    """
-    Shrink the file by its free pages (in a database made incremental; in
-    another, there is nothing to give back and this does nothing).  Each
-    step of C{incremental_vacuum} frees one page, and Python's sqlite3 steps
-    a statement that returns no rows once: so one statement a page, some
-    16 microseconds each.
-    """
-    txn.execute("PRAGMA auto_vacuum")
-    if txn.fetchone() != (INCREMENTAL,):
-        return
-    txn.execute("PRAGMA freelist_count")
-    (free,) = txn.fetchone()
-    for _ in range(free):
-        txn.execute("PRAGMA incremental_vacuum(1)")
-    # The last step left its statement open, which would stop the commit:
-    # the next statement on the cursor resets it.
-    txn.execute("PRAGMA freelist_count")
-    txn.fetchone()
 
 
 def _count_by_state(txn: Any) -> dict[str, int]:

@@ -10,7 +10,7 @@ from picluster import config
 from picluster.config import server_endpoint
 from picluster.master import quotas, retention
 from picluster.master.service import MasterService
-from picluster.master.store import DEFAULT_MAX_DB
+from picluster.master.space import DEFAULT_MAX_DB
 from picluster.master.taskspec import DEFAULT_MAX_ARGS
 from picluster.trust.cluster import ClusterTrust, TrustError
 from picluster.wire.messages import COMMAND_TASKS
