@@ -28,6 +28,7 @@ class SynchronousPool:
     """
 
     def __init__(self, path: str = ":memory:"):
+        self.path = path
         self.connection = sqlite3.connect(path)
         _prepare(self.connection)
         self.closed = False
@@ -59,7 +60,8 @@ class SynchronousPool:
 def started_scheduler(clock: Clock, pool: SynchronousPool | None = None, **settings: Any) -> Scheduler:
     """A scheduler whose store is loaded, on C{pool} (a fresh one by default)."""
     scheduler = Scheduler(clock, **settings)
-    store = TaskStore.open(":memory:", clock, pool=pool or SynchronousPool())
+    pool = pool or SynchronousPool()
+    store = TaskStore.open(pool.path, clock, pool=pool)
     store.addCallback(scheduler.start)
     clock.advance(0)
     return scheduler
@@ -74,7 +76,7 @@ def task_master(clock: Clock, pool: SynchronousPool | None = None, **settings: A
     settings.setdefault("keepalive", 100.0)
     settings.setdefault("dead_after", 300.0)
     scheduler_settings = {k: settings.pop(k) for k in list(settings)
-                          if k in ("rejoin_grace", "max_args", "max_open_tasks", "overdue_grace", "max_reply")}
+                          if k in ("rejoin_grace", "max_args", "max_open_tasks", "overdue_grace", "max_reply", "max_db")}
     scheduler = started_scheduler(clock, pool, **scheduler_settings)
     return MasterFactory(SlaveRegistry(), scheduler=scheduler, computer_details=dict(MASTER_FACTS),
                          clock=clock, **settings)

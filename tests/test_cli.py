@@ -16,6 +16,7 @@ from twisted.trial import unittest
 
 from picluster.cli import formatting
 from picluster.cli import main as cli
+from picluster.wire import BadMessage
 
 from . import processes
 from .fakemaster import FakeMaster, FakeMasterConnection
@@ -493,3 +494,133 @@ class FormatTests(unittest.TestCase):
         self.assertEqual([formatting.duration(s) for s in (4.25, 42, 185, 7380, 93600)],
                          ["4.2s", "42s", "3m05s", "2h03m", "1d02h"])
 
+
+
+ESC = "\x1b"
+
+#: Texts a hostile master (or slave, or user) could put in a task record.
+HOSTILE_NAME = f"evil{ESC}[31m\u202e"
+HOSTILE_MESSAGE = f"bad {ESC}]0;pwned\x07\nstate:        done\r\x9b2J"
+HOSTILE_RESULT = {"out": f"{ESC}[2J\x9b31m\U000e0001"}
+
+
+class EscapeTests(CLITestCase):
+    """
+    No command prints the master's control characters raw: names, errors,
+    results, reasons and refusals reach the terminal cleaned.
+    """
+
+    runner = None
+
+    def setUp(self) -> defer.Deferred[None]:
+        result = super().setUp()
+        self.master.store({"name": HOSTILE_NAME, "args": {"x": ESC}})
+        self.master.store({"name": "boom", "args": {}})
+        self.master.store({"name": "primes", "args": {}, "key": f"k{ESC}[1m"})
+        self.master.tasks[1].update(waiting=f"waiting {ESC}[5m\nforever")
+        self.master.finish(3, HOSTILE_RESULT)
+        self.master.tasks[3]["slave_hostname"] = f"pi{ESC}[8m"
+        self.master.tasks[3]["submitted_by"] = f"client{ESC}[0m at 10.0.0.1:4"
+        self.master.fail(2, f"Bad{ESC}[1m", HOSTILE_MESSAGE,
+                         traceback=f"Traceback:\n  {ESC}[31mValueError\x08\x08: bad\n")
+        return result
+
+    def assertHarmless(self, *outputs: str) -> None:
+        for text in outputs:
+            self.assertEqual([char for char in text if not char.isprintable() and char != "\n"], [],
+                             text)
+
+    @defer.inlineCallbacks
+    def test_tasks(self) -> Any:
+        """The table shows names and waiting reasons with their control characters as ?."""
+        status, out, err = yield self.picluster("tasks")
+        self.assertEqual(status, 0, err)
+        self.assertHarmless(out, err)
+        self.assertIn("evil?[31m?", out)
+        self.assertIn("waiting ?[5m?forever", out)
+        self.assertEqual(len(out.splitlines()), 4)
+
+    @defer.inlineCallbacks
+    def test_task(self) -> Any:
+        """One task's fields, its error and traceback, cannot write escapes or forge lines."""
+        for task_id in ("1", "2", "3"):
+            status, out, err = yield self.picluster("task", task_id)
+            self.assertEqual(status, 0, err)
+            self.assertHarmless(out, err)
+            self.assertEqual([line for line in out.splitlines() if line.startswith("state:")],
+                             [f"state:        {self.master.tasks[int(task_id)]['state']}"])
+        status, out, err = yield self.picluster("task", "2")
+        self.assertIn("error:        Bad?[1m: bad ?]0;pwned??state:        done??2J (error)\n", out)
+        self.assertIn("\n      ?[31mValueError??: bad\n", out)
+        status, out, err = yield self.picluster("task", "3")
+        self.assertIn('result:       {"out": "\\u001b[2J\\u009b31m\\udb40\\udc01"}\n', out)
+        self.assertIn("slave:        pi?[8m (", out)
+        self.assertIn(" by client?[0m at 10.0.0.1:4\n", out)
+        self.assertIn("key:          k?[1m\n", out)
+
+    @defer.inlineCallbacks
+    def test_json(self) -> Any:
+        """--json escapes what a terminal would act on, and parses back to the very same values."""
+        status, out, err = yield self.picluster("tasks", "--json")
+        self.assertHarmless(out, err)
+        records = json.loads(out)
+        self.assertEqual(records, [dict(record) for record in self.master.tasks.values()])
+        self.assertEqual(records[0]["name"], HOSTILE_NAME)
+        self.assertEqual(records[2]["result"], HOSTILE_RESULT)
+
+    @defer.inlineCallbacks
+    def test_waitAndMap(self) -> Any:
+        """How a task ended, for submit --wait and map, comes out cleaned."""
+
+        def hostile(name: str, args: dict[str, Any]) -> Any:
+            if name == "boom":
+                raise ValueError(HOSTILE_MESSAGE)
+            return HOSTILE_RESULT
+
+        self.master.runner = hostile
+        status, out, err = yield self.picluster("submit", "boom", "--wait")
+        self.assertEqual(status, 1)
+        self.assertHarmless(out, err)
+        self.assertIn("error:    ValueError: bad ?]0;pwned??state:        done??2J (error)\n", out)
+        path = self.args_file("{}")
+        for name in ("boom", "primes"):
+            status, out, err = yield self.picluster("map", name, "--args-file", path)
+            self.assertHarmless(out, err)
+            self.assertEqual(len(out.splitlines()), 1)
+
+    @defer.inlineCallbacks
+    def test_refusalsAndWarnings(self) -> Any:
+        """A refusal or a warning from the master is one harmless line on stderr."""
+
+        def refuse(handler: Any, payload: Any) -> None:
+            raise BadMessage(f"no {ESC}[31mway\nreally")
+
+        self.patch(FakeMasterConnection, "msg_tasks", refuse)
+        status, out, err = yield self.picluster("tasks")
+        self.assertHarmless(out, err)
+        self.assertOneLine(err, "picluster tasks: error: the master refused it: no ?[31mway?really")
+        self.master.runner = run_task
+        self.patch(FakeMasterConnection, "_answer", lambda self, kind, reply: (
+            reply[0], dict(reply[1], warnings=[f"look {ESC}[2J\nhere"])))
+        status, out, err = yield self.picluster("submit", "primes")
+        self.assertHarmless(out, err)
+        self.assertEqual(err, "warning: look ?[2J?here\n")
+
+
+class PrintableTests(unittest.TestCase):
+    """The one function that makes a peer's text fit for a terminal."""
+
+    def test_controlsReplaced(self) -> None:
+        """C0 and C1 controls, format characters and separators become ?; the rest stays."""
+        from picluster.text import printable
+
+        self.assertEqual(printable(f"a{ESC}[1m\r\x08\x9b\u202e\u2028é 漢"), "a?[1m?????é 漢")
+        self.assertEqual(printable("one\ntwo\t", keep="\n"), "one\ntwo?")
+
+    def test_jsonKeepsTheValue(self) -> None:
+        """to_json writes every non-printable character as an escape that decodes to it."""
+        value = {"k\x1b": ["\x7f\x9b\u202e\U000e0001é", 1.5, None]}
+        text = formatting.to_json(value)
+        self.assertTrue(text.isprintable(), text)
+        self.assertEqual(json.loads(text), value)
+        self.assertIn("é", text)

@@ -13,6 +13,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from picluster.master.store import (
+    DISK_FULL,
     SCHEMA_VERSION,
     KeyConflict,
     StoreError,
@@ -60,6 +61,21 @@ class ThreadedStoreTests(unittest.TestCase):
         stored = yield store.submit([spec()], 2.0)
         self.assertEqual(stored[0][0]["id"], 3)
         self.assertEqual(len((yield store.query())), 3)
+
+
+    @defer.inlineCallbacks
+    def test_pruneThroughAdbapi(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        """Pruning, and giving the pages back, work in adbapi's thread as in the tests'."""
+        path = os.path.join(temp_dir(self), "tasks.db")
+        store = yield TaskStore.open(path, reactor)
+        self.addCleanup(store.close)
+        stored = yield store.submit([spec(), spec(), spec()], 1.0)
+        for record, _ in stored[:2]:
+            yield store.save(dict(record, state="done", result="r" * 10_000, finished_at=2.0))
+        counts = yield store.prune(3.0, 100, 50)
+        self.assertEqual(counts, {"done": 2})
+        self.assertEqual([r["id"] for r in (yield store.query())], [3])
+        self.assertGreater(store.size(), 0)
 
 
 class GroupCommitTests(unittest.TestCase):
@@ -246,3 +262,156 @@ class CheckDatabaseTests(unittest.TestCase):
         self.assertIn("not a database", str(error))
         with open(path) as f:
             self.assertTrue(f.read().startswith("shopping list"))
+
+
+def _pragma(path: str, name: str) -> int:
+    connection = sqlite3.connect(path)
+    try:
+        (value,) = connection.execute(f"PRAGMA {name}").fetchone()
+    finally:
+        connection.close()
+    return value
+
+
+class PruneTests(unittest.TestCase):
+    """Pruning finished tasks, and the file giving their space back."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.path = os.path.join(temp_dir(self), "tasks.db")
+        self.pool = SynchronousPool(self.path)
+        self.addCleanup(self.pool.connection.close)
+        self.store = self.successResultOf(TaskStore.open(self.path, self.clock, pool=self.pool))
+
+    def finished(self, count: int, state: str = "done", result: object = 1) -> list[int]:
+        """C{count} tasks finished at 1, 2, 3, ... seconds after the last ones."""
+        stored = self.successResultOf(self.store.submit([spec() for _ in range(count)], 0.0))
+        (latest,) = self.pool.connection.execute("SELECT MAX(finished_at) FROM tasks").fetchone()
+        for n, (record, _) in enumerate(stored, 1):
+            self.store.write(dict(record, state=state, result=result, finished_at=(latest or 0) + n))
+        return [record["id"] for record, _ in stored]
+
+    def ids(self) -> list[int]:
+        return [row[0] for row in self.pool.connection.execute("SELECT id FROM tasks ORDER BY id")]
+
+    def test_byAge(self) -> None:
+        """Tasks finished before the cutoff go; open tasks stay, however old."""
+        self.finished(3)
+        cancelled = self.finished(2, "cancelled")
+        (stored,) = self.successResultOf(self.store.submit([spec()], 0.0))
+        counts = self.successResultOf(self.store.prune(4.5, 100, 50))
+        self.assertEqual(counts, {"done": 3, "cancelled": 1})
+        self.assertEqual(self.ids(), [cancelled[1], stored[0]["id"]])
+
+    def test_byCount(self) -> None:
+        """Past C{keep}, the tasks finished first go first."""
+        ids = self.finished(6)
+        self.finished(0)
+        self.assertEqual(self.successResultOf(self.store.prune(0.0, 4, 50)), {"done": 2})
+        self.assertEqual(self.ids(), ids[2:])
+        self.assertEqual(self.successResultOf(self.store.prune(0.0, 4, 50)), {})
+
+    def test_ageThenCountInOneBatch(self) -> None:
+        """One batch takes the too old, then the oldest past the count, never more than the batch."""
+        ids = self.finished(10)
+        self.assertEqual(self.successResultOf(self.store.prune(3.5, 5, 4)), {"done": 4})
+        self.assertEqual(self.ids(), ids[4:])
+        self.assertEqual(self.successResultOf(self.store.prune(3.5, 5, 4)), {"done": 1})
+        self.assertEqual(self.ids(), ids[5:])
+
+    def test_idsGoOn(self) -> None:
+        """A pruned task's id is never given to another."""
+        ids = self.finished(3)
+        self.successResultOf(self.store.prune(100.0, 0, 50))
+        (stored,) = self.successResultOf(self.store.submit([spec()], 0.0))
+        self.assertEqual(stored[0]["id"], ids[-1] + 1)
+
+    def test_spaceGivenBack(self) -> None:
+        """A new database is incremental: the pages pruned tasks held leave the file."""
+        self.assertEqual(_pragma(self.path, "auto_vacuum"), 2)
+        self.finished(40, result="r" * 20_000)
+        (grown,) = self.pool.connection.execute("PRAGMA page_count").fetchone()
+        self.successResultOf(self.store.prune(1000.0, 0, 50))
+        (pages,) = self.pool.connection.execute("PRAGMA page_count").fetchone()
+        (free,) = self.pool.connection.execute("PRAGMA freelist_count").fetchone()
+        self.assertLess(pages, grown / 4)
+        self.assertEqual(free, 0)
+        self.pool.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.assertLess(os.path.getsize(self.path), 100_000)
+
+
+class ConversionTests(unittest.TestCase):
+    """A database from before pruning is converted to give space back, once and carefully."""
+
+    def old_database(self) -> str:
+        path = os.path.join(temp_dir(self), "old.db")
+        connection = sqlite3.connect(path)
+        connection.execute("PRAGMA auto_vacuum = NONE")
+        connection.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE,"
+                           " name TEXT NOT NULL, args TEXT NOT NULL, requirements TEXT NOT NULL,"
+                           " timeout REAL, retries INTEGER NOT NULL, state TEXT NOT NULL, slave TEXT,"
+                           " slave_hostname TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+                           " submitted_at REAL NOT NULL, started_at REAL, finished_at REAL,"
+                           " result TEXT, error TEXT, submitted_by TEXT)")
+        connection.execute("INSERT INTO tasks (name, args, requirements, retries, state, submitted_at)"
+                           " VALUES ('primes', '{}', '{}', 3, 'queued', 1.0)")
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.commit()
+        connection.close()
+        self.assertEqual(_pragma(path, "auto_vacuum"), 0)
+        return path
+
+    def test_converted(self) -> None:
+        """An older file becomes incremental at start, its tasks kept."""
+        path = self.old_database()
+        with capturedLogs() as events:
+            check_database(path)
+        self.assertEqual(_pragma(path, "auto_vacuum"), 2)
+        self.assertIn("Converting the task database", formatEvent(events[0]))
+        with sqlite3.connect(path) as connection:
+            self.assertEqual(connection.execute("SELECT name FROM tasks").fetchall(), [("primes",)])
+        connection.close()
+        with capturedLogs() as events:
+            check_database(path)
+        self.assertEqual(events, [])
+
+    def test_notWithoutRoom(self) -> None:
+        """Without room for the copy a VACUUM makes, the file is left as it is, and says so."""
+        from picluster.master import space
+
+        path = self.old_database()
+        self.patch(space, "_free_bytes", lambda path: 1000)
+        with capturedLogs() as events:
+            check_database(path)
+        self.assertEqual(_pragma(path, "auto_vacuum"), 0)
+        self.assertIn("needs", formatEvent(events[0]))
+        self.assertIn("1000 are", formatEvent(events[0]))
+
+    def test_failedConversionIsNotFatal(self) -> None:
+        """A VACUUM that fails (the disk filled meanwhile) leaves a database that still works."""
+        from picluster.master import space, store
+
+        path = self.old_database()
+
+        def no_vacuum(connection: sqlite3.Connection, path: str) -> None:
+            real(_Refusing(connection), path)
+
+        real = space.convert_to_incremental
+        self.patch(store, "convert_to_incremental", no_vacuum)
+        with capturedLogs() as events:
+            check_database(path)
+        self.assertIn("Could not convert the task database", formatEvent(events[-1]))
+        self.assertIn(DISK_FULL, formatEvent(events[-1]))
+        self.assertEqual(_pragma(path, "auto_vacuum"), 0)
+
+
+class _Refusing:
+    """A connection whose VACUUM fails as on a full disk."""
+
+    def __init__(self, connection: sqlite3.Connection):
+        self.connection = connection
+
+    def execute(self, sql: str) -> sqlite3.Cursor:
+        if sql == "VACUUM":
+            raise sqlite3.OperationalError(DISK_FULL)
+        return self.connection.execute(sql)

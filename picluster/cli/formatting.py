@@ -4,6 +4,11 @@ What the C{picluster} command prints: tables, records, outcomes, progress.
 Kept apart from L{picluster.cli} so that the command's logic reads in one
 sitting, and so that every line a user sees is shaped in one place.  Every
 function here is pure but L{Progress}, which writes to the stream it is given.
+
+All the text here comes from the master (and, through it, from slaves and
+other users), so each value is passed through L{printable} (for JSON, with
+non-printable characters written as C{\\uXXXX} escapes, which keep the value
+as it was): nothing shown can drive the reader's terminal.
 """
 
 from __future__ import annotations
@@ -12,12 +17,28 @@ import json
 import time
 from typing import Any, TextIO
 
+from picluster.text import printable
+
 Record = dict[str, Any]
 
 
+def _json_escape(char: str) -> str:
+    """A character as a JSON string escape (a surrogate pair beyond the BMP)."""
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def to_json(value: Any) -> str:
-    """One line of JSON, as every C{--json} output is."""
-    return json.dumps(value, ensure_ascii=False)
+    """
+    One line of JSON, as every C{--json} output is; a character a terminal
+    would act on is escaped (C{\\u001b}), so the value parses back the same.
+    """
+    # Outside strings json.dumps writes only printable ASCII: whatever is not
+    # printable is inside a string, where an escape means the same.
+    return printable(json.dumps(value, ensure_ascii=False), replace=_json_escape)
 
 
 def duration(seconds: float) -> str:
@@ -49,18 +70,18 @@ def task_time(record: Record, now: float) -> str:
 def slave_name(record: Record) -> str:
     """The slave's hostname, or the start of its uuid, or C{-}."""
     if record.get("slave_hostname"):
-        return str(record["slave_hostname"])
+        return printable(str(record["slave_hostname"]))
     if record.get("slave"):
-        return str(record["slave"])[:8]
+        return printable(str(record["slave"])[:8])
     return "-"
 
 
 def error_text(error: Any) -> str:
     """C{Type: message} for a task's error."""
     if not isinstance(error, dict):
-        return str(error)
+        return printable(str(error))
     kind, message = error.get("type") or "Error", error.get("message") or ""
-    return f"{kind}: {message}" if message else str(kind)
+    return printable(f"{kind}: {message}" if message else str(kind))
 
 
 def table(records: list[Record], now: float) -> str:
@@ -69,11 +90,11 @@ def table(records: list[Record], now: float) -> str:
         return "no tasks\n"
     header = ("ID", "NAME", "STATE", "SLAVE", "TRIES", "TIME", "WAITING")
     rows = [header] + [
-        (
-            str(record.get("id")), str(record.get("name")), str(record.get("state")),
-            slave_name(record), str(record.get("attempts", 0)), task_time(record, now),
+        tuple(printable(str(cell)) for cell in (
+            record.get("id"), record.get("name"), record.get("state"),
+            slave_name(record), record.get("attempts", 0), task_time(record, now),
             record.get("waiting") or "",
-        )
+        ))
         for record in records
     ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
@@ -92,7 +113,7 @@ def _moment(at: Any, now: float) -> str:
 
 
 def _indented(text: str) -> list[str]:
-    return ["    " + line for line in text.rstrip("\n").splitlines()]
+    return ["    " + printable(line) for line in text.rstrip("\n").splitlines()]
 
 
 def _outcome_lines(record: Record) -> list[tuple[str, str]]:
@@ -115,7 +136,7 @@ def _traceback(record: Record) -> list[str]:
 
 def _field_lines(fields: list[tuple[str, str]]) -> list[str]:
     width = max(len(name) for name, _ in fields) + 1
-    return [f"{name + ':':<{width}} {value}" for name, value in fields]
+    return [f"{name + ':':<{width}} {printable(value)}" for name, value in fields]
 
 
 def details(record: Record, now: float) -> str:
@@ -164,7 +185,7 @@ def map_line(record: Record) -> str:
         return to_json(record.get("result"))
     if record.get("error") is not None:
         return f"error: {error_text(record['error'])}"
-    return f"error: {record.get('state')}"
+    return printable(f"error: {record.get('state')}")
 
 
 def map_json(line: int, record: Record) -> str:

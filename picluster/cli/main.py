@@ -16,6 +16,11 @@ C{demo} runs a L{picluster.cli.demo.Demo} until the reactor is told to stop
 (Ctrl-C, SIGTERM).  Expected failures (a master that cannot be reached
 or refuses, a bad file) end in one line on stderr and exit status 1, bad
 options in exit status 2; never in a traceback.
+
+Whatever the master says reaches the terminal only through
+L{picluster.text.printable}: L{picluster.cli.formatting} and
+L{picluster.cli.status} clean each value they show, and L{_Session.emit}
+and L{_Session.notice}, which write everything, clean it again.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from twisted.python import usage
 from picluster.cli import formatting, status
 from picluster.cli.options import MASTER_ENV, PiClusterOptions, ShowText, strict_json
 from picluster.client import Client, HandshakeError, UnexpectedReply, UnknownTask
+from picluster.text import printable
 from picluster.trust.cluster import TrustError
 from picluster.wire.errors import DisconnectionException, RemoteError, RequestTimeout
 
@@ -98,11 +104,20 @@ class _Session:
         await client.connect()
         return client
 
-    def emit(self, text: str) -> None:
+    def emit(self, text: str, *, styled: bool = False) -> None:
+        """
+        Write C{text} on stdout, its control characters (but its line ends)
+        made harmless; C{styled} text is L{status.render}'s, cleaned value by
+        value and coloured with escapes of its own.
+        """
+        if not styled:
+            text = printable(text, keep="\n")
         self.stdout.write(text if text.endswith("\n") else text + "\n")
         self.stdout.flush()
 
     def notice(self, line: str) -> None:
+        """Write one line on stderr (or through the progress bar), made harmless."""
+        line = printable(line)
         if self.progress is not None:
             self.progress.note(line)
         else:
@@ -248,7 +263,7 @@ async def _status(session: _Session) -> int:
     if type(now) not in (int, float):
         now = session.reactor.seconds()
     width = _terminal_width(session.stdout)
-    session.emit(status.render(cluster, now, width=width, terminal=width is not None))
+    session.emit(status.render(cluster, now, width=width, terminal=width is not None), styled=True)
     return 0
 
 

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from picluster.cli.formatting import duration
+from picluster.text import printable
 from picluster.wire.messages import TASK_STATES
 
 __all__ = ["UNLIMITED", "render", "size"]
@@ -238,4 +239,4 @@ def _clean(value: Any) -> str:
     """A reported string fit for a terminal: control characters become C{?}."""
     if value is None:
         return ""
-    return "".join(char if char.isprintable() else "?" for char in str(value))
+    return printable(str(value))

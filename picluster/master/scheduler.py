@@ -31,9 +31,12 @@ from twisted.python.failure import Failure
 
 from picluster import wire
 from picluster.logbudget import LogBudget
+from picluster.master.quotas import Charge, Quotas, submitter_key
+from picluster.master.retention import Retention
+from picluster.master.space import DEFAULT_MAX_DB
 from picluster.master.store import FINAL_STATES, KeyConflict, StoreError, TaskStore
 from picluster.master.taskqueue import TaskQueue
-from picluster.master.taskspec import DEFAULT_MAX_ARGS, parse_submission
+from picluster.master.taskspec import DEFAULT_MAX_ARGS, TaskSpec, parse_submission
 from picluster.master.taskview import TaskView, store_failed
 from picluster.master.workers import OpenTask, Worker
 from picluster.wire import messages
@@ -42,9 +45,10 @@ from picluster.wire.messages import BUSY_REFUSALS
 
 log = Logger()
 
-#: Open tasks the master keeps at most; a submit past it is refused.
+#: Open tasks the master keeps at most, whoever submitted them; a submit
+#: past it is refused.  Each submitter's own quotas come first
+#: (L{picluster.master.quotas}).
 DEFAULT_MAX_OPEN_TASKS = 100_000
-
 
 
 class Scheduler:
@@ -58,7 +62,7 @@ class Scheduler:
     def __init__(
         self, clock: Any, *, overdue_grace: float = 15.0, rejoin_grace: float = 30.0,
         max_args: int = DEFAULT_MAX_ARGS, max_open_tasks: int = DEFAULT_MAX_OPEN_TASKS,
-        max_reply: int = wire.DEFAULT_MAX_FRAME - 4096,
+        max_reply: int = wire.DEFAULT_MAX_FRAME - 4096, max_db: int = DEFAULT_MAX_DB,
     ):
         self.clock = clock
         #: Task name to why this master refuses to queue it at all.
@@ -67,6 +71,12 @@ class Scheduler:
         self.rejoin_grace = rejoin_grace
         self.max_args = max_args
         self.max_open_tasks = max_open_tasks
+        #: Bytes of database (file and log) past which new tasks are refused.
+        self.max_db = max_db
+        #: Each submitter's share of the queue.
+        self.quotas = Quotas(clock)
+        #: Which finished tasks are pruned from the database, and when.
+        self.retention = Retention(clock, pruned=self._pruned)
         self.store: TaskStore | None = None
         self.open: dict[int, OpenTask] = {}
         self.workers: dict[Any, Worker] = {}
@@ -88,6 +98,20 @@ class Scheduler:
         self._assignments = 0
         #: Tasks in each final state, from the store at start, then counted.
         self.finished_counts: dict[str, int] = dict.fromkeys(sorted(FINAL_STATES), 0)
+
+    def set_limits(self, *, quota_open: int | None = None, quota_args: int | None = None,
+                   quota_rate: float | None = None, quota_burst: int | None = None,
+                   keep_finished: int | None = None, keep_finished_days: float | None = None,
+                   max_db: int | None = None) -> None:
+        """Set the bounds on what submitters may hold (the master's options); C{None} keeps one."""
+        for owner, name, value in (
+            (self.quotas, "max_open", quota_open), (self.quotas, "max_args", quota_args),
+            (self.quotas, "rate", quota_rate), (self.quotas, "burst", quota_burst),
+            (self.retention, "keep", keep_finished), (self.retention, "keep_days", keep_finished_days),
+            (self, "max_db", max_db),
+        ):
+            if value is not None:
+                setattr(owner, name, value)
 
     # -- life ----------------------------------------------------------------
 
@@ -114,6 +138,8 @@ class Scheduler:
         for record in records:
             task = OpenTask(record)
             self.open[task.id] = task
+            task.charge = self.quotas.hold(submitter_key(record["submitted_by"]),
+                                           len(wire.strict_json(record["args"]).encode("utf-8")))
             if record["state"] == "running":
                 # Its slave may still be at it: give the slave time to rejoin
                 # and claim it before anyone else is given it.
@@ -133,6 +159,8 @@ class Scheduler:
         self._unavailable = None
         self._ready.callback(None)
         self._schedule_dispatch()
+        assert self.store is not None
+        self.retention.start(self.store)
 
     def when_ready(self) -> defer.Deferred[None]:
         """Fires once the queue has loaded; errbacks with L{ServiceError} if it cannot serve."""
@@ -153,6 +181,7 @@ class Scheduler:
         return ready.addCallback(check)
 
     def stop(self) -> defer.Deferred[None]:
+        self.retention.stop()
         for call in (self._dispatch_call, self._release_call):
             if call is not None and call.active():
                 call.cancel()
@@ -171,20 +200,38 @@ class Scheduler:
         for index, spec in enumerate(specs):
             if spec.name in self.refused_tasks:
                 raise wire.BadMessage(f"task {index}: {self.refused_tasks[spec.name]}", index=index)
+        store = self.usable_store()
+        size = store.size()
+        if size >= self.max_db:
+            raise ServiceError(
+                f"the task database is full: {size} bytes, at most {self.max_db} (--max-db);"
+                " new tasks are refused until finished tasks are pruned (--keep-finished,"
+                " --keep-finished-days) or --max-db is raised"
+            )
         if len(self.open) + len(specs) > self.max_open_tasks:
             raise ServiceError(
                 f"the queue is full: {len(self.open)} open tasks, at most {self.max_open_tasks}"
             )
-        stored = self.usable_store().submit(specs, self.clock.seconds(), submitted_by)
-        stored.addCallbacks(self._submitted, self._not_submitted)
+        # Charged before it is stored, so that submissions still on their way
+        # to the disk count too; given back for what is not stored.
+        key = submitter_key(submitted_by)
+        charge = self.quotas.charge(key, len(specs), sum(spec.args_size for spec in specs))
+        stored = store.submit(specs, self.clock.seconds(), submitted_by)
+        stored.addCallbacks(self._submitted, self._not_submitted,
+                            callbackArgs=(specs, key), errbackArgs=(charge,))
         return stored
 
-    def _submitted(self, stored: list[tuple[dict[str, Any], bool]]) -> tuple[str, Any]:
+    def _submitted(self, stored: list[tuple[dict[str, Any], bool]], specs: list[TaskSpec],
+                   key: Any) -> tuple[str, Any]:
         answers = []
         names = set()
-        for record, duplicate in stored:
-            if not duplicate:
+        for (record, duplicate), spec in zip(stored, specs):
+            charge = Charge(key, 1, spec.args_size)
+            if duplicate:
+                self.quotas.give_back(charge)
+            else:
                 task = OpenTask(record)
+                task.charge = charge
                 self.open[task.id] = task
                 self._enqueue(task)
                 names.add(task.name)
@@ -203,7 +250,8 @@ class Scheduler:
         self._schedule_dispatch()
         return ("submitted", {"tasks": answers, "warnings": warnings})
 
-    def _not_submitted(self, failure: Failure) -> None:
+    def _not_submitted(self, failure: Failure, charge: Charge) -> None:
+        self.quotas.give_back(charge)
         if failure.check(KeyConflict):
             raise wire.BadMessage(str(failure.value), index=failure.value.index)
         if failure.check(StoreError):
@@ -430,6 +478,9 @@ class Scheduler:
         task.queued = False
         self.held.pop(task.id, None)
         del self.open[task.id]
+        if task.charge is not None:
+            self.quotas.give_back(task.charge)
+            task.charge = None
         self.finished_counts[state] += 1
         record = task.record
         record.update(state=state, result=result, error=error, finished_at=self.clock.seconds())
@@ -492,6 +543,12 @@ class Scheduler:
             log.info("{count} tasks unclaimed after the master restart are queued again",
                      count=len(held))
         self._schedule_dispatch()
+
+    def _pruned(self, counts: dict[str, int]) -> None:
+        """Finished tasks were pruned from the database: they are counted no more."""
+        for state, count in counts.items():
+            if state in self.finished_counts:
+                self.finished_counts[state] = max(0, self.finished_counts[state] - count)
 
     def in_memory(self, task_id: int) -> dict[str, Any] | None:
         """The live record of a task that is open, or ended and being saved."""

@@ -69,6 +69,7 @@ class MasterService(service.MultiService):
         db: str = ":memory:",
         rejoin_grace: float = 30.0,
         max_args: int | None = None,
+        task_limits: dict[str, Any] | None = None,
         web: str | None = None,
         forget_after: float = DEFAULT_FORGET_AFTER,
         influxdb: str | None = None,
@@ -94,6 +95,7 @@ class MasterService(service.MultiService):
         self.scheduler.rejoin_grace = rejoin_grace
         if max_args is not None:
             self.scheduler.max_args = max_args
+        self.scheduler.set_limits(**(task_limits or {}))
         listening: Any = self.factory
         if trust is not None:
             # TLS around the factory rather than an ssl: endpoint, so that any

@@ -14,7 +14,8 @@ makes it durable.  Two kinds of work reach it:
 Everything queued while a transaction runs goes into the next one, a group
 commit: with C{synchronous=FULL} each commit costs an fsync, so on an SD
 card batching is what keeps a busy master fast.  The connection pool has a
-single connection, which serialises all of it.
+single connection, which serialises all of it.  Pruning finished tasks is
+one more operation (L{picluster.master.space} holds how).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from picluster.master.space import (
+    INCREMENTAL,
+    WAL_SIZE_LIMIT,
+    convert_to_incremental,
+    database_size,
+    prune,
+)
 from picluster.master.taskspec import TaskSpec
 from picluster.wire.messages import TASK_STATES
 
@@ -60,6 +68,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     submitted_by TEXT
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
+CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks (finished_at, id) WHERE finished_at IS NOT NULL;
 """
 
 #: Columns of a task row, in table order.
@@ -80,6 +89,9 @@ STATES = TASK_STATES
 RETRY_FIRST = 1.0
 RETRY_MAX = 60.0
 
+#: What SQLite says when a write finds no room (SQLITE_FULL).
+DISK_FULL = "database or disk is full"
+
 
 class StoreError(Exception):
     """The task database cannot be opened or used."""
@@ -96,10 +108,17 @@ class KeyConflict(Exception):
 
 
 def _prepare(connection: sqlite3.Connection) -> None:
-    """Per-connection settings: durable commits, tolerant of a slow card."""
+    """
+    Per-connection settings: durable commits, tolerant of a slow card; a new
+    database gives the pages of pruned tasks back to the file system (set
+    before anything is written: an older file is converted by
+    L{check_database}).
+    """
+    connection.execute(f"PRAGMA auto_vacuum = {INCREMENTAL}")
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.execute("PRAGMA busy_timeout=5000")
+    connection.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
 
 
 def _create_schema(txn: Any) -> None:
@@ -134,6 +153,7 @@ def check_database(path: str) -> None:
             _prepare(connection)
             _create_schema(connection.cursor())
             connection.commit()
+            convert_to_incremental(connection, path)
         finally:
             connection.close()
     except sqlite3.Error as e:
@@ -195,9 +215,11 @@ class TaskStore:
         C{runInteraction} and C{close} (the tests run SQLite synchronously).
     """
 
-    def __init__(self, pool: Any, clock: Any):
+    def __init__(self, pool: Any, clock: Any, path: str = ":memory:"):
         self.pool = pool
         self.clock = clock
+        #: The database file (C{":memory:"} for none).
+        self.path = path
         self._dirty: dict[int, dict[str, Any]] = {}
         self._save_waiters: dict[int, list[defer.Deferred[None]]] = {}
         self._operations: list[_Operation] = []
@@ -212,7 +234,7 @@ class TaskStore:
     def open(cls, path: str, reactor: Any, pool: Any = None) -> defer.Deferred[TaskStore]:
         """Open (creating if need be) the task database at C{path}."""
         pool = pool if pool is not None else open_pool(path, reactor)
-        store = cls(pool, reactor)
+        store = cls(pool, reactor, path)
 
         def explain(failure: Failure) -> Failure:
             pool.close()
@@ -263,6 +285,18 @@ class TaskStore:
     def counts(self) -> defer.Deferred[dict[str, int]]:
         """How many tasks are stored in each state."""
         return self._operate(_count_by_state)
+
+    def prune(self, before: float, keep: int, batch: int) -> defer.Deferred[dict[str, int]]:
+        """
+        Delete at most C{batch} finished tasks: those finished before
+        C{before}, then the oldest of those past the newest C{keep}.  Fires
+        with how many were deleted in each state.
+        """
+        return self._operate(lambda txn: prune(txn, before, keep, batch))
+
+    def size(self) -> int:
+        """Bytes of the database on disk (its file and write-ahead log)."""
+        return database_size(self.path)
 
     def pending_saves(self) -> int:
         """Rows waiting to be written (for status pages and tests)."""
@@ -346,7 +380,7 @@ class TaskStore:
             try:
                 (outcome,) = yield self.pool.runInteraction(_write_batch, [], [operation])
             except Exception as e:
-                outcome = StoreError(f"task database: {e}")
+                outcome = _store_error(e)
             if isinstance(outcome, Exception):
                 operation.done.errback(outcome)
             else:
@@ -379,6 +413,14 @@ class TaskStore:
         self.pool.close()
         assert self._closed is not None
         self._closed.callback(None)
+
+
+def _store_error(error: Exception) -> StoreError:
+    """A failed transaction, in words for the user."""
+    if DISK_FULL in str(error):
+        return StoreError(f"the disk holding the task database is full ({DISK_FULL});"
+                          " the tasks already stored are kept")
+    return StoreError(f"task database: {error}")
 
 
 def _write_batch(txn: Any, rows: list[dict[str, Any]], operations: list[_Operation]) -> list[Any]:

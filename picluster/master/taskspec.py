@@ -94,6 +94,8 @@ class TaskSpec:
     key: str | None
     #: The arguments' JSON, as stored and sent.
     args_json: str
+    #: Bytes of C{args_json} in UTF-8: what the task's arguments hold.
+    args_size: int = 0
 
     @classmethod
     def check(cls, spec: messages.TaskSpec, max_args: int = DEFAULT_MAX_ARGS) -> TaskSpec:
@@ -104,7 +106,7 @@ class TaskSpec:
         if size > max_args:
             raise ValueError(f"args of {size} bytes exceed the {max_args} byte limit")
         return cls(spec.name, args, Requirements.from_wire(spec.requirements), spec.timeout,
-                   spec.retries, spec.key, args_json)
+                   spec.retries, spec.key, args_json, size)
 
     @classmethod
     def parse(cls, raw: Any, max_args: int = DEFAULT_MAX_ARGS) -> TaskSpec:

@@ -46,6 +46,8 @@ class OpenTask:
         #: may report that run's result.
         self.ran_by: dict[int, str | None] = {}
         self.deadline: Any = None
+        #: What it counts against its submitter's quotas, given back when it ends.
+        self.charge: Any = None
 
     @property
     def id(self) -> int:

@@ -8,8 +8,9 @@ from twisted.python import usage
 
 from picluster import config
 from picluster.config import server_endpoint
-from picluster.master import admission
+from picluster.master import admission, quotas, retention
 from picluster.master.service import MasterService
+from picluster.master.space import DEFAULT_MAX_DB
 from picluster.master.taskspec import DEFAULT_MAX_ARGS
 from picluster.trust.cluster import ClusterTrust, TrustError
 from picluster.wire.messages import COMMAND_TASKS
@@ -48,6 +49,36 @@ def database_path(text: str) -> str:
     if not text.strip():
         raise ValueError("must name a file")
     return text
+
+
+def per_second(text: str) -> float:
+    """A positive rate, in tasks a second."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of tasks a second, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"must be a positive number of tasks a second, not {text!r}")
+    return value
+
+
+def positive_size(text: str) -> int:
+    """A number of bytes, more than none."""
+    value = config.byte_size(text)
+    if value <= 0:
+        raise ValueError(f"must be more than 0 bytes, not {text!r}")
+    return value
+
+
+def days(text: str) -> float:
+    """A positive number of days."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of days, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"must be a positive number of days, not {text!r}")
+    return value
 
 
 def _escape(text: str) -> str:
@@ -113,6 +144,34 @@ class Options(config.Options):
         config.Setting(
             "max-args", config.frame_size, DEFAULT_MAX_ARGS,
             "Largest JSON arguments of one task, in bytes (K and M allowed)",
+        ),
+        config.Setting(
+            "quota-open", config.whole_number(1, 10**9), quotas.DEFAULT_QUOTA_OPEN,
+            "Open (queued or running) tasks one submitter may have",
+        ),
+        config.Setting(
+            "quota-args", positive_size, quotas.DEFAULT_QUOTA_ARGS,
+            "Bytes of arguments one submitter's open tasks may hold (K, M and G allowed)",
+        ),
+        config.Setting(
+            "quota-rate", per_second, quotas.DEFAULT_QUOTA_RATE,
+            "New tasks a second one submitter may submit, on average",
+        ),
+        config.Setting(
+            "quota-burst", config.whole_number(1, 10**9), quotas.DEFAULT_QUOTA_BURST,
+            "New tasks one submitter may submit at once, beyond --quota-rate",
+        ),
+        config.Setting(
+            "keep-finished", config.whole_number(0, 10**9), retention.DEFAULT_KEEP,
+            "Finished tasks kept in --db, the newest; older ones are pruned",
+        ),
+        config.Setting(
+            "keep-finished-days", days, retention.DEFAULT_KEEP_DAYS,
+            "Days a finished task is kept in --db before it is pruned",
+        ),
+        config.Setting(
+            "max-db", positive_size, DEFAULT_MAX_DB,
+            "Size of --db (with its log) past which new tasks are refused (K, M and G allowed)",
         ),
         config.Setting(
             "web", web_endpoint, config.DEFAULT_WEB,
@@ -199,6 +258,12 @@ def _master_service(options: Options) -> MasterService:
         db=options["db"],
         rejoin_grace=options["rejoin-grace"],
         max_args=options["max-args"],
+        task_limits={
+            "quota_open": options["quota-open"], "quota_args": options["quota-args"],
+            "quota_rate": options["quota-rate"], "quota_burst": options["quota-burst"],
+            "keep_finished": options["keep-finished"],
+            "keep_finished_days": options["keep-finished-days"], "max_db": options["max-db"],
+        },
         web=options["web"],
         web_public=options["web-public"],
         forget_after=options["forget-after"],
