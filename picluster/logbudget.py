@@ -77,3 +77,50 @@ class LogBudget:
         kinds = ", ".join(f"{count:,} {kind}" for kind, count in left_out.items())
         self.log.info(self.summary, count=sum(left_out.values()), seconds=self.interval,
                       kinds=kinds, left_out=left_out)
+
+
+class FailureLog:
+    """
+    Tracebacks logged once per cause, then counted.
+
+    A peer that finds a way to make a handler fail can make it fail on every
+    message; a traceback each (dozens of lines) would fill the log.  A cause
+    is the exception's type and the line that raised it: its first failure
+    is logged whole, the next ones within C{interval} seconds only counted,
+    and the count said with the next traceback of that cause after it.
+
+    @ivar limit: Causes remembered at once; past it the oldest is forgotten
+        (and its next failure is logged whole again).
+    """
+
+    def __init__(self, log: Logger, clock: Any, *, interval: float = 3600.0, limit: int = 256):
+        self.log = log
+        self.clock = clock
+        self.interval = interval
+        self.limit = limit
+        #: Cause to (when its traceback was last logged, failures since).
+        self._causes: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def failure(self, format: str, failure: Any, /, **fields: Any) -> None:
+        """Log C{failure} with C{format}, unless its cause was logged lately."""
+        cause = _cause_of(failure)
+        now = self.clock.seconds()
+        seen = self._causes.get(cause)
+        if seen is not None and now - seen[0] < self.interval:
+            self._causes[cause] = (seen[0], seen[1] + 1)
+            return
+        repeated = seen[1] if seen is not None else 0
+        self._causes.pop(cause, None)
+        if len(self._causes) >= self.limit:
+            del self._causes[next(iter(self._causes))]
+        self._causes[cause] = (now, 0)
+        if repeated:
+            format += " ({repeated} more of the same since it was last logged)"
+        self.log.failure(format, failure, repeated=repeated, **fields)
+
+
+def _cause_of(failure: Any) -> tuple[str, str]:
+    """The type of C{failure}'s exception, and where it was raised."""
+    frames = getattr(failure, "frames", None) or []
+    where = f"{frames[-1][1]}:{frames[-1][2]}" if frames else ""
+    return (getattr(failure.type, "__qualname__", str(failure.type)), where)

@@ -403,3 +403,56 @@ class MessageSizeTests(unittest.TestCase):
         client = FakeClient(self.master, self.clock)
         reply = client.request("watch", {"ids": list(range(1, MAX_WATCHED + 2))})
         self.assertEqual(reply["type"], "bad_message")
+
+
+class LogFloodTests(unittest.TestCase):
+    """Log lines that peers cause are budgeted; tracebacks are logged once per cause."""
+
+    def test_strangersCostFewLines(self) -> None:
+        """Two thousand strangers sending junk and oversized frames cost the log a few lines."""
+        clock = Clock()
+        trust = ClusterTrust.open(os.path.join(self.mktemp(), "state"))
+        master = MasterFactory(SlaveRegistry(), clock=clock, trust=trust, computer_details=MASTER_FACTS,
+                               max_strangers=10_000, max_strangers_per_host=10_000)
+        with capturedLogs() as events:
+            for n in range(2000):
+                peer = IPv4Address("TCP", "10.9.0.1", 1000 + n)
+                protocol = master.buildProtocol(peer)
+                transport = StringTransport(peerAddress=peer)
+                protocol.makeConnection(transport)
+                if n % 2:
+                    protocol.dataReceived(struct.pack("!I", 1 << 20) + b"x" * 1000)
+                else:
+                    protocol.dataReceived(raw_frame(b"x" * 2000))
+                protocol.connectionLost(Failure(ConnectionDone()))
+            clock.advance(60)
+        self.assertLessEqual(len(events), 25)
+        self.assertLess(sum(len(formatEvent(e)) for e in events), 10_000)
+        self.assertIn("refused handshakes", formatEvent(events[-1]))
+
+    def test_tracebackOncePerCause(self) -> None:
+        """A handler failing on every message logs its traceback once, then counts."""
+        clock = Clock()
+
+        class Broken(PeerHandler):
+            def msg_boom(self, payload: Any) -> None:
+                raise ZeroDivisionError("always")
+
+        class BrokenFactory(PiClusterFactory):
+            def make_handler(self, protocol: Any) -> Broken:
+                return Broken(protocol)
+
+        factory = BrokenFactory(clock=clock)
+        protocol, transport = connect(factory)
+        with capturedLogs() as events:
+            for n in range(500):
+                protocol.dataReceived(frame({"type": "boom", "id": n}))
+        self.assertEqual(len(events), 1)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual([m["type"] for m in sent(transport)], ["error"] * 500)
+        clock.advance(3600)
+        protocol, transport = connect(factory)
+        with capturedLogs() as events:
+            protocol.dataReceived(frame({"type": "boom", "id": 1}))
+        self.assertIn("499 more of the same", formatEvent(events[0]))
+        self.flushLoggedErrors(ZeroDivisionError)

@@ -201,6 +201,12 @@ class PeerConnection(PeerHandler):
     def log_fields(self) -> dict[str, Any]:
         return {"peer": self.describe_peer(), "address": self.address, "uuid": self.uuid}
 
+    @property
+    def quiet(self) -> bool:
+        # A stranger's closing is logged once, within the refusals' budget,
+        # as it goes (MasterFactory._slave_gone): a flood costs a few lines.
+        return self.stranger
+
     def connection_made(self) -> None:
         if self.master.trust is not None:
             # A stranger until its hello proves a token: listed nowhere,

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from picluster.logbudget import FailureLog
 from picluster.text import clip
 from picluster.wire import envelope as wire
 from picluster.wire import messages
@@ -243,6 +244,14 @@ class PiClusterProtocol(FrameReceiver):
                 self.transport.unregisterProducer()
             self.transport.loseConnection()
 
+    def _warn(self, format: str, **fields: Any) -> None:
+        """
+        Say why we close the connection, unless its handler keeps it quiet
+        (a master's stranger, whose departure is logged within a budget).
+        """
+        if not self.handler.quiet:
+            self.log.warn(format, **fields, **self.handler.log_fields())
+
     @property
     def closing(self) -> bool:
         return self._close_cause is not None or self.lost is not None
@@ -295,9 +304,9 @@ class PiClusterProtocol(FrameReceiver):
         if taken < deadline - _EPSILON:
             self._frame_timer = self.clock.callLater(deadline - taken, self._check_frame)
             return
-        self.log.warn(
+        self._warn(
             "Closing connection to {peer}: a frame of {size} bytes still incomplete after"
-            " {taken:.0f} s", size=self.buffered, taken=taken, **self.handler.log_fields(),
+            " {taken:.0f} s", size=self.buffered, taken=taken,
         )
         self.close(f"a frame took over {deadline:g} s to arrive", abort=True)
 
@@ -306,11 +315,8 @@ class PiClusterProtocol(FrameReceiver):
         silent_for = self.clock.seconds() - self.last_received
         if silent_for >= dead_after - _EPSILON:
             self._dead_peer_check = None
-            self.log.warn(
-                "Closing connection to {peer}: nothing received for {silent:.1f} s",
-                silent=silent_for,
-                **self.handler.log_fields(),
-            )
+            self._warn("Closing connection to {peer}: nothing received for {silent:.1f} s",
+                       silent=silent_for)
             self.close(f"no sign of life for {silent_for:.0f} s", abort=True)
         else:
             self._dead_peer_check = self.clock.callLater(
@@ -394,10 +400,8 @@ class PiClusterProtocol(FrameReceiver):
             # later reply, a task_update, a ping), up to max_queued.
             self._unread += len(frame)
             if self._unread > self.factory.max_queued:
-                self.log.warn(
-                    "Closing connection to {peer}: it does not read, and {unread} bytes wait for it",
-                    unread=self._unread, **self.handler.log_fields(),
-                )
+                self._warn("Closing connection to {peer}: it does not read, and {unread} bytes wait for it",
+                           unread=self._unread)
                 self.close(f"over {self.factory.max_queued} bytes queued, unread", abort=True)
                 return
         # sendString, without its second length check: MAX_LENGTH is within
@@ -435,12 +439,9 @@ class PiClusterProtocol(FrameReceiver):
     def lengthLimitExceeded(self, length: int) -> None:
         if self.closing:
             return
-        self.log.warn(
-            "Closing connection to {peer}: a frame of {length} bytes exceeds"
-            " the {limit} byte limit",
-            length=length,
-            limit=self.MAX_LENGTH,
-            **self.handler.log_fields(),
+        self._warn(
+            "Closing connection to {peer}: a frame of {length} bytes exceeds the {limit} byte limit",
+            length=length, limit=self.MAX_LENGTH,
         )
         # Not an abort: nothing of ours is queued, so the peer gets a clean
         # close it can read, and loseConnection stops reading at once.
@@ -476,10 +477,12 @@ class PiClusterProtocol(FrameReceiver):
             payload = wire.decode_payload(reply.payload, messages.reply_decoder(request_type, reply_type))
         except msgspec.ValidationError as e:
             problem = str(e)
-            self.log.info(
-                "Bad {type} reply from {peer}: {problem}",
-                type=reply_type, problem=problem, **self.handler.log_fields(),
-            )
+            self.bad_messages += 1
+            if self.bad_messages <= LOGGED_BAD_MESSAGES:
+                self.log.info(
+                    "Bad {type} reply from {peer}: {problem}",
+                    type=clip(reply_type), problem=clip(problem), **self.handler.log_fields(),
+                )
             if pending is not None:
                 pending[0].errback(BadReply(pending[1], reply_type, problem))
             return
@@ -570,7 +573,7 @@ class PiClusterProtocol(FrameReceiver):
     def _refuse(self, bad: wire.BadMessage, msg_id: int | None) -> None:
         """Answer a message we cannot accept with C{bad_message}."""
         self.bad_messages += 1
-        if self.bad_messages <= LOGGED_BAD_MESSAGES:
+        if self.bad_messages <= LOGGED_BAD_MESSAGES and not self.handler.quiet:
             self.log.info(
                 "Bad message from {peer}: {error}", error=clip(bad.error), **self.handler.log_fields()
             )
@@ -591,7 +594,7 @@ class PiClusterProtocol(FrameReceiver):
             if msg_id is not None and self.lost is None:
                 self.send("error", {"error": failure.getErrorMessage()}, reply_to=msg_id)
             return
-        self.log.failure(
+        self.factory.failures.failure(
             "Error handling {type} from {peer}", failure,
             type=message_type, **self.handler.log_fields(),
         )
@@ -683,6 +686,8 @@ class PiClusterFactory(protocol.Factory):
         self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.stats = WireStats()
+        #: Tracebacks of our own handlers' failures, once per cause.
+        self.failures = FailureLog(self.log, clock)
 
     def make_handler(self, protocol: PiClusterProtocol) -> PeerHandler:
         return PeerHandler(protocol)
