@@ -10,12 +10,13 @@ import msgspec
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, eventAsJSON, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
-from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.slave.session import KEEPALIVE_FLOOR, SlaveFactory, SlaveService
+from picluster.text import MAX_TEXT
 from picluster.wire.messages import ComputerDetails, Vitals
 
 from .helpers import (
@@ -298,3 +299,75 @@ class ServiceTests(unittest.TestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(stopped)
         self.assertEqual(protocol.lost.cause, "slave shutting down")
+
+
+class HostileMasterTests(unittest.TestCase):
+    """
+    What a master chooses (its keepalive, its texts, how many it sends) is
+    bounded on the slave.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.slave = slave_factory(self.clock, keepalive=5, vitals_interval=3600)
+        self.protocol, self.transport = connect(self.slave, host="10.0.0.1", port=12345)
+
+    def answer(self, request: dict[str, Any], reply_type: str, payload: Any = None) -> None:
+        self.protocol.dataReceived(frame({"type": reply_type, "payload": payload,
+                                          "reply_to": request["id"]}))
+
+    def welcome(self, keepalive: float) -> None:
+        """Play the master's half of a join, asking for pings every C{keepalive} seconds."""
+        [hello] = sent(self.transport)
+        self.answer(hello, "welcome", {"uuid": "ab" * 16, "keepalive": keepalive, "dead_after": 3600})
+        [details] = sent(self.transport)
+        self.answer(details, "ack")
+        [info] = sent(self.transport)
+        self.answer(info, "master_info", {"hostname": "m" * 100_000, "cpu": "c" * 100_000})
+        sent(self.transport)  # the first vitals
+
+    def test_keepaliveFloor(self) -> None:
+        """A master asking for a ping every millisecond gets one a second, and one log line."""
+        with capturedLogs() as events:
+            self.welcome(0.001)
+            for _ in range(10):
+                self.clock.advance(1)
+        pings = [e for e in sent(self.transport) if e["type"] == "ping"]
+        self.assertEqual(len(pings), 10)
+        self.assertEqual(self.protocol._keepalive.interval, KEEPALIVE_FLOOR)
+        lines = [formatEvent(e) for e in events if "keepalive" in e["log_format"]]
+        self.assertEqual(lines, ["Master 10.0.0.1:12345 asks for a keepalive every 0.001 s;"
+                                 " this slave pings every 1 s at most"])
+
+    def test_keepaliveAboveFloorKept(self) -> None:
+        """A master's keepalive at or above the floor is followed as it is."""
+        self.welcome(KEEPALIVE_FLOOR)
+        self.assertEqual(self.protocol._keepalive.interval, KEEPALIVE_FLOOR)
+
+    def test_masterTextsClipped(self) -> None:
+        """The master's own facts are logged clipped."""
+        with capturedLogs() as events:
+            self.welcome(5)
+        [line] = [formatEvent(e) for e in events if e["log_format"].startswith("Master is")]
+        self.assertLess(len(line), 2 * MAX_TEXT + 100)
+
+    def test_floodOfTextsIsBounded(self) -> None:
+        """1,000 large message, error and bad_message frames make a bounded log."""
+        text = "x" * 64 * 1024
+        frames = [
+            frame({"type": "message", "payload": text}),
+            frame({"type": "error", "payload": {"error": text}}),
+            frame({"type": "bad_message", "payload": {"error": text}}),
+        ]
+        with capturedLogs() as events:
+            for number in range(1000):
+                self.protocol.dataReceived(frames[number % 3])
+            self.clock.advance(self.slave.master_log.interval)
+        lines = self.slave.master_log.lines
+        self.assertLessEqual(len(events), lines + 1)
+        self.assertEqual(events[-1]["left_out"],
+                         {"messages": 300, "errors": 300, "refusals of our messages": 300})
+        self.assertTrue(formatEvent(events[-1]).startswith("Left out of the log in the last 10 s:"))
+        # What a JSON log (twistd --logger) would write of them, fields and all.
+        written = sum(len(eventAsJSON(e)) for e in events)
+        self.assertLess(written, (lines + 1) * 2048)
