@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from picluster import address, config
 from picluster.address import MasterAddress, parse_master
 from picluster.master.service import DEFAULT_BACKLOG, MasterService, with_default_backlog
+from picluster.slave.runner import DEFAULT_MAX_RESULT
 from picluster.slave.session import SlaveService
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap
@@ -434,6 +435,18 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         """In plain mode (--insecure) a slave refuses to allow admin or shell tasks."""
         for option in (["--allow-admin"], ["--allow-shell", "uptime"]):
             self.assertIn("need a secure master", self.refused(*option))
+
+    def test_maxResult(self):
+        """--max-result defaults to what a frame carries, and must fit in one."""
+        self.assertEqual(self.parse()["max-result"], DEFAULT_MAX_RESULT)
+        self.assertEqual(self.parse("--max-frame", "64K")["max-result"], 64 * 1024 - 256)
+        options = self.parse("--max-result", "100K")
+        self.assertEqual(options["max-result"], 100 * 1024)
+        runner = slave_tap.makeService(options).factory.runner
+        self.assertEqual(runner.max_result_bytes, 100 * 1024)
+        self.assertIn("--max-result (1048576 bytes) must be from 512 to 1048320",
+                      self.refused("--max-result", "1M"))
+        self.assertIn("must be from 512", self.refused("--max-result", "511"))
 
     def test_makeServiceDefaults(self):
         """makeService with no options makes a factory for 127.0.0.1:12345."""

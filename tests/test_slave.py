@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -15,9 +16,12 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
+from picluster.slave.runner import TaskRunner
 from picluster.slave.session import KEEPALIVE_FLOOR, SlaveFactory, SlaveService
+from picluster.tasks import Task, TaskCatalog
 from picluster.text import MAX_TEXT
 from picluster.wire.messages import ComputerDetails, Vitals
+from tests.taskhelpers import FakeClient, SynchronousPool, task_master
 
 from .helpers import (
     SLAVE_FACTS,
@@ -371,3 +375,55 @@ class HostileMasterTests(unittest.TestCase):
         # What a JSON log (twistd --logger) would write of them, fields and all.
         written = sum(len(eventAsJSON(e)) for e in events)
         self.assertLess(written, (lines + 1) * 2048)
+
+
+class DroppedResultTests(unittest.TestCase):
+    """
+    A result the slave drops unacknowledged is not lost to the master: it
+    runs the task again.
+    """
+
+    def test_droppedResultRunsAgain(self) -> None:
+        """Results dropped while the master is away are run again; the kept ones end their tasks."""
+        clock = Clock()
+        master = task_master(clock, SynchronousPool())
+        client = FakeClient(master, clock)
+        holds: dict[tuple[int, int], defer.Deferred[str]] = {}
+        runner = TaskRunner(TaskCatalog([Task("hold", lambda: defer.Deferred(), "reactor")]),
+                            slots=4, clock=clock, reactor=clock, max_waiting_bytes=200)
+        slave = slave_factory(clock, keepalive=100, dead_after=300, runner=runner)
+        started = runner.start
+
+        def start(run: Any) -> None:
+            started(run)
+            holds[run.id, run.attempt] = runner._running[run.id].deferred
+
+        runner.start = start
+        ids = [t["id"] for t in client.submit(*[{"name": "hold"}] * 4)["payload"]["tasks"]]
+        slave_protocol, master_protocol, pump = connect_pair(master, slave, clock)
+        pump.flush()
+        clock.advance(0)
+        pump.flush()
+        self.assertEqual(sorted(holds), [(i, 1) for i in ids])
+        master_protocol.transport.loseConnection()
+        pump.flush()
+        for i in ids:  # each result is some 75 bytes: two fit in 200
+            holds[i, 1].callback(f"first run of {i}")
+        self.assertEqual([r["id"] for r in runner.results], ids[2:])
+        slave_protocol, master_protocol, pump = connect_pair(master, slave, clock, port=5001)
+        for _ in range(5):
+            clock.advance(0)
+            pump.flush()
+        for (task_id, attempt), held in holds.items():
+            if attempt == 2 and not held.called:
+                held.callback(f"second run of {task_id}")
+        for _ in range(5):
+            clock.advance(0)
+            pump.flush()
+        records = client.records(*ids)
+        self.assertEqual([records[i]["state"] for i in ids], ["done"] * 4)
+        self.assertEqual([records[i]["result"] for i in ids[:2]],
+                         [f"second run of {i}" for i in ids[:2]])
+        self.assertEqual([records[i]["result"] for i in ids[2:]],
+                         [f"first run of {i}" for i in ids[2:]])
+        self.assertEqual(runner.results, [])

@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -35,8 +35,9 @@ from picluster.tasks.catalog import (
     TaskCatalog,
     check_arguments,
 )
-from picluster.tasks.child import OUTPUT_LIMIT, TRACEBACK_LIMIT
+from picluster.tasks.child import OUTPUT_LIMIT
 from picluster.tasks.errors import (
+    TRACEBACK_LIMIT,
     CommandFailed,
     NotPermitted,
     TaskFailed,
@@ -44,9 +45,28 @@ from picluster.tasks.errors import (
     error_kind,
     error_payload,
 )
+from picluster.text import clip
 from picluster.wire.messages import NO_FREE_SLOT, TASK_ALREADY_RUNNING, Run, RunTask
 
 log = Logger()
+
+#: Bytes a frame needs around a task_result payload (its envelope, with the
+#: type and a request id, takes under 60).
+RESULT_ENVELOPE_ROOM = 256
+
+#: The largest task_result payload, in bytes of JSON, unless told otherwise:
+#: what a frame of the default C{--max-frame} carries.  A larger result
+#: fails its task with C{ResultTooLarge} rather than making a frame that
+#: cannot be sent.
+DEFAULT_MAX_RESULT = wire.DEFAULT_MAX_FRAME - RESULT_ENVELOPE_ROOM
+
+#: Results kept for a master that has not acknowledged them: at most this
+#: many (or the slots, if more) and this many bytes of JSON (or one result,
+#: if larger).  Past either, the oldest is dropped: the master has it
+#: already, or it runs the task again (it does when it loses the slave, and
+#: after its restart, when the slave rejoins without it).
+MAX_WAITING_RESULTS = 100
+MAX_WAITING_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -98,7 +118,9 @@ class TaskRunner:
         allow_admin: bool = False,
         allowed_commands: Sequence[str] = (),
         admin_commands: Mapping[str, Sequence[Sequence[str]]] = ADMIN_COMMANDS,
-        max_result_bytes: int = 512 * 1024,
+        max_result_bytes: int = DEFAULT_MAX_RESULT,
+        max_waiting_results: int = MAX_WAITING_RESULTS,
+        max_waiting_bytes: int = MAX_WAITING_BYTES,
         thread_pool: Any = None,
         booted_at: float | None = None,
     ):
@@ -107,11 +129,15 @@ class TaskRunner:
         self.registry = registry
         self.slots = slots
         self.allow_admin = allow_admin
+        #: The largest task_result payload, in bytes of JSON.
         self.max_result_bytes = max_result_bytes
+        self.max_waiting_results = max(max_waiting_results, slots)
+        self.max_waiting_bytes = max_waiting_bytes
         #: (id, attempt) to the task_result payload of each run not yet
-        #: acknowledged, oldest first: a master acknowledges one at a time,
-        #: and a busy slave holds many.
-        self._results: dict[tuple[int, int], dict[str, Any]] = {}
+        #: acknowledged, and its size, oldest first: a master acknowledges
+        #: one at a time, and a busy slave holds many.
+        self._results: dict[tuple[int, int], tuple[dict[str, Any], int]] = {}
+        self._waiting_bytes = 0
         self.on_result: Callable[[dict[str, Any]], Any] | None = None
         self._clock = clock
         self._reactor = reactor
@@ -126,6 +152,11 @@ class TaskRunner:
         self.run_log = LogBudget(
             log, clock, "Left out of the log in the last {seconds:g} s: task runs {kinds}"
                         " (the master's task database has every task)",
+        )
+        #: Lines about results dropped unacknowledged: a few a minute.
+        self.drop_log = LogBudget(
+            log, clock, "Left out of the log in the last {seconds:g} s: {kinds} (the master has"
+                        " them, or runs their tasks again)", lines=10, interval=60.0,
         )
         self._node = Node(
             reactor=reactor,
@@ -142,7 +173,7 @@ class TaskRunner:
     @property
     def results(self) -> list[dict[str, Any]]:
         """The task_result payloads not yet acknowledged, oldest first."""
-        return list(self._results.values())
+        return [payload for payload, _ in self._results.values()]
 
     def offers(self) -> list[str]:
         """Every task name in the registry, refused ones included."""
@@ -189,11 +220,11 @@ class TaskRunner:
             )
         if len(self._running) >= self.slots:
             raise wire.BadMessage(NO_FREE_SLOT, slots=self.slots)
-        entry = _Run(task_id, attempt, name, self._clock.seconds())
+        entry = _Run(task_id, attempt, clip(name) or "", self._clock.seconds())
         self._running[task_id] = entry
         task = self.registry.get(name)
         if task is None:
-            error = error_payload("UnknownTask", f"this slave has no task named {name!r}",
+            error = error_payload("UnknownTask", f"this slave has no task named {clip(repr(name))}",
                                   kind="unknown_task")
             self._end(entry, {"outcome": "failed", "result": None, "error": error}, "failed")
             return
@@ -214,13 +245,16 @@ class TaskRunner:
 
     def acknowledged(self, task_id: int, attempt: int) -> None:
         """Forget the result of a run the master has stored."""
-        self._results.pop((task_id, attempt), None)
+        kept = self._results.pop((task_id, attempt), None)
+        if kept is not None:
+            self._waiting_bytes -= kept[1]
 
     def stop(self) -> defer.Deferred[None]:
         """Stop every run without reporting it; fires once every child process is gone."""
         for entry in list(self._running.values()):
             self._end(entry, None, "stopped")
         self.run_log.flush()
+        self.drop_log.flush()
         if self._own_threads and self._threads is not None and not self._thread_runs:
             # Idle threads end at once; busy ones (thread runs cannot be
             # stopped) are daemons and end with the process.
@@ -303,21 +337,7 @@ class TaskRunner:
     def _succeeded(self, result: Any, entry: _Run) -> None:
         if entry.finished:
             return
-        try:
-            text = wire.strict_json({"result": result})
-            size = len(text)
-            # What the master stores is what JSON says: a tuple is a list, a
-            # key 1 is "1", whatever the task returned.
-            result = wire.loads(text)["result"]
-        except (TypeError, ValueError, RecursionError) as e:
-            error = error_payload("ResultNotJSON", f"{entry.name} returned a result that is not JSON: {e}")
-        else:
-            if size <= self.max_result_bytes:
-                self._end(entry, {"outcome": "done", "result": result, "error": None}, "done")
-                return
-            error = error_payload("ResultTooLarge", f"{entry.name} returned a result of {size} bytes;"
-                                             f" the limit is {self.max_result_bytes}")
-        self._end(entry, {"outcome": "failed", "result": None, "error": error}, "failed")
+        self._end(entry, {"outcome": "done", "result": result, "error": None}, "done")
 
     def _failed(self, failure: Failure, entry: _Run) -> None:
         if entry.finished:
@@ -340,6 +360,10 @@ class TaskRunner:
         del self._running[entry.task_id]
         if entry.timeout_call is not None and entry.timeout_call.active():
             entry.timeout_call.cancel()
+        if outcome is not None:
+            payload, size = self._sendable({"id": entry.task_id, "attempt": entry.attempt, **outcome})
+            if payload["outcome"] != outcome["outcome"]:
+                how = "failed"
         self.run_log.info(
             how, "Task {task_id} attempt {attempt} ({name}) {how} after {duration} s",
             task_id=entry.task_id, attempt=entry.attempt, name=entry.name, how=how,
@@ -349,13 +373,54 @@ class TaskRunner:
             entry.deferred.cancel()
         if outcome is None:
             return
-        payload = {"id": entry.task_id, "attempt": entry.attempt, **outcome}
-        self._results[entry.task_id, entry.attempt] = payload
+        self._keep(payload, size)
         self._clock.callLater(0, self._notify, payload)
+
+    def _sendable(self, payload: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """
+        The payload as a frame carries it, and its size in bytes; a failure
+        saying why instead, if it is not JSON or larger than L{max_result_bytes}.
+        """
+        try:
+            # What the master stores is what JSON says: a tuple is a list, a
+            # key 1 is "1", whatever the task returned.
+            payload = wire.loads(wire.strict_json(payload))
+            # The frame's own encoder: it refuses what UTF-8 cannot say (a lone surrogate).
+            size = len(wire.encode(payload))
+        except (TypeError, ValueError, RecursionError) as e:
+            problem = str(e).encode("ascii", "backslashreplace").decode("ascii")
+            error = error_payload("ResultNotJSON", f"the result is not JSON: {clip(problem)}")
+        else:
+            if size <= self.max_result_bytes:
+                return payload, size
+            error = error_payload("ResultTooLarge", f"the result is {size} bytes of JSON;"
+                                                    f" the limit is {self.max_result_bytes}")
+        # Small, and made of our own words: it fits any frame.
+        failed = {"id": payload["id"], "attempt": payload["attempt"], "outcome": "failed",
+                  "result": None, "error": error}
+        return failed, len(wire.encode(failed))
+
+    def _keep(self, payload: dict[str, Any], size: int) -> None:
+        """Keep a result until it is acknowledged, dropping the oldest past the bounds."""
+        self._results[payload["id"], payload["attempt"]] = (payload, size)
+        self._waiting_bytes += size
+        while len(self._results) > 1 and (len(self._results) > self.max_waiting_results
+                                          or self._waiting_bytes > self.max_waiting_bytes):
+            (task_id, attempt), (_, dropped_size) = next(iter(self._results.items()))
+            self.acknowledged(task_id, attempt)
+            self.drop_log.emit(
+                LogLevel.warn, "results dropped unacknowledged",
+                "Dropped the result of task {task_id} attempt {attempt} ({size} bytes), never"
+                " acknowledged: {count} results of {total} bytes wait for the master, at most"
+                " {most} of {most_bytes}", task_id=task_id, attempt=attempt, size=dropped_size,
+                count=len(self._results), total=self._waiting_bytes,
+                most=self.max_waiting_results, most_bytes=self.max_waiting_bytes,
+            )
 
     def _notify(self, payload: dict[str, Any]) -> None:
         run = (payload["id"], payload["attempt"])
-        if self.on_result is None or self._results.get(run) is not payload:
+        kept = self._results.get(run)
+        if self.on_result is None or kept is None or kept[0] is not payload:
             return
         try:
             self.on_result(payload)

@@ -9,8 +9,12 @@ from twisted.python import usage
 
 from picluster import address, config
 from picluster.slave.identity import IdentityError, NodeIdentity
+from picluster.slave.runner import RESULT_ENVELOPE_ROOM
 from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.trust.token import SLAVE
+
+#: The smallest C{--max-result}: room for a small result and any failure.
+SMALLEST_MAX_RESULT = 512
 
 
 def allowed_commands(text: str) -> tuple[str, ...]:
@@ -75,6 +79,11 @@ class Options(config.Options):
             " any one word, a final ... any further words (refused when unset)",
         ),
         config.Setting(
+            "max-result", config.byte_size, None,
+            "Largest task result, in bytes of JSON; a larger one fails its task"
+            " (--max-frame less 256 bytes when unset: what one frame carries)",
+        ),
+        config.Setting(
             "allow-admin", config.boolean, False,
             "Run the reboot, shutdown and update tasks (refused otherwise)", flag=True,
         ),
@@ -104,6 +113,15 @@ class Options(config.Options):
                 "--allow-admin and --allow-shell need a secure master: in plain mode (--insecure)"
                 " anyone who can pose as the master could run commands here"
             )
+        largest_result = self["max-frame"] - RESULT_ENVELOPE_ROOM
+        if self["max-result"] is None:
+            self["max-result"] = largest_result
+        elif not SMALLEST_MAX_RESULT <= self["max-result"] <= largest_result:
+            raise usage.UsageError(
+                f"--max-result ({self['max-result']} bytes) must be from {SMALLEST_MAX_RESULT}"
+                f" to {largest_result}: a result and its envelope fit in a frame of --max-frame"
+                f" ({self['max-frame']} bytes)"
+            )
         if self["max-delay"] < self["initial-delay"]:
             raise usage.UsageError(
                 f"--max-delay ({self['max-delay']:g} s) must not be shorter than"
@@ -121,7 +139,7 @@ def makeService(options: Options) -> SlaveService:
     runner = TaskRunner(
         installed_tasks(), slots=slots, clock=reactor, reactor=reactor,
         allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
-        booted_at=psutil.boot_time(),
+        max_result_bytes=options["max-result"], booted_at=psutil.boot_time(),
     )
     token = options["join-token"]
     identity = None

@@ -24,7 +24,13 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from picluster.tasks.catalog import ProcessResult, Task
-from picluster.tasks.errors import ChildCrashed, CommandFailed, TaskFailed, error_payload
+from picluster.tasks.errors import (
+    TRACEBACK_LIMIT,
+    ChildCrashed,
+    CommandFailed,
+    TaskFailed,
+    error_payload,
+)
 
 #: Seconds between SIGTERM and SIGKILL when a child must go.
 KILL_AFTER = 5.0
@@ -34,9 +40,6 @@ SETSID = shutil.which("setsid")
 
 #: How much of each output stream a command keeps unless told otherwise.
 OUTPUT_LIMIT = 64 * 1024
-
-#: How much of a traceback a result carries (the end, where the error is).
-TRACEBACK_LIMIT = 16 * 1024
 
 #: The command a process task runs in.
 TASK_ARGV = (sys.executable, "-m", "picluster.tasks.childmain")
