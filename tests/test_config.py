@@ -448,6 +448,18 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
                       self.refused("--max-result", "1M"))
         self.assertIn("must be from 512", self.refused("--max-result", "511"))
 
+    def test_taskLimits(self):
+        """--task-memory and --task-cpu reach the runner; 0 is no limit; tiny limits are refused."""
+        runner = slave_tap.makeService(self.parse()).factory.runner
+        self.assertEqual((runner.task_memory, runner.task_cpu), (1024**3, 3600))
+        runner = slave_tap.makeService(self.parse("--task-memory", "2G", "--task-cpu", "60")).factory.runner
+        self.assertEqual((runner.task_memory, runner.task_cpu), (2 * 1024**3, 60))
+        runner = slave_tap.makeService(self.parse("--task-memory", "0", "--task-cpu", "0")).factory.runner
+        self.assertEqual((runner.task_memory, runner.task_cpu), (None, None))
+        self.assertIn("must be 0 (no limit) or at least 67108864 bytes",
+                      self.refused("--task-memory", "1M"))
+        self.assertIn("--task-cpu", self.refused("--task-cpu", "-1"))
+
     def test_makeServiceDefaults(self):
         """makeService with no options makes a factory for 127.0.0.1:12345."""
         factory = slave_tap.makeService(self.parse()).factory

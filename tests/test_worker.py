@@ -69,6 +69,15 @@ def sleep_forever() -> None:
     time.sleep(3600)
 
 
+def allocate(megabytes: int) -> int:
+    return len(bytearray(megabytes * 1024 * 1024))
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
 class ManualThreadPool:
     """A thread pool whose work runs only when the test says so."""
 
@@ -709,9 +718,15 @@ class ProcessTests(RunnerTestCase):
         self.assertEqual(child.executable, in_own_group([sys.executable])[0])
         self.assertEqual(child.args, in_own_group([sys.executable, "-m", "picluster.tasks.childmain"]))
         self.assertEqual(child.request(), {"function": "picluster.tasks.primes:primes",
-                                           "args": {"start": 0, "stop": 100}})
+                                           "args": {"start": 0, "stop": 100},
+                                           "limits": {"memory": 1024**3, "cpu": 3600}})
         self.assertTrue(child.transport.stdin_closed)
         self.assertIn("PYTHONPATH", child.env)
+
+    def test_noLimits(self) -> None:
+        """A runner told 0 or None for the limits asks the child for none."""
+        child = self.start_primes(self.make_runner(task_memory=0, task_cpu=None))
+        self.assertEqual(child.request()["limits"], {"memory": None, "cpu": None})
 
     def test_done(self) -> None:
         """The outcome on stdout is the result."""
@@ -809,9 +824,12 @@ class RealProcessTests(unittest.TestCase):
             Task("print_and_answer", print_and_answer, "process"),
             Task("die_by_signal", die_by_signal, "process"),
             Task("sleep_forever", sleep_forever, "process"),
+            Task("allocate", allocate, "process"),
+            Task("spin", spin, "process"),
         ])
         self.runner = TaskRunner(registry, slots=4, clock=reactor, reactor=reactor,
-                                 allowed_commands=["echo ...", "false", "sh ..."])
+                                 allowed_commands=["echo ...", "false", "sh ..."],
+                                 task_memory=256 * 1024 * 1024, task_cpu=1)
         self.addCleanup(self.runner.stop)
 
     def result_of(self, payload: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
@@ -853,6 +871,28 @@ class RealProcessTests(unittest.TestCase):
         """A child killed by someone else is kind crashed, to be retried."""
         result = yield self.result_of(run(1, "die_by_signal"))
         self.assertEqual((result["error"]["kind"], result.get("retry")), ("crashed", True))
+
+    @defer.inlineCallbacks
+    def test_memoryLimit(self) -> Any:
+        """A child allocating past --task-memory fails naming the limit; within it, it runs."""
+        result = yield self.result_of(run(1, "allocate", {"megabytes": 512}))
+        error = result["error"]
+        self.assertEqual((error["type"], error["kind"]), ("MemoryLimitExceeded", "error"))
+        self.assertIn(f"allows a task {256 * 1024 * 1024} bytes of address space (--task-memory)",
+                      error["message"])
+        self.assertNotIn("retry", result)
+        result = yield self.result_of(run(2, "allocate", {"megabytes": 64}))
+        self.assertEqual(result["result"], 64 * 1024 * 1024)
+
+    @defer.inlineCallbacks
+    def test_cpuLimit(self) -> Any:
+        """A child spinning past --task-cpu seconds of CPU time fails naming the limit."""
+        result = yield self.result_of(run(1, "spin"))
+        error = result["error"]
+        self.assertEqual((error["type"], error["kind"]), ("CpuTimeLimitExceeded", "error"))
+        self.assertEqual(error["message"],
+                         "the task used its 1 s of CPU time, the most this slave allows (--task-cpu)")
+        self.assertIn("in spin", error["traceback"])
 
     @defer.inlineCallbacks
     def test_timeout(self) -> Any:

@@ -121,6 +121,8 @@ class TaskRunner:
         max_result_bytes: int = DEFAULT_MAX_RESULT,
         max_waiting_results: int = MAX_WAITING_RESULTS,
         max_waiting_bytes: int = MAX_WAITING_BYTES,
+        task_memory: int | None = child.TASK_MEMORY,
+        task_cpu: int | None = child.TASK_CPU,
         thread_pool: Any = None,
         booted_at: float | None = None,
     ):
@@ -133,6 +135,10 @@ class TaskRunner:
         self.max_result_bytes = max_result_bytes
         self.max_waiting_results = max(max_waiting_results, slots)
         self.max_waiting_bytes = max_waiting_bytes
+        #: Bytes of address space and seconds of CPU time each process task
+        #: may use (C{None}: no limit).
+        self.task_memory = task_memory or None
+        self.task_cpu = task_cpu or None
         #: (id, attempt) to the task_result payload of each run not yet
         #: acknowledged, and its size, oldest first: a master acknowledges
         #: one at a time, and a busy slave holds many.
@@ -306,7 +312,7 @@ class TaskRunner:
         return running.addBoth(done)
 
     def _run_in_child(self, task: Task, args: dict[str, Any]) -> defer.Deferred[Any]:
-        request = child.task_request(task, args)
+        request = child.task_request(task, args, memory=self.task_memory, cpu=self.task_cpu)
         if self._child_environment is None:
             # Worked out once: it walks sys.path on disk.
             self._child_environment = child.task_environment()

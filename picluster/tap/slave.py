@@ -11,10 +11,23 @@ from picluster import address, config
 from picluster.slave.identity import IdentityError, NodeIdentity
 from picluster.slave.runner import RESULT_ENVELOPE_ROOM
 from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.tasks.child import TASK_CPU, TASK_MEMORY
 from picluster.trust.token import SLAVE
 
 #: The smallest C{--max-result}: room for a small result and any failure.
 SMALLEST_MAX_RESULT = 512
+
+#: The smallest C{--task-memory} but 0 (no limit): a Python child needs some
+#: 15 MiB of address space before its task imports anything.
+SMALLEST_TASK_MEMORY = 64 * 1024 * 1024
+
+
+def task_memory(text: str) -> int:
+    """C{--task-memory}: a size in bytes, 0 for no limit."""
+    value = config.byte_size(text)
+    if 0 < value < SMALLEST_TASK_MEMORY:
+        raise ValueError(f"must be 0 (no limit) or at least {SMALLEST_TASK_MEMORY} bytes, not {value}")
+    return value
 
 
 def allowed_commands(text: str) -> tuple[str, ...]:
@@ -84,6 +97,14 @@ class Options(config.Options):
             " (--max-frame less 256 bytes when unset: what one frame carries)",
         ),
         config.Setting(
+            "task-memory", task_memory, TASK_MEMORY,
+            "Bytes of address space each process task may use, K, M and G allowed; 0: no limit",
+        ),
+        config.Setting(
+            "task-cpu", config.whole_number(0, 10**9), TASK_CPU,
+            "Seconds of CPU time each process task may use; 0: no limit",
+        ),
+        config.Setting(
             "allow-admin", config.boolean, False,
             "Run the reboot, shutdown and update tasks (refused otherwise)", flag=True,
         ),
@@ -139,7 +160,8 @@ def makeService(options: Options) -> SlaveService:
     runner = TaskRunner(
         installed_tasks(), slots=slots, clock=reactor, reactor=reactor,
         allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
-        max_result_bytes=options["max-result"], booted_at=psutil.boot_time(),
+        max_result_bytes=options["max-result"], task_memory=options["task-memory"],
+        task_cpu=options["task-cpu"], booted_at=psutil.boot_time(),
     )
     token = options["join-token"]
     identity = None

@@ -44,6 +44,17 @@ OUTPUT_LIMIT = 64 * 1024
 #: The command a process task runs in.
 TASK_ARGV = (sys.executable, "-m", "picluster.tasks.childmain")
 
+#: Bytes of address space (RLIMIT_AS) a process task may use unless the
+#: slave is told otherwise (C{--task-memory}): past it, allocations fail and
+#: the task fails with C{MemoryLimitExceeded}, before the node runs short.
+TASK_MEMORY = 1024**3
+
+#: Seconds of CPU time (RLIMIT_CPU) a process task may use unless the slave
+#: is told otherwise (C{--task-cpu}): past it the task fails with
+#: C{CpuTimeLimitExceeded}, so that a runaway task without a timeout does
+#: not hold a slot for ever.
+TASK_CPU = 3600
+
 #: Kinds a task child may report; anything else it claims counts as C{error}.
 _CHILD_KINDS = frozenset({"error", "bad_arguments", "not_permitted"})
 
@@ -168,13 +179,20 @@ def spawn(
     return process
 
 
-def task_request(task: Task, args: dict[str, Any]) -> bytes:
-    """What to write to a task child's stdin."""
+def task_request(task: Task, args: dict[str, Any], *, memory: int | None = None,
+                 cpu: int | None = None) -> bytes:
+    """
+    What to write to a task child's stdin.
+
+    @param memory: Bytes of address space the child may use; C{None}: no limit.
+    @param cpu: Seconds of CPU time the child may use; C{None}: no limit.
+    """
     function = task.function
     reference = f"{function.__module__}:{function.__qualname__}"
     if "<locals>" in reference or function.__module__ == "__main__":
         raise TypeError(f"{task.name}: {reference} cannot be imported by a child process")
-    return json.dumps({"function": reference, "args": args}).encode("utf-8")
+    request = {"function": reference, "args": args, "limits": {"memory": memory, "cpu": cpu}}
+    return json.dumps(request).encode("utf-8")
 
 
 def task_environment() -> dict[str, str]:
