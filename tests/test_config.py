@@ -19,7 +19,7 @@ from twisted.trial import unittest
 from picluster import address, config
 from picluster.address import MasterAddress, parse_master
 from picluster.master.service import DEFAULT_BACKLOG, MasterService, with_default_backlog
-from picluster.slave.runner import DEFAULT_MAX_RESULT
+from picluster.slave.results import DEFAULT_MAX_RESULT
 from picluster.slave.session import SlaveService
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap

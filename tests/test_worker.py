@@ -24,13 +24,13 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster import wire
-from picluster.slave.runner import (
+from picluster.slave.results import (
     DEFAULT_MAX_RESULT,
     MAX_WAITING_BYTES,
     MAX_WAITING_RESULTS,
     RESULT_ENVELOPE_ROOM,
-    TaskRunner,
 )
+from picluster.slave.runner import TaskRunner
 from picluster.tasks import Task, TaskCatalog
 from picluster.tasks.builtin import BUILTIN_TASKS
 from picluster.tasks.errors import MESSAGE_LIMIT
@@ -458,9 +458,9 @@ class ResultTests(RunnerTestCase):
         dropped = [formatEvent(e) for e in events if e["log_format"].startswith("Dropped")]
         self.assertTrue(dropped)
         self.assertTrue(dropped[0].startswith("Dropped the result of task 1 attempt 1"), dropped[0])
-        self.assertEqual(len(dropped), runner.drop_log.lines)
+        self.assertEqual(len(dropped), runner.waiting.drop_log.lines)
         with capturedLogs() as events:
-            self.reactor.advance(runner.drop_log.interval)
+            self.reactor.advance(runner.waiting.drop_log.interval)
         self.assertEqual(events[-1]["left_out"], {"results dropped unacknowledged": 40})
 
     def test_waitingBytesBounded(self) -> None:
@@ -476,7 +476,7 @@ class ResultTests(RunnerTestCase):
         self.assertEqual(results[-1]["id"], 200)
         for result in results:
             runner.acknowledged(result["id"], 1)
-        self.assertEqual(runner._waiting_bytes, 0)
+        self.assertEqual(runner.waiting.bytes, 0)
 
     def test_newestKeptWhateverItsSize(self) -> None:
         """A result larger than the byte bound is still kept, alone."""
@@ -488,7 +488,7 @@ class ResultTests(RunnerTestCase):
     def test_slotsRaiseTheCount(self) -> None:
         """A slave with more slots than MAX_WAITING_RESULTS keeps a result for each."""
         runner = self.make_runner(slots=MAX_WAITING_RESULTS + 50)
-        self.assertEqual(runner.max_waiting_results, MAX_WAITING_RESULTS + 50)
+        self.assertEqual(runner.waiting.max_count, MAX_WAITING_RESULTS + 50)
 
     def test_onResultFails(self) -> None:
         """A failing on_result is logged and the result kept for a resend."""

@@ -19,12 +19,18 @@ from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from picluster import wire
 from picluster.logbudget import LogBudget
+from picluster.slave.results import (
+    DEFAULT_MAX_RESULT,
+    MAX_WAITING_BYTES,
+    MAX_WAITING_RESULTS,
+    WaitingResults,
+)
 from picluster.tasks import child
 from picluster.tasks.builtin import ADMIN_COMMANDS
 from picluster.tasks.catalog import (
@@ -49,24 +55,6 @@ from picluster.text import clip
 from picluster.wire.messages import NO_FREE_SLOT, TASK_ALREADY_RUNNING, Run, RunTask
 
 log = Logger()
-
-#: Bytes a frame needs around a task_result payload (its envelope, with the
-#: type and a request id, takes under 60).
-RESULT_ENVELOPE_ROOM = 256
-
-#: The largest task_result payload, in bytes of JSON, unless told otherwise:
-#: what a frame of the default C{--max-frame} carries.  A larger result
-#: fails its task with C{ResultTooLarge} rather than making a frame that
-#: cannot be sent.
-DEFAULT_MAX_RESULT = wire.DEFAULT_MAX_FRAME - RESULT_ENVELOPE_ROOM
-
-#: Results kept for a master that has not acknowledged them: at most this
-#: many (or the slots, if more) and this many bytes of JSON (or one result,
-#: if larger).  Past either, the oldest is dropped: the master has it
-#: already, or it runs the task again (it does when it loses the slave, and
-#: after its restart, when the slave rejoins without it).
-MAX_WAITING_RESULTS = 100
-MAX_WAITING_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -133,17 +121,15 @@ class TaskRunner:
         self.allow_admin = allow_admin
         #: The largest task_result payload, in bytes of JSON.
         self.max_result_bytes = max_result_bytes
-        self.max_waiting_results = max(max_waiting_results, slots)
-        self.max_waiting_bytes = max_waiting_bytes
         #: Bytes of address space and seconds of CPU time each process task
         #: may use (C{None}: no limit).
         self.task_memory = task_memory or None
         self.task_cpu = task_cpu or None
-        #: (id, attempt) to the task_result payload of each run not yet
-        #: acknowledged, and its size, oldest first: a master acknowledges
-        #: one at a time, and a busy slave holds many.
-        self._results: dict[tuple[int, int], tuple[dict[str, Any], int]] = {}
-        self._waiting_bytes = 0
+        #: The results not yet acknowledged: a master acknowledges one at a
+        #: time, and a busy slave holds many (room for one per slot, at least).
+        self.waiting = WaitingResults(clock, max_result_bytes=max_result_bytes,
+                                      max_count=max(max_waiting_results, slots),
+                                      max_bytes=max_waiting_bytes)
         self.on_result: Callable[[dict[str, Any]], Any] | None = None
         self._clock = clock
         self._reactor = reactor
@@ -158,11 +144,6 @@ class TaskRunner:
         self.run_log = LogBudget(
             log, clock, "Left out of the log in the last {seconds:g} s: task runs {kinds}"
                         " (the master's task database has every task)",
-        )
-        #: Lines about results dropped unacknowledged: a few a minute.
-        self.drop_log = LogBudget(
-            log, clock, "Left out of the log in the last {seconds:g} s: {kinds} (the master has"
-                        " them, or runs their tasks again)", lines=10, interval=60.0,
         )
         self._node = Node(
             reactor=reactor,
@@ -179,7 +160,7 @@ class TaskRunner:
     @property
     def results(self) -> list[dict[str, Any]]:
         """The task_result payloads not yet acknowledged, oldest first."""
-        return [payload for payload, _ in self._results.values()]
+        return list(self.waiting)
 
     def offers(self) -> list[str]:
         """Every task name in the registry, refused ones included."""
@@ -251,16 +232,14 @@ class TaskRunner:
 
     def acknowledged(self, task_id: int, attempt: int) -> None:
         """Forget the result of a run the master has stored."""
-        kept = self._results.pop((task_id, attempt), None)
-        if kept is not None:
-            self._waiting_bytes -= kept[1]
+        self.waiting.forget((task_id, attempt))
 
     def stop(self) -> defer.Deferred[None]:
         """Stop every run without reporting it; fires once every child process is gone."""
         for entry in list(self._running.values()):
             self._end(entry, None, "stopped")
         self.run_log.flush()
-        self.drop_log.flush()
+        self.waiting.drop_log.flush()
         if self._own_threads and self._threads is not None and not self._thread_runs:
             # Idle threads end at once; busy ones (thread runs cannot be
             # stopped) are daemons and end with the process.
@@ -367,7 +346,8 @@ class TaskRunner:
         if entry.timeout_call is not None and entry.timeout_call.active():
             entry.timeout_call.cancel()
         if outcome is not None:
-            payload, size = self._sendable({"id": entry.task_id, "attempt": entry.attempt, **outcome})
+            payload, size = self.waiting.sendable({"id": entry.task_id, "attempt": entry.attempt,
+                                                   **outcome})
             if payload["outcome"] != outcome["outcome"]:
                 how = "failed"
         self.run_log.info(
@@ -379,54 +359,12 @@ class TaskRunner:
             entry.deferred.cancel()
         if outcome is None:
             return
-        self._keep(payload, size)
+        self.waiting.keep(payload, size)
         self._clock.callLater(0, self._notify, payload)
-
-    def _sendable(self, payload: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        """
-        The payload as a frame carries it, and its size in bytes; a failure
-        saying why instead, if it is not JSON or larger than L{max_result_bytes}.
-        """
-        try:
-            # What the master stores is what JSON says: a tuple is a list, a
-            # key 1 is "1", whatever the task returned.
-            payload = wire.loads(wire.strict_json(payload))
-            # The frame's own encoder: it refuses what UTF-8 cannot say (a lone surrogate).
-            size = len(wire.encode(payload))
-        except (TypeError, ValueError, RecursionError) as e:
-            problem = str(e).encode("ascii", "backslashreplace").decode("ascii")
-            error = error_payload("ResultNotJSON", f"the result is not JSON: {clip(problem)}")
-        else:
-            if size <= self.max_result_bytes:
-                return payload, size
-            error = error_payload("ResultTooLarge", f"the result is {size} bytes of JSON;"
-                                                    f" the limit is {self.max_result_bytes}")
-        # Small, and made of our own words: it fits any frame.
-        failed = {"id": payload["id"], "attempt": payload["attempt"], "outcome": "failed",
-                  "result": None, "error": error}
-        return failed, len(wire.encode(failed))
-
-    def _keep(self, payload: dict[str, Any], size: int) -> None:
-        """Keep a result until it is acknowledged, dropping the oldest past the bounds."""
-        self._results[payload["id"], payload["attempt"]] = (payload, size)
-        self._waiting_bytes += size
-        while len(self._results) > 1 and (len(self._results) > self.max_waiting_results
-                                          or self._waiting_bytes > self.max_waiting_bytes):
-            (task_id, attempt), (_, dropped_size) = next(iter(self._results.items()))
-            self.acknowledged(task_id, attempt)
-            self.drop_log.emit(
-                LogLevel.warn, "results dropped unacknowledged",
-                "Dropped the result of task {task_id} attempt {attempt} ({size} bytes), never"
-                " acknowledged: {count} results of {total} bytes wait for the master, at most"
-                " {most} of {most_bytes}", task_id=task_id, attempt=attempt, size=dropped_size,
-                count=len(self._results), total=self._waiting_bytes,
-                most=self.max_waiting_results, most_bytes=self.max_waiting_bytes,
-            )
 
     def _notify(self, payload: dict[str, Any]) -> None:
         run = (payload["id"], payload["attempt"])
-        kept = self._results.get(run)
-        if self.on_result is None or kept is None or kept[0] is not payload:
+        if self.on_result is None or self.waiting.get(run) is not payload:
             return
         try:
             self.on_result(payload)

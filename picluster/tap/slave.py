@@ -9,7 +9,7 @@ from twisted.python import usage
 
 from picluster import address, config
 from picluster.slave.identity import IdentityError, NodeIdentity
-from picluster.slave.runner import RESULT_ENVELOPE_ROOM
+from picluster.slave.results import RESULT_ENVELOPE_ROOM
 from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.tasks.child import TASK_CPU, TASK_MEMORY
 from picluster.trust.token import SLAVE
