@@ -78,6 +78,34 @@ def spin() -> None:
         pass
 
 
+def threads_allocating(count: int) -> int:
+    """Start C{count} threads one by one, each allocating as it starts; all wait for the last."""
+    import threading
+
+    allocated = threading.Semaphore(0)
+    finish = threading.Event()
+    kept = []
+
+    def work() -> None:
+        # Below malloc's mmap threshold: from an arena, a new one per thread if it may.
+        kept.append([bytearray(100_000) for _ in range(20)])
+        allocated.release()
+        finish.wait()
+
+    started = []
+    try:
+        for _ in range(count):
+            thread = threading.Thread(target=work)
+            thread.start()
+            started.append(thread)
+            allocated.acquire()
+    finally:
+        finish.set()
+        for thread in started:
+            thread.join()
+    return len(kept)
+
+
 class ManualThreadPool:
     """A thread pool whose work runs only when the test says so."""
 
@@ -722,11 +750,13 @@ class ProcessTests(RunnerTestCase):
                                            "limits": {"memory": 1024**3, "cpu": 3600}})
         self.assertTrue(child.transport.stdin_closed)
         self.assertIn("PYTHONPATH", child.env)
+        self.assertEqual(child.env["MALLOC_ARENA_MAX"], os.environ.get("MALLOC_ARENA_MAX", "2"))
 
     def test_noLimits(self) -> None:
         """A runner told 0 or None for the limits asks the child for none."""
         child = self.start_primes(self.make_runner(task_memory=0, task_cpu=None))
         self.assertEqual(child.request()["limits"], {"memory": None, "cpu": None})
+        self.assertEqual(child.env.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_ARENA_MAX"))
 
     def test_done(self) -> None:
         """The outcome on stdout is the result."""
@@ -826,6 +856,7 @@ class RealProcessTests(unittest.TestCase):
             Task("sleep_forever", sleep_forever, "process"),
             Task("allocate", allocate, "process"),
             Task("spin", spin, "process"),
+            Task("threads_allocating", threads_allocating, "process"),
         ])
         self.runner = TaskRunner(registry, slots=4, clock=reactor, reactor=reactor,
                                  allowed_commands=["echo ...", "false", "sh ..."],
@@ -883,6 +914,12 @@ class RealProcessTests(unittest.TestCase):
         self.assertNotIn("retry", result)
         result = yield self.result_of(run(2, "allocate", {"megabytes": 64}))
         self.assertEqual(result["result"], 64 * 1024 * 1024)
+
+    @defer.inlineCallbacks
+    def test_threadsWithinMemoryLimit(self) -> Any:
+        """A task with a dozen threads runs within a modest --task-memory: malloc's arenas are few."""
+        result = yield self.result_of(run(1, "threads_allocating", {"count": 12}))
+        self.assertEqual(result.get("result"), 12, result)
 
     @defer.inlineCallbacks
     def test_cpuLimit(self) -> Any:

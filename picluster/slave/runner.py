@@ -294,7 +294,7 @@ class TaskRunner:
         request = child.task_request(task, args, memory=self.task_memory, cpu=self.task_cpu)
         if self._child_environment is None:
             # Worked out once: it walks sys.path on disk.
-            self._child_environment = child.task_environment()
+            self._child_environment = child.task_environment(few_arenas=self.task_memory is not None)
         running = self.run_process(child.TASK_ARGV, stdin=request, env=self._child_environment,
                                    limit=self.max_result_bytes + 4096)
         return running.addCallback(child.read_outcome, self.max_result_bytes)

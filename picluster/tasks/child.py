@@ -195,8 +195,16 @@ def task_request(task: Task, args: dict[str, Any], *, memory: int | None = None,
     return json.dumps(request).encode("utf-8")
 
 
-def task_environment() -> dict[str, str]:
-    """The slave's environment, with its own import paths ahead of the child's."""
+def task_environment(*, few_arenas: bool = False) -> dict[str, str]:
+    """
+    The slave's environment, with its own import paths ahead of the child's.
+
+    @param few_arenas: Give glibc's malloc two arenas (C{MALLOC_ARENA_MAX},
+        unless the slave's environment sets it), for a child whose address
+        space is limited: each arena reserves 64 MiB of it, and a task with
+        a dozen threads would otherwise run out of address space while
+        using little memory.
+    """
     installed = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths = [os.path.abspath(path or ".") for path in sys.path]
     paths = [
@@ -204,7 +212,10 @@ def task_environment() -> dict[str, str]:
         if os.path.isdir(path) and not any(_within(path, top) for top in installed)
     ]
     inherited = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths + ([inherited] if inherited else [])))
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + ([inherited] if inherited else [])))
+    if few_arenas:
+        environment.setdefault("MALLOC_ARENA_MAX", "2")
+    return environment
 
 
 def _within(path: str, top: str) -> bool:
