@@ -355,6 +355,16 @@ class HostileMasterTests(unittest.TestCase):
         [line] = [formatEvent(e) for e in events if e["log_format"].startswith("Master is")]
         self.assertLess(len(line), 2 * MAX_TEXT + 100)
 
+    def test_refusalClipped(self) -> None:
+        """A hello refused with a 100 KiB reason is logged, and closed, with the reason clipped."""
+        [hello] = sent(self.transport)
+        with capturedLogs() as events:
+            self.answer(hello, "bad_message", {"error": "no " * 50_000})
+        [line] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertLess(len(line), MAX_TEXT + 100)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertLess(len(self.protocol.lost.cause), MAX_TEXT + 100)
+
     def test_floodOfTextsIsBounded(self) -> None:
         """1,000 large message, error and bad_message frames make a bounded log."""
         text = "x" * 64 * 1024

@@ -59,8 +59,8 @@ _UUID = re.compile(r"[0-9a-f]{32}")
 
 #: The shortest keepalive interval a master may ask of a slave, in seconds:
 #: a broken or hostile master asking for a ping every microsecond must not
-#: set the slave pinging in a loop.  It is also the slave's own floor for
-#: what it learns from the welcome; its own C{--keepalive} is its owner's.
+#: set the slave pinging in a loop.  Only what a master asks is raised to it:
+#: the slave's own C{--keepalive} is its owner's choice.
 KEEPALIVE_FLOOR = 1.0
 
 log = Logger()
@@ -135,8 +135,9 @@ class SlaveSession(PeerHandler):
             try:
                 self.slave.identity.save(uuid, welcome.node_key)
             except IdentityError as e:
-                self.log.error("Could not keep this node's identity: {problem}; it is this"
-                               " node's until the slave stops", problem=clip(str(e)))
+                self.slave.master_log.emit(LogLevel.error, "identities not kept", "Could not keep"
+                                           " this node's identity: {problem}; it is this node's"
+                                           " until the slave stops", problem=clip(str(e)))
         self.slave.resetDelay()
         self.log.info(
             "{how} master {master} as {uuid}",
