@@ -398,42 +398,35 @@ class DroppedResultTests(unittest.TestCase):
         clock = Clock()
         master = task_master(clock, SynchronousPool())
         client = FakeClient(master, clock)
-        holds: dict[tuple[int, int], defer.Deferred[str]] = {}
         runner = TaskRunner(TaskCatalog([Task("hold", lambda: defer.Deferred(), "reactor")]),
                             slots=4, clock=clock, reactor=clock, max_waiting_bytes=200)
         slave = slave_factory(clock, keepalive=100, dead_after=300, runner=runner)
-        started = runner.start
 
-        def start(run: Any) -> None:
-            started(run)
-            holds[run.id, run.attempt] = runner._running[run.id].deferred
+        def finish(attempt: int, result: str) -> None:
+            """End the runs of one attempt, each with C{result} and its task id."""
+            for held in list(runner._running.values()):
+                if held.attempt == attempt:
+                    held.deferred.callback(f"{result} {held.task_id}")
 
-        runner.start = start
+        def deliver(pump: Any) -> None:
+            for _ in range(5):
+                clock.advance(0)
+                pump.flush()
+
         ids = [t["id"] for t in client.submit(*[{"name": "hold"}] * 4)["payload"]["tasks"]]
         slave_protocol, master_protocol, pump = connect_pair(master, slave, clock)
-        pump.flush()
-        clock.advance(0)
-        pump.flush()
-        self.assertEqual(sorted(holds), [(i, 1) for i in ids])
+        deliver(pump)
+        self.assertEqual(sorted((r.id, r.attempt) for r in runner.holding()), [(i, 1) for i in ids])
         master_protocol.transport.loseConnection()
         pump.flush()
-        for i in ids:  # each result is some 75 bytes: two fit in 200
-            holds[i, 1].callback(f"first run of {i}")
+        finish(1, "first run of")  # each result is some 75 bytes: two fit in 200
         self.assertEqual([r["id"] for r in runner.results], ids[2:])
         slave_protocol, master_protocol, pump = connect_pair(master, slave, clock, port=5001)
-        for _ in range(5):
-            clock.advance(0)
-            pump.flush()
-        for (task_id, attempt), held in holds.items():
-            if attempt == 2 and not held.called:
-                held.callback(f"second run of {task_id}")
-        for _ in range(5):
-            clock.advance(0)
-            pump.flush()
+        deliver(pump)
+        finish(2, "second run of")
+        deliver(pump)
         records = client.records(*ids)
         self.assertEqual([records[i]["state"] for i in ids], ["done"] * 4)
-        self.assertEqual([records[i]["result"] for i in ids[:2]],
-                         [f"second run of {i}" for i in ids[:2]])
-        self.assertEqual([records[i]["result"] for i in ids[2:]],
-                         [f"first run of {i}" for i in ids[2:]])
+        self.assertEqual([records[i]["result"] for i in ids],
+                         [f"second run of {i}" for i in ids[:2]] + [f"first run of {i}" for i in ids[2:]])
         self.assertEqual(runner.results, [])
