@@ -102,6 +102,14 @@ class PrimesTests(unittest.TestCase):
         self.patch(primes_module, "count_primes", lambda start, stop: "counted")
         self.assertEqual(primes_module.primes(5, 5 + primes_module.PRIMES_MAX_RANGE), "counted")
 
+    def test_largestStop(self) -> None:
+        """stop may be PRIMES_MAX_STOP, not one more: a huge stop would cost a huge sieve."""
+        largest = primes_module.PRIMES_MAX_STOP
+        self.assertEqual(primes_module.primes(largest - 1, largest), 0)
+        e = self.assertRaises(BadArguments, primes_module.primes, largest, largest + 1)
+        self.assertEqual(str(e), f"primes: stop ({largest + 1}) is larger than {largest}")
+        self.assertRaises(BadArguments, primes_module.primes, 10**16, 10**16 + 1)
+
 
 class EchoTests(unittest.TestCase):
     """

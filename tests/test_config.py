@@ -19,6 +19,7 @@ from twisted.trial import unittest
 from picluster import address, config
 from picluster.address import MasterAddress, parse_master
 from picluster.master.service import DEFAULT_BACKLOG, MasterService, with_default_backlog
+from picluster.slave.results import DEFAULT_MAX_RESULT
 from picluster.slave.session import SlaveService
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap
@@ -434,6 +435,30 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         """In plain mode (--insecure) a slave refuses to allow admin or shell tasks."""
         for option in (["--allow-admin"], ["--allow-shell", "uptime"]):
             self.assertIn("need a secure master", self.refused(*option))
+
+    def test_maxResult(self):
+        """--max-result defaults to what a frame carries, and must fit in one."""
+        self.assertEqual(self.parse()["max-result"], DEFAULT_MAX_RESULT)
+        self.assertEqual(self.parse("--max-frame", "64K")["max-result"], 64 * 1024 - 256)
+        options = self.parse("--max-result", "100K")
+        self.assertEqual(options["max-result"], 100 * 1024)
+        runner = slave_tap.makeService(options).factory.runner
+        self.assertEqual(runner.max_result_bytes, 100 * 1024)
+        self.assertIn("--max-result (1048576 bytes) must be from 512 to 1048320",
+                      self.refused("--max-result", "1M"))
+        self.assertIn("must be from 512", self.refused("--max-result", "511"))
+
+    def test_taskLimits(self):
+        """--task-memory and --task-cpu reach the runner; 0 is no limit; tiny limits are refused."""
+        runner = slave_tap.makeService(self.parse()).factory.runner
+        self.assertEqual((runner.task_memory, runner.task_cpu), (1024**3, 3600))
+        runner = slave_tap.makeService(self.parse("--task-memory", "2G", "--task-cpu", "60")).factory.runner
+        self.assertEqual((runner.task_memory, runner.task_cpu), (2 * 1024**3, 60))
+        runner = slave_tap.makeService(self.parse("--task-memory", "0", "--task-cpu", "0")).factory.runner
+        self.assertEqual((runner.task_memory, runner.task_cpu), (None, None))
+        self.assertIn("must be 0 (no limit) or at least 67108864 bytes",
+                      self.refused("--task-memory", "1M"))
+        self.assertIn("--task-cpu", self.refused("--task-cpu", "-1"))
 
     def test_makeServiceDefaults(self):
         """makeService with no options makes a factory for 127.0.0.1:12345."""

@@ -63,6 +63,18 @@ class IdentityFileTests(TrustDirectory):
         self.addCleanup(again.close)
         self.assertIsNone(again.uuid)
 
+    def test_malformedKeyNotKept(self) -> None:
+        """A node key that is no secret (a megabyte, say) is refused, so the next start still works."""
+        directory = self.mktemp()
+        identity = NodeIdentity.open(directory, self.trust.fingerprint)
+        self.addCleanup(identity.close)
+        for key in ("k" * 1024 * 1024, "not a key"):
+            error = self.assertRaises(IdentityError, identity.save, "a" * 32, key)
+            self.assertIn("the master's node key is malformed", str(error))
+            self.assertLess(len(str(error)), 200)
+        self.assertFalse(os.path.exists(os.path.join(directory, IDENTITY_FILE)))
+        self.assertIsNone(identity.key)
+
     def test_damaged(self) -> None:
         """A damaged node.json stops the slave with how to start afresh."""
         directory = self.mktemp()

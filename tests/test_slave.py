@@ -7,16 +7,21 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from twisted.internet import defer
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, eventAsJSON, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
-from picluster.slave.session import SlaveFactory, SlaveService
-from picluster.wire.messages import ComputerDetails, Vitals
+from picluster.slave.runner import TaskRunner
+from picluster.slave.session import KEEPALIVE_FLOOR, SlaveFactory, SlaveService
+from picluster.tasks import Task, TaskCatalog
+from picluster.text import MAX_TEXT
+from picluster.wire.messages import MAX_MESSAGE_BYTES, ComputerDetails, Vitals
+from tests.taskhelpers import FakeClient, SynchronousPool, task_master
 
 from .helpers import (
     SLAVE_FACTS,
@@ -298,3 +303,130 @@ class ServiceTests(unittest.TestCase):
         protocol.connectionLost(Failure(ConnectionDone()))
         self.successResultOf(stopped)
         self.assertEqual(protocol.lost.cause, "slave shutting down")
+
+
+class HostileMasterTests(unittest.TestCase):
+    """
+    What a master chooses (its keepalive, its texts, how many it sends) is
+    bounded on the slave.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.slave = slave_factory(self.clock, keepalive=5, vitals_interval=3600)
+        self.protocol, self.transport = connect(self.slave, host="10.0.0.1", port=12345)
+
+    def answer(self, request: dict[str, Any], reply_type: str, payload: Any = None) -> None:
+        self.protocol.dataReceived(frame({"type": reply_type, "payload": payload,
+                                          "reply_to": request["id"]}))
+
+    def welcome(self, keepalive: float) -> None:
+        """Play the master's half of a join, asking for pings every C{keepalive} seconds."""
+        [hello] = sent(self.transport)
+        self.answer(hello, "welcome", {"uuid": "ab" * 16, "keepalive": keepalive, "dead_after": 3600})
+        [details] = sent(self.transport)
+        self.answer(details, "ack")
+        [info] = sent(self.transport)
+        self.answer(info, "master_info", {"hostname": "m" * 100_000, "cpu": "c" * 100_000})
+        sent(self.transport)  # the first vitals
+
+    def test_keepaliveFloor(self) -> None:
+        """A master asking for a ping every millisecond gets one a second, and one log line."""
+        with capturedLogs() as events:
+            self.welcome(0.001)
+            for _ in range(10):
+                self.clock.advance(1)
+        pings = [e for e in sent(self.transport) if e["type"] == "ping"]
+        self.assertEqual(len(pings), 10)
+        self.assertEqual(self.protocol._keepalive.interval, KEEPALIVE_FLOOR)
+        lines = [formatEvent(e) for e in events if "keepalive" in e["log_format"]]
+        self.assertEqual(lines, ["Master 10.0.0.1:12345 asks for a keepalive every 0.001 s;"
+                                 " this slave pings every 1 s at most"])
+
+    def test_keepaliveAboveFloorKept(self) -> None:
+        """A master's keepalive at or above the floor is followed as it is."""
+        self.welcome(KEEPALIVE_FLOOR)
+        self.assertEqual(self.protocol._keepalive.interval, KEEPALIVE_FLOOR)
+
+    def test_masterTextsClipped(self) -> None:
+        """The master's own facts are logged clipped."""
+        with capturedLogs() as events:
+            self.welcome(5)
+        [line] = [formatEvent(e) for e in events if e["log_format"].startswith("Master is")]
+        self.assertLess(len(line), 2 * MAX_TEXT + 100)
+
+    def test_refusalClipped(self) -> None:
+        """A hello refused with a 100 KiB reason is logged, and closed, with the reason clipped."""
+        [hello] = sent(self.transport)
+        with capturedLogs() as events:
+            self.answer(hello, "bad_message", {"error": "no " * 50_000})
+        [line] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
+        self.assertLess(len(line), MAX_TEXT + 100)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertLess(len(self.protocol.lost.cause), MAX_TEXT + 100)
+
+    def test_floodOfTextsIsBounded(self) -> None:
+        """1,000 large message, error and bad_message frames make a bounded log."""
+        text = "x" * (MAX_MESSAGE_BYTES - 2)  # a larger message is refused before it is handled
+        frames = [
+            frame({"type": "message", "payload": text}),
+            frame({"type": "error", "payload": {"error": text}}),
+            frame({"type": "bad_message", "payload": {"error": text}}),
+        ]
+        with capturedLogs() as events:
+            for number in range(1000):
+                self.protocol.dataReceived(frames[number % 3])
+            self.clock.advance(self.slave.master_log.interval)
+        lines = self.slave.master_log.lines
+        self.assertLessEqual(len(events), lines + 1)
+        self.assertEqual(events[-1]["left_out"],
+                         {"messages": 300, "errors": 300, "refusals of our messages": 300})
+        self.assertTrue(formatEvent(events[-1]).startswith("Left out of the log in the last 10 s:"))
+        # What a JSON log (twistd --logger) would write of them, fields and all.
+        written = sum(len(eventAsJSON(e)) for e in events)
+        self.assertLess(written, (lines + 1) * 2048)
+
+
+class DroppedResultTests(unittest.TestCase):
+    """
+    A result the slave drops unacknowledged is not lost to the master: it
+    runs the task again.
+    """
+
+    def test_droppedResultRunsAgain(self) -> None:
+        """Results dropped while the master is away are run again; the kept ones end their tasks."""
+        clock = Clock()
+        master = task_master(clock, SynchronousPool())
+        client = FakeClient(master, clock)
+        runner = TaskRunner(TaskCatalog([Task("hold", lambda: defer.Deferred(), "reactor")]),
+                            slots=4, clock=clock, reactor=clock, max_waiting_bytes=200)
+        slave = slave_factory(clock, keepalive=100, dead_after=300, runner=runner)
+
+        def finish(attempt: int, result: str) -> None:
+            """End the runs of one attempt, each with C{result} and its task id."""
+            for held in list(runner._running.values()):
+                if held.attempt == attempt:
+                    held.deferred.callback(f"{result} {held.task_id}")
+
+        def deliver(pump: Any) -> None:
+            for _ in range(5):
+                clock.advance(0)
+                pump.flush()
+
+        ids = [t["id"] for t in client.submit(*[{"name": "hold"}] * 4)["payload"]["tasks"]]
+        slave_protocol, master_protocol, pump = connect_pair(master, slave, clock)
+        deliver(pump)
+        self.assertEqual(sorted((r.id, r.attempt) for r in runner.holding()), [(i, 1) for i in ids])
+        master_protocol.transport.loseConnection()
+        pump.flush()
+        finish(1, "first run of")  # each result is some 75 bytes: two fit in 200
+        self.assertEqual([r["id"] for r in runner.results], ids[2:])
+        slave_protocol, master_protocol, pump = connect_pair(master, slave, clock, port=5001)
+        deliver(pump)
+        finish(2, "second run of")
+        deliver(pump)
+        records = client.records(*ids)
+        self.assertEqual([records[i]["state"] for i in ids], ["done"] * 4)
+        self.assertEqual([records[i]["result"] for i in ids],
+                         [f"second run of {i}" for i in ids[:2]] + [f"first run of {i}" for i in ids[2:]])
+        self.assertEqual(runner.results, [])

@@ -23,9 +23,18 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from picluster import wire
+from picluster.slave.results import (
+    DEFAULT_MAX_RESULT,
+    MAX_WAITING_BYTES,
+    MAX_WAITING_RESULTS,
+    RESULT_ENVELOPE_ROOM,
+)
 from picluster.slave.runner import TaskRunner
 from picluster.tasks import Task, TaskCatalog
 from picluster.tasks.builtin import BUILTIN_TASKS
+from picluster.tasks.errors import MESSAGE_LIMIT
+from picluster.text import MAX_TEXT
 from picluster.wire import BadMessage, messages
 from picluster.wire.messages import Run, RunTask
 
@@ -42,6 +51,10 @@ def explode() -> None:
     raise ValueError("boom")
 
 
+def explode_at_length() -> None:
+    raise ValueError("x" * 10 * 1024 * 1024)
+
+
 def print_and_answer() -> dict[str, bool]:
     print("noise on stdout")
     os.write(1, b"more noise, straight to fd 1\n")
@@ -54,6 +67,43 @@ def die_by_signal() -> None:
 
 def sleep_forever() -> None:
     time.sleep(3600)
+
+
+def allocate(megabytes: int) -> int:
+    return len(bytearray(megabytes * 1024 * 1024))
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def threads_allocating(count: int) -> int:
+    """Start C{count} threads one by one, each allocating as it starts; all wait for the last."""
+    import threading
+
+    allocated = threading.Semaphore(0)
+    finish = threading.Event()
+    kept = []
+
+    def work() -> None:
+        # Below malloc's mmap threshold: from an arena, a new one per thread if it may.
+        kept.append([bytearray(100_000) for _ in range(20)])
+        allocated.release()
+        finish.wait()
+
+    started = []
+    try:
+        for _ in range(count):
+            thread = threading.Thread(target=work)
+            thread.start()
+            started.append(thread)
+            allocated.acquire()
+    finally:
+        finish.set()
+        for thread in started:
+            thread.join()
+    return len(kept)
 
 
 class ManualThreadPool:
@@ -339,10 +389,65 @@ class ResultTests(RunnerTestCase):
     def test_tooLarge(self) -> None:
         """A result over max_result_bytes is a failure naming the size and the limit."""
         runner = self.make_runner(max_result_bytes=100)
-        runner.start(run(1, "echo", {"x": "y" * 200}))
+        with capturedLogs() as events:
+            runner.start(run(1, "echo", {"x": "y" * 200}))
         error = self.only_result(runner)["error"]
         self.assertEqual(error["type"], "ResultTooLarge")
         self.assertIn("the limit is 100", error["message"])
+        self.assertIn("(echo) failed after", formatEvent(events[-1]))
+
+    def test_resultAtTheLimit(self) -> None:
+        """A payload of exactly max_result_bytes is sent; one byte more fails the task."""
+        def payload_size(text: str) -> int:
+            return len(wire.encode({"id": 1, "attempt": 1, "outcome": "done", "result": {"x": text},
+                                    "error": None}))
+
+        limit = 1000
+        fitting = "y" * (limit - payload_size(""))
+        for text, outcome in ((fitting, "done"), (fitting + "y", "failed")):
+            runner = self.make_runner(max_result_bytes=limit)
+            runner.start(run(1, "echo", {"x": text}))
+            self.reactor.advance(0)
+            [result] = runner.results
+            self.assertEqual(result["outcome"], outcome)
+
+    def test_defaultLimitFitsAFrame(self) -> None:
+        """By default the largest result still fits, with its envelope, in a default frame."""
+        self.assertEqual(DEFAULT_MAX_RESULT, wire.DEFAULT_MAX_FRAME - RESULT_ENVELOPE_ROOM)
+        runner = self.make_runner()
+        self.assertEqual(runner.max_result_bytes, DEFAULT_MAX_RESULT)
+        runner.start(run(1, "echo", {"x": "y" * (DEFAULT_MAX_RESULT - 100)}))
+        runner.start(run(2, "echo", {"x": "y" * DEFAULT_MAX_RESULT}))
+        self.reactor.advance(0)
+        largest, too_large = runner.results
+        self.assertEqual((largest["outcome"], too_large["outcome"]), ("done", "failed"))
+        envelope = {"type": "task_result", "payload": largest, "id": 2**63 - 1}
+        self.assertLessEqual(len(wire.encode(envelope)), wire.DEFAULT_MAX_FRAME)
+
+    def test_hugeErrorClipped(self) -> None:
+        """An exception with a 10 MiB message fails its task with the message's start."""
+        runner = self.make_runner(Task("explode_at_length", explode_at_length, "reactor"))
+        runner.start(run(1, "explode_at_length"))
+        result = self.only_result(runner)
+        self.assertEqual(len(result["error"]["message"]), MESSAGE_LIMIT)
+        self.assertLess(len(wire.encode(result)), 64 * 1024)
+
+    def test_hugeNameClipped(self) -> None:
+        """A task name of a megabyte from the master is clipped in the error and the log."""
+        runner = self.make_runner()
+        with capturedLogs() as events:
+            runner.start(run(1, "n" * 1024 * 1024))
+        error = self.only_result(runner)["error"]
+        self.assertLess(len(error["message"]), MAX_TEXT + 100)
+        self.assertLess(len(formatEvent(events[0])), MAX_TEXT + 100)
+
+    def test_unsendableText(self) -> None:
+        """A lone surrogate, which no UTF-8 frame can carry, is ResultNotJSON, not a stuck result."""
+        runner = self.make_runner()
+        runner.start(run(1, "echo", {"x": "\ud800"}))
+        result = self.only_result(runner)
+        self.assertEqual(result["error"]["type"], "ResultNotJSON")
+        wire.encode(result)
 
     def test_acknowledged(self) -> None:
         """An acknowledged result is forgotten; unknown acknowledgements are harmless."""
@@ -370,6 +475,48 @@ class ResultTests(RunnerTestCase):
         runner.acknowledged(1, 1)
         self.reactor.advance(0)
         self.assertEqual(self.notified, [])
+
+    def test_waitingCountBounded(self) -> None:
+        """Past MAX_WAITING_RESULTS unacknowledged results, the oldest are dropped and logged."""
+        runner = self.make_runner(slots=1)
+        with capturedLogs() as events:
+            for task_id in range(1, MAX_WAITING_RESULTS + 51):
+                runner.start(run(task_id, "answer"))
+        self.assertEqual([r["id"] for r in runner.results], list(range(51, MAX_WAITING_RESULTS + 51)))
+        dropped = [formatEvent(e) for e in events if e["log_format"].startswith("Dropped")]
+        self.assertTrue(dropped)
+        self.assertTrue(dropped[0].startswith("Dropped the result of task 1 attempt 1"), dropped[0])
+        self.assertEqual(len(dropped), runner.waiting.drop_log.lines)
+        with capturedLogs() as events:
+            self.reactor.advance(runner.waiting.drop_log.interval)
+        self.assertEqual(events[-1]["left_out"], {"results dropped unacknowledged": 40})
+
+    def test_waitingBytesBounded(self) -> None:
+        """200 echo results of 500 KiB keep at most MAX_WAITING_BYTES, the newest."""
+        runner = self.make_runner(slots=1)
+        text = "y" * 500 * 1024
+        for task_id in range(1, 201):
+            runner.start(run(task_id, "echo", {"x": text}))
+        results = runner.results
+        size = sum(len(wire.encode(r)) for r in results)
+        self.assertLessEqual(size, MAX_WAITING_BYTES)
+        self.assertGreater(size, MAX_WAITING_BYTES - 600 * 1024)
+        self.assertEqual(results[-1]["id"], 200)
+        for result in results:
+            runner.acknowledged(result["id"], 1)
+        self.assertEqual(runner.waiting.bytes, 0)
+
+    def test_newestKeptWhateverItsSize(self) -> None:
+        """A result larger than the byte bound is still kept, alone."""
+        runner = self.make_runner(max_waiting_bytes=10)
+        runner.start(run(1, "answer"))
+        runner.start(run(2, "answer"))
+        self.assertEqual([r["id"] for r in runner.results], [2])
+
+    def test_slotsRaiseTheCount(self) -> None:
+        """A slave with more slots than MAX_WAITING_RESULTS keeps a result for each."""
+        runner = self.make_runner(slots=MAX_WAITING_RESULTS + 50)
+        self.assertEqual(runner.waiting.max_count, MAX_WAITING_RESULTS + 50)
 
     def test_onResultFails(self) -> None:
         """A failing on_result is logged and the result kept for a resend."""
@@ -599,9 +746,17 @@ class ProcessTests(RunnerTestCase):
         self.assertEqual(child.executable, in_own_group([sys.executable])[0])
         self.assertEqual(child.args, in_own_group([sys.executable, "-m", "picluster.tasks.childmain"]))
         self.assertEqual(child.request(), {"function": "picluster.tasks.primes:primes",
-                                           "args": {"start": 0, "stop": 100}})
+                                           "args": {"start": 0, "stop": 100},
+                                           "limits": {"memory": 1024**3, "cpu": 3600}})
         self.assertTrue(child.transport.stdin_closed)
         self.assertIn("PYTHONPATH", child.env)
+        self.assertEqual(child.env["MALLOC_ARENA_MAX"], os.environ.get("MALLOC_ARENA_MAX", "2"))
+
+    def test_noLimits(self) -> None:
+        """A runner told 0 or None for the limits asks the child for none."""
+        child = self.start_primes(self.make_runner(task_memory=0, task_cpu=None))
+        self.assertEqual(child.request()["limits"], {"memory": None, "cpu": None})
+        self.assertEqual(child.env.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_ARENA_MAX"))
 
     def test_done(self) -> None:
         """The outcome on stdout is the result."""
@@ -699,9 +854,13 @@ class RealProcessTests(unittest.TestCase):
             Task("print_and_answer", print_and_answer, "process"),
             Task("die_by_signal", die_by_signal, "process"),
             Task("sleep_forever", sleep_forever, "process"),
+            Task("allocate", allocate, "process"),
+            Task("spin", spin, "process"),
+            Task("threads_allocating", threads_allocating, "process"),
         ])
         self.runner = TaskRunner(registry, slots=4, clock=reactor, reactor=reactor,
-                                 allowed_commands=["echo ...", "false", "sh ..."])
+                                 allowed_commands=["echo ...", "false", "sh ..."],
+                                 task_memory=256 * 1024 * 1024, task_cpu=1)
         self.addCleanup(self.runner.stop)
 
     def result_of(self, payload: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
@@ -743,6 +902,34 @@ class RealProcessTests(unittest.TestCase):
         """A child killed by someone else is kind crashed, to be retried."""
         result = yield self.result_of(run(1, "die_by_signal"))
         self.assertEqual((result["error"]["kind"], result.get("retry")), ("crashed", True))
+
+    @defer.inlineCallbacks
+    def test_memoryLimit(self) -> Any:
+        """A child allocating past --task-memory fails naming the limit; within it, it runs."""
+        result = yield self.result_of(run(1, "allocate", {"megabytes": 512}))
+        error = result["error"]
+        self.assertEqual((error["type"], error["kind"]), ("MemoryLimitExceeded", "error"))
+        self.assertIn(f"allows a task {256 * 1024 * 1024} bytes of address space (--task-memory)",
+                      error["message"])
+        self.assertNotIn("retry", result)
+        result = yield self.result_of(run(2, "allocate", {"megabytes": 64}))
+        self.assertEqual(result["result"], 64 * 1024 * 1024)
+
+    @defer.inlineCallbacks
+    def test_threadsWithinMemoryLimit(self) -> Any:
+        """A task with a dozen threads runs within a modest --task-memory: malloc's arenas are few."""
+        result = yield self.result_of(run(1, "threads_allocating", {"count": 12}))
+        self.assertEqual(result.get("result"), 12, result)
+
+    @defer.inlineCallbacks
+    def test_cpuLimit(self) -> Any:
+        """A child spinning past --task-cpu seconds of CPU time fails naming the limit."""
+        result = yield self.result_of(run(1, "spin"))
+        error = result["error"]
+        self.assertEqual((error["type"], error["kind"]), ("CpuTimeLimitExceeded", "error"))
+        self.assertEqual(error["message"],
+                         "the task used its 1 s of CPU time, the most this slave allows (--task-cpu)")
+        self.assertIn("in spin", error["traceback"])
 
     @defer.inlineCallbacks
     def test_timeout(self) -> Any:

@@ -108,8 +108,13 @@ class NodeIdentity:
         """
         Keep the identity a master just gave.
 
-        @raise IdentityError: it could not be written (the node joins, for now).
+        @raise IdentityError: the key is not a secret (kept, it would stop the
+            slave's next start), or it could not be written (the node joins, for now).
         """
+        try:
+            check_secret(key)
+        except TokenError as e:
+            raise IdentityError(f"the master's node key is malformed: {e}") from None
         content = {"format": _FORMAT, "uuid": uuid, "key": key, "cluster": self.fingerprint}
         try:
             write_private(self.path, (json.dumps(content, indent=1) + "\n").encode("utf-8"))

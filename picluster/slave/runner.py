@@ -25,6 +25,12 @@ from twisted.python.threadpool import ThreadPool
 
 from picluster import wire
 from picluster.logbudget import LogBudget
+from picluster.slave.results import (
+    DEFAULT_MAX_RESULT,
+    MAX_WAITING_BYTES,
+    MAX_WAITING_RESULTS,
+    WaitingResults,
+)
 from picluster.tasks import child
 from picluster.tasks.builtin import ADMIN_COMMANDS
 from picluster.tasks.catalog import (
@@ -35,8 +41,9 @@ from picluster.tasks.catalog import (
     TaskCatalog,
     check_arguments,
 )
-from picluster.tasks.child import OUTPUT_LIMIT, TRACEBACK_LIMIT
+from picluster.tasks.child import OUTPUT_LIMIT
 from picluster.tasks.errors import (
+    TRACEBACK_LIMIT,
     CommandFailed,
     NotPermitted,
     TaskFailed,
@@ -44,6 +51,7 @@ from picluster.tasks.errors import (
     error_kind,
     error_payload,
 )
+from picluster.text import clip
 from picluster.wire.messages import NO_FREE_SLOT, TASK_ALREADY_RUNNING, Run, RunTask
 
 log = Logger()
@@ -98,7 +106,11 @@ class TaskRunner:
         allow_admin: bool = False,
         allowed_commands: Sequence[str] = (),
         admin_commands: Mapping[str, Sequence[Sequence[str]]] = ADMIN_COMMANDS,
-        max_result_bytes: int = 512 * 1024,
+        max_result_bytes: int = DEFAULT_MAX_RESULT,
+        max_waiting_results: int = MAX_WAITING_RESULTS,
+        max_waiting_bytes: int = MAX_WAITING_BYTES,
+        task_memory: int | None = child.TASK_MEMORY,
+        task_cpu: int | None = child.TASK_CPU,
         thread_pool: Any = None,
         booted_at: float | None = None,
     ):
@@ -107,11 +119,17 @@ class TaskRunner:
         self.registry = registry
         self.slots = slots
         self.allow_admin = allow_admin
+        #: The largest task_result payload, in bytes of JSON.
         self.max_result_bytes = max_result_bytes
-        #: (id, attempt) to the task_result payload of each run not yet
-        #: acknowledged, oldest first: a master acknowledges one at a time,
-        #: and a busy slave holds many.
-        self._results: dict[tuple[int, int], dict[str, Any]] = {}
+        #: Bytes of address space and seconds of CPU time each process task
+        #: may use (C{None}: no limit).
+        self.task_memory = task_memory or None
+        self.task_cpu = task_cpu or None
+        #: The results not yet acknowledged: a master acknowledges one at a
+        #: time, and a busy slave holds many (room for one per slot, at least).
+        self.waiting = WaitingResults(clock, max_result_bytes=max_result_bytes,
+                                      max_count=max(max_waiting_results, slots),
+                                      max_bytes=max_waiting_bytes)
         self.on_result: Callable[[dict[str, Any]], Any] | None = None
         self._clock = clock
         self._reactor = reactor
@@ -142,7 +160,7 @@ class TaskRunner:
     @property
     def results(self) -> list[dict[str, Any]]:
         """The task_result payloads not yet acknowledged, oldest first."""
-        return list(self._results.values())
+        return list(self.waiting)
 
     def offers(self) -> list[str]:
         """Every task name in the registry, refused ones included."""
@@ -189,11 +207,11 @@ class TaskRunner:
             )
         if len(self._running) >= self.slots:
             raise wire.BadMessage(NO_FREE_SLOT, slots=self.slots)
-        entry = _Run(task_id, attempt, name, self._clock.seconds())
+        entry = _Run(task_id, attempt, clip(name) or "", self._clock.seconds())
         self._running[task_id] = entry
         task = self.registry.get(name)
         if task is None:
-            error = error_payload("UnknownTask", f"this slave has no task named {name!r}",
+            error = error_payload("UnknownTask", f"this slave has no task named {clip(repr(name))}",
                                   kind="unknown_task")
             self._end(entry, {"outcome": "failed", "result": None, "error": error}, "failed")
             return
@@ -214,13 +232,14 @@ class TaskRunner:
 
     def acknowledged(self, task_id: int, attempt: int) -> None:
         """Forget the result of a run the master has stored."""
-        self._results.pop((task_id, attempt), None)
+        self.waiting.forget((task_id, attempt))
 
     def stop(self) -> defer.Deferred[None]:
         """Stop every run without reporting it; fires once every child process is gone."""
         for entry in list(self._running.values()):
             self._end(entry, None, "stopped")
         self.run_log.flush()
+        self.waiting.drop_log.flush()
         if self._own_threads and self._threads is not None and not self._thread_runs:
             # Idle threads end at once; busy ones (thread runs cannot be
             # stopped) are daemons and end with the process.
@@ -272,10 +291,10 @@ class TaskRunner:
         return running.addBoth(done)
 
     def _run_in_child(self, task: Task, args: dict[str, Any]) -> defer.Deferred[Any]:
-        request = child.task_request(task, args)
+        request = child.task_request(task, args, memory=self.task_memory, cpu=self.task_cpu)
         if self._child_environment is None:
             # Worked out once: it walks sys.path on disk.
-            self._child_environment = child.task_environment()
+            self._child_environment = child.task_environment(few_arenas=self.task_memory is not None)
         running = self.run_process(child.TASK_ARGV, stdin=request, env=self._child_environment,
                                    limit=self.max_result_bytes + 4096)
         return running.addCallback(child.read_outcome, self.max_result_bytes)
@@ -303,21 +322,7 @@ class TaskRunner:
     def _succeeded(self, result: Any, entry: _Run) -> None:
         if entry.finished:
             return
-        try:
-            text = wire.strict_json({"result": result})
-            size = len(text)
-            # What the master stores is what JSON says: a tuple is a list, a
-            # key 1 is "1", whatever the task returned.
-            result = wire.loads(text)["result"]
-        except (TypeError, ValueError, RecursionError) as e:
-            error = error_payload("ResultNotJSON", f"{entry.name} returned a result that is not JSON: {e}")
-        else:
-            if size <= self.max_result_bytes:
-                self._end(entry, {"outcome": "done", "result": result, "error": None}, "done")
-                return
-            error = error_payload("ResultTooLarge", f"{entry.name} returned a result of {size} bytes;"
-                                             f" the limit is {self.max_result_bytes}")
-        self._end(entry, {"outcome": "failed", "result": None, "error": error}, "failed")
+        self._end(entry, {"outcome": "done", "result": result, "error": None}, "done")
 
     def _failed(self, failure: Failure, entry: _Run) -> None:
         if entry.finished:
@@ -340,6 +345,11 @@ class TaskRunner:
         del self._running[entry.task_id]
         if entry.timeout_call is not None and entry.timeout_call.active():
             entry.timeout_call.cancel()
+        if outcome is not None:
+            payload, size = self.waiting.sendable({"id": entry.task_id, "attempt": entry.attempt,
+                                                   **outcome})
+            if payload["outcome"] != outcome["outcome"]:
+                how = "failed"
         self.run_log.info(
             how, "Task {task_id} attempt {attempt} ({name}) {how} after {duration} s",
             task_id=entry.task_id, attempt=entry.attempt, name=entry.name, how=how,
@@ -349,13 +359,12 @@ class TaskRunner:
             entry.deferred.cancel()
         if outcome is None:
             return
-        payload = {"id": entry.task_id, "attempt": entry.attempt, **outcome}
-        self._results[entry.task_id, entry.attempt] = payload
+        self.waiting.keep(payload, size)
         self._clock.callLater(0, self._notify, payload)
 
     def _notify(self, payload: dict[str, Any]) -> None:
         run = (payload["id"], payload["attempt"])
-        if self.on_result is None or self._results.get(run) is not payload:
+        if self.on_result is None or self.waiting.get(run) is not payload:
             return
         try:
             self.on_result(payload)

@@ -22,12 +22,14 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from picluster import sysinfo
 from picluster.address import MasterAddress, dial, hello_for
+from picluster.logbudget import LogBudget
 from picluster.slave.identity import IdentityError, NodeIdentity
+from picluster.text import clip
 from picluster.trust.channel import verify_master
 from picluster.trust.token import JoinToken
 from picluster.wire import BadMessage
@@ -40,8 +42,10 @@ from picluster.wire.errors import (
 )
 from picluster.wire.messages import (
     ComputerDetails,
+    Refusal,
     Run,
     RunTask,
+    ServiceFailure,
     Welcome,
     WorkerAccepted,
     WorkerOffer,
@@ -52,6 +56,12 @@ __all__ = ["HandshakeError", "SlaveSession", "SlaveFactory", "SlaveService"]
 
 
 _UUID = re.compile(r"[0-9a-f]{32}")
+
+#: The shortest keepalive interval a master may ask of a slave, in seconds:
+#: a broken or hostile master asking for a ping every microsecond must not
+#: set the slave pinging in a loop.  Only what a master asks is raised to it:
+#: the slave's own C{--keepalive} is its owner's choice.
+KEEPALIVE_FLOOR = 1.0
 
 log = Logger()
 
@@ -118,15 +128,16 @@ class SlaveSession(PeerHandler):
             raise HandshakeError(f"expected a welcome, got {reply.type}")
         uuid = welcome.uuid
         if not _UUID.fullmatch(uuid):
-            raise HandshakeError(f"welcome carries no valid uuid: {uuid!r}")
+            raise HandshakeError(f"welcome carries no valid uuid: {clip(repr(uuid))}")
         rejoined = uuid == self.slave.uuid
         self.slave.uuid = uuid
         if welcome.node_key is not None and self.slave.identity is not None:
             try:
                 self.slave.identity.save(uuid, welcome.node_key)
             except IdentityError as e:
-                self.log.error("Could not keep this node's identity: {problem}; it is this"
-                               " node's until the slave stops", problem=str(e))
+                self.slave.master_log.emit(LogLevel.error, "identities not kept", "Could not keep"
+                                           " this node's identity: {problem}; it is this node's"
+                                           " until the slave stops", problem=clip(str(e)))
         self.slave.resetDelay()
         self.log.info(
             "{how} master {master} as {uuid}",
@@ -136,6 +147,14 @@ class SlaveSession(PeerHandler):
 
     def _introduce(self, welcome: Welcome) -> defer.Deferred[Reply]:
         self._master_keepalive = welcome.keepalive
+        if welcome.keepalive < KEEPALIVE_FLOOR:
+            self._master_keepalive = KEEPALIVE_FLOOR
+            self.slave.master_log.emit(
+                LogLevel.warn, "keepalives asked too often",
+                "Master {master} asks for a keepalive every {asked:g} s; this slave pings"
+                " every {floor:g} s at most", master=self.slave.master, asked=welcome.keepalive,
+                floor=KEEPALIVE_FLOOR,
+            )
         return self.protocol.request("computer_details", self.slave.computer_details)
 
     def _ask_master_info(self, _: Any) -> defer.Deferred[None]:
@@ -143,10 +162,10 @@ class SlaveSession(PeerHandler):
 
     def _log_master_info(self, reply: Reply) -> None:
         facts = reply.payload if isinstance(reply.payload, ComputerDetails) else ComputerDetails()
-        self.log.info(
-            "Master is {hostname} ({cpu}, {cores} cores, {ram} bytes of RAM)",
-            hostname=facts.hostname, cpu=facts.cpu, cores=facts.cpu_cores, ram=facts.ram,
-            master_info=facts,
+        # Only clipped texts: the master chose every one of its facts.
+        self.slave.master_log.info(
+            "descriptions of the master", "Master is {hostname} ({cpu}, {cores} cores, {ram} bytes of RAM)",
+            hostname=clip(facts.hostname), cpu=clip(facts.cpu), cores=facts.cpu_cores, ram=facts.ram,
         )
 
     def _offer_work(self, _: Any) -> defer.Deferred[None] | None:
@@ -165,8 +184,8 @@ class SlaveSession(PeerHandler):
         runner = self.slave.runner
         accepted = reply.payload if isinstance(reply.payload, WorkerAccepted) else WorkerAccepted()
         for run in accepted.drop:
-            self.log.info("Master gave up task {id} (attempt {attempt}); stopping it",
-                          id=run.id, attempt=run.attempt)
+            self.slave.master_log.info("runs given up", "Master gave up task {id} (attempt {attempt});"
+                                       " stopping it", id=run.id, attempt=run.attempt)
             runner.cancel(run.id, run.attempt)
         self.working = True
         for result in runner.results:
@@ -175,8 +194,9 @@ class SlaveSession(PeerHandler):
     def _work_refused(self, failure: Failure) -> None:
         # A master that hands out no tasks (an older one) is still a master.
         failure.trap(RemoteError, BadReply)
-        self.log.warn("Master {master} does not hand out tasks: {problem}",
-                      master=self.slave.master, problem=failure.getErrorMessage())
+        self.slave.master_log.emit(LogLevel.warn, "refusals of work", "Master {master} does not hand"
+                                   " out tasks: {problem}", master=self.slave.master,
+                                   problem=clip(failure.getErrorMessage()))
 
     def report_result(self, result: dict[str, Any]) -> None:
         """Send one finished run's result; it is forgotten only once acknowledged."""
@@ -196,13 +216,15 @@ class SlaveSession(PeerHandler):
         self._results_in_flight.discard(run)
         if failure.check(RemoteError):
             # The master will never take it; keeping it would resend it forever.
-            self.log.error("Master refused the result of task {id} attempt {attempt}: {problem}",
-                           id=run[0], attempt=run[1], problem=failure.getErrorMessage())
+            self.slave.master_log.emit(LogLevel.error, "refused results", "Master refused the result"
+                                       " of task {id} attempt {attempt}: {problem}", id=run[0],
+                                       attempt=run[1], problem=clip(failure.getErrorMessage()))
             self.slave.runner.acknowledged(*run)
         elif not failure.check(DisconnectionException):
             # A timeout: the master may be busy; the next session sends it again.
-            self.log.warn("No answer to the result of task {id}: {problem}",
-                          id=run[0], problem=failure.getErrorMessage())
+            self.slave.master_log.emit(LogLevel.warn, "unanswered results", "No answer to the result"
+                                       " of task {id}: {problem}", id=run[0],
+                                       problem=clip(failure.getErrorMessage()))
 
     def msg_run_task(self, run: RunTask) -> None:
         if self.slave.runner is None or not self.working:
@@ -212,6 +234,22 @@ class SlaveSession(PeerHandler):
     def msg_cancel_task(self, run: Run) -> None:
         if self.slave.runner is not None:
             self.slave.runner.cancel(run.id, run.attempt)
+
+    # The master chooses these texts and how many it sends: each line is
+    # clipped, and they share the factory's budget of lines.
+
+    def msg_message(self, payload: str) -> None:
+        self.slave.master_log.info("messages", "Message from {peer}: {text}", text=clip(payload),
+                                   **self.log_fields())
+
+    def msg_bad_message(self, refusal: Refusal) -> None:
+        self.slave.master_log.emit(LogLevel.warn, "refusals of our messages", "{peer} could not"
+                                   " accept a message of ours: {problem}", problem=clip(refusal.error),
+                                   **self.log_fields())
+
+    def msg_error(self, failure: ServiceFailure) -> None:
+        self.slave.master_log.emit(LogLevel.warn, "errors", "{peer} reported an error: {problem}",
+                                   problem=clip(failure.error), **self.log_fields())
 
     def _start_reporting(self, _: Any) -> None:
         # Ping at least as often as the master expects, or it would count us dead.
@@ -235,14 +273,16 @@ class SlaveSession(PeerHandler):
                 disconnection=str(failure.value),
             )
             return
+        # What went wrong may quote the master: clipped, as is the close's cause.
+        problem = clip(failure.getErrorMessage())
         if failure.check(HandshakeError):
             # Said in one line, without a traceback: a wrong token is the
             # user's to fix, and the factory keeps retrying meanwhile.
-            self.log.error("Could not join master {master}: {problem}", master=self.slave.master,
-                           problem=failure.getErrorMessage())
+            self.slave.master_log.emit(LogLevel.error, "failed joins", "Could not join master"
+                                       " {master}: {problem}", master=self.slave.master, problem=problem)
         else:
             self.log.failure("Session with {master} failed", failure, master=self.slave.master)
-        self.protocol.close(f"session failed: {failure.getErrorMessage()}")
+        self.protocol.close(f"session failed: {problem}")
 
     # -- vitals ------------------------------------------------------------
 
@@ -318,6 +358,12 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
         )
         self.sampler = sampler if sampler is not None else sysinfo.VitalsSampler(reactor=self.clock)
         self.connection: PiClusterProtocol | None = None
+        #: Lines that carry what a master chose (its messages, errors,
+        #: refusals, facts): a few at a time, over every connection, so that
+        #: no master can fill this node's SD card.
+        self.master_log = LogBudget(
+            log, self.clock, "Left out of the log in the last {seconds:g} s: the master's {kinds}",
+        )
 
     def make_handler(self, protocol: PiClusterProtocol) -> SlaveSession:
         return SlaveSession(protocol, self)
@@ -384,6 +430,7 @@ class SlaveService(service.Service):
             waits.append(self.factory.runner.stop())
         if self.factory.identity is not None:
             self.factory.identity.close()
+        self.factory.master_log.flush()
         connection = self.factory.connection
         if connection is not None and connection.lost is None:
             waits.append(connection.when_lost())

@@ -9,8 +9,25 @@ from twisted.python import usage
 
 from picluster import address, config
 from picluster.slave.identity import IdentityError, NodeIdentity
+from picluster.slave.results import RESULT_ENVELOPE_ROOM
 from picluster.slave.session import SlaveFactory, SlaveService
+from picluster.tasks.child import TASK_CPU, TASK_MEMORY
 from picluster.trust.token import SLAVE
+
+#: The smallest C{--max-result}: room for a small result and any failure.
+SMALLEST_MAX_RESULT = 512
+
+#: The smallest C{--task-memory} but 0 (no limit): a Python child needs some
+#: 15 MiB of address space before its task imports anything.
+SMALLEST_TASK_MEMORY = 64 * 1024 * 1024
+
+
+def task_memory(text: str) -> int:
+    """C{--task-memory}: a size in bytes, 0 for no limit."""
+    value = config.byte_size(text)
+    if 0 < value < SMALLEST_TASK_MEMORY:
+        raise ValueError(f"must be 0 (no limit) or at least {SMALLEST_TASK_MEMORY} bytes, not {value}")
+    return value
 
 
 def allowed_commands(text: str) -> tuple[str, ...]:
@@ -75,6 +92,19 @@ class Options(config.Options):
             " any one word, a final ... any further words (refused when unset)",
         ),
         config.Setting(
+            "max-result", config.byte_size, None,
+            "Largest task result, in bytes of JSON; a larger one fails its task"
+            " (--max-frame less 256 bytes when unset: what one frame carries)",
+        ),
+        config.Setting(
+            "task-memory", task_memory, TASK_MEMORY,
+            "Bytes of address space each process task may use, K, M and G allowed; 0: no limit",
+        ),
+        config.Setting(
+            "task-cpu", config.whole_number(0, 10**9), TASK_CPU,
+            "Seconds of CPU time each process task may use; 0: no limit",
+        ),
+        config.Setting(
             "allow-admin", config.boolean, False,
             "Run the reboot, shutdown and update tasks (refused otherwise)", flag=True,
         ),
@@ -104,6 +134,15 @@ class Options(config.Options):
                 "--allow-admin and --allow-shell need a secure master: in plain mode (--insecure)"
                 " anyone who can pose as the master could run commands here"
             )
+        largest_result = self["max-frame"] - RESULT_ENVELOPE_ROOM
+        if self["max-result"] is None:
+            self["max-result"] = largest_result
+        elif not SMALLEST_MAX_RESULT <= self["max-result"] <= largest_result:
+            raise usage.UsageError(
+                f"--max-result ({self['max-result']} bytes) must be from {SMALLEST_MAX_RESULT}"
+                f" to {largest_result}: a result and its envelope fit in a frame of --max-frame"
+                f" ({self['max-frame']} bytes)"
+            )
         if self["max-delay"] < self["initial-delay"]:
             raise usage.UsageError(
                 f"--max-delay ({self['max-delay']:g} s) must not be shorter than"
@@ -121,7 +160,8 @@ def makeService(options: Options) -> SlaveService:
     runner = TaskRunner(
         installed_tasks(), slots=slots, clock=reactor, reactor=reactor,
         allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
-        booted_at=psutil.boot_time(),
+        max_result_bytes=options["max-result"], task_memory=options["task-memory"],
+        task_cpu=options["task-cpu"], booted_at=psutil.boot_time(),
     )
     token = options["join-token"]
     identity = None

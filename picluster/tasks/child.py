@@ -24,7 +24,13 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
 from picluster.tasks.catalog import ProcessResult, Task
-from picluster.tasks.errors import ChildCrashed, CommandFailed, TaskFailed, error_payload
+from picluster.tasks.errors import (
+    TRACEBACK_LIMIT,
+    ChildCrashed,
+    CommandFailed,
+    TaskFailed,
+    error_payload,
+)
 
 #: Seconds between SIGTERM and SIGKILL when a child must go.
 KILL_AFTER = 5.0
@@ -35,11 +41,19 @@ SETSID = shutil.which("setsid")
 #: How much of each output stream a command keeps unless told otherwise.
 OUTPUT_LIMIT = 64 * 1024
 
-#: How much of a traceback a result carries (the end, where the error is).
-TRACEBACK_LIMIT = 16 * 1024
-
 #: The command a process task runs in.
 TASK_ARGV = (sys.executable, "-m", "picluster.tasks.childmain")
+
+#: Bytes of address space (RLIMIT_AS) a process task may use unless the
+#: slave is told otherwise (C{--task-memory}): past it, allocations fail and
+#: the task fails with C{MemoryLimitExceeded}, before the node runs short.
+TASK_MEMORY = 1024**3
+
+#: Seconds of CPU time (RLIMIT_CPU) a process task may use unless the slave
+#: is told otherwise (C{--task-cpu}): past it the task fails with
+#: C{CpuTimeLimitExceeded}, so that a runaway task without a timeout does
+#: not hold a slot for ever.
+TASK_CPU = 3600
 
 #: Kinds a task child may report; anything else it claims counts as C{error}.
 _CHILD_KINDS = frozenset({"error", "bad_arguments", "not_permitted"})
@@ -165,17 +179,32 @@ def spawn(
     return process
 
 
-def task_request(task: Task, args: dict[str, Any]) -> bytes:
-    """What to write to a task child's stdin."""
+def task_request(task: Task, args: dict[str, Any], *, memory: int | None = None,
+                 cpu: int | None = None) -> bytes:
+    """
+    What to write to a task child's stdin.
+
+    @param memory: Bytes of address space the child may use; C{None}: no limit.
+    @param cpu: Seconds of CPU time the child may use; C{None}: no limit.
+    """
     function = task.function
     reference = f"{function.__module__}:{function.__qualname__}"
     if "<locals>" in reference or function.__module__ == "__main__":
         raise TypeError(f"{task.name}: {reference} cannot be imported by a child process")
-    return json.dumps({"function": reference, "args": args}).encode("utf-8")
+    request = {"function": reference, "args": args, "limits": {"memory": memory, "cpu": cpu}}
+    return json.dumps(request).encode("utf-8")
 
 
-def task_environment() -> dict[str, str]:
-    """The slave's environment, with its own import paths ahead of the child's."""
+def task_environment(*, few_arenas: bool = False) -> dict[str, str]:
+    """
+    The slave's environment, with its own import paths ahead of the child's.
+
+    @param few_arenas: Give glibc's malloc two arenas (C{MALLOC_ARENA_MAX},
+        unless the slave's environment sets it), for a child whose address
+        space is limited: each arena reserves 64 MiB of it, and a task with
+        a dozen threads would otherwise run out of address space while
+        using little memory.
+    """
     installed = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
     paths = [os.path.abspath(path or ".") for path in sys.path]
     paths = [
@@ -183,7 +212,10 @@ def task_environment() -> dict[str, str]:
         if os.path.isdir(path) and not any(_within(path, top) for top in installed)
     ]
     inherited = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths + ([inherited] if inherited else [])))
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(paths + ([inherited] if inherited else [])))
+    if few_arenas:
+        environment.setdefault("MALLOC_ARENA_MAX", "2")
+    return environment
 
 
 def _within(path: str, top: str) -> bool:

@@ -1,8 +1,9 @@
 """
 The child process a process task runs in: C{python -m picluster.tasks.childmain}.
 
-It reads one request, C{{"function": "module:qualname", "args": {...}}}, as
-JSON on stdin, calls the function, and writes one outcome as JSON on stdout:
+It reads one request, C{{"function": "module:qualname", "args": {...},
+"limits": {"memory": bytes, "cpu": seconds}}}, as JSON on stdin, holds
+itself to the limits, calls the function, and writes one outcome as JSON on stdout:
 C{{"outcome": "done", "result": ...}} or C{{"outcome": "failed", "error":
 {"type", "message", "traceback", "kind"}}}.  Whatever the task prints goes to
 stderr, so that stdout carries the outcome alone.
@@ -17,11 +18,46 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
+import signal
 import sys
 import traceback
 from typing import IO, Any
 
 from picluster.tasks.errors import error_kind, error_payload
+
+#: Seconds of CPU time past its limit after which the kernel kills a task
+#: that ignores the SIGXCPU it got at the limit.
+CPU_KILL_AFTER = 5
+
+
+class CpuTimeLimitExceeded(Exception):
+    """The task used all the CPU time the slave allows it (C{--task-cpu})."""
+
+
+def apply_limits(limits: dict[str, Any]) -> None:
+    """
+    Hold this process to the slave's limits (C{memory}: bytes of address
+    space, C{cpu}: seconds of CPU time), for good: the task cannot raise them.
+    """
+    memory, cpu = limits.get("memory"), limits.get("cpu")
+    if memory:
+        _lower(resource.RLIMIT_AS, memory, memory)
+    if cpu:
+        def out_of_cpu(signum: int, frame: Any) -> None:
+            raise CpuTimeLimitExceeded(
+                f"the task used its {cpu} s of CPU time, the most this slave allows (--task-cpu)"
+            )
+
+        signal.signal(signal.SIGXCPU, out_of_cpu)
+        _lower(resource.RLIMIT_CPU, cpu, cpu + CPU_KILL_AFTER)
+
+
+def _lower(which: int, soft: int, hard: int) -> None:
+    _, current = resource.getrlimit(which)
+    if current != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current), min(hard, current)
+    resource.setrlimit(which, (soft, hard))
 
 
 def resolve(reference: str) -> Any:
@@ -38,13 +74,22 @@ def resolve(reference: str) -> Any:
 
 
 def run(request: Any) -> dict[str, Any]:
-    """Call what C{request} names and describe how it went."""
+    """Call what C{request} names, within its limits, and describe how it went."""
+    limits = request.get("limits") if isinstance(request, dict) else None
+    limits = limits if isinstance(limits, dict) else {}
     try:
         if not isinstance(request, dict) or not isinstance(request.get("args"), dict):
             raise ValueError("the request must be an object with an args object")
+        apply_limits(limits)
         function = resolve(str(request.get("function", "")))
         return {"outcome": "done", "result": function(**request["args"])}
     except BaseException as e:  # even SystemExit is the task's outcome
+        memory = limits.get("memory")
+        if isinstance(e, MemoryError) and memory:
+            return {"outcome": "failed", "error": error_payload(
+                "MemoryLimitExceeded", f"the task ran out of memory: this slave allows a task"
+                f" {memory} bytes of address space (--task-memory)", traceback=traceback.format_exc(),
+            )}
         return {"outcome": "failed", "error": error_payload(
             type(e).__name__, str(e), error_kind(e), traceback.format_exc()
         )}

@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from picluster.text import clip
+
+#: Characters of an error's message a result carries (the start): a task's
+#: exception chooses it, and the result must fit in a frame.
+MESSAGE_LIMIT = 4 * 1024
+
+#: Characters of a traceback a result carries (the end, where the error is).
+TRACEBACK_LIMIT = 16 * 1024
+
 
 class BadArguments(Exception):
     """The arguments do not fit the task; retrying cannot help (kind C{bad_arguments})."""
@@ -50,8 +59,12 @@ class TaskFailed(Exception):
 
 def error_payload(type_: str, message: str, kind: str = "error",
                   traceback: str | None = None) -> dict[str, Any]:
-    """A task_result C{error} object."""
-    return {"type": type_, "message": message, "traceback": traceback, "kind": kind}
+    """A task_result C{error} object, its texts cut to their limits."""
+    if len(message) > MESSAGE_LIMIT:
+        message = message[:MESSAGE_LIMIT - 1] + "\u2026"
+    if traceback is not None:
+        traceback = traceback[-TRACEBACK_LIMIT:]
+    return {"type": clip(type_), "message": message, "traceback": traceback, "kind": kind}
 
 
 def admin_refusal(name: str) -> str:
