@@ -163,9 +163,11 @@ class QuotaTests(QueueTestCase):
 
 class SubmitterKeyTests(unittest.TestCase):
     def test_credentialInSecureMode(self) -> None:
-        """A proven hello's submitter is its credential, whatever its address."""
-        self.assertEqual(submitter_key("client at 10.0.0.5:40000"), "client")
-        self.assertEqual(submitter_key("client at [fe80::1]:40000"), "client")
+        """A proven hello's submitter is its credential and host, whatever its port."""
+        self.assertEqual(submitter_key("client at 10.0.0.5:40000"), "client at 10.0.0.5")
+        self.assertEqual(submitter_key("client at 10.0.0.5:40001"), "client at 10.0.0.5")
+        self.assertEqual(submitter_key("client at [fe80::1]:40000"), "client at [fe80::1]")
+        self.assertEqual(submitter_key("read-only at 10.0.0.5:40000"), "read-only at 10.0.0.5")
 
     def test_connectionInPlainMode(self) -> None:
         """A plain submitter is its one connection: its address and port."""
@@ -174,14 +176,14 @@ class SubmitterKeyTests(unittest.TestCase):
 
 
     def test_keyFromTheConnection(self) -> None:
-        """What a connection records as its submitter yields its credential, or itself when plain."""
+        """What a connection records as its submitter yields its credential and host, or itself when plain."""
         from types import SimpleNamespace
 
         from picluster.master.connection import PeerConnection
 
         secure = SimpleNamespace(credential="client", role="client", address="10.0.0.5:40000")
         plain = SimpleNamespace(credential=None, role="client", address="10.0.0.5:40001")
-        self.assertEqual(submitter_key(PeerConnection.submitter(secure)), "client")  # type: ignore[arg-type]
+        self.assertEqual(submitter_key(PeerConnection.submitter(secure)), "client at 10.0.0.5")  # type: ignore[arg-type]
         self.assertEqual(submitter_key(PeerConnection.submitter(plain)),  # type: ignore[arg-type]
                          "plain client at 10.0.0.5:40001")
 

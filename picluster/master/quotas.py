@@ -37,13 +37,17 @@ def submitter_key(submitted_by: str | None) -> str | None:
     """
     Whose quota a task counts against, from its C{submitted_by}
     (C{"CREDENTIAL at ADDRESS"}, see L{picluster.master.connection.PeerConnection.submitter}):
-    the credential of a proven hello; the whole text, so the one
-    connection, of a plain (C{"plain ..."}) one.  Tasks stored before
-    C{submitted_by} existed count against C{None}.
+    the credential of a proven hello and the host it came from (every user
+    of the client token holds the same credential: their machines, at
+    least, are told apart); the whole text, so the one connection, of a
+    plain (C{"plain ..."}) one.  Tasks stored before C{submitted_by}
+    existed count against C{None}.
     """
     if submitted_by is None or submitted_by.startswith("plain "):
         return submitted_by
-    return submitted_by.split(" at ", 1)[0]
+    credential, _, address = submitted_by.partition(" at ")
+    host = address.rpartition(":")[0] or address
+    return f"{credential} at {host}"
 
 
 @dataclass
