@@ -57,6 +57,12 @@ class Handler(PeerHandler):
         self.later.append(answer)
         return answer
 
+    def msg_chained(self, payload: Any) -> defer.Deferred[Any]:
+        # Called already, but waiting on another Deferred (a database query).
+        inner: defer.Deferred[Any] = defer.Deferred()
+        self.later.append(inner)
+        return defer.succeed(None).addCallback(lambda _: inner)
+
 
 class Factory(PiClusterFactory):
     def make_handler(self, protocol: Any) -> Handler:
@@ -192,6 +198,14 @@ class InFlightTests(ConnectionTestCase):
         self.assertEqual(self.protocol.in_flight, 0)
         self.assertEqual(self.transport.producerState, "producing")
 
+    def test_chainedCounts(self) -> None:
+        """A reply that waits on another Deferred counts as in flight until it is sent."""
+        limit = self.factory.max_in_flight
+        self.protocol.dataReceived(b"".join(frame({"type": "chained", "id": n}) for n in range(limit + 5)))
+        self.assertEqual(len(self.handler.later), limit)
+        self.assertEqual(self.protocol.in_flight, limit)
+        self.assertEqual(self.transport.producerState, "paused")
+
     def test_bothCausesMustGo(self) -> None:
         """Reading resumes only when the peer reads again and requests are under the cap."""
         limit = self.factory.max_in_flight
@@ -235,6 +249,7 @@ class UnreadTests(ConnectionTestCase):
 
     def test_deferredRepliesCount(self) -> None:
         """Replies that come later, while the peer does not read, count too."""
+        self.factory.max_queued = 300_000
         self.protocol.dataReceived(b"".join(frame({"type": "slow", "id": n}) for n in range(40)))
         self.protocol.pauseProducing()
         for answer in self.handler.later:
@@ -456,3 +471,61 @@ class LogFloodTests(unittest.TestCase):
             protocol.dataReceived(frame({"type": "boom", "id": 1}))
         self.assertIn("499 more of the same", formatEvent(events[0]))
         self.flushLoggedErrors(ZeroDivisionError)
+
+
+class OnePageTests(unittest.TestCase):
+    """Listings and watches load a reply's worth of records at a time, however many are asked for."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.master = task_master(self.clock, max_reply=100_000)
+        slave = FakeSlave(self.master, self.clock, slots=4, tasks=("echo",))
+        self.client = FakeClient(self.master, self.clock)
+        submitted = self.client.submit(*[{"name": "echo", "args": {"n": n}} for n in range(20)])
+        self.ids = [t["id"] for t in submitted["payload"]["tasks"]]
+        for _ in range(20):
+            for run in slave.runs():
+                slave.finish(run, {"big": "b" * 30_000})
+            self.clock.advance(1)
+            if not self.master.scheduler.open:
+                break
+        self.assertEqual(self.master.scheduler.open, {})
+
+    def test_queryStopsAtBytes(self) -> None:
+        """A query with max_bytes gives the records up to the first past it, in order."""
+        store = self.master.scheduler.store
+        found = self.successResultOf(store.query(ids=self.ids, max_bytes=100_000))
+        self.assertEqual([r["id"] for r in found], self.ids[:4])
+        everything = self.successResultOf(store.query(ids=self.ids))
+        self.assertEqual(len(everything), 20)
+
+    def test_listingPaged(self) -> None:
+        """A listing of a thousand answers what fits, and says there is more."""
+        reply = self.client.request("tasks", {"limit": 1000})["payload"]
+        self.assertTrue(reply["more"])
+        self.assertEqual(len(reply["tasks"]), 3)
+
+    def test_watchPushesAll(self) -> None:
+        """A watch of twenty ended tasks pushes all twenty, a page at a time."""
+        reply = self.client.request("watch", {"ids": self.ids})
+        self.assertEqual(reply["payload"]["tasks"], [])
+        updates = self.client.take("task_update")
+        self.assertEqual([u["payload"]["task"]["id"] for u in updates], self.ids)
+
+    def test_watchStopsWithItsConnection(self) -> None:
+        """A watcher dropped for not reading gets no more pages looked up, or pushed."""
+        self.master.max_queued = 150_000
+        transport, protocol = self.client.transport, self.client.protocol
+        write = transport.write
+
+        def write_until_full(data: bytes) -> None:
+            # As TCP does: past its buffer, the transport pauses its producer.
+            write(data)
+            if len(transport.value()) > 50_000:
+                protocol.pauseProducing()
+
+        transport.write = write_until_full  # type: ignore[method-assign]
+        self.client.send("watch", {"ids": self.ids}, id=5)
+        self.assertTrue(transport.disconnected)
+        pushed = [m for m in sent(self.client.transport) if m["type"] == "task_update"]
+        self.assertLess(len(pushed), 8)

@@ -278,9 +278,18 @@ class TaskStore:
     def query(
         self, *, ids: list[int] | None = None, states: Iterable[str] | None = None,
         after: int | None = None, limit: int | None = None, newest_first: bool = False,
+        max_bytes: int | None = None,
     ) -> defer.Deferred[list[dict[str, Any]]]:
-        """Task records by id, state, or both, ordered by id."""
-        return self._operate(lambda txn: _select(txn, ids, states, after, limit, newest_first))
+        """
+        Task records by id, state, or both, ordered by id.
+
+        With C{max_bytes}, the records stop at the first whose arguments,
+        results and errors take the total past it (that one included): a
+        peer asking for a thousand tasks with megabyte results costs the
+        master one reply's worth of memory, not a gigabyte.
+        """
+        return self._operate(
+            lambda txn: _select(txn, ids, states, after, limit, newest_first, max_bytes))
 
     def counts(self) -> defer.Deferred[dict[str, int]]:
         """How many tasks are stored in each state."""
@@ -504,18 +513,33 @@ def _count_by_state(txn: Any) -> dict[str, int]:
 
 def _select(txn: Any, ids: list[int] | None, states: Iterable[str] | None,
             after: int | None, limit: int | None,
-            newest_first: bool = False) -> list[dict[str, Any]]:
+            newest_first: bool = False, max_bytes: int | None = None) -> list[dict[str, Any]]:
+    return _select_sized(txn, ids, states, after, limit, newest_first, max_bytes)[0]
+
+
+def _select_sized(txn: Any, ids: list[int] | None, states: Iterable[str] | None,
+                  after: int | None, limit: int | None, newest_first: bool,
+                  max_bytes: int | None) -> tuple[list[dict[str, Any]], int]:
+    """The records L{_select} gives, and (with C{max_bytes}) about the bytes they take."""
     if ids is not None and len(ids) > _IDS_PER_QUERY:
         found: list[dict[str, Any]] = []
-        for start in range(0, len(ids), _IDS_PER_QUERY):
-            found += _select(txn, ids[start:start + _IDS_PER_QUERY], states, after, None)
+        used = 0
+        ordered = sorted(ids, reverse=newest_first)
+        for start in range(0, len(ordered), _IDS_PER_QUERY):
+            room = None if max_bytes is None else max_bytes - used
+            part, size = _select_sized(txn, ordered[start:start + _IDS_PER_QUERY], states, after,
+                                       None, newest_first, room)
+            found += part
+            used += size
+            if max_bytes is not None and used > max_bytes:
+                break
         found.sort(key=lambda record: record["id"], reverse=newest_first)
-        return found[:limit] if limit is not None else found
+        return (found[:limit] if limit is not None else found), used
     clauses: list[str] = []
     params: list[Any] = []
     if ids is not None:
         if not ids:
-            return []
+            return [], 0
         clauses.append(f"id IN ({', '.join('?' * len(ids))})")
         params.extend(ids)
     if states is not None:
@@ -533,4 +557,23 @@ def _select(txn: Any, ids: list[int] | None, states: Iterable[str] | None,
         sql += " LIMIT ?"
         params.append(limit)
     txn.execute(sql, params)
-    return [row_to_record(row) for row in txn.fetchall()]
+    if max_bytes is None:
+        return [row_to_record(row) for row in txn.fetchall()], 0
+    records = []
+    used = 0
+    while used <= max_bytes:
+        rows = txn.fetchmany(16)
+        if not rows:
+            break
+        for row in rows:
+            records.append(row_to_record(row))
+            used += _row_size(row)
+            if used > max_bytes:
+                break
+    return records, used
+
+
+def _row_size(row: Iterable[Any]) -> int:
+    """About the bytes a row takes on the wire: its texts (JSON arguments, results, errors)."""
+    return 64 + sum(len(value) for value in row if isinstance(value, (str, bytes)))
+

@@ -113,7 +113,7 @@ class TaskView:
             raise wire.BadMessage(f"unknown state {state!r}", known=list(STATES))
         found = self.book.usable_store().query(
             ids=query.ids, states=None if state is None else (state,), after=query.after,
-            limit=query.limit,
+            limit=query.limit, max_bytes=self.max_reply,
         )
         return found.addCallbacks(self.listed, store_failed)
 
@@ -142,20 +142,41 @@ class TaskView:
             else:
                 in_memory.append(record)
         self.watchers.add(watcher, [record["id"] for record in in_memory])
+        still_open: list[dict[str, Any]] = []
         if not on_disk:
-            return self._watched([], watcher, in_memory)
-        found = self.book.usable_store().query(ids=on_disk)
-        return found.addCallbacks(self._watched, store_failed,
-                                  callbackArgs=(watcher, in_memory))
+            return self._watched([], watcher, in_memory, still_open)
+        return self._watch_on_disk(sorted(on_disk), watcher, in_memory, still_open)
+
+    def _watch_on_disk(self, ids: list[int], watcher: Any, in_memory: list[dict[str, Any]],
+                       still_open: list[dict[str, Any]]) -> defer.Deferred[tuple[str, Any]]:
+        """
+        Look the tasks C{ids} up a reply's worth of bytes at a time, pushing
+        the ended ones before the next look: a watch of ten thousand tasks
+        with megabyte results holds one page of them, and stops when its
+        connection goes (a peer that does not read is dropped).
+        """
+        found = self.book.usable_store().query(ids=ids, max_bytes=self.max_reply)
+
+        def page(records: list[dict[str, Any]]) -> Any:
+            if not records or watcher.closing:
+                return self._watched([], watcher, in_memory, still_open)
+            self._watched(records, watcher, [], still_open)
+            last = records[-1]["id"]
+            rest = [task_id for task_id in ids if task_id > last]
+            if not rest:
+                return self._watched([], watcher, in_memory, still_open)
+            return self._watch_on_disk(rest, watcher, in_memory, still_open)
+
+        return found.addCallbacks(page, store_failed)
 
     def _watched(self, found: list[dict[str, Any]], watcher: Any,
-                 in_memory: list[dict[str, Any]]) -> tuple[str, Any]:
+                 in_memory: list[dict[str, Any]],
+                 still_open: list[dict[str, Any]]) -> tuple[str, Any]:
         """
         Push each ended task's record on its own (one record always fits a
         frame; a hundred with their results may not), and answer with the
         id and state of the rest, by id.
         """
-        still_open = []
         records = sorted(in_memory + found, key=lambda record: record["id"])
         for record in records:
             if record["state"] in FINAL_STATES:
@@ -163,6 +184,7 @@ class TaskView:
             else:
                 current = self.current(record)
                 still_open.append({"id": current["id"], "state": current["state"]})
+        still_open.sort(key=lambda entry: entry["id"])
         return ("tasks", {"tasks": still_open})
 
     def ended(self, task_id: int, record: dict[str, Any]) -> None:

@@ -52,6 +52,9 @@ class Watchers:
     @staticmethod
     def tell(connection: Any, record: dict[str, Any]) -> None:
         """Send one connection a task's record in a C{task_update}."""
+        if connection.closing:
+            # Gone, or going (dropped for not reading): nothing to tell, or log.
+            return
         try:
             connection.send("task_update", {"task": record})
         except Exception as e:

@@ -47,7 +47,7 @@ DEFAULT_FRAME_DEADLINE = 30.0
 
 #: Requests from one peer being answered at once (their replies deferred):
 #: above this, we stop reading the peer until some are answered.
-DEFAULT_MAX_IN_FLIGHT = 64
+DEFAULT_MAX_IN_FLIGHT = 8
 
 #: The largest frame a stranger may send before its handshake is done: a
 #: hello is a few hundred bytes.
@@ -532,23 +532,20 @@ class PiClusterProtocol(FrameReceiver):
                 # (Awaitable), and an ABC's isinstance costs a reply a tenth.
                 self._answer(result, msg_id)
             elif isinstance(result, defer.Deferred):
+                # Counted until answered (not until called: a Deferred
+                # waiting on another, as a database query, is called).
+                self.in_flight += 1
                 result.addCallback(self._answer, msg_id)
                 result.addErrback(self._answer_failure, message_type, msg_id)
-                if not result.called:
-                    self._wait_for(result)
+                result.addBoth(self._answered)
+                if self.in_flight >= self.factory.max_in_flight:
+                    self.hold("requests in flight")
             else:
                 self._answer(result, msg_id)
         except wire.BadMessage as bad:
             self._refuse(bad, msg_id)
         except Exception:
             self._fail(Failure(), message_type, msg_id)
-
-    def _wait_for(self, answer: defer.Deferred[None]) -> None:
-        """Count a request whose reply is still to come, while it is."""
-        self.in_flight += 1
-        if self.in_flight >= self.factory.max_in_flight:
-            self.hold("requests in flight")
-        answer.addBoth(self._answered)
 
     def _answered(self, result: Any) -> Any:
         self.in_flight -= 1
