@@ -215,6 +215,43 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertEqual(options["max-frame"], 1024 * 1024)
         self.assertIsNone(options["config"])
 
+    def test_peerBounds(self):
+        """The bounds on peers reach the master's factory, the connection cap below the file limit."""
+        import resource
+
+        from picluster.master import admission
+
+        service = master_tap.makeService(self.parse(
+            "--web", "none", "--max-connections", "100", "--max-handshakes", "7",
+            "--max-handshakes-per-host", "2", "--handshake-timeout", "4", "--frame-deadline", "9",
+            "--max-queued", "2M"))
+        factory = service.factory
+        self.assertEqual((factory.admission.max_connections, factory.admission.max_strangers,
+                          factory.admission.max_strangers_per_host), (100, 7, 2))
+        self.assertEqual((factory.handshake_timeout, factory.frame_deadline, factory.max_queued),
+                         (4.0, 9.0, 2 * 1024 * 1024))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        service = master_tap.makeService(self.parse("--web", "none"))
+        self.assertEqual(service.factory.admission.max_connections,
+                         min(admission.DEFAULT_MAX_CONNECTIONS, soft - admission.RESERVED_DESCRIPTORS))
+        self.assertEqual(service.factory.max_queued, 8 * 1024 * 1024)
+
+    def test_peerBoundsChecked(self):
+        """Nonsense bounds are refused with a clear message."""
+        for argv, expected in [
+            (("--max-queued", "1K"), "--max-queued (1024 bytes) must be at least --max-frame"),
+            (("--max-connections", "0"), "must be from 1"),
+            (("--handshake-timeout", "0"), "positive number of seconds"),
+            (("--frame-deadline", "-1"), "positive number of seconds"),
+        ]:
+            error = self.assertRaises(usage.UsageError, self.parse, *argv)
+            self.assertIn(expected, str(error))
+
+    def test_insecureHasNoHandshakeDeadline(self):
+        """A plain master has no strangers, so no handshake deadline."""
+        service = master_tap.makeService(self.parse("--web", "none", "--insecure"))
+        self.assertIsNone(service.factory.handshake_timeout)
+
     def test_webAndInfluxDefaults(self):
         """The dashboard listens on this machine only; InfluxDB is off."""
         options = self.parse()

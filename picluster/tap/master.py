@@ -213,6 +213,11 @@ class Options(config.Options):
 
     def check(self) -> None:
         super().check()
+        if self["max-queued"] is not None and self["max-queued"] < self["max-frame"]:
+            raise usage.UsageError(
+                f"--max-queued ({self['max-queued']} bytes) must be at least --max-frame"
+                f" ({self['max-frame']} bytes): a peer must be able to be sent one whole frame"
+            )
         # A task's arguments travel inside one run_task frame, with room for
         # the rest of the envelope.
         if self["max-args"] > self["max-frame"] - 1024:
