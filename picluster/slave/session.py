@@ -36,6 +36,7 @@ from picluster.wire.errors import (
     DisconnectionException,
     HandshakeError,
     RemoteError,
+    RequestTimeout,
     describe_reason,
 )
 from picluster.wire.messages import (
@@ -239,6 +240,11 @@ class SlaveSession(PeerHandler):
             # Said in one line, without a traceback: a wrong token is the
             # user's to fix, and the factory keeps retrying meanwhile.
             self.log.error("Could not join master {master}: {problem}", master=self.slave.master,
+                           problem=failure.getErrorMessage())
+        elif failure.check(RemoteError, BadReply, RequestTimeout):
+            # The master refused, garbled or ignored a step of the session:
+            # its doing, not a bug of ours, so one line, no traceback.
+            self.log.error("Session with master {master} failed: {problem}", master=self.slave.master,
                            problem=failure.getErrorMessage())
         else:
             self.log.failure("Session with {master} failed", failure, master=self.slave.master)
