@@ -187,7 +187,8 @@ class Mutator:
         rng = self.rng
         roll = rng.random()
         if roll < 0.6:
-            return rng.choice(HOSTILE_VALUES)
+            # A copy: a later change to this frame must not change the list.
+            return copy.deepcopy(rng.choice(HOSTILE_VALUES))
         if roll < 0.7:
             return copy.deepcopy(rng.choice(self.corpus)["payload"])
         if roll < 0.8:
@@ -203,7 +204,7 @@ class Mutator:
             return {str(n): value for n, value in enumerate(original)}
         if isinstance(original, dict):
             return list(original.values())
-        return rng.choice(HOSTILE_VALUES)
+        return copy.deepcopy(rng.choice(HOSTILE_VALUES))
 
     def _containers(self, value: Any) -> list[tuple[Any, Any]]:
         """Every (container, key) pair under C{value}, for a mutation to pick from."""

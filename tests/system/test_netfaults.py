@@ -50,6 +50,9 @@ CUT = 2 * DEAD_AFTER + 1
 TASKS = 300
 LOSS_PERCENT = 5
 
+#: Tasks in the map during which a slave is cut off.
+CUT_TASKS = 60
+
 #: One way delay of the slow link, in milliseconds (where tc netem works).
 DELAY_MS = 150
 
@@ -251,41 +254,72 @@ class NetworkFaultTests(unittest.TestCase):
         self.assertTrue(all(child.running for child in cluster.children), cluster.report())
         cluster.assertNoTraceback()
 
+    def start_map(self, task: str, arguments: list[dict[str, Any]]) -> Child:
+        """C{picluster map} of C{task} over C{arguments}, run from the test's own namespace."""
+        cluster = self.cluster
+        args_file = os.path.join(cluster.cwd, "args.jsonl")
+        with open(args_file, "w") as lines:
+            lines.writelines(json.dumps(each) + "\n" for each in arguments)
+        mapping = Child(
+            self, "map",
+            [sys.executable, "-m", "picluster.cli", "map", task, "--args-file", args_file, "--json",
+             "--master", f"{self.lan.master_ip}:{PORT}", "--state-dir", cluster.state_dir],
+            cwd=cluster.cwd, env=child_env(),
+        )
+        cluster.children.append(mapping)
+        return mapping
+
+    def assertEachDoneOnce(self, mapping: Child, status: int, expected: list[Any]) -> list[dict[str, Any]]:
+        """The map succeeded: every task done, once, with its own result; its records, in order."""
+        cluster = self.cluster
+        self.assertEqual(status, 0, cluster.report())
+        records = [json.loads(line) for line in mapping.stdout().splitlines()]
+        self.assertEqual([r["state"] for r in records], ["done"] * len(expected), cluster.report())
+        self.assertEqual([r["result"] for r in records], expected)
+        self.assertEqual(len({r["id"] for r in records}), len(expected))
+        self.assertTrue(all(r["attempts"] >= 1 for r in records))
+        if any(r["attempts"] > 1 for r in records):
+            # A run is redone only when the master lost its slave's connection.
+            self.assertIn("Lost connection to slave", self.master.output(), cluster.report())
+        # The master stored each task once, and ended it once.
+        self.assertEqual(task_states(cluster.db), {"done": len(expected)}, cluster.report())
+        return records
+
     @defer.inlineCallbacks
     def test_mapUnderLoss(self) -> Any:
         """Under random packet loss a picluster map ends with every task done once, with its own result."""
         cluster, lan = self.cluster, self.lan
         lan.faults(lan.master_ns, f"meta l4proto tcp numgen random mod 100 < {LOSS_PERCENT} counter drop")
-        args_file = os.path.join(cluster.cwd, "args.jsonl")
-        with open(args_file, "w") as lines:
-            for n in range(TASKS):
-                lines.write(json.dumps({"n": n, "pad": "x" * (n * 37 % 3000)}) + "\n")
-        mapping = Child(
-            self, "map",
-            [sys.executable, "-m", "picluster.cli", "map", "echo", "--args-file", args_file, "--json",
-             "--master", f"{lan.master_ip}:{PORT}", "--state-dir", cluster.state_dir],
-            cwd=cluster.cwd, env=child_env(),
-        )
-        cluster.children.append(mapping)
+        arguments = [{"n": n, "pad": "x" * (n * 37 % 3000)} for n in range(TASKS)]
+        mapping = self.start_map("echo", arguments)
         status = yield mapping.wait_for_exit(timeout=90, report=cluster.report)
         dropped = lan.dropped(lan.master_ns)
         lan.heal(lan.master_ns)
-        self.assertEqual(status, 0, cluster.report())
         self.assertGreater(dropped, 0, "no packet was lost: the fault did not bite")
-        results = [json.loads(line) for line in mapping.stdout().splitlines()]
-        self.assertEqual([r["state"] for r in results], ["done"] * TASKS, cluster.report())
-        self.assertEqual([r["result"]["n"] for r in results], list(range(TASKS)))
-        self.assertEqual(len({r["id"] for r in results}), TASKS)
-        retried = [r for r in results if r["attempts"] != 1]
-        self.assertTrue(all(r["attempts"] >= 1 for r in results))
-        if retried:
-            # A run is redone only when the master lost its slave's connection.
-            self.assertIn("Lost connection to slave", self.master.output(), cluster.report())
-        # The master stored each task once, and ended it once.
-        self.assertEqual(task_states(cluster.db), {"done": TASKS}, cluster.report())
+        self.assertEachDoneOnce(mapping, status, arguments)
         cluster.assertNoTraceback()
         yield cluster.wait_for_slaves("both slaves listed once the loss is gone",
                                       lambda slaves: len(slaves) == 2)
+
+    @defer.inlineCallbacks
+    def test_cutDuringMap(self) -> Any:
+        """A slave cut off in the middle of a map: its runs are redone elsewhere, and each task ends done once."""
+        cluster, lan = self.cluster, self.lan
+        uuid = cluster.by_host((yield cluster.slave_details()))["slave1"]["uuid"]
+        # Each run's length is its own, so that each result says which task it is.
+        seconds = [0.4 + n / 1000 for n in range(CUT_TASKS)]
+        mapping = self.start_map("sleep", [{"seconds": s} for s in seconds])
+        yield cluster.wait_until(lambda: task_states(cluster.db).get("done", 0) >= 8, "the map under way")
+        lan.faults(lan.slave_ns[0], 'iifname "eth0" counter drop; oifname "eth0" counter drop')
+        yield sleep(CUT)
+        lan.heal(lan.slave_ns[0])
+        status = yield mapping.wait_for_exit(timeout=90, report=cluster.report)
+        records = self.assertEachDoneOnce(mapping, status, [{"slept": s} for s in seconds])
+        # The runs the cut slave held were given to the other.
+        self.assertGreater(max(r["attempts"] for r in records), 1, cluster.report())
+        back = yield cluster.wait_for_slaves("the cut slave back", lambda slaves: len(slaves) == 2)
+        self.assertEqual(cluster.by_host(back)["slave1"]["uuid"], uuid)
+        cluster.assertNoTraceback()
 
     @defer.inlineCallbacks
     def test_slowLink(self) -> Any:
