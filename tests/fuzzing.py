@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
@@ -327,6 +328,26 @@ class Mutator:
         else:
             chunks = [data]
         return Sent(chunks, exact, astray)
+
+
+class BusyLoopClock(Clock):
+    """
+    A Clock that fails a test looping on it rather than run forever: a
+    timer that keeps rescheduling itself for now (a LoopingCall of 1e-300
+    seconds) makes more than 10,000 calls in one advance.
+    """
+
+    scheduled = 0
+
+    def advance(self, amount: float) -> None:
+        self.scheduled = 0
+        super().advance(amount)
+
+    def callLater(self, delay: float, *args: Any, **kwargs: Any) -> Any:
+        self.scheduled += 1
+        if self.scheduled > 10_000:
+            raise RuntimeError("a busy loop: over 10,000 timed calls in one advance of the clock")
+        return super().callLater(delay, *args, **kwargs)
 
 
 class FailureWatch:

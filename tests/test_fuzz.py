@@ -38,7 +38,7 @@ from picluster.trust.token import secret_key
 from picluster.wire.messages import CREDENTIALS
 from picluster.wire.protocol import PiClusterProtocol
 
-from .fuzzing import TO_MASTER, TO_SLAVE, FailureWatch, Mutator, Probe, split_frames
+from .fuzzing import TO_MASTER, TO_SLAVE, BusyLoopClock, FailureWatch, Mutator, Probe, split_frames
 from .helpers import (
     MASTER_FACTS,
     connect,
@@ -181,6 +181,8 @@ class Session:
         self.probe = probe
         self.budget = budget
         self.how = how
+        #: Which session of the run it is, for a failure's message.
+        self.number = 0
 
 
 class FuzzTestCase(unittest.TestCase):
@@ -189,7 +191,7 @@ class FuzzTestCase(unittest.TestCase):
     def setUp(self) -> None:
         self.watch = FailureWatch()
         self.addCleanup(self.watch.stop)
-        self.clock = Clock()
+        self.clock = BusyLoopClock()
         self.rng = random.Random(SEED)
         self.sessions: list[Session] = []
 
@@ -229,10 +231,11 @@ class FuzzTestCase(unittest.TestCase):
             if len(self.sessions) < most and (not self.sessions or self.rng.random() < 0.05):
                 opened += 1
                 self.sessions.append(start(opened))
+                self.sessions[-1].number = opened
             session = self.rng.choice(self.sessions)
             burst = mutator.burst()
             session.probe.feed(burst, lambda: (
-                f"seed {SEED}, burst {number}, session {opened} ({session.how}):"
+                f"seed {SEED}, burst {number}, session {session.number} ({session.how}):"
                 f" {b''.join(burst.chunks)[:2000]!r}"))
             session.budget -= 1
             if session.budget <= 0 or (session.protocol.closing and self.rng.random() < 0.5):
@@ -484,3 +487,22 @@ class FoundByFuzzingTests(unittest.TestCase):
             [line] = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.error]
             self.assertIn(f"Session with master 10.0.0.1:12345 failed: {step}", line)
             self.assertEqual(self.watch.failures, [])
+
+    def test_welcomeKeepaliveFloor(self) -> None:
+        """A welcome asking for pings every 5e-324 s gets them every 0.1 s at most, not in a busy loop."""
+        clock = BusyLoopClock()
+        factory = slave_factory(clock)
+        protocol, transport = connect(factory, host="10.0.0.1", port=12345)
+        replies = [
+            {"type": "welcome", "payload": {"uuid": "ab" * 16, "keepalive": 5e-324, "dead_after": 15.0}},
+            {"type": "ack", "payload": None},
+            {"type": "master_info", "payload": MASTER_FACTS},
+        ]
+        for reply in replies:
+            [request] = [m for m in parse_frames(transport.value()) if "id" in m]
+            transport.clear()
+            protocol.dataReceived(frame({**reply, "reply_to": request["id"]}))
+        for _ in range(10):
+            clock.advance(0.1)
+        pings = [m for m in parse_frames(transport.value()) if m["type"] == "ping"]
+        self.assertEqual(len(pings), 10)

@@ -54,6 +54,9 @@ __all__ = ["HandshakeError", "SlaveSession", "SlaveFactory", "SlaveService"]
 
 _UUID = re.compile(r"[0-9a-f]{32}")
 
+#: The shortest keepalive interval a master's welcome may ask of a slave, in seconds.
+SHORTEST_KEEPALIVE = 0.1
+
 log = Logger()
 
 
@@ -215,8 +218,11 @@ class SlaveSession(PeerHandler):
             self.slave.runner.cancel(run.id, run.attempt)
 
     def _start_reporting(self, _: Any) -> None:
-        # Ping at least as often as the master expects, or it would count us dead.
-        self.protocol.start_keepalive(min(self.slave.keepalive, self._master_keepalive))
+        # Ping at least as often as the master expects, or it would count us
+        # dead; but no faster than SHORTEST_KEEPALIVE for its sake: a welcome
+        # saying 1e-300 would have us ping in a busy loop.
+        master_keepalive = max(self._master_keepalive, SHORTEST_KEEPALIVE)
+        self.protocol.start_keepalive(min(self.slave.keepalive, master_keepalive))
         self._vitals_loop = LoopingCall(self._report_vitals)
         self._vitals_loop.clock = self.slave.clock
         self._vitals_loop.start(self.slave.vitals_interval, now=True).addErrback(
