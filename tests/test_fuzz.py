@@ -21,11 +21,14 @@ from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster import RemoteError, wire
+from picluster.address import MasterAddress
+from picluster.client import Client
 from picluster.master import connection as connection_module
 from picluster.master.connection import MasterFactory
 from picluster.master.registry import SlaveRegistry
@@ -506,3 +509,29 @@ class FoundByFuzzingTests(unittest.TestCase):
             clock.advance(0.1)
         pings = [m for m in parse_frames(transport.value()) if m["type"] == "ping"]
         self.assertEqual(len(pings), 10)
+
+    def test_clientKeepaliveFloor(self) -> None:
+        """The Python client, too, pings no faster than every 0.1 s whatever the welcome says."""
+        network = BusyLoopReactor()
+        client = Client(MasterAddress("10.0.0.1", 12345), reactor=network, insecure=True)
+        client.connect()
+        factory = network.tcpClients[0][2]
+        protocol, transport = connect(factory, host="10.0.0.1", port=12345)
+        [hello] = parse_frames(transport.value())
+        transport.clear()
+        protocol.dataReceived(frame({"type": "welcome", "reply_to": hello["id"], "payload": {
+            "uuid": "ab" * 16, "keepalive": 5e-324, "dead_after": 15.0}}))
+        for _ in range(10):
+            network.advance(0.1)
+        pings = [m for m in parse_frames(transport.value()) if m["type"] == "ping"]
+        self.assertEqual(len(pings), 10)
+        protocol.close("test over")
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+
+class BusyLoopReactor(MemoryReactor, BusyLoopClock):
+    """A memory reactor whose clock fails a busy loop, as L{BusyLoopClock} does."""
+
+    def __init__(self) -> None:
+        MemoryReactor.__init__(self)
+        BusyLoopClock.__init__(self)

@@ -40,6 +40,7 @@ from picluster.wire.errors import (
     describe_reason,
 )
 from picluster.wire.messages import (
+    SHORTEST_KEEPALIVE,
     ComputerDetails,
     Run,
     RunTask,
@@ -53,9 +54,6 @@ __all__ = ["HandshakeError", "SlaveSession", "SlaveFactory", "SlaveService"]
 
 
 _UUID = re.compile(r"[0-9a-f]{32}")
-
-#: The shortest keepalive interval a master's welcome may ask of a slave, in seconds.
-SHORTEST_KEEPALIVE = 0.1
 
 log = Logger()
 

@@ -209,6 +209,11 @@ class Hello(Payload):
     )] = None
 
 
+#: The shortest interval between pings a node keeps whatever a welcome's
+#: keepalive says, in seconds: 1e-300 would have it ping in a busy loop.
+SHORTEST_KEEPALIVE = 0.1
+
+
 class Welcome(Payload, omit_defaults=True):
     """
     The master's answer to a hello.  C{node_key} is sent only when there is
