@@ -4,10 +4,11 @@ C{twistd} in its own network namespace, on one LAN (a bridge in the master's
 namespace, a veth pair to each slave's, and one to the test process), secure
 as installed, with short keepalives.
 
-nftables inside a namespace makes the faults: every packet of a slave
-dropped both ways for longer than C{--dead-after} (its cable pulled: a real
-half-open connection on both sides), or a share of the master's TCP packets
-dropped at random while a C{picluster map} runs.  Only a real network stack
+nftables inside a namespace makes the faults: every packet of a slave, or
+of the master, dropped both ways for longer than C{--dead-after} (a cable
+pulled: a real half-open connection on both sides), idle or while a
+C{picluster map} runs, or a share of the master's TCP packets dropped at
+random during a map.  Only a real network stack
 shows these: the kernel retransmits, times out and keeps the sockets open
 as it would on a LAN of Pis.
 
@@ -257,6 +258,25 @@ class NetworkFaultTests(unittest.TestCase):
                          (before["slave2"]["uuid"], before["slave2"]["connected_at"]), cluster.report())
         yield cluster.wait_for_log(self.slaves[0], f"Rejoined master {lan.master_ip}:{PORT} as {uuid}")
         self.assertTrue(all(child.running for child in cluster.children), cluster.report())
+        cluster.assertNoTraceback()
+
+    @defer.inlineCallbacks
+    def test_masterCut(self) -> Any:
+        """The master's own cable pulled past dead-after: both slaves give up on it, and rejoin as themselves."""
+        cluster, lan = self.cluster, self.lan
+        before = cluster.by_host((yield cluster.slave_details()))
+        lan.faults(lan.master_ns, 'iifname "br0" counter drop; oifname "br0" counter drop')
+        for slave in self.slaves:
+            yield cluster.wait_for_log(slave, "no sign of life")
+        yield sleep(CUT - DEAD_AFTER)
+        lan.heal(lan.master_ns)
+        for n, slave in enumerate(self.slaves, 1):
+            uuid = before[f"slave{n}"]["uuid"]
+            yield cluster.wait_for_log(slave, f"Rejoined master {lan.master_ip}:{PORT} as {uuid}")
+        back = yield cluster.wait_for_slaves("both slaves back", lambda slaves: len(slaves) == 2)
+        self.assertEqual({name: s["uuid"] for name, s in cluster.by_host(back).items()},
+                         {name: s["uuid"] for name, s in before.items()}, cluster.report())
+        self.assertIn("nothing received for", self.master.output(), cluster.report())
         cluster.assertNoTraceback()
 
     def start_map(self, task: str, arguments: list[dict[str, Any]]) -> Child:
