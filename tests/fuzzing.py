@@ -4,7 +4,7 @@ A deterministic fuzzer of picluster frames, for C{tests/test_fuzz.py}.
 L{Mutator} starts from valid envelopes of every message type and spoils
 them as a broken or hostile peer would: a field's value swapped for one of
 another type, a huge or unreadable number, nesting thousands deep, keys
-dropped, added or renamed, the message type or the payload of another
+dropped or added, the message type or the payload of another
 message, then bytes flipped, cut off, inserted, deleted or repeated, and
 framed with a length prefix that lies, several frames in one write, or one
 frame in many.  Everything is drawn from one C{random.Random}, so a seed
