@@ -491,6 +491,20 @@ class FoundByFuzzingTests(unittest.TestCase):
             self.assertIn(f"Session with master 10.0.0.1:12345 failed: {step}", line)
             self.assertEqual(self.watch.failures, [])
 
+    def test_peerTextsClipped(self) -> None:
+        """A peer's message, refusal or error of 100,000 characters is logged clipped, by master and slave."""
+        master_side, _ = connect(master_factory(Clock()))
+        slave_side, _ = connect(slave_factory(Clock()), host="10.0.0.1", port=12345)
+        with capturedLogs() as events:
+            for protocol in (master_side, slave_side):
+                protocol.dataReceived(frame({"type": "message", "payload": "x" * 100_000}))
+                protocol.dataReceived(frame({"type": "bad_message", "payload": {"error": "y" * 100_000}}))
+                protocol.dataReceived(frame({"type": "error", "payload": {"error": "z" * 100_000}}))
+        lines = [formatEvent(e) for e in events if "Message from" in e["log_format"]
+                 or "could not accept" in e["log_format"] or "reported an error" in e["log_format"]]
+        self.assertEqual(len(lines), 6)
+        self.assertLess(max(map(len, lines)), 400)
+
     def test_welcomeKeepaliveFloor(self) -> None:
         """A welcome asking for pings every 5e-324 s gets them every 0.1 s at most, not in a busy loop."""
         clock = BusyLoopClock()

@@ -406,7 +406,7 @@ class PeerConnection(PeerHandler):
     def msg_message(self, text: str) -> None:
         self.log.info(
             "Message from slave {uuid} at {address}: {text}",
-            uuid=self.uuid, address=self.address, text=text,
+            uuid=self.uuid, address=self.address, text=clip(text),
         )
 
     # -- tasks -------------------------------------------------------------
