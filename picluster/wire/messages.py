@@ -221,7 +221,8 @@ class Welcome(Payload, omit_defaults=True):
     """
 
     uuid: _described(str, "this connection's uuid: the node's identity")
-    keepalive: _described(float, "seconds between the master's pings; ping at least as often", gt=0)
+    keepalive: _described(float, "seconds between the master's pings; ping at least as often (a node"
+                          f" pings no faster than every {SHORTEST_KEEPALIVE:g} s)", gt=0)
     dead_after: _described(float, "seconds of silence after which the master drops a peer", gt=0)
     node_key: _described(
         str | None, "a secure master's new node key for this slave's uuid: keep it with the uuid"
