@@ -26,7 +26,7 @@ from picluster.address import MasterAddress, hello_for
 from picluster.trust.channel import verify_master
 from picluster.trust.token import JoinToken
 from picluster.wire.errors import DisconnectionException, HandshakeError
-from picluster.wire.messages import TaskUpdate
+from picluster.wire.messages import SHORTEST_KEEPALIVE, TaskUpdate
 from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol, Reply
 
 #: A submission is split into messages of at most this many specs or bytes,
@@ -87,8 +87,9 @@ class ClientConnection(PeerHandler):
         if reply.type != "welcome":
             raise HandshakeError(f"master answered hello with {reply.type}, not welcome")
         # Ping at least as often as the master expects, or it counts us dead
-        # while we sit waiting for a long task.
-        self.protocol.start_keepalive(min(self.factory.keepalive, reply.payload.keepalive))
+        # while we sit waiting for a long task (but not in a busy loop).
+        master_keepalive = max(reply.payload.keepalive, SHORTEST_KEEPALIVE)
+        self.protocol.start_keepalive(min(self.factory.keepalive, master_keepalive))
         self.factory.resetDelay()
         self.factory.client._connected(self.protocol)
 

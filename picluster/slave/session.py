@@ -38,6 +38,7 @@ from picluster.wire.errors import (
     DisconnectionException,
     HandshakeError,
     RemoteError,
+    RequestTimeout,
     describe_reason,
 )
 from picluster.wire.messages import (
@@ -252,7 +253,9 @@ class SlaveSession(PeerHandler):
                                    problem=clip(failure.error), **self.log_fields())
 
     def _start_reporting(self, _: Any) -> None:
-        # Ping at least as often as the master expects, or it would count us dead.
+        # Ping at least as often as the master expects, or it would count us
+        # dead; but no faster than KEEPALIVE_FLOOR for its sake (_introduce):
+        # a welcome saying 1e-300 would have us ping in a busy loop.
         self.protocol.start_keepalive(min(self.slave.keepalive, self._master_keepalive))
         self._vitals_loop = LoopingCall(self._report_vitals)
         self._vitals_loop.clock = self.slave.clock
@@ -280,6 +283,12 @@ class SlaveSession(PeerHandler):
             # user's to fix, and the factory keeps retrying meanwhile.
             self.slave.master_log.emit(LogLevel.error, "failed joins", "Could not join master"
                                        " {master}: {problem}", master=self.slave.master, problem=problem)
+        elif failure.check(RemoteError, BadReply, RequestTimeout):
+            # The master refused, garbled or ignored a step of the session:
+            # its doing, not a bug of ours, so one line, no traceback.
+            self.slave.master_log.emit(LogLevel.error, "failed sessions", "Session with master"
+                                       " {master} failed: {problem}", master=self.slave.master,
+                                       problem=problem)
         else:
             self.log.failure("Session with {master} failed", failure, master=self.slave.master)
         self.protocol.close(f"session failed: {problem}")

@@ -159,7 +159,15 @@ def field_path(error: msgspec.ValidationError) -> tuple[str, str | None]:
 
 
 def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
+    """Whether C{value} may be quoted back in a refusal: a scalar that can be sent."""
+    if isinstance(value, str):
+        # The stdlib reads a lone surrogate ("\ud800"), which UTF-8 cannot carry.
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    return value is None or isinstance(value, (bool, int, float))
 
 
 def _explain(frame: bytes, problem: str) -> BadMessage:

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from picluster.text import clip
 from picluster.wire import envelope as wire
 from picluster.wire import messages
 from picluster.wire.errors import DisconnectionException
@@ -145,16 +146,16 @@ class PeerHandler:
         self.protocol.record_pong(payload)
 
     def msg_message(self, payload: str) -> None:
-        self.log.info("Message from {peer}: {text}", text=payload, **self.log_fields())
+        self.log.info("Message from {peer}: {text}", text=clip(payload), **self.log_fields())
 
     def msg_bad_message(self, refusal: messages.Refusal) -> None:
         self.log.warn(
             "{peer} could not accept a message of ours: {problem}",
-            problem=refusal.error,
+            problem=clip(refusal.error),
             **self.log_fields(),
         )
 
     def msg_error(self, failure: messages.ServiceFailure) -> None:
         self.log.warn(
-            "{peer} reported an error: {problem}", problem=failure.error, **self.log_fields()
+            "{peer} reported an error: {problem}", problem=clip(failure.error), **self.log_fields()
         )

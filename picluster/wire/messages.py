@@ -220,6 +220,11 @@ class Hello(Payload):
     )] = None
 
 
+#: The shortest interval between pings a node keeps whatever a welcome's
+#: keepalive says, in seconds: 1e-300 would have it ping in a busy loop.
+SHORTEST_KEEPALIVE = 0.1
+
+
 class Welcome(Payload, omit_defaults=True):
     """
     The master's answer to a hello.  C{node_key} is sent only when there is
@@ -227,7 +232,8 @@ class Welcome(Payload, omit_defaults=True):
     """
 
     uuid: _described(str, "this connection's uuid: the node's identity")
-    keepalive: _described(float, "seconds between the master's pings; ping at least as often", gt=0)
+    keepalive: _described(float, "seconds between the master's pings; ping at least as often (a node"
+                          f" pings no faster than every {SHORTEST_KEEPALIVE:g} s)", gt=0)
     dead_after: _described(float, "seconds of silence after which the master drops a peer", gt=0)
     node_key: _described(
         str | None, "a secure master's new node key for this slave's uuid: keep it with the uuid"

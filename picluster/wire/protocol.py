@@ -475,7 +475,7 @@ class PiClusterProtocol(FrameReceiver):
             return
         try:
             payload = wire.decode_payload(reply.payload, messages.reply_decoder(request_type, reply_type))
-        except msgspec.ValidationError as e:
+        except msgspec.DecodeError as e:  # a ValidationError, or bytes that are not UTF-8
             problem = str(e)
             self.bad_messages += 1
             if self.bad_messages <= LOGGED_BAD_MESSAGES:
@@ -516,7 +516,7 @@ class PiClusterProtocol(FrameReceiver):
             return
         try:
             payload = wire.decode_payload(envelope.payload, messages.DECODERS.get(message_type))
-        except msgspec.ValidationError as e:
+        except msgspec.DecodeError as e:  # a ValidationError, or bytes that are not UTF-8
             # Nesting too deep for a payload would have failed the envelope:
             # what is left is a payload of the wrong shape.
             self._refuse(_bad_payload(message_type, e), msg_id)
@@ -603,8 +603,12 @@ class PiClusterProtocol(FrameReceiver):
             self.send("error", {"error": problem}, reply_to=msg_id)
 
 
-def _bad_payload(message_type: str, error: msgspec.ValidationError) -> wire.BadMessage:
+def _bad_payload(message_type: str, error: msgspec.DecodeError) -> wire.BadMessage:
     """The refusal of a payload that does not have its declared shape."""
+    if not isinstance(error, msgspec.ValidationError):
+        # The envelope's reader skips the payload's strings: invalid UTF-8 in
+        # one is found only now.
+        return wire.BadMessage(messages.NOT_JSON, detail=str(error))
     problem, path = wire.field_path(error)
     if problem.startswith("Number out of range"):
         # 1e400: valid JSON, but no float holds it.
@@ -622,7 +626,7 @@ def _bad_payload(message_type: str, error: msgspec.ValidationError) -> wire.BadM
 def _plain_payload(raw: msgspec.Raw) -> Any:
     try:
         return wire.decode_payload(raw)
-    except msgspec.ValidationError:  # 1e400
+    except msgspec.DecodeError:  # 1e400, or a string that is not UTF-8
         return None
 
 
