@@ -529,3 +529,17 @@ class OnePageTests(unittest.TestCase):
         self.assertTrue(transport.disconnected)
         pushed = [m for m in sent(self.client.transport) if m["type"] == "task_update"]
         self.assertLess(len(pushed), 8)
+
+
+class PeerTextTests(unittest.TestCase):
+    def test_perConnectionBudget(self) -> None:
+        """A thousand refusals and errors from one peer log a dozen lines, each clipped."""
+        master = task_master(Clock())
+        slave = FakeSlave(master, master.clock)
+        with capturedLogs() as events:
+            for _ in range(500):
+                slave.send("bad_message", {"error": "e" * 3000})
+                slave.send("error", {"error": "f" * 3000})
+        self.assertEqual(len(events), PeerHandler.LOGGED_PEER_TEXTS + 1)
+        self.assertIn("further ones are not logged", formatEvent(events[-1]))
+        self.assertLess(max(len(formatEvent(e)) for e in events), MAX_TEXT + 200)

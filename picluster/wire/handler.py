@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import msgspec
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from picluster.text import clip
@@ -146,16 +146,26 @@ class PeerHandler:
         self.protocol.record_pong(payload)
 
     def msg_message(self, payload: str) -> None:
-        self.log.info("Message from {peer}: {text}", text=clip(payload), **self.log_fields())
+        self._peer_says(LogLevel.info, "Message from {peer}: {text}", text=clip(payload))
 
     def msg_bad_message(self, refusal: messages.Refusal) -> None:
-        self.log.warn(
-            "{peer} could not accept a message of ours: {problem}",
-            problem=clip(refusal.error),
-            **self.log_fields(),
-        )
+        self._peer_says(LogLevel.warn, "{peer} could not accept a message of ours: {problem}",
+                        problem=clip(refusal.error))
 
     def msg_error(self, failure: messages.ServiceFailure) -> None:
-        self.log.warn(
-            "{peer} reported an error: {problem}", problem=clip(failure.error), **self.log_fields()
-        )
+        self._peer_says(LogLevel.warn, "{peer} reported an error: {problem}",
+                        problem=clip(failure.error))
+
+    #: Lines of the peer's own texts logged per connection; past them, one
+    #: line says so and the rest are not logged.
+    LOGGED_PEER_TEXTS = 10
+    _peer_texts = 0
+
+    def _peer_says(self, level: LogLevel, format: str, **fields: Any) -> None:
+        """Log a line carrying the peer's text, while the connection's budget lasts."""
+        self._peer_texts += 1
+        if self._peer_texts <= self.LOGGED_PEER_TEXTS:
+            self.log.emit(level, format, **fields, **self.log_fields())
+        elif self._peer_texts == self.LOGGED_PEER_TEXTS + 1:
+            self.log.warn("{peer} keeps sending texts to log; further ones are not logged",
+                          **self.log_fields())
