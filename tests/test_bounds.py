@@ -543,3 +543,30 @@ class PeerTextTests(unittest.TestCase):
         self.assertEqual(len(events), PeerHandler.LOGGED_PEER_TEXTS + 1)
         self.assertIn("further ones are not logged", formatEvent(events[-1]))
         self.assertLess(max(len(formatEvent(e)) for e in events), MAX_TEXT + 200)
+
+
+class SubmitAnswerTests(unittest.TestCase):
+    """A submit whose answer would not fit a frame is refused before anything is stored."""
+
+    def test_answerMustFit(self) -> None:
+        clock = Clock()
+        master = task_master(clock, max_frame=256 * 1024, max_reply=250_000)
+        client = FakeClient(master, clock)
+        specs = [{"name": "sleep", "args": {"seconds": 1}, "key": f"{n:080d}"} for n in range(1800)]
+        reply = client.request("submit", {"tasks": specs})
+        self.assertEqual(reply["type"], "bad_message")
+        self.assertIn("would not fit a frame", reply["payload"]["error"])
+        self.assertEqual(master.scheduler.open, {})
+        reply = client.request("submit", {"tasks": specs[:1000]})
+        self.assertEqual(reply["type"], "submitted")
+        self.assertEqual(len(master.scheduler.open), 1000)
+
+    def test_warningsBounded(self) -> None:
+        """Thirty task names nobody offers are named ten at a time."""
+        clock = Clock()
+        master = task_master(clock)
+        client = FakeClient(master, clock)
+        reply = client.request("submit", {"tasks": [{"name": f"n{n}" * 50} for n in range(30)]})
+        warnings = reply["payload"]["warnings"]
+        self.assertEqual(len(warnings), 11)
+        self.assertEqual(warnings[-1], "and 20 more task names no connected slave offers")

@@ -51,6 +51,14 @@ log = Logger()
 DEFAULT_MAX_OPEN_TASKS = 100_000
 
 
+#: Bytes of a submit's answer per task, besides its key: its id, state and
+#: whether it was a duplicate, as JSON.
+_ANSWER_BYTES = 64
+
+#: Task names a submit's warnings name at most, and the room they take.
+_WARNED_NAMES = 10
+_WARNINGS_BYTES = 4096
+
 class Scheduler:
     """
     Open tasks, the slaves that can run them, and who watches them.
@@ -200,6 +208,16 @@ class Scheduler:
         for index, spec in enumerate(specs):
             if spec.name in self.refused_tasks:
                 raise wire.BadMessage(f"task {index}: {self.refused_tasks[spec.name]}", index=index)
+        answer = sum(_ANSWER_BYTES + (len(wire.encode(spec.key)) if spec.key is not None else 0)
+                     for spec in specs)
+        if answer > self.view.max_reply - _WARNINGS_BYTES:
+            # Refused before anything is stored: an answer too large for a
+            # frame would be an error after the tasks were queued.
+            raise wire.BadMessage(
+                f"the answer to a submit of {len(specs)} tasks with these keys would not fit a frame"
+                " (--max-frame): submit fewer at once (the picluster command and the Python"
+                " client split large submissions)"
+            )
         store = self.usable_store()
         size = store.size()
         if size >= self.max_db:
@@ -239,10 +257,14 @@ class Scheduler:
             answers.append({"id": record["id"], "key": record["key"], "state": current["state"],
                             "duplicate": duplicate})
         offered = set().union(*(w.offers for w in self.workers.values()))
+        missing = sorted(names - offered)
         warnings = [
             f"no connected slave offers {name!r}; the task waits until one does"
-            for name in sorted(names - offered)
+            for name in missing[:_WARNED_NAMES]
         ]
+        if len(missing) > _WARNED_NAMES:
+            warnings.append(f"and {len(missing) - _WARNED_NAMES} more task names no connected"
+                            " slave offers")
         new = [answer["id"] for answer in answers if not answer["duplicate"]]
         self.task_log.info("submissions", "{count} tasks submitted ({names}){ids}", count=len(new),
                            names=", ".join(sorted(names)) or "none new",
