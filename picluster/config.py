@@ -110,14 +110,22 @@ def word_list(text: str) -> tuple[str, ...]:
     return tuple(word.strip() for word in text.split(",") if word.strip())
 
 
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise ValueError(f"must be a positive number of seconds, not {text!r}")
-    return value
+def positive_number(unit: str) -> Callable[[str], float]:
+    """A parser of positive, finite numbers of C{unit} (seconds, days, ...)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"expected a number of {unit}, not {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise ValueError(f"must be a positive number of {unit}, not {text!r}")
+        return value
+
+    return parse
+
+
+seconds = positive_number("seconds")
 
 
 _SIZE = re.compile(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)

@@ -302,7 +302,7 @@ class StrangerTests(unittest.TestCase):
         self.assertIn("3 handshakes already in progress from 10.0.0.1", formatEvent(events[0]))
         self.assertIsNotNone(self.knock("10.0.0.2"))
         # One of the first proves itself: its host may start another.
-        first[0].handler.stranger = False
+        first[0].handler.credential = "client"
         self.master.admission.known("10.0.0.1")
         self.assertIsNotNone(self.knock("10.0.0.1"))
 
@@ -327,7 +327,7 @@ class StrangerTests(unittest.TestCase):
         kept = []
         for n in range(8):
             protocol = self.knock(f"10.0.3.{n}")
-            protocol.handler.stranger = False
+            protocol.handler.credential = "client"
             self.master.admission.known(f"10.0.3.{n}")
             kept.append(protocol)
         self.assertIsNone(self.knock("10.0.4.1"))

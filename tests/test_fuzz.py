@@ -38,7 +38,7 @@ from picluster.tasks import Task, TaskCatalog
 from picluster.trust.channel import PinnedMasterTLS, node_proof, proof
 from picluster.trust.cluster import ClusterTrust
 from picluster.trust.token import secret_key
-from picluster.wire.messages import CREDENTIALS
+from picluster.wire.messages import CREDENTIALS, SHORTEST_KEEPALIVE
 from picluster.wire.protocol import PiClusterProtocol
 
 from .fuzzing import TO_MASTER, TO_SLAVE, BusyLoopClock, FailureWatch, Mutator, Probe, split_frames
@@ -526,7 +526,7 @@ class FoundByFuzzingTests(unittest.TestCase):
         self.assertEqual(len(pings), 10)
 
     def test_clientKeepaliveFloor(self) -> None:
-        """The Python client, too, pings no faster than every 0.1 s whatever the welcome says."""
+        """The Python client, too, pings no faster than SHORTEST_KEEPALIVE whatever the welcome says."""
         network = BusyLoopReactor()
         client = Client(MasterAddress("10.0.0.1", 12345), reactor=network, insecure=True)
         client.connect()
@@ -537,7 +537,7 @@ class FoundByFuzzingTests(unittest.TestCase):
         protocol.dataReceived(frame({"type": "welcome", "reply_to": hello["id"], "payload": {
             "uuid": "ab" * 16, "keepalive": 5e-324, "dead_after": 15.0}}))
         for _ in range(10):
-            network.advance(0.1)
+            network.advance(SHORTEST_KEEPALIVE)
         pings = [m for m in parse_frames(transport.value()) if m["type"] == "ping"]
         self.assertEqual(len(pings), 10)
         protocol.close("test over")

@@ -164,8 +164,6 @@ class PeerConnection(PeerHandler):
         self.master = master
         #: The peer's host, as the master's admission counts it.
         self.host = host
-        #: Whether it still has to prove a token (on a secure master).
-        self.stranger = master.tls
         self.uuid = new_uuid()
         self.connected_at = master.clock.seconds()
         self.computer_details: ComputerDetails | None = None
@@ -200,6 +198,11 @@ class PeerConnection(PeerHandler):
 
     def log_fields(self) -> dict[str, Any]:
         return {"peer": self.describe_peer(), "address": self.address, "uuid": self.uuid}
+
+    @property
+    def stranger(self) -> bool:
+        """Whether it has yet to prove a token (on a secure master; never on a plain one)."""
+        return self.master.tls and self.credential is None
 
     @property
     def quiet(self) -> bool:
@@ -323,7 +326,6 @@ class PeerConnection(PeerHandler):
         if hello.uuid is not None and not _UUID.fullmatch(hello.uuid):
             raise BadMessage(BAD_UUID, supported=list(SUPPORTED_VERSIONS), close=True)
         node_key = self._identify(hello, binding) if hello.role == "slave" else None
-        self.stranger = False
         self.master.admission.known(self.host)
         self.protocol.trusted()
         self.credential = credential

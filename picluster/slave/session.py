@@ -42,6 +42,7 @@ from picluster.wire.errors import (
     describe_reason,
 )
 from picluster.wire.messages import (
+    SHORTEST_KEEPALIVE,
     ComputerDetails,
     Refusal,
     Run,
@@ -58,11 +59,9 @@ __all__ = ["HandshakeError", "SlaveSession", "SlaveFactory", "SlaveService"]
 
 _UUID = re.compile(r"[0-9a-f]{32}")
 
-#: The shortest keepalive interval a master may ask of a slave, in seconds:
-#: a broken or hostile master asking for a ping every microsecond must not
-#: set the slave pinging in a loop.  Only what a master asks is raised to it:
-#: the slave's own C{--keepalive} is its owner's choice.
-KEEPALIVE_FLOOR = 1.0
+#: The shortest keepalive interval a master may ask of a slave (the
+#: protocol's, L{SHORTEST_KEEPALIVE}); the slave says so when it is raised.
+KEEPALIVE_FLOOR = SHORTEST_KEEPALIVE
 
 log = Logger()
 

@@ -51,15 +51,7 @@ def database_path(text: str) -> str:
     return text
 
 
-def per_second(text: str) -> float:
-    """A positive rate, in tasks a second."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of tasks a second, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise ValueError(f"must be a positive number of tasks a second, not {text!r}")
-    return value
+per_second = config.positive_number("tasks a second")
 
 
 def positive_size(text: str) -> int:
@@ -70,15 +62,7 @@ def positive_size(text: str) -> int:
     return value
 
 
-def days(text: str) -> float:
-    """A positive number of days."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of days, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise ValueError(f"must be a positive number of days, not {text!r}")
-    return value
+days = config.positive_number("days")
 
 
 def _escape(text: str) -> str:

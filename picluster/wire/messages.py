@@ -221,8 +221,10 @@ class Hello(Payload):
 
 
 #: The shortest interval between pings a node keeps whatever a welcome's
-#: keepalive says, in seconds: 1e-300 would have it ping in a busy loop.
-SHORTEST_KEEPALIVE = 0.1
+#: keepalive says, in seconds: a broken or hostile master asking for 1e-300
+#: would have it ping in a busy loop.  Only what a master asks is raised to
+#: it: a node's own C{--keepalive} is its owner's choice.
+SHORTEST_KEEPALIVE = 1.0
 
 
 class Welcome(Payload, omit_defaults=True):
