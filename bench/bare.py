@@ -1,13 +1,18 @@
 """
-The ceiling: a bare Twisted Int32StringReceiver speaking JSON, and its client.
+The ceilings: a bare Twisted Int32StringReceiver speaking JSON, and its client.
 
 What picluster's wire would cost with nothing of picluster's on it: the same
 framing (Twisted's L{Int32StringReceiver}, the same reactor), one JSON
 decoding per frame, and a reply to whatever asks for one.  Both ingest
-and rtt measure picluster as a fraction of this.
+and rtt measure picluster as a fraction of this.  The second ceiling,
+L{TypedServer}, does the same with picluster's own typed codec: each frame
+decoded in one msgspec pass into its declared shape
+(L{picluster.wire.envelope.message_decoder}), every field checked, and
+replies encoded by msgspec; what is left between it and the master is the
+master's own work.
 
-C{python -m bench.bare serve PORT} runs the server until killed; it prints
-C{READY} once it listens.  The rtt client is L{BareClient}, driven by
+C{python -m bench.bare serve PORT} (or C{typed PORT}) runs the server until
+killed; it prints C{READY} once it listens.  The rtt client is L{BareClient}, driven by
 L{bench.rttclient}.  C{python -m bench.bare echo PORT} runs the floor under
 them all, L{Echo}: a round trip with no framing and no JSON at all.
 
@@ -27,11 +32,13 @@ import struct
 import sys
 from typing import Any
 
+import msgspec
 from twisted.internet import defer, protocol
 from twisted.protocols.basic import Int32StringReceiver
 
 from picluster.master.service import DEFAULT_BACKLOG
 from picluster.wire import DEFAULT_MAX_FRAME
+from picluster.wire.envelope import Outgoing, message_decoder
 
 #: Frames larger than this are refused, as the master's default --max-frame.
 MAX_FRAME = DEFAULT_MAX_FRAME
@@ -47,6 +54,10 @@ BACKLOG = DEFAULT_BACKLOG
 # the ceiling keeps to what a user of the json module would write.
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _decode = json.JSONDecoder().decode
+
+# The typed ceiling's codec: picluster's own, made once.
+_decode_typed = message_decoder.decode
+_encode_typed = msgspec.json.Encoder().encode
 
 
 def framed(data: bytes) -> bytes:
@@ -73,6 +84,24 @@ class BareServer(Int32StringReceiver):
             ))
         elif message.get("type") == "ping":
             self.sendString(encode({"type": "pong", "payload": message.get("payload")}))
+
+
+class TypedServer(Int32StringReceiver):
+    """
+    L{BareServer} with picluster's typed codec: decode every frame into its
+    declared message, payload and all, in one pass; reply to requests and
+    keepalive pings.  A frame the codec refuses closes the connection (the
+    generator sends none).
+    """
+
+    MAX_LENGTH = MAX_FRAME
+
+    def stringReceived(self, frame: bytes) -> None:
+        message = _decode_typed(frame)
+        if message.id is not None:
+            self.sendString(_encode_typed(Outgoing("reply", message.payload, reply_to=message.id)))
+        elif message.message_type == "ping":
+            self.sendString(_encode_typed(Outgoing("pong", message.payload)))
 
 
 class BareClient(Int32StringReceiver):
@@ -135,7 +164,7 @@ class EchoClient(protocol.Protocol):
             self.waiting.popleft().callback(None)
 
 
-SERVERS = {"serve": BareServer, "echo": Echo}
+SERVERS = {"serve": BareServer, "typed": TypedServer, "echo": Echo}
 
 
 def serve(kind: str, port: int) -> None:
@@ -149,7 +178,7 @@ def serve(kind: str, port: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] not in SERVERS:
-        print("usage: python -m bench.bare serve|echo PORT", file=sys.stderr)
+        print("usage: python -m bench.bare serve|typed|echo PORT", file=sys.stderr)
         return 2
     serve(argv[0], int(argv[1]))
     return 0

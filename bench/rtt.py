@@ -4,10 +4,11 @@ RTT: request/reply round trips per second and latency over one connection, again
 Servers, each its own process: a real C{twistd -n picluster-master} (secure,
 as installed, and a second one with C{--insecure} for the cost of TLS),
 Twisted AMP answering an echo command (L{bench.ampbench}), and the ceiling,
-a bare Int32StringReceiver JSON server replying by id (L{bench.bare}); and,
-for reference only, the floor under all three: a Twisted protocol echoing
-bytes, with no framing and no JSON, which shows how much of a round trip is
-the reactor's and the kernel's whatever the protocol.
+a bare Int32StringReceiver JSON server replying by id (L{bench.bare}); and
+the floor under all three: a Twisted protocol echoing bytes, with no framing
+and no JSON, which shows how much of a round trip is the reactor's and the
+kernel's whatever the protocol.  One request at a time, that floor is the
+measure: what picluster adds to a round trip is its share of the whole.
 
 A client process a system (L{bench.rttclient}, the same driver for all)
 connects once, warms up, and then measures in slices: keeping 1, then 50,
@@ -38,6 +39,14 @@ FULL = (8, 0.6, 0.5)
 QUICK = (2, 0.25, 0.2)
 
 PERCENTILE_KEYS = ("p50_us", "p90_us", "p99_us", "p99.9_us")
+
+#: The goals, all for the master with --insecure (like with like: every
+#: baseline is plain TCP): its round trips/s one at a time over the echo
+#: floor's, with 50 in flight over bare JSON's, and its p99 latency over
+#: AMP's at each (no worse than AMP's).
+SERIAL_VS_ECHO_GOAL = 0.85
+INFLIGHT_VS_BARE_GOAL = 1.5
+P99_VS_AMP_GOAL = 1.0
 
 
 def json_lines(client: Child) -> list[dict[str, Any]]:
@@ -129,15 +138,16 @@ def run(report: Any, options: Any) -> None:
     table = report.table(
         f"Round trips over one connection (calls/s: median of {slices} slices of {seconds:g} s,"
         " vs: median of the slices' ratios; latency: over all of them)",
-        ["in flight", "system", "calls/s", "vs bare", "vs AMP", "p50 us", "p90 us", "p99 us",
-         "p99.9 us"],
+        ["in flight", "system", "calls/s", "vs echo", "vs bare", "vs AMP", "p50 us", "p90 us",
+         "p99 us", "p99.9 us"],
     )
     for inflight in INFLIGHT:
         for system in SYSTEMS:
             figures = measured[(system, inflight)]
             report.figure(f"rtt.{system}.{inflight}", figures)
             table.rows.append([
-                inflight, system, figures["per_second"], rate(measured, system, "bare", inflight),
+                inflight, system, figures["per_second"], rate(measured, system, "echo", inflight),
+                rate(measured, system, "bare", inflight),
                 rate(measured, system, "amp", inflight), *(figures[key] for key in PERCENTILE_KEYS),
             ])
     # The plot's data (bench.summary draws it): every system's percentiles
@@ -152,36 +162,37 @@ def run(report: Any, options: Any) -> None:
         for inflight in INFLIGHT
     })
 
-    report.ratio("rtt_serial_vs_bare", rate(measured, "plain", "bare", 1), 0.8,
-                 what="picluster (plain) round trips/s one at a time, over bare JSON's")
-    report.ratio("rtt_50_vs_bare", rate(measured, "plain", "bare", 50), 0.8,
+    report.ratio("rtt_serial_vs_echo", rate(measured, "plain", "echo", 1), SERIAL_VS_ECHO_GOAL,
+                 what="picluster (plain) round trips/s one at a time, over the echo floor's")
+    report.ratio("rtt_50_vs_bare", rate(measured, "plain", "bare", 50), INFLIGHT_VS_BARE_GOAL,
                  what="picluster (plain) round trips/s with 50 in flight, over bare JSON's")
-    report.ratio("rtt_serial_vs_amp", rate(measured, "plain", "amp", 1), 2.0,
-                 what="picluster (plain) round trips/s one at a time, over AMP callRemote's")
-    report.ratio("rtt_50_vs_amp", rate(measured, "plain", "amp", 50), 3.0,
-                 what="picluster (plain) round trips/s with 50 in flight, over AMP callRemote's")
     for inflight in INFLIGHT:
         name = "serial" if inflight == 1 else str(inflight)
         report.ratio(
             f"rtt_p99_{name}_vs_amp",
             measured[("plain", inflight)]["p99_us"] / measured[("amp", inflight)]["p99_us"],
-            1.0, higher=False,
+            P99_VS_AMP_GOAL, higher=False,
             what=f"picluster (plain) p99 latency over AMP's, {inflight} in flight",
         )
+    for other in ("bare", "amp"):
+        for inflight in INFLIGHT:
+            report.figure(f"rtt.plain_vs_{other}.{inflight}", rate(measured, "plain", other, inflight))
     tls = {inflight: rate(measured, "picluster", "plain", inflight) for inflight in INFLIGHT}
     for inflight, ratio in tls.items():
         report.figure(f"rtt.tls_vs_plain.{inflight}", ratio)
     report.note(
-        "the goals against AMP and bare JSON compare like with like, all on plain TCP: the"
+        "the goals compare like with like, all on plain TCP: the"
         " master run with --insecure.  The cost of TLS is the secure master's calls/s over"
         f" the plain one's: {tls[1]:.2f} one at a time, {tls[INFLIGHT[-1]]:.2f} with"
         f" {INFLIGHT[-1]} in flight (each round trip is encrypted and decrypted twice, in"
         " pyOpenSSL's memory BIO)"
     )
     report.note(
-        "echo is the floor, not a goal: bytes echoed by a Twisted protocol, no framing, no JSON."
+        "echo is the floor: bytes echoed by a Twisted protocol, no framing, no JSON."
         f" One at a time it makes {rate(measured, 'echo', 'amp', 1):.2f}x AMP's calls/s and"
         f" bare JSON {rate(measured, 'bare', 'amp', 1):.2f}x: most of a serial round trip"
-        " is the reactor's and the kernel's, the same for every system, which bounds what"
-        " any protocol can gain over AMP there"
+        " is the reactor's and the kernel's, the same for every system, so the goal one at a"
+        " time is a share of the floor; AMP and bare JSON are shown for information"
+        f" (picluster makes {rate(measured, 'plain', 'amp', 1):.2f}x AMP's and"
+        f" {rate(measured, 'plain', 'bare', 1):.2f}x bare JSON's)"
     )

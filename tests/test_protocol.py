@@ -23,11 +23,12 @@ from zope.interface import implementer
 from picluster import DisconnectionException, RemoteError, RequestTimeout, wire
 from picluster.wire import BadMessage
 from picluster.wire.errors import BadReply, FrameTooLarge, ServiceError
-from picluster.wire.messages import Welcome
+from picluster.wire.messages import TaskList, Welcome
 from picluster.wire.protocol import (
     DEFAULT_FRAME_DEADLINE,
     DEFAULT_REQUEST_TIMEOUT,
     LOGGED_BAD_MESSAGES,
+    OUTBOX_BYTES,
     PeerHandler,
     PiClusterFactory,
     PiClusterProtocol,
@@ -567,6 +568,100 @@ class DispatchTests(ProtocolTestCase):
         self.feed(frame({"type": "store", "payload": {"a": [1]}}) + frame({"type": "store"}))
         self.assertEqual(self.handler.received, [{"a": [1]}, None])
 
+
+
+class WritesTests(ProtocolTestCase):
+    """
+    The frames sent while one read is handled leave in one write, in order,
+    and no later than the transport needs them to pause a slow reader.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.writes: list[bytes] = []
+        write = self.transport.write
+
+        def counted(data: bytes) -> None:
+            self.writes.append(data)
+            write(data)
+
+        self.transport.write = counted  # type: ignore[method-assign]
+
+    def test_oneWritePerRead(self) -> None:
+        """The replies to the frames of one read are written at once, in one write, in order."""
+        self.feed(b"".join(frame({"type": "ping", "payload": n, "id": n}) for n in range(3)))
+        self.assertEqual(len(self.writes), 1)
+        self.assertEqual([r["reply_to"] for r in sent(self.transport)], [0, 1, 2])
+
+    def test_sendOutsideRead(self) -> None:
+        """What is sent outside a read (a timer's ping, a Deferred's answer) is written at once."""
+        self.protocol.send("store", 1)
+        self.feed(frame({"type": "slow", "id": 4}))
+        self.handler.later.callback(("done", 2))
+        self.assertEqual(len(self.writes), 2)
+        self.assertEqual([r["type"] for r in sent(self.transport)], ["store", "done"])
+
+    def test_handedOverPastOutboxBytes(self) -> None:
+        """
+        Past OUTBOX_BYTES the frames go to the transport before the read is
+        handled: a transport that pauses us then stops the frames after it.
+        """
+        payload = "x" * 3000
+        count = 2 * OUTBOX_BYTES // len(payload)
+
+        def pausing(data: bytes) -> None:
+            self.writes.append(data)
+            self.protocol.pauseProducing()
+
+        self.transport.write = pausing  # type: ignore[method-assign]
+        self.feed(b"".join(frame({"type": "echo", "payload": payload}) for _ in range(count)))
+        self.assertEqual(len(self.writes), 1)
+        self.assertGreater(len(self.writes[0]), OUTBOX_BYTES)
+        self.assertLess(len(self.writes[0]), OUTBOX_BYTES + 2 * len(payload))
+        self.assertTrue(self.protocol.paused)
+
+    def test_abortDropsBatch(self) -> None:
+        """Frames of a read after which the connection was aborted are never written."""
+        self.feed(frame({"type": "ping", "payload": 1}) + frame({"type": "store", "payload": 2}))
+        self.assertEqual(len(self.writes), 1)
+        self.transport.clear()
+        self.feed(frame({"type": "ping", "payload": 1}) + frame({"type": "broken"}))
+        self.protocol.close("gone", abort=True)
+        self.feed(frame({"type": "ping", "payload": 1}))
+        self.assertEqual(len(self.writes), 2)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class OnePassTests(ProtocolTestCase):
+    """
+    A frame of a declared type is read in one pass; what that pass does not
+    take is read again the careful way, with the same outcome.
+    """
+
+    def test_declaredReply(self) -> None:
+        """A reply in its own declared shape (pong to a ping) is taken in one pass, typed."""
+        d = self.protocol.request("ping", 1.5)
+        self.feed(frame({"type": "pong", "payload": 1.5, "reply_to": 1}))
+        self.assertEqual(self.successResultOf(d), Reply("pong", 1.5))
+
+    def test_replyOfOtherShape(self) -> None:
+        """A reply whose type means something else as a message has the shape declared for the request."""
+        d = self.protocol.request("cancel", {"id": 3})
+        self.feed(frame({"type": "tasks", "payload": {"tasks": []}, "reply_to": 1}))
+        self.assertEqual(self.successResultOf(d), Reply("tasks", TaskList(tasks=[])))
+
+    def test_badPayloadOfDeclaredType(self) -> None:
+        """A declared type with a bad payload is refused naming the field, as ever."""
+        self.feed(frame({"type": "ping", "payload": "noon", "id": 2}))
+        [reply] = sent(self.transport)
+        self.assertEqual(reply["reply_to"], 2)
+        self.assertEqual(reply["payload"]["error"], "bad ping payload: Expected `float | null`, got `str`")
+
+    def test_duplicateType(self) -> None:
+        """A frame naming its type twice is read by the careful way, where the last one counts."""
+        self.feed(raw_frame(b'{"type": "store", "type": "ping", "payload": 1}'))
+        self.assertEqual(sent(self.transport), [{"type": "pong", "payload": 1}])
+        self.assertEqual(self.handler.received, [])
 
 
 class RequestTests(ProtocolTestCase):

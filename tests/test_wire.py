@@ -217,6 +217,53 @@ class DecodeTests(unittest.TestCase):
         self.assertEqual((envelope.type, envelope.reply_to, envelope.id), ("x", None, 3))
 
 
+class MessageDecoderTests(unittest.TestCase):
+    """
+    L{wire.message_decoder} reads a frame of any declared type in one pass,
+    and takes nothing that L{wire.decode} and the declarations would not.
+    """
+
+    def test_everyDeclaredType(self) -> None:
+        """Each declared type decodes, its handler's method and size limit with it."""
+        for name, message in messages.MESSAGES.items():
+            try:
+                msgspec.convert(None, message.payload)
+            except msgspec.ValidationError:
+                continue  # null is no payload of it: left to the careful way
+            typed = wire.message_decoder.decode(wire.encode({"type": name, "id": 3}))
+            self.assertEqual((typed.message_type, typed.method_name, typed.id, typed.payload),
+                             (name, f"msg_{name}", 3, None))
+            limit = message.max_bytes if message.max_bytes is not None else wire.LARGEST_FRAME
+            self.assertEqual(typed.max_frame, limit)
+
+    def test_typedPayload(self) -> None:
+        """A payload arrives in its declared shape."""
+        typed = wire.message_decoder.decode(b'{"type": "vitals", "payload": {"ram_free": 5}}')
+        self.assertEqual(typed.payload, messages.Vitals(ram_free=5))
+
+    def test_leftToDecode(self) -> None:
+        """Undeclared types, bad payloads, missing payloads that must not be null: not taken."""
+        for frame in [b'{"type": "nonsense"}', b'{"type": "vitals", "payload": {"ram_free": -1}}',
+                      b'{"type": "vitals"}', b'{"type": "ping", "type": "pong"}', b'[1]',
+                      b'{"type": "ping", "id": true}', b'{"type": "ping", "payload": "\xff"}']:
+            self.assertRaises(msgspec.DecodeError, wire.message_decoder.decode, frame)
+
+    def test_typedReplies(self) -> None:
+        """A reply is taken typed only where its declared shape is its type's own."""
+        self.assertIn(("ping", "pong"), wire.TYPED_REPLIES)
+        self.assertIn((None, "pong"), wire.TYPED_REPLIES)
+        self.assertNotIn(("cancel", "tasks"), wire.TYPED_REPLIES)
+        self.assertNotIn(("info", "bad_message"), wire.TYPED_REPLIES)
+
+    def test_outgoing(self) -> None:
+        """An outgoing envelope is written as before: type, payload (null too), then id or reply_to."""
+        self.assertEqual(wire.encode(wire.Outgoing("pong", None)), b'{"type":"pong","payload":null}')
+        self.assertEqual(wire.encode(wire.Outgoing("ack", None, reply_to=0)),
+                         b'{"type":"ack","payload":null,"reply_to":0}')
+        self.assertEqual(wire.encode(wire.Outgoing("info", "uuid", id=4)),
+                         b'{"type":"info","payload":"uuid","id":4}')
+
+
 class EncodeTests(unittest.TestCase):
     """
     L{wire.encode} writes compact UTF-8 JSON that any peer can read.

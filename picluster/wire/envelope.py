@@ -5,16 +5,22 @@ A frame is a 4-byte big-endian length and that many bytes of UTF-8 JSON
 holding one object, C{{"type": str, "payload": any}}, with an optional
 integer C{"id"} (a request) or C{"reply_to"} (a reply).  The framing itself
 is Twisted's L{Int32StringReceiver}; this module turns frame bytes into
-L{Envelope}s and back, and says precisely what is wrong with a bad one.  The
-payload stays undecoded (C{msgspec.Raw}) until the protocol knows which
-declared shape (L{picluster.wire.messages}) it must have.
+L{Envelope}s and back, and says precisely what is wrong with a bad one.
+
+Two ways in.  L{message_decoder} reads a frame of a declared type in one
+pass, envelope and payload together, into a L{TypedMessage}: what nearly
+every frame is, and the protocol's fast path.  Whatever it does not take (an
+undeclared type, a payload of the wrong shape, anything malformed) goes the
+careful way: L{decode} reads the envelope with its payload left undecoded
+(C{msgspec.Raw}) until the protocol knows which declared shape
+(L{picluster.wire.messages}) it must have, and says what is wrong.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, ClassVar, Union
 
 import msgspec
 
@@ -35,6 +41,18 @@ class Envelope(msgspec.Struct, gc=False):
 
     type: str
     payload: msgspec.Raw = NULL
+    id: int | None = None
+    reply_to: int | None = None
+
+
+class Outgoing(msgspec.Struct, omit_defaults=True, gc=False):
+    """
+    An envelope to send, written as an L{Envelope} reads: C{type} and
+    C{payload} (null or not), then C{id} or C{reply_to} where set.
+    """
+
+    type: str
+    payload: Any
     id: int | None = None
     reply_to: int | None = None
 
@@ -64,6 +82,59 @@ class BadMessage(Exception):
 
     def payload(self) -> dict[str, Any]:
         return {"error": self.error, **self.details}
+
+
+class TypedMessage(msgspec.Struct, tag_field="type", gc=False):
+    """
+    A frame of one declared type, its payload decoded into its declared
+    shape: one member of L{message_decoder}'s union, made for each type of
+    L{messages.MESSAGES}.  A payload absent from the frame is null, as in an
+    L{Envelope}; where null is not a valid payload, such a frame is left to
+    L{decode}, which says so.
+    """
+
+    #: The message type (the tag in the frame).
+    message_type: ClassVar[str]
+    #: The handler's method for it, C{msg_<type>}.
+    method_name: ClassVar[str]
+    #: The largest frame that holds a payload within the type's own limit.
+    max_frame: ClassVar[int]
+
+
+def _typed_message(message: messages.Message) -> type[TypedMessage]:
+    try:
+        msgspec.convert(None, message.payload)
+    except msgspec.ValidationError:
+        payload: tuple[Any, ...] = ("payload", message.payload)
+    else:
+        payload = ("payload", message.payload, None)
+    limit = message.max_bytes if message.max_bytes is not None else LARGEST_FRAME
+    return msgspec.defstruct(
+        f"Typed_{message.type}", [payload, ("id", int | None, None), ("reply_to", int | None, None)],
+        bases=(TypedMessage,), tag=message.type, module=__name__,
+        namespace={"message_type": message.type, "method_name": f"msg_{message.type}",
+                   "max_frame": limit},
+    )
+
+
+_TYPED = {name: _typed_message(message) for name, message in messages.MESSAGES.items()}
+
+#: Decodes a frame of any declared type, payload and all, in one pass, into
+#: its L{TypedMessage}; it raises C{msgspec.DecodeError} (or
+#: C{RecursionError}) for anything else, which L{decode} then reads and
+#: judges.  Its caller still applies the type's own size limit: a frame
+#: larger than the message's C{max_frame} may hold a payload over it.
+message_decoder = msgspec.json.Decoder(Union[tuple(_TYPED.values())])  # noqa: UP007
+
+#: (request type, reply type) pairs whose reply's declared shape is the reply
+#: type's own, so its L{TypedMessage} payload is the reply's; C{None}: a
+#: request no longer waited for, whose pong is checked all the same.
+TYPED_REPLIES = frozenset(
+    {(name, reply) for name, message in messages.MESSAGES.items()
+     for reply, shape in message.replies.items()
+     if reply in messages.MESSAGES and shape == messages.MESSAGES[reply].payload}
+    | {(None, "pong")}
+)
 
 
 _envelope_decoder = msgspec.json.Decoder(Envelope)

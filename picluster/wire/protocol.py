@@ -57,6 +57,13 @@ STRANGER_MAX_FRAME = 4096
 _LENGTH_PREFIX = struct.Struct("!I").pack
 
 _MAX_PAYLOAD = messages.MAX_PAYLOAD
+_decode_message = wire.message_decoder.decode
+_encode = wire.encode
+
+#: Bytes of frames held for one write before they are handed over anyway:
+#: the transport's own buffer size, past which it pauses a slow reader.
+OUTBOX_BYTES = 64 * 1024
+_TYPED_REPLIES = wire.TYPED_REPLIES
 
 #: Reply types that make a request's Deferred errback.
 _REFUSALS = frozenset({"bad_message", "error"})
@@ -122,6 +129,10 @@ class PiClusterProtocol(FrameReceiver):
     _probation: Any = None
     #: The host its factory let it in from, where a factory counts them.
     admitted_host: str | None = None
+    #: While a read is handled: the frames it made us send, written at its
+    #: end (or sooner, past L{OUTBOX_BYTES}) in one write.
+    _outbox: list[bytes] | None = None
+    _outbox_bytes = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -236,6 +247,8 @@ class PiClusterProtocol(FrameReceiver):
             self._aborted = True
             self.transport.abortConnection()
         else:
+            # What this read made us send goes first (a refusal that closes).
+            self._flush_outbox()
             # We produce nothing more.  Still registered, we would hold the
             # connection open: TLS waits for its producer to go before it
             # sends its close_notify, and TCP for a paused one.
@@ -281,7 +294,17 @@ class PiClusterProtocol(FrameReceiver):
         # frame has its own deadline: L{frameIncomplete}.)
         if data:
             self.last_received = self.clock.seconds()
-        super().dataReceived(data)
+        if self._outbox is not None:
+            super().dataReceived(data)
+            return
+        # The replies to the frames of one read leave in one write: a write
+        # costs the transport (and TLS) more than the frame it carries.
+        self._outbox = []
+        try:
+            super().dataReceived(data)
+        finally:
+            self._flush_outbox()
+            self._outbox = None
 
     def frameIncomplete(self, new: bool) -> None:
         if new or self._frame_since is None:
@@ -381,24 +404,23 @@ class PiClusterProtocol(FrameReceiver):
         """
         if self.lost is not None:
             raise self._disconnection()
+        self._send(wire.Outgoing(message_type, payload, id, reply_to))
+
+    def _send(self, envelope: wire.Outgoing) -> None:
         if self._aborted:
             return
-        envelope: dict[str, Any] = {"type": message_type, "payload": payload}
-        if id is not None:
-            envelope["id"] = id
-        if reply_to is not None:
-            envelope["reply_to"] = reply_to
-        frame = wire.encode(envelope)
-        if len(frame) > self.MAX_LENGTH:
+        frame = _encode(envelope)
+        size = len(frame)
+        if size > self.MAX_LENGTH:
             raise FrameTooLarge(
-                f"{message_type} message of {len(frame)} bytes exceeds the"
+                f"{envelope.type} message of {size} bytes exceeds the"
                 f" {self.MAX_LENGTH} byte frame limit"
             )
         self.frames_out += 1
         if self._unread is not None:
             # The peer is not reading: what we send now waits in memory (a
             # later reply, a task_update, a ping), up to max_queued.
-            self._unread += len(frame)
+            self._unread += size
             if self._unread > self.factory.max_queued:
                 self._warn("Closing connection to {peer}: it does not read, and {unread} bytes wait for it",
                            unread=self._unread)
@@ -406,7 +428,26 @@ class PiClusterProtocol(FrameReceiver):
                 return
         # sendString, without its second length check: MAX_LENGTH is within
         # what the 4-byte prefix says (wire.LARGEST_FRAME).
-        self.transport.write(_LENGTH_PREFIX(len(frame)) + frame)
+        outbox = self._outbox
+        if outbox is None:
+            self.transport.write(_LENGTH_PREFIX(size) + frame)
+            return
+        outbox.append(_LENGTH_PREFIX(size))
+        outbox.append(frame)
+        self._outbox_bytes += size
+        if self._outbox_bytes > OUTBOX_BYTES:
+            # Handed over now, the transport may pause us (the peer reads
+            # too slowly) before we read on: as if each frame were written.
+            self._flush_outbox()
+
+    def _flush_outbox(self) -> None:
+        outbox = self._outbox
+        if outbox:
+            data = b"".join(outbox)
+            outbox.clear()
+            self._outbox_bytes = 0
+            if not self._aborted and self.lost is None:
+                self.transport.write(data)
 
     def request(
         self, message_type: str, payload: Any = None, timeout: float | None = None
@@ -451,6 +492,33 @@ class PiClusterProtocol(FrameReceiver):
         if self._close_cause is not None or self.lost is not None:  # self.closing, inlined
             return
         self.frames_in += 1
+        # Nearly every frame is of a declared type with a good payload, read
+        # in one pass; the rest (and a frame big enough to hold a payload
+        # over its type's limit) are read again the careful way, which
+        # refuses them in the words the protocol promises.
+        try:
+            message = _decode_message(frame)
+        except (msgspec.DecodeError, RecursionError):
+            message = None
+        if message is None or len(frame) > message.max_frame:
+            self._careful(frame)
+        elif message.reply_to is None:
+            message_type = message.message_type
+            method = self._method(message_type, message.method_name, message.id)
+            if method is not None:
+                self._handle(method, message_type, message.payload, message.id)
+        else:
+            reply_to = message.reply_to
+            pending = self.requests.waiting.get(reply_to)
+            reply_type = message.message_type
+            if (pending[1] if pending is not None else None, reply_type) in _TYPED_REPLIES:
+                self.requests.settle(reply_to)
+                self._replied(pending, reply_to, reply_type, message.payload)
+            else:
+                self._careful(frame)
+
+    def _careful(self, frame: bytes) -> None:
+        """Read a frame that the one-pass decoding did not take, refusing what is wrong."""
         try:
             envelope = wire.decode(frame)
         except wire.BadMessage as bad:
@@ -486,6 +554,10 @@ class PiClusterProtocol(FrameReceiver):
             if pending is not None:
                 pending[0].errback(BadReply(pending[1], reply_type, problem))
             return
+        self._replied(pending, reply_to, reply_type, payload)
+
+    def _replied(self, pending: Pending | None, reply_to: int, reply_type: str, payload: Any) -> None:
+        """A reply of the shape declared for it: hand it to the request that waits."""
         if reply_type == "pong":
             self.record_pong(payload)
         if pending is None:
@@ -497,16 +569,22 @@ class PiClusterProtocol(FrameReceiver):
             return
         pending[0].callback(Reply(reply_type, payload))
 
-    def _dispatch(self, envelope: wire.Envelope) -> None:
-        message_type = envelope.type
-        msg_id = envelope.id
+    def _method(self, message_type: str, method_name: str, msg_id: int | None) -> Any:
+        """The handler's method for C{message_type}; C{None} once refused (not served, unknown)."""
         serves = self.handler.serves
         if serves is not None and message_type not in serves:
             self._refuse(self.handler.not_served(message_type), msg_id)
-            return
-        method = getattr(self.handler, "msg_" + message_type, None)
+            return None
+        method = getattr(self.handler, method_name, None)
         if method is None:
             self._refuse(wire.BadMessage(messages.UNKNOWN_TYPE, type=message_type), msg_id)
+        return method
+
+    def _dispatch(self, envelope: wire.Envelope) -> None:
+        message_type = envelope.type
+        msg_id = envelope.id
+        method = self._method(message_type, "msg_" + message_type, msg_id)
+        if method is None:
             return
         limit = _MAX_PAYLOAD.get(message_type)
         if limit is not None and len(envelope.payload) > limit:
@@ -521,6 +599,10 @@ class PiClusterProtocol(FrameReceiver):
             # what is left is a payload of the wrong shape.
             self._refuse(_bad_payload(message_type, e), msg_id)
             return
+        self._handle(method, message_type, payload, msg_id)
+
+    def _handle(self, method: Any, message_type: str, payload: Any, msg_id: int | None) -> None:
+        """Call the handler's C{method} with a checked payload; answer as it says."""
         try:
             result = method(payload)
             if result is None:
@@ -559,7 +641,7 @@ class PiClusterProtocol(FrameReceiver):
                 return
             result = ("ack", None)
         if self.lost is None:
-            self.send(result[0], result[1], reply_to=msg_id)
+            self._send(wire.Outgoing(result[0], result[1], None, msg_id))
 
     def _answer_failure(self, failure: Failure, message_type: str, msg_id: int | None) -> None:
         if failure.check(wire.BadMessage):
