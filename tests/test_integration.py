@@ -4,6 +4,7 @@ Master and slave services over real loopback TCP, in this process.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -163,6 +164,11 @@ class WireContractTests(unittest.TestCase):
         """A peer that stops reading makes the master stop reading it, and loses nothing."""
         self.peer.transport.pauseProducing()
         [slave] = list(self.master.registry)
+        # Small socket buffers on both sides: the kernel would otherwise hold
+        # megabytes of replies (the master writes to the socket at once when
+        # nothing is queued) before the master's own buffer fills.
+        self.peer.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slave.protocol.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         requests = 40000
         request = frame({"type": "info", "payload": "uuid", "id": 1})
         for _ in range(requests // 1000):

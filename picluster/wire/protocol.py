@@ -24,8 +24,8 @@ from zope.interface import implementer
 
 from picluster.logbudget import FailureLog
 from picluster.text import clip
+from picluster.wire import direct, messages
 from picluster.wire import envelope as wire
-from picluster.wire import messages
 from picluster.wire.errors import (
     BadReply,
     DisconnectionException,
@@ -133,6 +133,7 @@ class PiClusterProtocol(FrameReceiver):
     #: end (or sooner, past L{OUTBOX_BYTES}) in one write.
     _outbox: list[bytes] | None = None
     _outbox_bytes = 0
+    _direct = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -169,6 +170,8 @@ class PiClusterProtocol(FrameReceiver):
         # push producer.)
         self.transport.registerProducer(self, True)
         self._producing = True
+        # On plain TCP a frame leaves at once when nothing waits before it.
+        self._direct = direct.can_write_directly(self.transport)
         self.last_received = self.clock.seconds()
         self._dead_peer_check = self.clock.callLater(factory.dead_after, self._check_peer_alive)
         self.handler = factory.make_handler(self)
@@ -430,7 +433,7 @@ class PiClusterProtocol(FrameReceiver):
         # what the 4-byte prefix says (wire.LARGEST_FRAME).
         outbox = self._outbox
         if outbox is None:
-            self.transport.write(_LENGTH_PREFIX(size) + frame)
+            self._write(_LENGTH_PREFIX(size) + frame)
             return
         outbox.append(_LENGTH_PREFIX(size))
         outbox.append(frame)
@@ -447,7 +450,13 @@ class PiClusterProtocol(FrameReceiver):
             outbox.clear()
             self._outbox_bytes = 0
             if not self._aborted and self.lost is None:
-                self.transport.write(data)
+                self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        if self._direct:
+            direct.write(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def request(
         self, message_type: str, payload: Any = None, timeout: float | None = None
