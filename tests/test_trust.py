@@ -320,6 +320,15 @@ class HandshakeTests(TrustDirectory):
         self.assertGreater(sum(fed), 200 * 1000)
         self.assertLessEqual(max(fed), RECEIVE_CHUNK)
 
+    def test_readAnsweredAtOnce(self) -> None:
+        """The answers to a read leave over TLS at once, not on a later turn of the reactor."""
+        master_side, node, pump = self.knock(self.hello_with(self.trust.token("client")))
+        self.successResultOf(node.answer)
+        asked = node.connection.request("ping", 1.5)
+        self.clock.advance(0)  # the node's request, sent outside a read, leaves on the next turn
+        pump.flush(advanceClock=False)
+        self.assertEqual(self.successResultOf(asked).payload, 1.5)
+
     def test_clientJoins(self) -> None:
         """The client token joins as a client, listed nowhere."""
         master_side, node, _ = self.knock(self.hello_with(self.trust.token("client")))

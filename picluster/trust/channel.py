@@ -31,9 +31,10 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
+from picluster import immediate
 from picluster.trust.pki import MASTER_NAME, fingerprint
 
 #: The exporter label (RFC 5705 / RFC 8446): names what the secret is for.
@@ -172,6 +173,9 @@ class MasterTLS:
 #: the largest size it was ever given, for as long as the connection lasts.
 RECEIVE_CHUNK = 4096
 
+#: Bytes taken from OpenSSL's send buffer at a time, as Twisted takes them.
+SEND_CHUNK = 2**15
+
 
 class BoundedTLSTransport(BufferingTLSTransport):
     """
@@ -183,6 +187,29 @@ class BoundedTLSTransport(BufferingTLSTransport):
     thousands of slaves (the scale benchmark).  Fed in pieces, it never
     holds more than a piece and a part-read record.
     """
+
+    def write_now(self, data: bytes) -> None:
+        """
+        Encrypt and send C{data} now, after whatever waits before it, not on
+        the reactor's next turn: for a batch of frames already gathered
+        (L{picluster.immediate.writer}), which gains nothing from
+        waiting and would lose a reactor turn.
+        """
+        self._aggregator.flush()
+        TLSMemoryBIOProtocol.write(self, data)
+
+    def _flushSendBIO(self) -> None:
+        # What OpenSSL has to send goes to a plain TCP socket at once when
+        # nothing waits before it (L{picluster.immediate}), rather than on
+        # the reactor's next turn.
+        try:
+            data = self._tlsConnection.bio_read(SEND_CHUNK)
+        except SSL.WantReadError:
+            return
+        if immediate.writes_directly(self.transport):
+            immediate.write(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
         if len(data) <= RECEIVE_CHUNK:

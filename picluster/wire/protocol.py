@@ -22,10 +22,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from picluster import immediate
 from picluster.logbudget import FailureLog
 from picluster.text import clip
-from picluster.wire import direct, messages
 from picluster.wire import envelope as wire
+from picluster.wire import messages
 from picluster.wire.errors import (
     BadReply,
     DisconnectionException,
@@ -133,7 +134,9 @@ class PiClusterProtocol(FrameReceiver):
     #: end (or sooner, past L{OUTBOX_BYTES}) in one write.
     _outbox: list[bytes] | None = None
     _outbox_bytes = 0
-    _direct = False
+    #: Writes a batch of frames at once, not on the reactor's next turn,
+    #: where the transport allows it (L{immediate.writer}).
+    _write_now: Any = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -170,8 +173,7 @@ class PiClusterProtocol(FrameReceiver):
         # push producer.)
         self.transport.registerProducer(self, True)
         self._producing = True
-        # On plain TCP a frame leaves at once when nothing waits before it.
-        self._direct = direct.can_write_directly(self.transport)
+        self._write_now = immediate.writer(self.transport)
         self.last_received = self.clock.seconds()
         self._dead_peer_check = self.clock.callLater(factory.dead_after, self._check_peer_alive)
         self.handler = factory.make_handler(self)
@@ -433,7 +435,7 @@ class PiClusterProtocol(FrameReceiver):
         # what the 4-byte prefix says (wire.LARGEST_FRAME).
         outbox = self._outbox
         if outbox is None:
-            self._write(_LENGTH_PREFIX(size) + frame)
+            self.transport.write(_LENGTH_PREFIX(size) + frame)
             return
         outbox.append(_LENGTH_PREFIX(size))
         outbox.append(frame)
@@ -450,13 +452,14 @@ class PiClusterProtocol(FrameReceiver):
             outbox.clear()
             self._outbox_bytes = 0
             if not self._aborted and self.lost is None:
-                self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        if self._direct:
-            direct.write(self.transport, data)
-        else:
-            self.transport.write(data)
+                # A read's answers leave now: one request at a time, a reactor
+                # turn each way is much of a round trip.  (What is sent
+                # outside a read is left to the transport, which gathers a
+                # burst of them into one write on its next turn.)
+                if self._write_now is not None:
+                    self._write_now(data)
+                else:
+                    self.transport.write(data)
 
     def request(
         self, message_type: str, payload: Any = None, timeout: float | None = None

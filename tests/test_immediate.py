@@ -1,5 +1,5 @@
 """
-Tests for L{picluster.wire.direct}: bytes to a plain TCP socket at once,
+Tests for L{picluster.immediate}: bytes to a plain TCP socket at once,
 and through the transport whenever anything waits before them.
 
 Each test writes to a real L{tcp.Server} over one end of a socket pair, its
@@ -15,11 +15,11 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.protocols import policies
 from twisted.trial import unittest
 
-from picluster.wire import direct
+from picluster import immediate
 
 
 class DirectWriteTests(unittest.TestCase):
-    """L{direct.write} sends what nothing precedes, and queues the rest in order."""
+    """L{immediate.write} sends what nothing precedes, and queues the rest in order."""
 
     def setUp(self) -> None:
         ours, self.peer = socket.socketpair()
@@ -39,16 +39,30 @@ class DirectWriteTests(unittest.TestCase):
 
     def test_accepted(self) -> None:
         """Twisted's TCP connections are written to directly; other transports are not."""
-        self.assertTrue(direct.can_write_directly(self.transport))
-        self.assertFalse(direct.can_write_directly(StringTransport()))
+        self.assertTrue(immediate.writes_directly(self.transport))
+        self.assertFalse(immediate.writes_directly(StringTransport()))
         # TLS is such a wrapper: its bytes must go through it to be encrypted.
         wrapper = policies.ProtocolWrapper(policies.WrappingFactory(protocol.Factory()),
                                            protocol.Protocol())
-        self.assertFalse(direct.can_write_directly(wrapper))
+        self.assertFalse(immediate.writes_directly(wrapper))
+
+    def test_writer(self) -> None:
+        """The writer of a TCP connection writes directly; a transport's own write_now is used; else none."""
+        immediate.writer(self.transport)(b"frame")
+        self.assertEqual(self.received(), b"frame")
+        self.assertIsNone(immediate.writer(StringTransport()))
+
+        class Batching(StringTransport):
+            def write_now(self, data: bytes) -> None:
+                self.write(b"now: " + data)
+
+        batching = Batching()
+        immediate.writer(batching)(b"frame")
+        self.assertEqual(batching.value(), b"now: frame")
 
     def test_sentAtOnce(self) -> None:
         """With nothing queued, the bytes reach the socket at once and the reactor watches nothing."""
-        direct.write(self.transport, b"frame")
+        immediate.write(self.transport, b"frame")
         self.assertEqual(self.received(), b"frame")
         self.assertEqual(self.reactor.getWriters(), [])
         self.assertEqual(self.transport._tempDataLen, 0)
@@ -56,7 +70,7 @@ class DirectWriteTests(unittest.TestCase):
     def test_queuedBehind(self) -> None:
         """Bytes written while others wait in the transport go behind them, through it."""
         self.transport.write(b"first ")
-        direct.write(self.transport, b"second")
+        immediate.write(self.transport, b"second")
         self.assertEqual(self.received(), b"")
         self.assertEqual(self.reactor.getWriters(), [self.transport])
         self.transport.doWrite()
@@ -65,7 +79,7 @@ class DirectWriteTests(unittest.TestCase):
     def test_socketFull(self) -> None:
         """What the socket does not take is queued in the transport, in order, and sent on its turn."""
         data = bytes(range(256)) * 4096
-        direct.write(self.transport, data)
+        immediate.write(self.transport, data)
         self.assertGreater(self.transport._tempDataLen, 0)
         got = self.received()
         while len(got) < len(data):
@@ -76,6 +90,6 @@ class DirectWriteTests(unittest.TestCase):
     def test_closing(self) -> None:
         """A transport asked to close is written to only through itself."""
         self.transport.disconnecting = True
-        direct.write(self.transport, b"late")
+        immediate.write(self.transport, b"late")
         self.assertEqual(self.received(), b"")
         self.assertEqual(self.transport._tempDataLen, 4)

@@ -1,5 +1,5 @@
 """
-Writing to a plain TCP connection at once, when nothing waits before it.
+Writing a batch of frames at once, when nothing waits before it.
 
 Twisted's TCP transport never writes when asked: it keeps the bytes, asks
 the reactor to watch the socket for room (an C{epoll_ctl}), and sends them
@@ -11,11 +11,15 @@ unsent, the bytes go to the socket straight away, as asyncio's transports
 do; whatever the socket does not take, and every write while something is
 still queued, goes through the transport as before, so the order of the
 bytes, the transport's buffering and its pausing of a producer are
-untouched.
+untouched.  Over TLS the same is asked of picluster's own TLS transport
+(L{picluster.trust.channel.BoundedTLSTransport.write_now}), which otherwise
+holds what it is given until the reactor's next turn too.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
@@ -25,14 +29,25 @@ from twisted.internet import tcp
 _DIRECT = (tcp.Server, tcp.Client)
 
 
-def can_write_directly(transport: Any) -> bool:
+def writes_directly(transport: Any) -> bool:
     """Whether L{write} may send to C{transport}'s socket itself."""
     return type(transport) in _DIRECT
 
 
+def writer(transport: Any) -> Callable[[bytes], None] | None:
+    """
+    What writes to C{transport} at once: L{write} on plain TCP, its own
+    C{write_now} where it has one; C{None} where it has neither (its
+    C{write} is all there is).
+    """
+    if writes_directly(transport):
+        return functools.partial(write, transport)
+    return getattr(transport, "write_now", None)
+
+
 def write(transport: tcp.Connection, data: bytes) -> None:
     """
-    Write C{data} to C{transport} (one L{can_write_directly} accepts):
+    Write C{data} to C{transport} (one L{writes_directly} accepts):
     straight to its socket when nothing is queued before it, else (and for
     what the socket does not take) through the transport.
     """
