@@ -11,9 +11,7 @@ unsent, the bytes go to the socket straight away, as asyncio's transports
 do; whatever the socket does not take, and every write while something is
 still queued, goes through the transport as before, so the order of the
 bytes, the transport's buffering and its pausing of a producer are
-untouched.  Over TLS the same is asked of picluster's own TLS transport
-(L{picluster.trust.channel.BoundedTLSTransport.write_now}), which otherwise
-holds what it is given until the reactor's next turn too.
+untouched.
 """
 
 from __future__ import annotations
@@ -36,13 +34,12 @@ def writes_directly(transport: Any) -> bool:
 
 def writer(transport: Any) -> Callable[[bytes], None] | None:
     """
-    What writes to C{transport} at once: L{write} on plain TCP, its own
-    C{write_now} where it has one; C{None} where it has neither (its
-    C{write} is all there is).
+    What writes to C{transport} at once (L{write}), or C{None} where only
+    its own C{write} may (a TLS transport, which must encrypt them).
     """
     if writes_directly(transport):
         return functools.partial(write, transport)
-    return getattr(transport, "write_now", None)
+    return None
 
 
 def write(transport: tcp.Connection, data: bytes) -> None:

@@ -47,18 +47,10 @@ class DirectWriteTests(unittest.TestCase):
         self.assertFalse(immediate.writes_directly(wrapper))
 
     def test_writer(self) -> None:
-        """The writer of a TCP connection writes directly; a transport's own write_now is used; else none."""
+        """The writer of a TCP connection writes directly; other transports have none."""
         immediate.writer(self.transport)(b"frame")
         self.assertEqual(self.received(), b"frame")
         self.assertIsNone(immediate.writer(StringTransport()))
-
-        class Batching(StringTransport):
-            def write_now(self, data: bytes) -> None:
-                self.write(b"now: " + data)
-
-        batching = Batching()
-        immediate.writer(batching)(b"frame")
-        self.assertEqual(batching.value(), b"now: frame")
 
     def test_sentAtOnce(self) -> None:
         """With nothing queued, the bytes reach the socket at once and the reactor watches nothing."""

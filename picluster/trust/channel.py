@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from picluster import immediate
@@ -179,7 +179,8 @@ SEND_CHUNK = 2**15
 
 class BoundedTLSTransport(BufferingTLSTransport):
     """
-    Twisted's TLS transport, fed at most L{RECEIVE_CHUNK} bytes at a time.
+    Twisted's TLS transport, fed at most L{RECEIVE_CHUNK} bytes at a time,
+    whose answers to a read leave at its end.
 
     A read from the socket may bring 64 KiB at once (a slave's burst of
     vitals after it joins), and OpenSSL's memory BIO keeps a buffer that
@@ -187,16 +188,6 @@ class BoundedTLSTransport(BufferingTLSTransport):
     thousands of slaves (the scale benchmark).  Fed in pieces, it never
     holds more than a piece and a part-read record.
     """
-
-    def write_now(self, data: bytes) -> None:
-        """
-        Encrypt and send C{data} now, after whatever waits before it, not on
-        the reactor's next turn: for a batch of frames already gathered
-        (L{picluster.immediate.writer}), which gains nothing from
-        waiting and would lose a reactor turn.
-        """
-        self._aggregator.flush()
-        TLSMemoryBIOProtocol.write(self, data)
 
     def _flushSendBIO(self) -> None:
         # What OpenSSL has to send goes to a plain TCP socket at once when
@@ -214,12 +205,16 @@ class BoundedTLSTransport(BufferingTLSTransport):
     def dataReceived(self, data: bytes) -> None:
         if len(data) <= RECEIVE_CHUNK:
             super().dataReceived(data)
-            return
-        view = memoryview(data)
-        for start in range(0, len(data), RECEIVE_CHUNK):
-            if self._lostTLSConnection:
-                return
-            super().dataReceived(bytes(view[start:start + RECEIVE_CHUNK]))
+        else:
+            view = memoryview(data)
+            for start in range(0, len(data), RECEIVE_CHUNK):
+                if self._lostTLSConnection:
+                    return
+                super().dataReceived(bytes(view[start:start + RECEIVE_CHUNK]))
+        # What the protocol wrote while handling this read (its answers,
+        # gathered here) leaves now, in one write: waiting for the
+        # reactor's next turn gains nothing and costs a round trip that turn.
+        self._aggregator.flush()
 
 
 class TLSFactory(TLSMemoryBIOFactory):
