@@ -179,7 +179,8 @@ class InfoTests(MasterTestCase):
         protocol, transport = self.slave()
         [reply] = self.ask(transport, protocol, {"type": "info", "payload": "secrets", "id": 2})
         self.assertEqual(reply["type"], "bad_message")
-        self.assertEqual(reply["payload"]["known"], ["computer_details", "uuid", "slave_details", "status"])
+        self.assertEqual(reply["payload"]["known"], ["computer_details", "uuid", "slave_details", "status",
+                                                     "slaves", "summary"])
         self.assertFalse(transport.disconnecting)
 
 

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from picluster import sysinfo
 from picluster.logbudget import LogBudget
+from picluster.master import slavelist
 from picluster.master.admission import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -38,6 +39,11 @@ from picluster.master.history import VitalsHistory
 from picluster.master.nodes import NODES_FILE, NodeBook
 from picluster.master.registry import Departure, SlaveRegistry
 from picluster.master.scheduler import Scheduler
+from picluster.master.slavelist import (
+    SILENT_AFTER_KEEPALIVES,
+    BadSlaveQuery,
+    SlaveQuery,
+)
 from picluster.text import clip
 from picluster.trust.channel import channel_binding, node_proof_holds, proof_holds
 from picluster.trust.cluster import ClusterTrust, TrustError
@@ -65,6 +71,7 @@ from picluster.wire.messages import (
     UNSUPPORTED_VERSION,
     ComputerDetails,
     Hello,
+    InfoQuery,
     Submit,
     TaskRef,
     TaskResult,
@@ -79,6 +86,10 @@ from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProt
 _UUID = re.compile(r"[0-9a-fA-F]{32}")
 
 log = Logger()
+
+#: Bytes of a frame kept for what wraps a reply's records (the envelope,
+#: the counts beside them): the rest of C{--max-frame} is the records'.
+REPLY_OVERHEAD = 4096
 
 
 def new_uuid() -> str:
@@ -413,18 +424,38 @@ class PeerConnection(PeerHandler):
         self.vitals_received_at = now = self.master.clock.seconds()
         self.history.record(now, vitals)
 
-    def msg_info(self, question: str) -> tuple[str, Any]:
+    def msg_info(self, asked: str | InfoQuery) -> tuple[str, Any]:
+        question = asked if isinstance(asked, str) else asked.question
         if self.credential == SLAVE_CREDENTIAL and question not in SLAVE_INFO:
             raise BadMessage(f"not served to a {self.credential}", request=question)
         if question == "computer_details":
             return ("master_info", self.master.computer_details)
         if question == "uuid":
             return ("uuid", self.uuid)
+        # Lists come a page at a time, and a page fits a frame whatever the
+        # cluster's size.  A plain question asks for the first page.
+        query = self._slave_query(asked)
+        room = self.master.max_frame - REPLY_OVERHEAD
         if question == "slave_details":
-            return ("slave_details", [slave.describe() for slave in self.master.registry])
-        if question == "status" and self.master.status_view is not None:
-            return ("status", self.master.status_view())
+            nodes = slavelist.matching(
+                self.master.registry, query, self.master.clock.seconds(),
+                SILENT_AFTER_KEEPALIVES * self.master.keepalive,
+            )
+            page = slavelist.page(nodes, query, PeerConnection.describe, room)
+            return ("slave_details", page["slaves"] if isinstance(asked, str) else page)
+        answer = self.master.cluster_answers.get(question)
+        if answer is not None:
+            return (question, answer(query, room))
         raise BadMessage(UNKNOWN_INFO, request=question, known=list(INFO_QUESTIONS))
+
+    @staticmethod
+    def _slave_query(asked: str | InfoQuery) -> SlaveQuery:
+        if isinstance(asked, str):
+            return SlaveQuery()
+        try:
+            return SlaveQuery(asked.limit, asked.after, asked.order, asked.state, asked.search)
+        except BadSlaveQuery as refusal:
+            raise BadMessage(str(refusal), request=asked.question) from None
 
     def msg_message(self, text: str) -> None:
         self.master.peer_lines.emit(
@@ -553,12 +584,13 @@ class MasterFactory(PiClusterFactory):
     @ivar connections: Every open connection, slaves and clients alike.
     @ivar keepalives: Pings every open connection each C{keepalive} seconds.
     @ivar computer_details: The master's own machine facts.
-    @ivar status_view: Builds the answer to C{info status} (the whole
-        cluster, as the owning service sees it), or C{None} where no service
-        owns this factory and the question is refused.
+    @ivar cluster_answers: The C{info} questions about the cluster that the
+        owning service answers (C{status}, C{slaves}, C{summary}), each with
+        the page asked for and the bytes the answer may take.  Without a
+        service, none: they are refused.
     """
 
-    status_view: Callable[[], dict[str, Any]] | None = None
+    cluster_answers: dict[str, Callable[[SlaveQuery, int], Any]] = {}
 
     def __init__(
         self,
@@ -595,7 +627,7 @@ class MasterFactory(PiClusterFactory):
         self.keepalives = Keepalives(self.clock, self.keepalive)
         self.shared_texts = SharedTexts()
         self.scheduler = scheduler if scheduler is not None else Scheduler(
-            self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - 4096
+            self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - REPLY_OVERHEAD
         )
         if computer_details is None:
             computer_details = sysinfo.computer_details()

@@ -1,7 +1,7 @@
 /*
  * The picluster dashboard: one page served by the master itself.
  *
- * It loads /api/master, /api/slaves?history=1 and /api/tasks once, then
+ * It loads /api/master, /api/slaves?history=1 (page by page) and /api/tasks once, then
  * follows the master's Server-Sent Events (/api/events, event "cluster"),
  * which carry the whole picture every couple of seconds.  Each slave's
  * charts grow client-side from the samples those events carry; after a
@@ -634,9 +634,18 @@
   }
 
   async function loadSlaves() {
-    const data = await fetchJSON("/api/slaves?history=1");
+    // A page at a time: a page with history holds at most 100 slaves.
+    const slaves = [];
+    let after = null;
+    let data;
+    do {
+      const cursor = after === null ? "" : `&after=${encodeURIComponent(after)}`;
+      data = await fetchJSON(`/api/slaves?history=1&limit=100${cursor}`);
+      if (Array.isArray(data.slaves)) slaves.push(...data.slaves);
+      after = data.more && typeof data.next === "string" ? data.next : null;
+    } while (after !== null);
     noteServerTime(data.now);
-    applySlaves(Array.isArray(data.slaves) ? data.slaves : [], true);
+    applySlaves(slaves, true);
     state.haveHistory = true;
   }
 
