@@ -172,16 +172,6 @@ def find_node(master: MasterState, uuid: str) -> Node | None:
     return master.registry.departure(uuid, master.reactor.seconds())
 
 
-def slaves(master: MasterState, history: bool = False) -> list[dict[str, Any]]:
-    shown = []
-    for node in nodes(master):
-        summary = slave_summary(node, master)
-        if history:
-            summary["history"] = node.history.as_dict()
-        shown.append(summary)
-    return shown
-
-
 def master_summary(master: MasterState, facts: bool = True) -> dict[str, Any]:
     """The master itself, its counts, and what crossed its wire."""
     now = master.reactor.seconds()
@@ -228,12 +218,16 @@ def task_brief(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def cluster_event(master: MasterState, latest: list[dict[str, Any]]) -> dict[str, Any]:
-    """One tick of the dashboard's live events."""
+    """
+    One tick of the dashboard's live events: the master, the summary and the
+    latest tasks, the same size for any number of slaves.  The page asks
+    C{/api/slaves} for the rows it shows.
+    """
     shown = master_summary(master, facts=False)
     return {
         "now": shown["now"],
         "master": shown,
-        "slaves": slaves(master),
+        "summary": master.slave_list.summary(),
         "tasks": {"counts": shown["tasks"], "tasks": [task_brief(r) for r in latest]},
     }
 
