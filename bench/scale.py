@@ -82,8 +82,10 @@ REJOIN_MASTER = "rejoin-master"
 WARM_UP = 20
 
 #: Connects a second of all the herds that join at once (each herd takes
-#: its share): about what a secure master takes in, handshakes and all.
-RATE = 1000
+#: its share): under what a secure master takes in on a busy 2-core
+#: machine, handshakes and all, so that few are turned away at its cap on
+#: handshakes and left to back off.
+RATE = 500
 
 #: Backlogs a storm is tried with besides the master's default (Linux's
 #: largest by default, net.core.somaxconn since 5.4): Twisted's own, and
@@ -169,7 +171,10 @@ class Herds:
                 total[key] = total.get(key, 0) + value
         return total
 
-    def wait(self, key: str, wanted: int, timeout: float = 120.0) -> None:
+    def wait(self, key: str, wanted: int, timeout: float | None = None) -> None:
+        if timeout is None:
+            # Joining takes about count / RATE seconds, and the stragglers' back-off.
+            timeout = 120.0 + 2 * wanted / RATE
         wait_until(lambda: self.status().get(key, 0) >= wanted,
                    f"{wanted} {key} in {self.name}", timeout, poll=0.1,
                    report=lambda: f"{self.status()}\n{self.children[-1].report()}")
