@@ -512,14 +512,33 @@ class Keepalives:
     a connection is pinged one C{interval} after it joined (less at most a
     tick), and every C{interval} after that.  The timer runs only while
     there are connections to ping.
+
+    A slave pings the master every keepalive too, and anything it sends is
+    a sign of life: a connection heard from within the last C{interval}
+    (L{heard_within}) is not pinged, but for one round in L{RTT_EVERY},
+    which keeps its round trip on the dashboard current.  That halves what
+    an idle slave costs the master (a ping and its pong of the two
+    exchanges), and a peer that never pings is still pinged often enough
+    never to go silent for C{dead_after}.
     """
 
     #: Ticks per interval: a ping comes at most C{interval / SLOTS} early.
     SLOTS = 50
 
-    def __init__(self, clock: Any, interval: float):
+    #: Every this many rounds, every connection is pinged, heard from or not.
+    RTT_EVERY = 6
+
+    def __init__(self, clock: Any, interval: float, dead_after: float | None = None):
         self.clock = clock
         self.interval = interval
+        tick = interval / self.SLOTS
+        # Skipped at a check, a peer that never pings is pinged at the next
+        # one, an interval later: the gap between two things heard from it
+        # is under heard_within + interval + its answer's time (half an
+        # interval, amply), which must stay under dead_after.
+        room = (3 * interval if dead_after is None else dead_after) - 1.5 * interval
+        self.heard_within = max(0.0, min(interval - 1.5 * tick, room))
+        self._rounds = 0
         self._buckets: list[dict[PiClusterProtocol, None]] = [{} for _ in range(self.SLOTS)]
         self._bucket_of: dict[PiClusterProtocol, int] = {}
         # The bucket the next tick pings.
@@ -563,8 +582,12 @@ class Keepalives:
         for _ in range(min(ticks, self.SLOTS)):
             bucket = self._buckets[self._next]
             self._next = (self._next + 1) % self.SLOTS
+            if not self._next:
+                self._rounds += 1
+            # A connection heard from since this is alive, and needs no ping.
+            heard = now - self.heard_within if self._rounds % self.RTT_EVERY else now + 1.0
             for protocol in list(bucket):
-                if protocol.closing:
+                if protocol.closing or protocol.last_received > heard:
                     continue
                 try:
                     protocol.send("ping", now)
@@ -624,7 +647,7 @@ class MasterFactory(PiClusterFactory):
         )
         self.registry = registry
         self.connections: set[PeerConnection] = set()
-        self.keepalives = Keepalives(self.clock, self.keepalive)
+        self.keepalives = Keepalives(self.clock, self.keepalive, self.dead_after)
         self.shared_texts = SharedTexts()
         self.scheduler = scheduler if scheduler is not None else Scheduler(
             self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - REPLY_OVERHEAD
