@@ -15,12 +15,14 @@ from twisted.logger import LogLevel, capturedLogs, eventAsJSON, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from picluster import wire
 from picluster.address import MasterAddress
+from picluster.slave.results import RESULT_ENVELOPE_ROOM, WaitingResults
 from picluster.slave.runner import TaskRunner
 from picluster.slave.session import KEEPALIVE_FLOOR, SlaveFactory, SlaveService
 from picluster.tasks import Task, TaskCatalog
 from picluster.text import MAX_TEXT
-from picluster.wire.messages import MAX_MESSAGE_BYTES, ComputerDetails, Vitals
+from picluster.wire.messages import MAX_MESSAGE_BYTES, ComputerDetails, RunTask, Vitals
 from tests.taskhelpers import FakeClient, SynchronousPool, task_master
 
 from .helpers import (
@@ -342,6 +344,35 @@ class HostileMasterTests(unittest.TestCase):
         lines = [formatEvent(e) for e in events if "keepalive" in e["log_format"]]
         self.assertEqual(lines, ["Master 10.0.0.1:12345 asks for a keepalive every 0.001 s;"
                                  " this slave pings every 1 s at most"])
+
+    def test_masterFrameLimitsResults(self) -> None:
+        """A welcome's max_frame lowers the largest result, which then fails rather than being sent."""
+        runner = TaskRunner(TaskCatalog([Task("big", lambda: "x" * 5000, "reactor")]), slots=1,
+                            clock=self.clock, reactor=self.clock)
+        self.slave = slave_factory(self.clock, keepalive=5, vitals_interval=3600, runner=runner)
+        self.protocol, self.transport = connect(self.slave, host="10.0.0.1", port=12345)
+        [hello] = sent(self.transport)
+        self.answer(hello, "welcome", {"uuid": "ab" * 16, "keepalive": 5, "dead_after": 3600,
+                                       "max_frame": 2048})
+        self.assertEqual(runner.waiting.max_result_bytes, 2048 - RESULT_ENVELOPE_ROOM)
+        runner.start(RunTask(id=1, attempt=1, name="big"))
+        self.clock.advance(0)
+        [result] = runner.results
+        self.assertEqual((result["outcome"], result["error"]["type"]), ("failed", "ResultTooLarge"))
+
+    def test_waitingResultsRefitted(self) -> None:
+        """A result waiting for a master with larger frames fails once a master with smaller ones says so."""
+        waiting = WaitingResults(self.clock, max_result_bytes=100_000)
+        payload, size = waiting.sendable({"id": 1, "attempt": 1, "outcome": "done", "result": "x" * 5000})
+        waiting.keep(payload, size)
+        waiting.fit_frame(100_000)
+        self.assertEqual(waiting.get((1, 1)), payload)
+        waiting.fit_frame(2048)
+        refitted = waiting.get((1, 1))
+        self.assertEqual(refitted["error"]["type"], "ResultTooLarge")
+        self.assertEqual(waiting.bytes, len(wire.encode(refitted)))
+        waiting.fit_frame(1_000_000)
+        self.assertEqual(waiting.max_result_bytes, 100_000)  # never above --max-result
 
     def test_keepaliveAboveFloorKept(self) -> None:
         """A master's keepalive at or above the floor is followed as it is."""

@@ -297,7 +297,8 @@ class PeerConnection(PeerHandler):
             if role == "client":
                 self.master.registry.remove(self)
                 self.log.info("{peer} is a client", peer=self.describe_peer())
-        return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after))
+        return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after,
+                                   max_frame=self.master.max_frame))
 
     def _proven_hello(self, hello: Hello) -> tuple[str, Welcome]:
         """
@@ -346,7 +347,7 @@ class PeerConnection(PeerHandler):
         self.log.info("{peer} joined with a {credential} token", peer=self.describe_peer(),
                       credential=credential)
         return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after,
-                                   node_key=node_key))
+                                   node_key=node_key, max_frame=self.master.max_frame))
 
     def _identify(self, hello: Hello, binding: bytes) -> str | None:
         """

@@ -146,6 +146,8 @@ class SlaveSession(PeerHandler):
         return welcome
 
     def _introduce(self, welcome: Welcome) -> defer.Deferred[Reply]:
+        if welcome.max_frame is not None and self.slave.runner is not None:
+            self.slave.runner.waiting.fit_frame(welcome.max_frame)
         self._master_keepalive = welcome.keepalive
         if welcome.keepalive < KEEPALIVE_FLOOR:
             self._master_keepalive = KEEPALIVE_FLOOR

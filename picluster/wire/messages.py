@@ -244,6 +244,10 @@ class Welcome(Payload, omit_defaults=True):
     node_key: _described(
         str | None, "a secure master's new node key for this slave's uuid: keep it with the uuid"
     ) = None
+    max_frame: _described(
+        int | None, "the largest frame the master takes, in bytes: a slave fails a result that"
+        " would not fit rather than send it", ge=1,
+    ) = None
 
 
 # -- machine facts and vitals ------------------------------------------------
