@@ -406,6 +406,22 @@ class KeepaliveTests(MasterTestCase):
         self.assertEqual(self.pings(transport), [1105.0])
 
 
+class NodeLineTests(MasterTestCase):
+    """A herd joining at once is counted in the log, not written line by line."""
+
+    def test_stormCounted(self) -> None:
+        """Past 100 lines in 10 s, joins and departures are counted in one line."""
+        with capturedLogs() as events:
+            for _ in range(150):
+                protocol, transport = self.slave()
+                protocol.connectionLost(Failure(ConnectionDone()))
+            self.clock.advance(10)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len([line for line in lines if line.startswith("Slave connected")]), 34)
+        self.assertIn("Left out of the log in the last 10 s: 234 departures, 116 joins"
+                      " (/api/slaves lists every slave)", lines)
+
+
 class DepartureTests(MasterTestCase):
     """
     A slave that goes is taken out of the registry by the master's errback.

@@ -230,8 +230,8 @@ class PeerConnection(PeerHandler):
             return
         self.master.keepalives.add(self.protocol)
         self.master.registry.add(self)
-        self.log.info(
-            "Slave connected from {address} as {uuid}", address=self.address, uuid=self.uuid
+        self.master.node_lines.info(
+            "joins", "Slave connected from {address} as {uuid}", address=self.address, uuid=self.uuid
         )
 
     def not_served(self, message_type: str) -> BadMessage:
@@ -344,8 +344,8 @@ class PeerConnection(PeerHandler):
         self.role = hello.role
         self.serves = SERVED[credential]
         self.master.keepalives.add(self.protocol)
-        self.log.info("{peer} joined with a {credential} token", peer=self.describe_peer(),
-                      credential=credential)
+        self.master.node_lines.info("joins", "{peer} joined with a {credential} token",
+                                    peer=self.describe_peer(), credential=credential)
         return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after,
                                    node_key=node_key, max_frame=self.master.max_frame))
 
@@ -400,8 +400,8 @@ class PeerConnection(PeerHandler):
         if before is not None and len(before.history) > len(self.history):
             self.history = before.history
         if displaced is None:
-            self.log.info(
-                "Slave at {address} rejoined as {uuid}", address=self.address, uuid=self.uuid
+            self.master.node_lines.info(
+                "rejoins", "Slave at {address} rejoined as {uuid}", address=self.address, uuid=self.uuid
             )
             return None
         self.log.warn(
@@ -415,8 +415,8 @@ class PeerConnection(PeerHandler):
 
     def msg_computer_details(self, details: ComputerDetails) -> None:
         self.computer_details = self.master.shared_texts.details(details)
-        self.log.info(
-            "Slave {uuid} at {address} is {hostname}",
+        self.master.node_lines.info(
+            "descriptions", "Slave {uuid} at {address} is {hostname}",
             uuid=self.uuid, address=self.address, hostname=self.hostname,
         )
 
@@ -641,6 +641,14 @@ class MasterFactory(PiClusterFactory):
             self.log, self.clock, "Left out of the log in the last {seconds:g} s: {kinds}",
             lines=20, interval=60.0,
         )
+        #: Lines about single nodes joining and leaving: one by one while they
+        #: are few; a storm (thousands rejoining a restarted master) is
+        #: counted, not written three lines a slave to an SD card.
+        self.node_lines = LogBudget(
+            self.log, self.clock,
+            "Left out of the log in the last {seconds:g} s: {kinds} (/api/slaves lists every slave)",
+            lines=100, interval=10.0,
+        )
         #: Lines carrying text that peers chose (their messages), likewise.
         self.peer_lines = LogBudget(
             self.log, self.clock, "Left out of the log in the last {seconds:g} s: {kinds}",
@@ -658,6 +666,12 @@ class MasterFactory(PiClusterFactory):
         if not isinstance(computer_details, ComputerDetails):
             computer_details = msgspec.convert(computer_details, ComputerDetails)
         self.computer_details = computer_details
+
+    def stopFactory(self) -> None:
+        """Say what the logs' budgets left out, now rather than after the port is gone."""
+        for budget in (self.node_lines, self.refusals, self.peer_lines):
+            budget.flush()
+        super().stopFactory()
 
     def refused(self, address: str, why: str) -> None:
         """Log a refused handshake from C{address}, within the refusals' budget."""
@@ -703,12 +717,12 @@ class MasterFactory(PiClusterFactory):
             if not slave.refused_at_hello:
                 self.refused(slave.address, f"gone before a proven hello: {failure.value.cause}")
             return
-        self.log.info(
-            "Got disconnection exception with message: {disconnection}",
+        self.node_lines.info(
+            "departures", "Got disconnection exception with message: {disconnection}",
             disconnection=str(failure.value), uuid=slave.uuid, address=slave.address,
         )
-        self.log.info(
-            "Shutting down {role} connection handler for {uuid} at {address}",
+        self.node_lines.info(
+            "departures", "Shutting down {role} connection handler for {uuid} at {address}",
             role=slave.role or "slave", uuid=slave.uuid, address=slave.address,
         )
 
