@@ -438,6 +438,7 @@ def restart(procs: Processes, sizes: dict[str, Any], master: Child, herds: Herds
     count = herds.count
     quiet(master, sizes["quiet"])
     status = herds.status()
+    herd_cpu = herds.cpu_seconds()
     drops = listen_drops()
     master.signal(signal.SIGKILL)
     killed = time.time()
@@ -469,6 +470,10 @@ def restart(procs: Processes, sizes: dict[str, Any], master: Child, herds: Herds
         "failed_while_listening": sum(1 for moment, _ in times["failures"] if moment > listening),
         "lost_before_welcome": after.get("lost_before_welcome", 0)
         - status.get("lost_before_welcome", 0),
+        "attempts_per_slave": (after.get("attempts", 0) - status.get("attempts", 0)) / count,
+        # The herds share the machine's cores with the master: what both spent.
+        "herd_cpu_seconds": herds.cpu_seconds() - herd_cpu,
+        "master_cpu_seconds": master.cpu_seconds(),
         "slow_connects": after.get("slow_connects", 0) - status.get("slow_connects", 0),
         "listen_overflows": drops.get("ListenOverflows", 0),
         "listen_drops": drops.get("ListenDrops", 0),
@@ -720,6 +725,12 @@ def _report_rejoin(report: Report, rejoin: dict[str, Any], storms: list[dict[str
     ])
     for key, value in rejoin.items():
         report.figure(f"rejoin_{key}", value)
+    report.note(
+        f"during the rejoin each slave made {rejoin['attempts_per_slave']:.1f} attempts; the"
+        f" restarted master spent {rejoin['master_cpu_seconds']:.1f} CPU s (its start"
+        f" included), the herds {rejoin['herd_cpu_seconds']:.1f} (their TLS and proofs, as"
+        " each Pi would on its own core), on the same cores"
+    )
     if rejoin["rejoined_same_uuid"] != rejoin["slaves"] or rejoin["new_uuids"]:
         report.note(f"only {rejoin['rejoined_same_uuid']} of {rejoin['slaves']} slaves"
                     f" rejoined under their uuid ({rejoin['new_uuids']} got a new one)")

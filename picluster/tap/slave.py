@@ -74,11 +74,13 @@ class Options(config.Options):
         config.Setting("vitals", config.seconds, 10.0, "Seconds between vitals reports"),
         config.Setting(
             "initial-delay", config.seconds, SlaveFactory.initialDelay,
-            "Seconds before the first reconnection attempt",
+            "Seconds within which the first retry after losing the master comes; the shortest wait"
+            " between attempts",
         ),
         config.Setting(
             "max-delay", config.seconds, SlaveFactory.maxDelay,
-            "Longest wait between reconnection attempts, before jitter",
+            f"Longest wait between reconnection attempts ({SlaveFactory.busyDelay:g} s at most while"
+            " the master turns us away)",
         ),
         config.Setting(
             "slots", config.whole_number(1, 1024), None,
