@@ -1,12 +1,15 @@
 """
-The task benchmark's baseline: Dask distributed running the same no-op tasks.
+The task benchmark's baseline: Dask distributed running the same tasks.
 
 C{python -m bench.daskbase --count N [--warmup W] [--rounds R]
-[--saturation inf]}
+[--saturation inf] [--task noop|primes]}
 
 A C{LocalCluster(n_workers=2, threads_per_worker=1)} (worker processes, no
 dashboard), and per round C{client.map} of a no-op over N fresh inputs,
 gathered: what a user would write instead of submitting to picluster.  With
+C{--task primes}, each task is instead picluster's own pure-Python
+C{primes} over the first L{PRIMES_STOP} numbers (not pure: Dask runs every
+one, as picluster does).  With
 C{--saturation inf}, C{distributed.scheduler.worker-saturation} is set to
 inf before the scheduler starts: the scheduler then sends every task to the
 workers at once, instead of holding back all but about one per worker
@@ -25,13 +28,29 @@ import json
 import signal
 import sys
 import time
+from typing import Any
 
 import psutil
+
+#: The numbers each small C{primes} task counts over, and the primes among them.
+PRIMES_STOP = 10_000
+PRIMES_BELOW_STOP = 1229
 
 
 def noop(value: int) -> int:
     """The task: nothing, as picluster's C{echo} does nothing."""
     return value
+
+
+def map_tasks(client: Any, task: str, inputs: range) -> tuple[Any, list[Any]]:
+    """The futures of C{task} over C{inputs}, and the results they must give."""
+    if task == "primes":
+        from picluster.tasks.primes import primes
+
+        count = len(inputs)
+        futures = client.map(primes, [0] * count, [PRIMES_STOP] * count, pure=False)
+        return futures, [PRIMES_BELOW_STOP] * count
+    return client.map(noop, inputs), list(inputs)
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
@@ -41,6 +60,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="timed rounds")
     parser.add_argument("--saturation", default=None,
                         help="distributed.scheduler.worker-saturation (default: Dask's own)")
+    parser.add_argument("--task", choices=("noop", "primes"), default="noop",
+                        help="what each task runs")
     return parser.parse_args(argv)
 
 
@@ -72,8 +93,8 @@ def main(options: argparse.Namespace) -> None:
                       dashboard_address=None) as cluster, Client(cluster) as client:
         offset = 0
         if options.warmup:
-            results = client.gather(client.map(noop, range(offset, offset + options.warmup)))
-            assert results == list(range(offset, offset + options.warmup))
+            futures, expected = map_tasks(client, options.task, range(offset, offset + options.warmup))
+            assert client.gather(futures) == expected
             offset += options.warmup
         print("READY", flush=True)
         rounds = []
@@ -84,11 +105,11 @@ def main(options: argparse.Namespace) -> None:
             offset += options.count
             own, children = cpu_seconds(me)
             started = time.perf_counter()
-            futures = client.map(noop, inputs)
+            futures, expected = map_tasks(client, options.task, inputs)
             results = client.gather(futures)
             seconds = time.perf_counter() - started
             own_after, children_after = cpu_seconds(me)
-            if results != list(inputs):
+            if results != expected:
                 raise RuntimeError("Dask returned wrong results")
             del futures
             rounds.append({"tasks": options.count, "seconds": seconds,

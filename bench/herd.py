@@ -13,8 +13,9 @@ holds the whole of its per-node state (facts, latest vitals, the vitals
 ring); then keepalive pings at the master's pace
 (as C{min(ours, the welcome's)}, as the real slave), and a pong for every
 ping of the master's.  When the master goes, each reconnects through its
-own L{ReconnectingClientFactory} with the real slave's policy (the factor,
-delays and jitter of L{picluster.slave.SlaveFactory}, reset on welcome).
+own L{Backoff} with the real slave's policy (the delays of
+L{picluster.slave.SlaveFactory}: spread after a session, short while the
+master turns it away, longer after failures; reset on welcome).
 
 The herd is lean so that it does not steal the master's core: frames that
 recur are encoded once, a ping is answered by splicing bytes (no JSON), and
@@ -53,6 +54,7 @@ from zope.interface import implementer
 from bench import secure
 from picluster import config, sysinfo, wire
 from picluster.address import parse_master
+from picluster.slave.backoff import Backoff
 from picluster.slave.session import SlaveFactory
 
 #: How a master's ping starts, and our answer; the payload is spliced over.
@@ -142,6 +144,7 @@ class SimSlave(Int32StringReceiver):
             welcome = envelope["payload"]
             if envelope["type"] != "welcome":
                 herd.count("refused_hellos")
+                self.factory.rebuffed()
                 self.transport.loseConnection()
                 return
             herd.welcomed(self, welcome)
@@ -163,7 +166,7 @@ class SimSlave(Int32StringReceiver):
         self.factory.herd.lost(self, reason)
 
 
-class SimSlaveFactory(protocol.ReconnectingClientFactory):
+class SimSlaveFactory(Backoff):
     """
     One simulated slave: its uuid and its reconnection backoff, with the
     real slave's policy.
@@ -171,8 +174,6 @@ class SimSlaveFactory(protocol.ReconnectingClientFactory):
 
     protocol = SimSlave
     noisy = False
-    factor = SlaveFactory.factor
-    jitter = SlaveFactory.jitter
     initialDelay = delay = SlaveFactory.initialDelay
     maxDelay = SlaveFactory.maxDelay
 
@@ -187,6 +188,7 @@ class SimSlaveFactory(protocol.ReconnectingClientFactory):
         self.joined_before = False
 
     def startedConnecting(self, connector: Any) -> None:
+        super().startedConnecting(connector)
         self.attempt_started = time.monotonic()
         self.herd.count("attempts")
 
@@ -287,7 +289,7 @@ class Herd:
         if welcome.get("node_key") is not None:
             # Its node key, as a real slave keeps it, to take the uuid back.
             slave.node_key = welcome["node_key"]
-        slave.resetDelay()
+        slave.joined()
         self.keepalive = min(self.keepalive, float(welcome["keepalive"]))
         self.live += 1
 

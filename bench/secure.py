@@ -11,6 +11,7 @@ with C{--insecure}, or to the bare baselines.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -28,7 +29,17 @@ def wrap(factory: Any, token: JoinToken | None) -> Any:
     """C{factory} over TLS pinned to C{token}'s CA; as it is without a token."""
     if token is None:
         return factory
-    return TLSFactory(PinnedMasterTLS(token.fingerprint), True, factory)
+    return TLSFactory(_pinned(token.fingerprint), True, factory)
+
+
+@cache
+def _pinned(fingerprint: str) -> PinnedMasterTLS:
+    """
+    One TLS context for all the simulated nodes of a process, as a real
+    node has one: a context each would cost a herd of a thousand some
+    hundreds of kilobytes, and its CPU, for nothing the master sees.
+    """
+    return PinnedMasterTLS(fingerprint)
 
 
 def source_address(index: int, master_host: str) -> tuple[str, int] | None:

@@ -18,12 +18,17 @@ The slaves keep their default C{--slots}, the machine's core count, as a
 user would run them; C{echo} runs in the slave's reactor, so the slots only
 set how many runs each slave has in flight.
 
-The speed-up runs the CPU-bound C{primes} task (each run in a child process
-of its own) on a master with one slave and on one with two, each slave with
-C{--slots 1}, taking turns; each run is long enough (some 0.4 s) that
-starting its child (some 40 ms) is a small part of it.  Beside them, the
-same children run bare, one and two at a time, with no picluster in between:
-the speed-up the machine itself allows while the benchmark runs.
+Small CPU tasks take their turns beside them: the built-in C{primes} over
+the first 10,000 numbers (some 0.2 ms of work), on the same two slaves, in
+their warm workers (L{picluster.slave.pool}), against Dask's defaults
+running the very same function (L{bench.daskbase} C{--task primes}): the
+cost of a process task's round trip, for a map over many small items.
+
+The speed-up runs the CPU-bound C{primes} task (in a worker process) on a
+master with one slave and on one with two, each slave with C{--slots 1},
+taking turns; each run takes some 0.4 s.  Beside them, the same work runs
+in bare workers, one task each, one and two at a time, with no picluster in
+between: the speed-up the machine itself allows while the benchmark runs.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from typing import Any
 
 import psutil
 
+from bench.daskbase import PRIMES_BELOW_STOP, PRIMES_STOP
 from bench.procs import BenchError, Child, Processes, child_env, free_port
+from picluster.tasks.childmain import HEADER, frame
 
 #: Sizes: no-op tasks a round, warm-up tasks, rounds of each system; primes
 #: runs a round, the range each counts, and rounds of each slave count.
@@ -53,7 +60,7 @@ SIZES: dict[bool, dict[str, int]] = {
 
 #: The number of primes below each C{primes_stop}: the known values of the
 #: prime-counting function, so that every primes run's result is checked.
-PRIMES_BELOW = {10**6: 78_498, 10**8: 5_761_455}
+PRIMES_BELOW = {PRIMES_STOP: PRIMES_BELOW_STOP, 10**6: 78_498, 10**8: 5_761_455}
 
 #: Seconds a load process may take, at most.
 LOAD_TIMEOUT = 300.0
@@ -85,7 +92,7 @@ class TaskCluster:
         ]
         if expect is not None:
             argv += ["--expect", json.dumps(expect)]
-        return self.procs.python(f"{self.name}-load", "bench.taskload", *argv)
+        return self.procs.python(f"{self.name}-{name}-load", "bench.taskload", *argv)
 
     def stop(self) -> None:
         for child in (*self.slaves, self.master):
@@ -188,15 +195,17 @@ def bare_primes(count: int, lanes: int, stop: int) -> float:
     run) in C{lanes} parallel lanes, without picluster: what the machine
     itself allows, for the speed-up to be read against.
     """
-    request = json.dumps({"function": "picluster.tasks.primes:primes",
-                          "args": {"start": 0, "stop": stop}}).encode()
+    request = frame(json.dumps({"function": "picluster.tasks.primes:primes",
+                                "args": {"start": 0, "stop": stop}}).encode())
     argv = [sys.executable, "-m", "picluster.tasks.childmain"]
 
     def lane(runs: int) -> None:
         for _ in range(runs):
+            # A worker given one task, then the end of its input.
             done = subprocess.run(argv, input=request, capture_output=True, env=child_env(),
                                   check=False)
-            if f'"result":{PRIMES_BELOW[stop]}' not in done.stdout.decode().replace(" ", ""):
+            outcome = done.stdout[HEADER.size:].decode(errors="replace")
+            if f'"result":{PRIMES_BELOW[stop]}' not in outcome:
                 raise BenchError(f"a bare primes child failed: {done.stdout!r} {done.stderr!r}")
 
     started = time.perf_counter()
@@ -229,6 +238,12 @@ def run(report: Any, options: Any) -> None:
         turns.add("dask_default", dask_load(procs, "dask-default", size), pause=True)
         turns.add("dask_saturation_inf", dask_load(procs, "dask-saturation-inf", size,
                                                    "--saturation", "inf"), pause=True)
+        turns.add("picluster_primes", cluster.load(
+            size["count"], warmup=size["warmup"], rounds=size["rounds"], name="primes",
+            args={"start": 0, "stop": PRIMES_STOP}, expect=PRIMES_BELOW_STOP,
+        ))
+        turns.add("dask_primes", dask_load(procs, "dask-primes", size, "--task", "primes"),
+                  pause=True)
         records = turns.run(size["rounds"])
         cluster.stop()
 
@@ -281,6 +296,25 @@ def run(report: Any, options: Any) -> None:
                            median(rounds, "scheduler_cpu_ms"), median(rounds, "workers_cpu_ms"),
                            None])
 
+    small = report.table(
+        f"Small CPU tasks: primes over the first {PRIMES_STOP:,} numbers, {size['count']:,}"
+        f" a round, median of {size['rounds']} rounds each, taking turns",
+        ["system", "tasks/s", "wall ms/task", "coordinator CPU ms/task", "workers CPU ms/task"],
+    )
+    small_ours = picluster_rounds(records["picluster_primes"])
+    small_rate = report.figure("picluster_primes_small_tasks_per_s",
+                               median(small_ours, "tasks_per_s"))
+    report.figure("picluster_primes_small_rounds", small_ours)
+    small.rows.append([f"picluster, warm workers, 2 slaves ({shown_slots} slots)", small_rate,
+                       1000 / small_rate, median(small_ours, "master_cpu_ms"),
+                       median(small_ours, "slaves_cpu_ms")])
+    small_dask = dask_rounds(records["dask_primes"])
+    small_dask_rate = report.figure("dask_primes_small_tasks_per_s",
+                                    median(small_dask, "tasks_per_s"))
+    report.figure("dask_primes_small_rounds", small_dask)
+    small.rows.append(["Dask, defaults", small_dask_rate, 1000 / small_dask_rate,
+                       median(small_dask, "scheduler_cpu_ms"), median(small_dask, "workers_cpu_ms")])
+
     seconds = {}
     for slaves, key in (("1", "primes_1_slave"), ("2", "primes_2_slaves")):
         rounds = primes_records[slaves]["rounds"]
@@ -312,13 +346,16 @@ def run(report: Any, options: Any) -> None:
                 f" they offered {shown_slots} slots.")
     report.note("Each Dask cluster is stopped (SIGSTOP) while the others take their turn:"
                 " idle, a LocalCluster's heartbeats cost some 10 % of a core here.")
-    report.note("Bare children: the same primes children a slave starts, run by this process"
-                " with no picluster in between: the speed-up the machine itself allowed"
-                " meanwhile (below 2 when other work holds a core).")
+    report.note("Bare children: the same primes workers a slave starts, each given one task,"
+                " run by this process with no picluster in between: the speed-up the machine"
+                " itself allowed meanwhile (below 2 when other work holds a core).")
     report.ratio("picluster/dask_default", rate / dask_rates["dask_default"], 4,
                  what="no-op tasks/s end to end, durable queue, against Dask's defaults")
-    report.ratio("picluster/dask_saturation_inf", rate / dask_rates["dask_saturation_inf"], 2,
+    report.ratio("picluster/dask_saturation_inf", rate / dask_rates["dask_saturation_inf"], 3,
                  what="no-op tasks/s end to end, durable queue, against Dask with"
                       " worker-saturation inf")
+    report.ratio("picluster/dask_primes_10000", small_rate / small_dask_rate, 1.5,
+                 what=f"small CPU tasks/s (primes over {PRIMES_STOP:,} numbers), warm workers,"
+                      " against Dask's defaults running the same function")
     report.ratio("primes_speedup_1_to_2_slaves", speedup, 1.8,
                  what="primes workload: seconds on 1 slave over seconds on 2 (--slots 1 each)")

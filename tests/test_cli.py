@@ -408,7 +408,13 @@ class QueryTests(CLITestCase):
         """tasks --state --limit --json sends the filters and prints a JSON array."""
         status, out, err = yield self.picluster("tasks", "--state", "failed", "--limit", "5", "--json")
         self.assertEqual([record["id"] for record in json.loads(out)], [2])
-        self.assertEqual(self.master.queries, [{"state": "failed", "limit": 5}])
+        self.assertEqual(self.master.queries, [{"state": "failed", "limit": 5, "order": "newest"}])
+
+    @defer.inlineCallbacks
+    def test_oldestFirst(self) -> Any:
+        """tasks lists the newest first unless told --oldest."""
+        yield self.picluster("tasks", "--oldest", "--after", "1")
+        self.assertEqual(self.master.queries, [{"after": 1}])  # order: its default, oldest
 
     @defer.inlineCallbacks
     def test_task(self) -> Any:

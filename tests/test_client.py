@@ -21,7 +21,7 @@ from twisted.test import iosim
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
-from picluster.client import Client, MasterUnreachable, UnknownTask
+from picluster.client import Client, MasterUnreachable, UnexpectedReply, UnknownTask
 from picluster.client.connection import MAX_BATCH_TASKS
 from picluster.trust.token import TOKEN_ENV, JoinToken, new_secret
 from picluster.wire.errors import DisconnectionException, RemoteError
@@ -458,6 +458,41 @@ class QueryTests(ClientTestCase):
         pump.flush()
         failure = self.failureResultOf(cancelled, RemoteError)
         self.assertIn("no task 7", str(failure.value))
+
+
+class SlavePagesTests(ClientTestCase):
+    """all_slaves() reads every page, and does not follow a master round in circles."""
+
+    def pages(self, answer: Any) -> Any:
+        FakeMasterConnection.msg_info = answer  # type: ignore[attr-defined]
+        self.addCleanup(delattr, FakeMasterConnection, "msg_info")
+        client, pump = self.connected()
+        found = defer.Deferred.fromCoroutine(client.all_slaves(state="trouble"))
+        pump.flush()
+        return found
+
+    def test_everyPage(self) -> None:
+        """Pages are asked for with the previous page's cursor until there are no more."""
+        asked = []
+
+        def answer(handler: Any, query: Any) -> tuple[str, Any]:
+            asked.append((query.after, query.state, query.limit))
+            number = 0 if query.after is None else int(query.after) + 1
+            return ("slaves", {"slaves": [{"uuid": str(number)}], "total": 3, "more": number < 2,
+                               "next": str(number) if number < 2 else None})
+
+        found = self.successResultOf(self.pages(answer))
+        self.assertEqual([slave["uuid"] for slave in found], ["0", "1", "2"])
+        self.assertEqual(asked, [(None, "trouble", 1000), ("0", "trouble", 1000), ("1", "trouble", 1000)])
+
+    def test_pagesThatDoNotMoveOn(self) -> None:
+        """A master handing out the same cursor again is an UnexpectedReply, not a loop."""
+
+        def answer(handler: Any, query: Any) -> tuple[str, Any]:
+            return ("slaves", {"slaves": [{"uuid": "x"}], "total": 9, "more": True, "next": "same"})
+
+        failure = self.failureResultOf(self.pages(answer), UnexpectedReply)
+        self.assertEqual(str(failure.value), "master's pages of slaves do not end")
 
 
 class WaitTests(ClientTestCase):

@@ -497,6 +497,15 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
                       self.refused("--task-memory", "1M"))
         self.assertIn("--task-cpu", self.refused("--task-cpu", "-1"))
 
+    def test_workersRecycleAfter(self):
+        """--workers-recycle-after reaches the pool, 1000 by default, from 1 to 10**6."""
+        runner = slave_tap.makeService(self.parse()).factory.runner
+        self.assertEqual((runner.workers.recycle_after, runner.workers.size), (1000, runner.slots))
+        runner = slave_tap.makeService(self.parse("--workers-recycle-after", "1")).factory.runner
+        self.assertEqual(runner.workers.recycle_after, 1)
+        self.assertIn("--workers-recycle-after", self.refused("--workers-recycle-after", "0"))
+        self.assertIn("--workers-recycle-after", self.refused("--workers-recycle-after", "1000001"))
+
     def test_makeServiceDefaults(self):
         """makeService with no options makes a factory for 127.0.0.1:12345."""
         factory = slave_tap.makeService(self.parse()).factory

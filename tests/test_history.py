@@ -52,6 +52,26 @@ class HistoryTests(unittest.TestCase):
         self.assertEqual((shown["cpu_percent"], shown["temperature"]), ([None], [None]))
         self.assertAlmostEqual(shown["ram_free"][0] / 1e38, 1.0, places=5)
 
+    def test_wallClockTimes(self) -> None:
+        """Times from a wall clock come back within milliseconds, across a rebase of the ring."""
+        history = VitalsHistory(capacity=4)
+        start = 1_780_000_000.123
+        times = [start, start + 10.5, start + 70_000.25, start + 70_010.75, start + 200_000.0]
+        for when in times:
+            history.record(when, Vitals(cpu_percentage=1.0))
+        shown = history.as_dict()["t"]
+        self.assertEqual(len(shown), 4)
+        for got, wanted in zip(shown, times[1:]):
+            self.assertAlmostEqual(got, wanted, delta=0.01)
+
+    def test_oneArrayForTheRing(self) -> None:
+        """A full ring is one array of 16 bytes a sample; a ring never fed holds none."""
+        history = VitalsHistory(capacity=120)
+        self.assertIsNone(history._samples)
+        for n in range(200):
+            history.record(float(n), Vitals(cpu_percentage=1.0))
+        self.assertEqual(history._samples.itemsize * len(history._samples), 16 * 120)
+
     def test_empty(self) -> None:
         self.assertEqual(VitalsHistory().as_dict(),
                          {"t": [], "cpu_percent": [], "temperature": [], "ram_free": []})

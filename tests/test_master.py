@@ -179,7 +179,8 @@ class InfoTests(MasterTestCase):
         protocol, transport = self.slave()
         [reply] = self.ask(transport, protocol, {"type": "info", "payload": "secrets", "id": 2})
         self.assertEqual(reply["type"], "bad_message")
-        self.assertEqual(reply["payload"]["known"], ["computer_details", "uuid", "slave_details", "status"])
+        self.assertEqual(reply["payload"]["known"], ["computer_details", "uuid", "slave_details", "status",
+                                                     "slaves", "summary"])
         self.assertFalse(transport.disconnecting)
 
 
@@ -328,6 +329,44 @@ class KeepaliveTests(MasterTestCase):
         self.clock.advance(5)
         self.assertEqual(self.pings(transport), [1017.0])
 
+    def test_heardFromNotPinged(self) -> None:
+        """
+        A slave that pings the master is not pinged but one round in
+        RTT_EVERY (its round trip stays current); one that only answers is
+        pinged every keepalive.
+        """
+        talking, talking_transport = self.slave(port=1)
+        answering, answering_transport = self.slave(port=2)
+        talking_transport.clear()
+        answering_transport.clear()
+        rounds = 2 * Keepalives.RTT_EVERY
+        answered = 0
+        # A tick past the last round: the test clock's steps add up a little short.
+        for _ in range(rounds * Keepalives.SLOTS + 1):
+            self.clock.advance(self.tick)
+            if round(self.clock.seconds() * 10) % 50 == 25:
+                # Mid-way between two of the master's checks, as a real slave's ping falls.
+                talking.dataReceived(frame({"type": "ping", "payload": self.clock.seconds()}))
+            for ping in self.pings(answering_transport):
+                answering.dataReceived(frame({"type": "pong", "payload": ping}))
+                answered += 1
+        self.assertEqual(answered, rounds)
+        self.assertFalse(answering_transport.disconnecting)
+        to_talking = [envelope["type"] for envelope in sent(talking_transport)]
+        # The first round's, and one round in RTT_EVERY after it; a pong for each of its pings.
+        self.assertEqual(to_talking.count("ping"), 2)
+        self.assertEqual(to_talking.count("pong"), rounds)
+
+    def test_skipKeepsWithinDeadAfter(self) -> None:
+        """
+        A connection is spared a ping only while a peer that never pings
+        would still be heard within dead_after: never when dead_after is
+        short.
+        """
+        self.assertAlmostEqual(Keepalives(Clock(), 5.0, 15.0).heard_within, 5.0 - 1.5 * 0.1)
+        self.assertAlmostEqual(Keepalives(Clock(), 5.0, 10.0).heard_within, 2.5)
+        self.assertEqual(Keepalives(Clock(), 5.0, 7.5).heard_within, 0.0)
+
     def test_closingNotPinged(self) -> None:
         """A connection being closed is not pinged."""
         protocol, transport = self.slave()
@@ -365,6 +404,22 @@ class KeepaliveTests(MasterTestCase):
         transport.clear()
         self.clock.advance(5)
         self.assertEqual(self.pings(transport), [1105.0])
+
+
+class NodeLineTests(MasterTestCase):
+    """A herd joining at once is counted in the log, not written line by line."""
+
+    def test_stormCounted(self) -> None:
+        """Past 100 lines in 10 s, joins and departures are counted in one line."""
+        with capturedLogs() as events:
+            for _ in range(150):
+                protocol, transport = self.slave()
+                protocol.connectionLost(Failure(ConnectionDone()))
+            self.clock.advance(10)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len([line for line in lines if line.startswith("Slave connected")]), 34)
+        self.assertIn("Left out of the log in the last 10 s: 234 departures, 116 joins"
+                      " (/api/slaves lists every slave)", lines)
 
 
 class DepartureTests(MasterTestCase):

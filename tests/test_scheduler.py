@@ -338,6 +338,16 @@ class ResultTests(Cluster):
         small = self.client.request("tasks", {})["payload"]
         self.assertFalse(small["more"])
 
+    def test_newestFirst(self) -> None:
+        """order newest lists the latest tasks first; after pages on to older ones."""
+        self.submit(count=5)
+        first = self.client.request("tasks", {"order": "newest", "limit": 2})["payload"]
+        self.assertEqual([record["id"] for record in first["tasks"]], [5, 4])
+        rest = self.client.request("tasks", {"order": "newest", "after": 4})["payload"]
+        self.assertEqual([record["id"] for record in rest["tasks"]], [3, 2, 1])
+        oldest = self.client.request("tasks", {"after": 4})["payload"]
+        self.assertEqual([record["id"] for record in oldest["tasks"]], [5])
+
 
 class TaskLogTests(Cluster):
     """

@@ -4,6 +4,8 @@ Tests for L{picluster.slave}: the session with the master, and rejoining it.
 
 from __future__ import annotations
 
+import random
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -15,12 +17,17 @@ from twisted.logger import LogLevel, capturedLogs, eventAsJSON, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from picluster import wire
 from picluster.address import MasterAddress
+from picluster.slave.backoff import BUSY_DELAY
+from picluster.slave.results import RESULT_ENVELOPE_ROOM, WaitingResults
 from picluster.slave.runner import TaskRunner
 from picluster.slave.session import KEEPALIVE_FLOOR, SlaveFactory, SlaveService
 from picluster.tasks import Task, TaskCatalog
 from picluster.text import MAX_TEXT
-from picluster.wire.messages import MAX_MESSAGE_BYTES, ComputerDetails, Vitals
+from picluster.trust.channel import UntrustedMaster
+from picluster.trust.token import JoinToken, new_secret
+from picluster.wire.messages import MAX_MESSAGE_BYTES, ComputerDetails, RunTask, Vitals
 from tests.taskhelpers import FakeClient, SynchronousPool, task_master
 
 from .helpers import (
@@ -184,23 +191,63 @@ class FakeConnector:
         pass
 
 
+class Draws:
+    """A stand-in for L{random}: every draw lands C{share} of the way up its range."""
+
+    def __init__(self, share: float):
+        self.share = share
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + self.share * (high - low)
+
+
 class ReconnectionTests(unittest.TestCase):
     """
-    The slave's factory retries with a growing, bounded, resettable delay.
+    The slave's factory retries after a delay that depends on how the last
+    attempt ended: spread after a session, bounded while turned away, up to
+    max_delay after failures; reset by a welcome.
     """
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.slave = slave_factory(self.clock, initial_delay=1.0, max_delay=10.0)
+        self.slave.random = Draws(1.0)
         self.connector = FakeConnector()
 
-    def fail_once(self) -> float:
-        """Fail a connection attempt; return how long until the retry."""
-        self.slave.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
+    def next_retry(self) -> float:
+        """How long until the retry just scheduled; then let it happen."""
         [call] = self.clock.getDelayedCalls()
         delay = call.getTime() - self.clock.seconds()
         self.clock.advance(delay)
         return delay
+
+    def fail_once(self) -> float:
+        """Fail a connection attempt; return how long until the retry."""
+        self.slave.startedConnecting(self.connector)
+        self.slave.clientConnectionFailed(self.connector, Failure(ConnectionRefusedError()))
+        return self.next_retry()
+
+    def turned_away_once(self) -> float:
+        """Connect, and have the master close before any welcome; return the wait."""
+        self.slave.startedConnecting(self.connector)
+        self.slave.clientConnectionLost(self.connector, Failure(ConnectionDone()))
+        return self.next_retry()
+
+    def welcome(self) -> tuple[Any, Any]:
+        """Connect and be welcomed; return the protocol and its transport."""
+        self.slave.startedConnecting(self.connector)
+        protocol, transport = connect(self.slave, host="10.0.0.1", port=12345)
+        [hello] = sent(transport)
+        protocol.dataReceived(frame({"type": "welcome", "reply_to": hello["id"], "payload": {
+            "uuid": "ab" * 16, "keepalive": 5, "dead_after": 15}}))
+        return protocol, transport
+
+    def lose(self, protocol: Any) -> float:
+        """Lose C{protocol}'s connection; return the wait before the retry."""
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.slave.clientConnectionLost(self.connector, Failure(ConnectionDone()))
+        [retry] = [c for c in self.clock.getDelayedCalls() if c.func.__name__ == "reconnector"]
+        return retry.getTime() - self.clock.seconds()
 
     def test_defaultPolicy(self) -> None:
         """
@@ -211,48 +258,97 @@ class ReconnectionTests(unittest.TestCase):
                              sampler=FakeSampler(), clock=self.clock)
         self.assertEqual((slave.initialDelay, slave.delay, slave.maxDelay),
                          (SlaveFactory.initialDelay, SlaveFactory.initialDelay, SlaveFactory.maxDelay))
-        self.assertEqual((SlaveFactory.initialDelay, SlaveFactory.maxDelay, SlaveFactory.factor),
-                         (1.0, 60.0, 2.0))
+        self.assertEqual((SlaveFactory.initialDelay, SlaveFactory.maxDelay, SlaveFactory.busyDelay,
+                          SlaveFactory.factor), (1.0, 60.0, BUSY_DELAY, 3.0))
 
-    def test_firstRetryAfterInitialDelay(self) -> None:
-        """The first retry comes initial_delay seconds after a loss."""
-        self.slave.clientConnectionLost(self.connector, Failure(ConnectionDone()))
-        [call] = self.clock.getDelayedCalls()
-        self.assertAlmostEqual(call.getTime() - self.clock.seconds(), 1.0)
-        self.clock.advance(1.0)
-        self.assertEqual(self.connector.attempts, 1)
+    def test_firstRetryWithinInitialDelay(self) -> None:
+        """After a session, the first retry comes at a random moment within initial_delay."""
+        for share, expected in ((1.0, 1.0), (0.0, 0.0), (0.25, 0.25)):
+            self.slave.random = Draws(share)
+            protocol, _ = self.welcome()
+            self.assertAlmostEqual(self.lose(protocol), expected)
+            self.clock.advance(expected)
+        self.assertEqual(self.connector.attempts, 3)
 
-    def test_backoffGrowsToMax(self) -> None:
-        """Each failed attempt doubles the delay, up to max_delay."""
-        delays = [self.fail_once() for _ in range(6)]
-        self.assertEqual(delays, [1.0, 2.0, 4.0, 8.0, 10.0, 10.0])
-        self.assertEqual(self.connector.attempts, 6)
+    def test_failuresGrowToMax(self) -> None:
+        """Each failed attempt waits up to three times the last, never above max_delay."""
+        delays = [self.fail_once() for _ in range(4)]
+        self.assertEqual(delays, [3.0, 9.0, 10.0, 10.0])
+        self.assertEqual(self.connector.attempts, 4)
 
-    def test_jitter(self) -> None:
-        """With Twisted's jitter on, delays spread around the nominal value."""
-        self.slave.jitter = 0.12
+    def test_failuresWaitAtLeastInitialDelay(self) -> None:
+        """The shortest wait after a failure is initial_delay: no busy loop."""
+        self.slave.random = Draws(0.0)
+        self.assertEqual([self.fail_once() for _ in range(3)], [1.0, 1.0, 1.0])
+
+    def test_turnedAwayWaitsAtMostBusyDelay(self) -> None:
+        """
+        A master that closed before a welcome, without a word, is up and
+        busy: the waits grow as after failures, but only to busyDelay.
+        """
+        self.slave.maxDelay = 60.0
+        delays = [self.turned_away_once() for _ in range(4)]
+        self.assertEqual(delays, [3.0, BUSY_DELAY, BUSY_DELAY, BUSY_DELAY])
+        self.assertEqual([self.fail_once() for _ in range(2)], [3 * BUSY_DELAY, 60.0])
+
+    def test_busyDelayNeverAboveMaxDelay(self) -> None:
+        """With a max_delay below busyDelay, turned-away attempts wait at most max_delay."""
+        self.slave.maxDelay = 5.0
+        self.assertEqual([self.turned_away_once() for _ in range(3)], [3.0, 5.0, 5.0])
+
+    def test_refusedHelloIsAFailure(self) -> None:
+        """A hello the master refuses backs off as a failure, to max_delay."""
+        self.slave.maxDelay = 60.0
+        delays = []
+        for _ in range(3):
+            self.slave.startedConnecting(self.connector)
+            protocol, transport = connect(self.slave, host="10.0.0.1", port=12345)
+            [hello] = sent(transport)
+            with capturedLogs():
+                protocol.dataReceived(frame({"type": "error", "reply_to": hello["id"],
+                                             "payload": {"error": "authentication failed"}}))
+            self.assertTrue(transport.disconnecting)
+            delays.append(self.lose(protocol))
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays, [3.0, 9.0, 27.0])
+
+    def test_untrustedMasterIsAFailure(self) -> None:
+        """A master whose certificate the token does not pin backs off as a failure."""
+        self.slave.token = JoinToken("ab" * 32, "slave", new_secret())
+        self.slave.maxDelay = 60.0
+        unpinned = SimpleNamespace(transport=SimpleNamespace(getHandle=lambda: SimpleNamespace(
+            get_peer_cert_chain=lambda as_cryptography: [])))
+        delays = []
+        for _ in range(3):
+            self.slave.startedConnecting(self.connector)
+            self.assertRaises(UntrustedMaster, self.slave.check_peer, unpinned)
+            self.slave.clientConnectionLost(self.connector, Failure(ConnectionDone()))
+            delays.append(self.next_retry())
+        self.assertEqual(delays, [3.0, 9.0, 27.0])
+
+    def test_jitterSpreads(self) -> None:
+        """Drawn at random, the waits of a herd turned away spread over their whole range."""
+        self.slave.random = random.Random(14)
         delays = set()
-        for _ in range(20):
+        for _ in range(50):
             self.slave.resetDelay()
-            delays.add(round(self.fail_once(), 6))
-        self.assertGreater(len(delays), 1)
-        self.assertTrue(all(0.5 < d < 1.5 for d in delays), delays)
+            delays.add(round(self.turned_away_once(), 6))
+        self.assertGreater(len(delays), 40)
+        self.assertTrue(all(1.0 <= d <= 3.0 for d in delays), delays)
+        self.assertLess(min(delays), 1.5)
+        self.assertGreater(max(delays), 2.5)
 
     def test_resetAfterWelcome(self) -> None:
         """A welcome resets the delay, so the next loss retries promptly."""
         for _ in range(4):
             self.fail_once()
-        protocol, transport = connect(self.slave, host="10.0.0.1", port=12345)
-        [hello] = sent(transport)
-        protocol.dataReceived(frame({"type": "welcome", "reply_to": hello["id"], "payload": {
-            "uuid": "ab" * 16, "keepalive": 5, "dead_after": 15}}))
-        protocol.connectionLost(Failure(ConnectionDone()))
-        self.slave.clientConnectionLost(self.connector, Failure(ConnectionDone()))
-        retry = [c for c in self.clock.getDelayedCalls() if c.func.__name__ == "reconnector"]
-        self.assertAlmostEqual(retry[0].getTime() - self.clock.seconds(), 1.0)
+        protocol, _ = self.welcome()
+        self.assertAlmostEqual(self.lose(protocol), 1.0)
+        self.assertEqual(self.slave.delay, 1.0)
 
     def test_refusedLogged(self) -> None:
         """A refused attempt is logged as a disconnection naming the master."""
+        self.slave.random = Draws(0.0)
         with capturedLogs() as events:
             self.fail_once()
         messages = [formatEvent(e) for e in events]
@@ -342,6 +438,35 @@ class HostileMasterTests(unittest.TestCase):
         lines = [formatEvent(e) for e in events if "keepalive" in e["log_format"]]
         self.assertEqual(lines, ["Master 10.0.0.1:12345 asks for a keepalive every 0.001 s;"
                                  " this slave pings every 1 s at most"])
+
+    def test_masterFrameLimitsResults(self) -> None:
+        """A welcome's max_frame lowers the largest result, which then fails rather than being sent."""
+        runner = TaskRunner(TaskCatalog([Task("big", lambda: "x" * 5000, "reactor")]), slots=1,
+                            clock=self.clock, reactor=self.clock)
+        self.slave = slave_factory(self.clock, keepalive=5, vitals_interval=3600, runner=runner)
+        self.protocol, self.transport = connect(self.slave, host="10.0.0.1", port=12345)
+        [hello] = sent(self.transport)
+        self.answer(hello, "welcome", {"uuid": "ab" * 16, "keepalive": 5, "dead_after": 3600,
+                                       "max_frame": 2048})
+        self.assertEqual(runner.waiting.max_result_bytes, 2048 - RESULT_ENVELOPE_ROOM)
+        runner.start(RunTask(id=1, attempt=1, name="big"))
+        self.clock.advance(0)
+        [result] = runner.results
+        self.assertEqual((result["outcome"], result["error"]["type"]), ("failed", "ResultTooLarge"))
+
+    def test_waitingResultsRefitted(self) -> None:
+        """A result waiting for a master with larger frames fails once a master with smaller ones says so."""
+        waiting = WaitingResults(self.clock, max_result_bytes=100_000)
+        payload, size = waiting.sendable({"id": 1, "attempt": 1, "outcome": "done", "result": "x" * 5000})
+        waiting.keep(payload, size)
+        waiting.fit_frame(100_000)
+        self.assertEqual(waiting.get((1, 1)), payload)
+        waiting.fit_frame(2048)
+        refitted = waiting.get((1, 1))
+        self.assertEqual(refitted["error"]["type"], "ResultTooLarge")
+        self.assertEqual(waiting.bytes, len(wire.encode(refitted)))
+        waiting.fit_frame(1_000_000)
+        self.assertEqual(waiting.max_result_bytes, 100_000)  # never above --max-result
 
     def test_keepaliveAboveFloorKept(self) -> None:
         """A master's keepalive at or above the floor is followed as it is."""

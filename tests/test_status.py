@@ -15,6 +15,7 @@ from twisted.trial import unittest
 
 from picluster.address import MasterAddress
 from picluster.cli import main as cli
+from picluster.cli import options
 from picluster.cli import status as statustable
 from picluster.master.service import MasterService
 from picluster.slave.runner import TaskRunner
@@ -186,10 +187,46 @@ class ViewTests(unittest.TestCase):
             self.assertIn("evil?[2J?", text)
             self.assertIn("Pi??fake row", text)
 
+    def test_summaryAndTrouble(self) -> None:
+        """With a summary, the healthy slaves are counted and only those in trouble listed."""
+        hot = summary(hostname="pi-hot", uuid="05" * 16, temperature=83.0, troubles=["hot"])
+        payload = dict(status(summary(troubles=[])), summary={
+            "slaves": {"connected": 12, "left": 0, "in_trouble": 3}, "slots": 48, "running_tasks": 7,
+            "troubles": {"left": 0, "silent": 1, "under-voltage": 0, "throttled": 1, "hot": 1,
+                         "cloned": 0},
+            "hottest": [{"uuid": "05" * 16, "hostname": "pi-hot", "temperature": 83.0},
+                        {"uuid": "ab" * 16, "hostname": "pi-1", "temperature": 52.1}],
+            "in_trouble": [hot],
+        })
+        lines = statustable.render(payload, NOW).splitlines()
+        self.assertEqual(lines[2], "slots: 48, 7 running; hottest: pi-hot 83.0°C, pi-1 52.1°C")
+        self.assertEqual(lines[3], "in trouble: 3 (1 silent, 1 throttled, 1 hot)")
+        self.assertEqual([line.split()[0] for line in lines[4:]], ["HOST", "pi-hot", "and"])
+        self.assertTrue(lines[5].endswith("connected, hot"), lines[5])
+        self.assertEqual(lines[6], "and 2 more in trouble: picluster status --state trouble")
+        listed = statustable.render(payload, NOW, rows=[summary(troubles=[]), hot]).splitlines()
+        self.assertEqual([line.split()[0] for line in listed[4:]], ["HOST", "pi-1", "pi-hot"])
+
     def test_markupIsText(self) -> None:
         """Square brackets in a name are shown, not read as rich markup."""
         text = statustable.render(status(summary(hostname="[bold]pi[/bold]")), NOW)
         self.assertIn("[bold]pi[/bold]", text)
+
+
+class ClosingStream(io.StringIO):
+    """Standard output read by someone who stops after a few looks (C{| head})."""
+
+    def __init__(self, looks: int):
+        super().__init__()
+        self.looks: list[str] = []
+        self.left = looks
+
+    def write(self, text: str) -> int:
+        if self.left == 0:
+            raise BrokenPipeError()
+        self.left -= 1
+        self.looks.append(text)
+        return len(text)
 
 
 def wait_until(check: Any, what: str) -> defer.Deferred[Any]:
@@ -239,8 +276,8 @@ class StatusCommandTests(unittest.TestCase):
         return code, stdout.getvalue(), stderr.getvalue()
 
     @defer.inlineCallbacks
-    def test_table(self) -> Any:
-        """status prints the master's line and a row for the slave with its vitals."""
+    def test_summary(self) -> Any:
+        """status prints the master's line, the task counts and the summary; a healthy slave has no row."""
         self.start_slave()
         yield self.slave_ready()
         code, out, err = yield self.picluster("status", "--master", self.address)
@@ -248,7 +285,17 @@ class StatusCommandTests(unittest.TestCase):
         lines = out.splitlines()
         self.assertRegex(lines[0], r"^\S+ \(picluster \S+\), up \S+: 1 slave connected, 0 left$")
         self.assertEqual(lines[1], "tasks: 0 queued, 0 running, 0 done, 0 failed, 0 cancelled")
-        row = rows(out)["status-test-slave"].split()
+        self.assertRegex(lines[2], r"^slots: 2, 0 running(; hottest: status-test-slave \S+°C)?$")
+        self.assertEqual(lines[3:], ["no slave in trouble"])
+
+    @defer.inlineCallbacks
+    def test_table(self) -> Any:
+        """status --all prints a row for the slave with its vitals."""
+        self.start_slave()
+        yield self.slave_ready()
+        code, out, err = yield self.picluster("status", "--all", "--master", self.address)
+        self.assertEqual((code, err), (0, ""))
+        row = {line.split()[0]: line for line in out.splitlines()[4:]}["status-test-slave"].split()
         self.assertTrue(row[1].startswith("127.0.0.1:"), row)
         self.assertEqual(row[2:4], ["Test", "Board"])
         self.assertIn("0/2", row)
@@ -264,7 +311,7 @@ class StatusCommandTests(unittest.TestCase):
         self.assertEqual((code, err), (0, ""))
         self.assertEqual(out.count("\n"), 1)
         payload = json.loads(out)
-        self.assertEqual(sorted(payload), ["master", "slaves", "tasks"])
+        self.assertEqual(sorted(payload), ["master", "more", "next", "slaves", "summary", "tasks", "total"])
         [slave] = payload["slaves"]
         self.assertEqual((slave["hostname"], slave["state"], slave["slots"]),
                          ("status-test-slave", "connected", 2))
@@ -280,14 +327,42 @@ class StatusCommandTests(unittest.TestCase):
         code, out, err = yield self.picluster("status", "--master", self.address)
         self.assertEqual(code, 0, err)
         self.assertIn(": 0 slaves connected, 1 left", out)
-        self.assertRegex(rows(out)["status-test-slave"], r" left \S+ ago$")
+        self.assertRegex(out.splitlines()[-1], r"^status-test-slave .* left \S+ ago$")
 
     @defer.inlineCallbacks
     def test_noSlaves(self) -> Any:
         """A master without slaves is no error: it says so, exit 0."""
         code, out, err = yield self.picluster("status", "--master", self.address)
         self.assertEqual((code, err), (0, ""))
-        self.assertEqual(out.splitlines()[2:], ["no slaves connected"])
+        self.assertEqual(out.splitlines()[2:], ["slots: 0, 0 running", "no slave in trouble"])
+        code, out, err = yield self.picluster("status", "--all", "--master", self.address)
+        self.assertEqual(out.splitlines()[4:], ["no slave matches"])
+
+    @defer.inlineCallbacks
+    def test_searchAndState(self) -> Any:
+        """--search and --state list only the slaves asked for."""
+        self.start_slave("pi-kitchen")
+        self.start_slave("pi-garden")
+        yield wait_until(lambda: len(self.master.registry) == 2 and all(
+            slave.hostname for slave in self.master.registry), "both slaves")
+        code, out, err = yield self.picluster("status", "--search", "GARD", "--master", self.address)
+        self.assertEqual((code, err), (0, ""), err)
+        self.assertEqual([line.split()[0] for line in out.splitlines()[5:]], ["pi-garden"])
+        code, out, err = yield self.picluster("status", "--state", "left", "--master", self.address)
+        self.assertEqual(out.splitlines()[4:], ["no slave matches"])
+
+    @defer.inlineCallbacks
+    def test_watch(self) -> Any:
+        """--watch shows the cluster again and again, until its reader goes."""
+        self.patch(options, "SHORTEST_WATCH_INTERVAL", 0.01)
+        stdout = ClosingStream(looks=3)
+        code = yield cli.main(["status", "--watch", "--interval", "0.01", "--master", self.address,
+                               "--insecure"], reactor=reactor, stdout=stdout,
+                              stderr=io.StringIO(), stdin=io.StringIO(), environ={})
+        self.assertEqual(code, 1)
+        self.assertEqual(len(stdout.looks), 3)
+        self.assertTrue(all(look.startswith("\n") and "no slave in trouble" in look
+                            for look in stdout.looks), stdout.looks)
 
     @defer.inlineCallbacks
     def test_unreachable(self) -> Any:

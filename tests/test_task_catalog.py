@@ -314,6 +314,7 @@ class InstalledPackageTests(unittest.TestCase):
         self.assertIn("double", registry.names())
         self.assertEqual(registry.get("double").run_in, "process")
         runner = TaskRunner(registry, slots=1, clock=reactor, reactor=reactor)
+        self.addCleanup(runner.stop)  # its warm worker
         finished: defer.Deferred[dict[str, Any]] = defer.Deferred()
         runner.on_result = finished.callback
         runner.start(RunTask(1, 1, "double", {"number": 21}, 30))

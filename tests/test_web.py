@@ -386,7 +386,9 @@ class EventTests(unittest.TestCase):
         yield processes.wait_until(lambda: reader.events(), "the first event", poll=0.01)
         self.assertIn(b"content-type: text/event-stream", reader.data.lower())
         [first] = reader.events()
-        self.assertEqual([s["hostname"] for s in first["slaves"]], ["pi-one"])
+        self.assertNotIn("slaves", first)  # the page asks /api/slaves for its rows
+        self.assertEqual(first["summary"]["slaves"], {"connected": 1, "left": 0, "in_trouble": 1})
+        self.assertEqual(first["summary"]["in_trouble"][0]["troubles"], ["throttled"])
         self.assertEqual(first["master"]["slaves"]["connected"], 1)
         self.assertNotIn("computer_details", first["master"])
         self.assertEqual(first["tasks"]["counts"]["queued"], 0)
@@ -394,7 +396,21 @@ class EventTests(unittest.TestCase):
         web.slave("pi-two", "10.0.0.3")
         web.clock.advance(events.INTERVAL)
         yield processes.wait_until(lambda: len(reader.events()) == 2, "the second event", poll=0.01)
-        self.assertEqual([s["hostname"] for s in reader.events()[1]["slaves"]], ["pi-one", "pi-two"])
+        self.assertEqual(reader.events()[1]["summary"]["slaves"]["connected"], 2)
+
+    @defer.inlineCallbacks
+    def test_eventSizeDoesNotGrow(self) -> Any:
+        """An event is the same size with 5 healthy slaves as with 300: it carries the summary, not the rows."""
+        sizes = []
+        for count in (5, 300):
+            web = WebMaster(self)
+            for number in range(count):
+                web.slave(f"pi-{number:03}", f"10.0.{number // 250}.{number % 250 + 1}",
+                          vitals=dict(PI_VITALS, throttling=None))
+            reader = yield self.connect(web)
+            yield processes.wait_until(lambda: reader.events(), "the first event", poll=0.01)
+            sizes.append(len(reader.data))
+        self.assertLess(abs(sizes[1] - sizes[0]), 300, sizes)
 
     @defer.inlineCallbacks
     def test_nothingBuiltWithoutReaders(self) -> Any:

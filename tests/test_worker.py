@@ -33,6 +33,7 @@ from picluster.slave.results import (
 from picluster.slave.runner import TaskRunner
 from picluster.tasks import Task, TaskCatalog
 from picluster.tasks.builtin import BUILTIN_TASKS
+from picluster.tasks.childmain import HEADER, frame
 from picluster.tasks.errors import MESSAGE_LIMIT
 from picluster.text import MAX_TEXT
 from picluster.wire import BadMessage, messages
@@ -164,8 +165,21 @@ class Spawned:
         reason = ProcessDone(0) if exit_code == 0 else ProcessTerminated(exit_code, signal)
         self.protocol.processEnded(Failure(reason))
 
+    def requests(self) -> list[Any]:
+        """Every request framed on its stdin."""
+        found, data = [], self.transport.stdin
+        while data:
+            (length,) = HEADER.unpack_from(data)
+            found.append(json.loads(data[HEADER.size:HEADER.size + length]))
+            data = data[HEADER.size + length:]
+        return found
+
     def request(self) -> Any:
-        return json.loads(self.transport.stdin)
+        return self.requests()[-1]
+
+    def answer(self, outcome: Any) -> None:
+        """Send back an outcome, framed, as a worker does."""
+        self.protocol.childDataReceived(1, frame(json.dumps(outcome).encode()))
 
 
 class FakeReactor(MemoryReactorClock):
@@ -741,45 +755,54 @@ class ProcessTests(RunnerTestCase):
         return child
 
     def test_request(self) -> None:
-        """The child is this Python running picluster.tasks.childmain, given the function by name."""
+        """The worker is this Python running picluster.tasks.childmain, given the function by name."""
         child = self.start_primes(self.make_runner())
         self.assertEqual(child.executable, in_own_group([sys.executable])[0])
-        self.assertEqual(child.args, in_own_group([sys.executable, "-m", "picluster.tasks.childmain"]))
+        self.assertEqual(child.args, in_own_group([
+            sys.executable, "-m", "picluster.tasks.childmain",
+            "--max-outcome", str(DEFAULT_MAX_RESULT + 4096),
+            "--memory", str(1024**3), "--cpu", "3600",
+        ]))
         self.assertEqual(child.request(), {"function": "picluster.tasks.primes:primes",
-                                           "args": {"start": 0, "stop": 100},
-                                           "limits": {"memory": 1024**3, "cpu": 3600}})
-        self.assertTrue(child.transport.stdin_closed)
+                                           "args": {"start": 0, "stop": 100}})
+        self.assertFalse(child.transport.stdin_closed)
         self.assertIn("PYTHONPATH", child.env)
         self.assertEqual(child.env["MALLOC_ARENA_MAX"], os.environ.get("MALLOC_ARENA_MAX", "2"))
 
     def test_noLimits(self) -> None:
-        """A runner told 0 or None for the limits asks the child for none."""
+        """A runner told 0 or None for the limits asks the worker for none."""
         child = self.start_primes(self.make_runner(task_memory=0, task_cpu=None))
-        self.assertEqual(child.request()["limits"], {"memory": None, "cpu": None})
+        self.assertNotIn("--memory", child.args)
+        self.assertNotIn("--cpu", child.args)
         self.assertEqual(child.env.get("MALLOC_ARENA_MAX"), os.environ.get("MALLOC_ARENA_MAX"))
 
     def test_done(self) -> None:
-        """The outcome on stdout is the result."""
+        """The outcome the worker sends is the result."""
         runner = self.make_runner()
-        self.start_primes(runner).end(0, stdout=b'{"outcome":"done","result":25}\n')
+        self.start_primes(runner).answer({"outcome": "done", "result": 25})
         self.assertEqual(self.only_result(runner)["result"], 25)
 
     def test_failed(self) -> None:
-        """A failure the child reports keeps its kind, except kinds only the slave may say."""
+        """A failure the worker reports keeps its kind, except kinds only the slave may say."""
         runner = self.make_runner()
         error = {"type": "BadArguments", "message": "no", "traceback": "tb",
                  "kind": "bad_arguments"}
-        outcome = json.dumps({"outcome": "failed", "error": error}).encode()
-        self.start_primes(runner).end(0, stdout=outcome)
+        self.start_primes(runner).answer({"outcome": "failed", "error": error})
         self.assertEqual(self.only_result(runner)["error"], error)
         runner.acknowledged(1, 1)
         self.reactor.spawned.clear()
         self.notified.clear()
-        outcome = json.dumps({"outcome": "failed", "error": {**error, "kind": "crashed"}})
-        self.start_primes(runner).end(0, stdout=outcome.encode())
+        self.start_primes(runner).answer({"outcome": "failed", "error": {**error, "kind": "crashed"}})
         result = self.only_result(runner)
         self.assertEqual(result["error"]["kind"], "error")
         self.assertNotIn("retry", result)
+
+    def test_unreadable(self) -> None:
+        """An outcome that is not an outcome fails the task, saying so."""
+        runner = self.make_runner()
+        self.start_primes(runner).protocol.childDataReceived(1, frame(b"[not json"))
+        self.assertEqual(self.only_result(runner)["error"]["message"],
+                         "the task's worker sent no outcome it could read")
 
     def test_crashed(self) -> None:
         """A child killed by a signal we did not send is kind crashed, to be retried."""
@@ -799,10 +822,12 @@ class ProcessTests(RunnerTestCase):
         self.assertEqual(error["kind"], "error")
 
     def test_tooLarge(self) -> None:
-        """An outcome longer than the limit is not read."""
+        """An outcome longer than the limit is not read, and its worker is killed."""
         runner = self.make_runner(max_result_bytes=10)
-        self.start_primes(runner).end(0, stdout=b"x" * 10000)
+        child = self.start_primes(runner)
+        child.protocol.childDataReceived(1, HEADER.pack(10 + 4096 + 1) + b"x" * 100)
         self.assertEqual(self.only_result(runner)["error"]["type"], "ResultTooLarge")
+        self.assertEqual(child.transport.signals, ["TERM"])
 
     def test_notImportable(self) -> None:
         """A function a child cannot import fails at once, without a child."""

@@ -3,10 +3,10 @@ The C{picluster} command: submit tasks to a master, look at them, wait.
 
     picluster submit NAME [--args JSON] [--requires KEY=VALUE ...] [--wait]
     picluster map NAME --args-file FILE
-    picluster tasks [--state STATE] [--limit N]
+    picluster tasks [--state STATE] [--limit N] [--oldest]
     picluster task ID
     picluster cancel ID
-    picluster status
+    picluster status [--all | --state STATE | --search TEXT] [--watch]
     picluster demo [--slaves N] [--port ENDPOINT] [--web ENDPOINT] [--no-tasks]
 
 The options are L{picluster.cli.options}'; the talking is
@@ -31,7 +31,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TextIO
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.python import usage
 
 from picluster.cli import formatting, status
@@ -232,7 +232,8 @@ async def _tasks(session: _Session) -> int:
     options = session.options
     client = await session.connect(reconnect=False)
     records = await client.tasks(
-        state=options["state"], limit=options["limit"], after=options["after"])
+        state=options["state"], limit=options["limit"], after=options["after"],
+        order="oldest" if options["oldest"] else "newest")
     if options["json"]:
         session.emit(formatting.to_json(records))
     else:
@@ -253,18 +254,48 @@ async def _cancel(session: _Session) -> int:
 
 
 async def _status(session: _Session) -> int:
-    client = await session.connect(reconnect=False)
-    cluster = await client.status()
-    if session.options["json"]:
-        session.emit(formatting.to_json(cluster))
-        return 0
-    # Times in the payload are the master's: compare them with its clock.
-    now = cluster["master"].get("now")
-    if type(now) not in (int, float):
-        now = session.reactor.seconds()
-    width = _terminal_width(session.stdout)
-    session.emit(status.render(cluster, now, width=width, terminal=width is not None), styled=True)
-    return 0
+    options = session.options
+    client = await session.connect(reconnect=options["watch"])
+    page: dict[str, Any] = {}
+    for name in ("state", "search"):
+        if options[name] is not None:
+            page[name] = options[name]
+    if options["order"] != "hostname":
+        page["order"] = options["order"]
+    listing = options["all"] or bool(page)
+    while True:
+        # A plain question, which any master answers: the summary and the
+        # first page of slaves by hostname, which holds most clusters.
+        cluster = await client.status()
+        rows = None
+        if listing and page:
+            rows = await client.all_slaves(**page)
+        elif listing:
+            rows = list(cluster["slaves"])
+            if cluster.get("more") and cluster.get("next"):
+                rows += await client.all_slaves(after=cluster["next"])
+        if options["json"]:
+            if rows is not None:
+                cluster = {**cluster, "slaves": rows, "more": False, "next": None}
+            session.emit(formatting.to_json(cluster))
+            return 0
+        # Times in the payload are the master's: compare them with its clock.
+        now = cluster["master"].get("now")
+        if type(now) not in (int, float):
+            now = session.reactor.seconds()
+        width = _terminal_width(session.stdout)
+        shown = status.render(cluster, now, width=width, terminal=width is not None, rows=rows)
+        if not options["watch"]:
+            session.emit(shown, styled=True)
+            return 0
+        # In place on a terminal (home, then clear below); one look after
+        # another elsewhere.
+        session.emit((_HOME_AND_CLEAR if width is not None else "\n") + shown, styled=True)
+        await task.deferLater(session.reactor, options["interval"], lambda: None)
+
+
+#: Moves the cursor to the top left of the screen and clears it.
+_HOME_AND_CLEAR = "\x1b[H\x1b[2J"
 
 
 def _terminal_width(stream: TextIO) -> int | None:

@@ -21,7 +21,7 @@ from picluster._version import __version__
 from picluster.address import parse_master
 from picluster.trust.cluster import ClusterTrust, TrustError
 from picluster.trust.token import CLIENT, READ_ONLY, SLAVE, TOKEN_ENV, JoinToken
-from picluster.wire.messages import TASK_STATES
+from picluster.wire.messages import MAX_SEARCH_LENGTH, SLAVE_ORDERS, SLAVE_STATES, TASK_STATES
 
 DEFAULT_MASTER = "tcp:host=127.0.0.1:port=12345"
 MASTER_ENV = "PICLUSTER_MASTER"
@@ -32,6 +32,10 @@ STATE_DIRS = ("/var/lib/picluster", ".")
 STATES = TASK_STATES
 
 MAX_DEMO_SLAVES = 64
+
+#: The shortest wait between two looks of C{picluster status --watch}, in
+#: seconds: each look costs the master a summary of every slave.
+SHORTEST_WATCH_INTERVAL = 0.5
 
 
 
@@ -343,7 +347,10 @@ class TasksOptions(_CommandOptions):
     optParameters = [
         ["state", "s", None, f"Only tasks in this state: {', '.join(STATES)}."],
         ["limit", "n", None, "At most this many tasks [master's default: 100, at most 1000]."],
-        ["after", None, None, "Only tasks with ids greater than this."],
+        ["after", None, None, "Only tasks past this id: smaller ids, or greater ones with --oldest."],
+    ]
+    optFlags = [
+        ["oldest", None, "The oldest tasks first [default: the newest first]."],
     ]
 
     def postOptions(self) -> None:
@@ -367,10 +374,38 @@ class CancelOptions(_TaskIdOptions):
 class StatusOptions(_CommandOptions):
     synopsis = "[options]"
     longdesc = (
-        "Show the master (version, uptime, task counts) and a table of its slaves:"
-        " their machine, vitals, tasks and when they were last heard from.  Slaves"
-        " that left are listed, dimmed, until the master forgets them."
+        "Show the master (version, uptime, task counts), a summary of its slaves (how many,"
+        " the hottest, how many in each trouble) and a table of the slaves in trouble:"
+        " throttled, short of power, hot, silent, cloned or gone.  --all shows every slave,"
+        " --state and --search some of them: their machine, vitals, tasks and when they"
+        " were last heard from.  Slaves that left are listed, dimmed, until the master"
+        " forgets them."
     )
+    optFlags = [
+        ["all", "a", "A row for every slave, not only those in trouble."],
+        ["watch", "w", "Show it again every --interval seconds, in place, until Ctrl-C."],
+    ]
+    optParameters = [
+        ["state", None, None, f"Only slaves in this state: {', '.join(SLAVE_STATES)}."],
+        ["search", None, None, "Only slaves whose hostname, address or uuid holds this text."],
+        ["order", None, "hostname", f"The rows' order: {', '.join(SLAVE_ORDERS)} (the newest first)."],
+        ["interval", None, "2", "Seconds between two looks with --watch."],
+    ]
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        if self["state"] is not None and self["state"] not in SLAVE_STATES:
+            raise usage.UsageError(f"--state must be one of {', '.join(SLAVE_STATES)}")
+        if self["order"] not in SLAVE_ORDERS:
+            raise usage.UsageError(f"--order must be one of {', '.join(SLAVE_ORDERS)}")
+        if self["search"] is not None and not 0 < len(self["search"]) <= MAX_SEARCH_LENGTH:
+            raise usage.UsageError(f"--search must be 1 to {MAX_SEARCH_LENGTH} characters")
+        try:
+            self["interval"] = max(config.seconds(self["interval"]), SHORTEST_WATCH_INTERVAL)
+        except ValueError as e:
+            raise usage.UsageError(f"--interval: {e}") from None
+        if self["json"] and self["watch"]:
+            raise usage.UsageError("--watch shows a screen: it does not go with --json")
 
 
 class DemoOptions(_ShowsText, usage.Options):

@@ -1,9 +1,10 @@
 """
-What C{picluster status} prints: the master in a line or two, then a table
-of its slaves, drawn with C{rich}.
+What C{picluster status} prints: the master in a line or two, a summary of
+its slaves, then a table of the slaves in trouble (or of those asked for),
+drawn with C{rich}.
 
-L{render} is pure: the C{info status} payload, the time and a width go in,
-text comes out.  It draws on a L{rich.console.Console} writing to a string,
+L{render} is pure: the C{info status} payload, the rows to show, the time
+and a width go in, text comes out.  It draws on a L{rich.console.Console} writing to a string,
 with colours only for a terminal, so that a pipe or a test gets plain text
 with the same columns.  Everything shown that a slave reports about itself
 (hostnames, models) is stripped of control characters first: a slave must
@@ -50,9 +51,13 @@ def size(value: Any) -> str:
     raise AssertionError("unreachable")
 
 
-def render(status: Status, now: float, *, width: int | None = None, terminal: bool = False) -> str:
+def render(status: Status, now: float, *, width: int | None = None, terminal: bool = False,
+           rows: list[dict[str, Any]] | None = None) -> str:
     """
     The C{picluster status} text for one C{info status} payload.
+
+    @param rows: The slaves to list (C{--all}, C{--state}, C{--search});
+        C{None}: those in trouble that the summary names.
 
     @param now: The time the payload's times are compared with: the
         master's own C{now} when it gives one, so that a client whose clock
@@ -69,13 +74,27 @@ def render(status: Status, now: float, *, width: int | None = None, terminal: bo
         markup=False, emoji=False, highlight=False, soft_wrap=False,
     )
     master = status.get("master") if isinstance(status.get("master"), dict) else {}
-    slaves = [slave for slave in status.get("slaves") or [] if isinstance(slave, dict)]
+    summary = status.get("summary") if isinstance(status.get("summary"), dict) else None
+    listed = status.get("slaves") if summary is None or rows is not None else summary.get("in_trouble")
+    if rows is not None:
+        listed = rows
+    slaves = [slave for slave in listed or [] if isinstance(slave, dict)]
     console.print(_master_line(master, slaves, now))
     console.print(_tasks_line(status.get("tasks")))
-    if not slaves:
-        console.print("no slaves connected")
+    if summary is None:
+        # A master from before summaries: its list is every slave.
+        rows = slaves
     else:
-        console.print(_slave_table(_ordered(slaves), now, width))
+        for line in _summary_lines(summary):
+            console.print(line)
+    if slaves:
+        console.print(_slave_table(slaves if summary is not None else _ordered(slaves), now, width))
+    elif rows is not None:
+        console.print("no slaves connected" if summary is None else "no slave matches")
+    if rows is None and summary is not None:
+        unnamed = _count(summary, "slaves", "in_trouble") - len(slaves)
+        if unnamed > 0:
+            console.print(f"and {unnamed} more in trouble: picluster status --state trouble")
     return "".join(line.rstrip(" ") + "\n" for line in out.getvalue().splitlines())
 
 
@@ -103,6 +122,35 @@ def _master_line(master: dict[str, Any], slaves: list[dict[str, Any]], now: floa
     noun = "slave" if connected == 1 else "slaves"
     line.append(f": {connected} {noun} connected, {left} left")
     return line
+
+
+def _summary_lines(summary: dict[str, Any]) -> list[Text]:
+    """How busy the slaves are, the hottest, and how many are in each trouble."""
+    slots = summary.get("slots")
+    running = summary.get("running_tasks")
+    line = Text(f"slots: {slots if type(slots) is int else '-'}, "
+                f"{running if type(running) is int else '-'} running")
+    hottest = [entry for entry in summary.get("hottest") or [] if isinstance(entry, dict)]
+    shown = [f"{_name(entry)} {entry['temperature']:.1f}°C" for entry in hottest[:3]
+             if _is_number(entry.get("temperature"))]
+    if shown:
+        line.append("; hottest: " + ", ".join(shown))
+    lines = [line]
+    in_trouble = _count(summary, "slaves", "in_trouble")
+    if in_trouble == 0:
+        lines.append(Text("no slave in trouble", style="green"))
+    else:
+        troubles = summary.get("troubles") if isinstance(summary.get("troubles"), dict) else {}
+        kinds = [f"{count} {_clean(kind)}" for kind, count in troubles.items()
+                 if type(count) is int and count > 0]
+        lines.append(Text(f"in trouble: {in_trouble} ({', '.join(kinds)})", style="bold red"))
+    return lines
+
+
+def _count(summary: dict[str, Any], group: str, name: str) -> int:
+    counts = summary.get(group) if isinstance(summary.get(group), dict) else {}
+    value = counts.get(name)
+    return value if type(value) is int else 0
 
 
 def _tasks_line(counts: Any) -> Text:
@@ -209,10 +257,16 @@ def _state(slave: dict[str, Any], now: float) -> Text:
         left_at = slave.get("left_at")
         return Text(f"left {duration(now - left_at)} ago" if _is_number(left_at) else "left")
     state = Text(_clean(slave.get("state")) or "connected", style="green")
-    # What a Pi owner most needs to see: a supply or cooling problem.
-    for flag, word in (("under_voltage", "under-voltage"), ("throttled", "throttled")):
-        if slave.get(flag) is True:
-            state.append(f", {word}", style="bold red")
+    troubles = slave.get("troubles")
+    if isinstance(troubles, list):
+        words = [_clean(trouble) for trouble in troubles if trouble != "left"]
+    else:
+        # A master from before troubles: what a Pi owner most needs to see,
+        # a supply or cooling problem.
+        words = [word for flag, word in (("under_voltage", "under-voltage"), ("throttled", "throttled"))
+                 if slave.get(flag) is True]
+    for word in words:
+        state.append(f", {word}", style="bold red")
     return state
 
 

@@ -39,6 +39,7 @@ from picluster.wire.errors import (
     RemoteError,
     describe_reason,
 )
+from picluster.wire.messages import MAX_SLAVES_LIMIT
 from picluster.wire.protocol import PiClusterProtocol
 
 __all__ = [
@@ -54,8 +55,14 @@ Record = dict[str, Any]
 log = Logger()
 
 
+#: Pages of slaves L{Client.all_slaves} reads at most: a million slaves.
+MAX_PAGES = 1000
+
+
 def _asked(message_type: str, payload: Any) -> str:
     """A request as a complaint names it: "info status" says more than "info"."""
+    if isinstance(payload, dict) and isinstance(payload.get("question"), str):
+        payload = payload["question"]
     return f"{message_type} {payload}" if isinstance(payload, str) else message_type
 
 
@@ -372,12 +379,17 @@ class Client:
         state: str | None = None,
         limit: int | None = None,
         after: int | None = None,
+        order: str | None = None,
     ) -> defer.Deferred[list[Record]]:
-        """The records matching a query, ordered by id (master's limit: 100 by default)."""
+        """
+        The records matching a query, by id: the oldest first, or with
+        C{order="newest"} the newest first (C{after} then asks for smaller
+        ids).  The master's limit is 100 by default.
+        """
         query: dict[str, Any] = {}
         if ids is not None:
             query["ids"] = list(ids)
-        for name, value in (("state", state), ("limit", limit), ("after", after)):
+        for name, value in (("state", state), ("limit", limit), ("after", after), ("order", order)):
             if value is not None:
                 query[name] = value
         return self._request("tasks", query, "tasks").addCallback(lambda payload: payload["tasks"])
@@ -415,13 +427,43 @@ class Client:
 
         return self._request("cancel", {"id": task_id}, "tasks", perhaps_already).addCallback(first)
 
-    def status(self) -> defer.Deferred[dict[str, Any]]:
+    def status(self, **page: Any) -> defer.Deferred[dict[str, Any]]:
         """
         The cluster at a glance, as C{picluster status} shows it: the
-        master's C{info status} payload, C{{"master": {...}, "slaves":
-        [...], "tasks": {state: count}}}.
+        master's C{info status} payload, C{{"master": {...}, "tasks":
+        {state: count}, "summary": {...}, "slaves": [...], "total",
+        "more", "next"}}, with the first page of slaves.
+
+        @param page: Which page of slaves: C{limit}, C{after}, C{order},
+            C{state}, C{search}, as in an InfoQuery (docs: protocol).
         """
-        return self._request("info", "status", "status")
+        return self._request("info", {"question": "status", **page} if page else "status", "status")
+
+    def slaves(self, **page: Any) -> defer.Deferred[dict[str, Any]]:
+        """
+        One page of slaves, as C{/api/slaves} lists them: C{{"slaves":
+        [...], "total", "more", "next"}}; ask again with C{after=next}
+        while C{more}.  C{page} as for L{status}.
+        """
+        return self._request("info", {"question": "slaves", **page}, "slaves")
+
+    async def all_slaves(self, **page: Any) -> list[dict[str, Any]]:
+        """
+        Every slave the query matches, a page at a time (at most 1,000 to a
+        request).  A master whose pages do not move on is not followed
+        round in circles: that is an L{UnexpectedReply}.
+        """
+        page.setdefault("limit", MAX_SLAVES_LIMIT)
+        found: list[dict[str, Any]] = []
+        for _ in range(MAX_PAGES):
+            listed = await self.slaves(**page)
+            found.extend(listed["slaves"])
+            if not listed["more"] or not listed["next"]:
+                return found
+            if listed["next"] == page.get("after") or not listed["slaves"]:
+                break
+            page["after"] = listed["next"]
+        raise UnexpectedReply("master's pages of slaves do not end")
 
     def wait(
         self, ids: Iterable[int], on_update: Callable[[Record], Any] | None = None

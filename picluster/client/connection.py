@@ -176,6 +176,10 @@ _READABLE: dict[str, Callable[[dict[str, Any]], bool]] = {
     "status": lambda payload: (isinstance(payload.get("master"), dict)
                                and isinstance(payload.get("slaves"), list)
                                and isinstance(payload.get("tasks"), dict)),
+    "slaves": lambda payload: (isinstance(payload.get("slaves"), list)
+                               and all(isinstance(slave, dict) for slave in payload["slaves"])
+                               and isinstance(payload.get("more"), bool)
+                               and isinstance(payload.get("next"), (str, type(None)))),
 }
 
 

@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from picluster import sysinfo
 from picluster.logbudget import LogBudget
+from picluster.master import slavelist
 from picluster.master.admission import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -38,6 +39,11 @@ from picluster.master.history import VitalsHistory
 from picluster.master.nodes import NODES_FILE, NodeBook
 from picluster.master.registry import Departure, SlaveRegistry
 from picluster.master.scheduler import Scheduler
+from picluster.master.slavelist import (
+    SILENT_AFTER_KEEPALIVES,
+    BadSlaveQuery,
+    SlaveQuery,
+)
 from picluster.text import clip
 from picluster.trust.channel import channel_binding, node_proof_holds, proof_holds
 from picluster.trust.cluster import ClusterTrust, TrustError
@@ -65,6 +71,7 @@ from picluster.wire.messages import (
     UNSUPPORTED_VERSION,
     ComputerDetails,
     Hello,
+    InfoQuery,
     Submit,
     TaskRef,
     TaskResult,
@@ -79,6 +86,10 @@ from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProt
 _UUID = re.compile(r"[0-9a-fA-F]{32}")
 
 log = Logger()
+
+#: Bytes of a frame kept for what wraps a reply's records (the envelope,
+#: the counts beside them): the rest of C{--max-frame} is the records'.
+REPLY_OVERHEAD = 4096
 
 
 def new_uuid() -> str:
@@ -219,8 +230,8 @@ class PeerConnection(PeerHandler):
             return
         self.master.keepalives.add(self.protocol)
         self.master.registry.add(self)
-        self.log.info(
-            "Slave connected from {address} as {uuid}", address=self.address, uuid=self.uuid
+        self.master.node_lines.info(
+            "joins", "Slave connected from {address} as {uuid}", address=self.address, uuid=self.uuid
         )
 
     def not_served(self, message_type: str) -> BadMessage:
@@ -286,7 +297,8 @@ class PeerConnection(PeerHandler):
             if role == "client":
                 self.master.registry.remove(self)
                 self.log.info("{peer} is a client", peer=self.describe_peer())
-        return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after))
+        return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after,
+                                   max_frame=self.master.max_frame))
 
     def _proven_hello(self, hello: Hello) -> tuple[str, Welcome]:
         """
@@ -332,10 +344,10 @@ class PeerConnection(PeerHandler):
         self.role = hello.role
         self.serves = SERVED[credential]
         self.master.keepalives.add(self.protocol)
-        self.log.info("{peer} joined with a {credential} token", peer=self.describe_peer(),
-                      credential=credential)
+        self.master.node_lines.info("joins", "{peer} joined with a {credential} token",
+                                    peer=self.describe_peer(), credential=credential)
         return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after,
-                                   node_key=node_key))
+                                   node_key=node_key, max_frame=self.master.max_frame))
 
     def _identify(self, hello: Hello, binding: bytes) -> str | None:
         """
@@ -388,8 +400,8 @@ class PeerConnection(PeerHandler):
         if before is not None and len(before.history) > len(self.history):
             self.history = before.history
         if displaced is None:
-            self.log.info(
-                "Slave at {address} rejoined as {uuid}", address=self.address, uuid=self.uuid
+            self.master.node_lines.info(
+                "rejoins", "Slave at {address} rejoined as {uuid}", address=self.address, uuid=self.uuid
             )
             return None
         self.log.warn(
@@ -403,8 +415,8 @@ class PeerConnection(PeerHandler):
 
     def msg_computer_details(self, details: ComputerDetails) -> None:
         self.computer_details = self.master.shared_texts.details(details)
-        self.log.info(
-            "Slave {uuid} at {address} is {hostname}",
+        self.master.node_lines.info(
+            "descriptions", "Slave {uuid} at {address} is {hostname}",
             uuid=self.uuid, address=self.address, hostname=self.hostname,
         )
 
@@ -413,18 +425,38 @@ class PeerConnection(PeerHandler):
         self.vitals_received_at = now = self.master.clock.seconds()
         self.history.record(now, vitals)
 
-    def msg_info(self, question: str) -> tuple[str, Any]:
+    def msg_info(self, asked: str | InfoQuery) -> tuple[str, Any]:
+        question = asked if isinstance(asked, str) else asked.question
         if self.credential == SLAVE_CREDENTIAL and question not in SLAVE_INFO:
             raise BadMessage(f"not served to a {self.credential}", request=question)
         if question == "computer_details":
             return ("master_info", self.master.computer_details)
         if question == "uuid":
             return ("uuid", self.uuid)
+        # Lists come a page at a time, and a page fits a frame whatever the
+        # cluster's size.  A plain question asks for the first page.
+        query = self._slave_query(asked)
+        room = self.master.max_frame - REPLY_OVERHEAD
         if question == "slave_details":
-            return ("slave_details", [slave.describe() for slave in self.master.registry])
-        if question == "status" and self.master.status_view is not None:
-            return ("status", self.master.status_view())
+            nodes = slavelist.matching(
+                self.master.registry, query, self.master.clock.seconds(),
+                SILENT_AFTER_KEEPALIVES * self.master.keepalive,
+            )
+            page = slavelist.page(nodes, query, PeerConnection.describe, room)
+            return ("slave_details", page["slaves"] if isinstance(asked, str) else page)
+        answer = self.master.cluster_answers.get(question)
+        if answer is not None:
+            return (question, answer(query, room))
         raise BadMessage(UNKNOWN_INFO, request=question, known=list(INFO_QUESTIONS))
+
+    @staticmethod
+    def _slave_query(asked: str | InfoQuery) -> SlaveQuery:
+        if isinstance(asked, str):
+            return SlaveQuery()
+        try:
+            return SlaveQuery(asked.limit, asked.after, asked.order, asked.state, asked.search)
+        except BadSlaveQuery as refusal:
+            raise BadMessage(str(refusal), request=asked.question) from None
 
     def msg_message(self, text: str) -> None:
         self.master.peer_lines.emit(
@@ -481,14 +513,33 @@ class Keepalives:
     a connection is pinged one C{interval} after it joined (less at most a
     tick), and every C{interval} after that.  The timer runs only while
     there are connections to ping.
+
+    A slave pings the master every keepalive too, and anything it sends is
+    a sign of life: a connection heard from within the last C{interval}
+    (L{heard_within}) is not pinged, but for one round in L{RTT_EVERY},
+    which keeps its round trip on the dashboard current.  That halves what
+    an idle slave costs the master (a ping and its pong of the two
+    exchanges), and a peer that never pings is still pinged often enough
+    never to go silent for C{dead_after}.
     """
 
     #: Ticks per interval: a ping comes at most C{interval / SLOTS} early.
     SLOTS = 50
 
-    def __init__(self, clock: Any, interval: float):
+    #: Every this many rounds, every connection is pinged, heard from or not.
+    RTT_EVERY = 6
+
+    def __init__(self, clock: Any, interval: float, dead_after: float | None = None):
         self.clock = clock
         self.interval = interval
+        tick = interval / self.SLOTS
+        # Skipped at a check, a peer that never pings is pinged at the next
+        # one, an interval later: the gap between two things heard from it
+        # is under heard_within + interval + its answer's time (half an
+        # interval, amply), which must stay under dead_after.
+        room = (3 * interval if dead_after is None else dead_after) - 1.5 * interval
+        self.heard_within = max(0.0, min(interval - 1.5 * tick, room))
+        self._rounds = 0
         self._buckets: list[dict[PiClusterProtocol, None]] = [{} for _ in range(self.SLOTS)]
         self._bucket_of: dict[PiClusterProtocol, int] = {}
         # The bucket the next tick pings.
@@ -532,8 +583,12 @@ class Keepalives:
         for _ in range(min(ticks, self.SLOTS)):
             bucket = self._buckets[self._next]
             self._next = (self._next + 1) % self.SLOTS
+            if not self._next:
+                self._rounds += 1
+            # A connection heard from since this is alive, and needs no ping.
+            heard = now - self.heard_within if self._rounds % self.RTT_EVERY else now + 1.0
             for protocol in list(bucket):
-                if protocol.closing:
+                if protocol.closing or protocol.last_received > heard:
                     continue
                 try:
                     protocol.send("ping", now)
@@ -553,12 +608,13 @@ class MasterFactory(PiClusterFactory):
     @ivar connections: Every open connection, slaves and clients alike.
     @ivar keepalives: Pings every open connection each C{keepalive} seconds.
     @ivar computer_details: The master's own machine facts.
-    @ivar status_view: Builds the answer to C{info status} (the whole
-        cluster, as the owning service sees it), or C{None} where no service
-        owns this factory and the question is refused.
+    @ivar cluster_answers: The C{info} questions about the cluster that the
+        owning service answers (C{status}, C{slaves}, C{summary}), each with
+        the page asked for and the bytes the answer may take.  Without a
+        service, none: they are refused.
     """
 
-    status_view: Callable[[], dict[str, Any]] | None = None
+    cluster_answers: dict[str, Callable[[SlaveQuery, int], Any]] = {}
 
     def __init__(
         self,
@@ -585,6 +641,14 @@ class MasterFactory(PiClusterFactory):
             self.log, self.clock, "Left out of the log in the last {seconds:g} s: {kinds}",
             lines=20, interval=60.0,
         )
+        #: Lines about single nodes joining and leaving: one by one while they
+        #: are few; a storm (thousands rejoining a restarted master) is
+        #: counted, not written three lines a slave to an SD card.
+        self.node_lines = LogBudget(
+            self.log, self.clock,
+            "Left out of the log in the last {seconds:g} s: {kinds} (/api/slaves lists every slave)",
+            lines=100, interval=10.0,
+        )
         #: Lines carrying text that peers chose (their messages), likewise.
         self.peer_lines = LogBudget(
             self.log, self.clock, "Left out of the log in the last {seconds:g} s: {kinds}",
@@ -592,16 +656,22 @@ class MasterFactory(PiClusterFactory):
         )
         self.registry = registry
         self.connections: set[PeerConnection] = set()
-        self.keepalives = Keepalives(self.clock, self.keepalive)
+        self.keepalives = Keepalives(self.clock, self.keepalive, self.dead_after)
         self.shared_texts = SharedTexts()
         self.scheduler = scheduler if scheduler is not None else Scheduler(
-            self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - 4096
+            self.clock, overdue_grace=self.dead_after, max_reply=self.max_frame - REPLY_OVERHEAD
         )
         if computer_details is None:
             computer_details = sysinfo.computer_details()
         if not isinstance(computer_details, ComputerDetails):
             computer_details = msgspec.convert(computer_details, ComputerDetails)
         self.computer_details = computer_details
+
+    def stopFactory(self) -> None:
+        """Say what the logs' budgets left out, now rather than after the port is gone."""
+        for budget in (self.node_lines, self.refusals, self.peer_lines):
+            budget.flush()
+        super().stopFactory()
 
     def refused(self, address: str, why: str) -> None:
         """Log a refused handshake from C{address}, within the refusals' budget."""
@@ -647,12 +717,12 @@ class MasterFactory(PiClusterFactory):
             if not slave.refused_at_hello:
                 self.refused(slave.address, f"gone before a proven hello: {failure.value.cause}")
             return
-        self.log.info(
-            "Got disconnection exception with message: {disconnection}",
+        self.node_lines.info(
+            "departures", "Got disconnection exception with message: {disconnection}",
             disconnection=str(failure.value), uuid=slave.uuid, address=slave.address,
         )
-        self.log.info(
-            "Shutting down {role} connection handler for {uuid} at {address}",
+        self.node_lines.info(
+            "departures", "Shutting down {role} connection handler for {uuid} at {address}",
             role=slave.role or "slave", uuid=slave.uuid, address=slave.address,
         )
 

@@ -99,6 +99,10 @@ class Scheduler:
             log, clock, "Left out of the log in the last {seconds:g} s: {kinds}"
                         " (the task database has every task)",
         )
+        #: Lines about slaves offering work, likewise: a rejoining herd is counted.
+        self.worker_log = LogBudget(
+            log, clock, "Left out of the log in the last {seconds:g} s: {kinds}", lines=100,
+        )
         self._ready: defer.Deferred[None] = defer.Deferred()
         self._unavailable: str | None = "the task queue is still loading"
         self._dispatch_call: Any = None
@@ -196,6 +200,7 @@ class Scheduler:
         for task in self.open.values():
             task.cancel_deadline()
         self.task_log.flush()
+        self.worker_log.flush()
         if self.store is None:
             return defer.succeed(None)
         return self.store.close()
@@ -318,8 +323,8 @@ class Scheduler:
         for run in offer.holding:
             if not self._reclaim(worker, run.id, run.attempt):
                 drop.append(run)
-        log.info(
-            "Slave {uuid} ({hostname}) offers {count} tasks on {slots} slots;"
+        self.worker_log.info(
+            "work offers", "Slave {uuid} ({hostname}) offers {count} tasks on {slots} slots;"
             " {held} runs reclaimed, {dropped} dropped",
             uuid=worker.uuid, hostname=worker.hostname, count=len(offers), slots=slots,
             held=len(worker.running), dropped=len(drop),

@@ -19,10 +19,10 @@ from twisted.internet import defer, interfaces
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from picluster.master import views
 from picluster.master.connection import MasterFactory
 from picluster.master.registry import DEFAULT_FORGET_AFTER, SlaveRegistry
 from picluster.master.store import StoreError, TaskStore, check_database
+from picluster.master.views import SlaveList
 from picluster.trust.channel import TLSFactory
 from picluster.trust.cluster import ClusterTrust
 
@@ -90,7 +90,12 @@ class MasterService(service.MultiService):
         self.reactor = reactor
         self.registry = SlaveRegistry(forget_after)
         self.factory = MasterFactory(self.registry, clock=reactor, trust=trust, **settings)
-        self.factory.status_view = lambda: views.status(self)
+        self.slave_list = SlaveList(self)
+        self.factory.cluster_answers = {
+            "status": self.slave_list.status,
+            "slaves": lambda query, room: self.slave_list.page(query, room),
+            "summary": lambda query, room: self.slave_list.summary(),
+        }
         self.scheduler = self.factory.scheduler
         self.scheduler.rejoin_grace = rejoin_grace
         if max_args is not None:

@@ -281,7 +281,9 @@ class TaskStore:
         max_bytes: int | None = None,
     ) -> defer.Deferred[list[dict[str, Any]]]:
         """
-        Task records by id, state, or both, ordered by id.
+        Task records by id, state, or both, ordered by id (the newest first
+        with C{newest_first}; C{after} is then a page's last id, and the
+        records have smaller ones).
 
         With C{max_bytes}, the records stop at the first whose arguments,
         results and errors take the total past it (that one included): a
@@ -547,7 +549,8 @@ def _select_sized(txn: Any, ids: list[int] | None, states: Iterable[str] | None,
         clauses.append(f"state IN ({', '.join('?' * len(states))})")
         params.extend(states)
     if after is not None:
-        clauses.append("id > ?")
+        # Past the previous page, in the list's order.
+        clauses.append("id < ?" if newest_first else "id > ?")
         params.append(after)
     sql = _SELECT
     if clauses:

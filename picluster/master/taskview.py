@@ -113,7 +113,7 @@ class TaskView:
             raise wire.BadMessage(f"unknown state {state!r}", known=list(STATES))
         found = self.book.usable_store().query(
             ids=query.ids, states=None if state is None else (state,), after=query.after,
-            limit=query.limit, max_bytes=self.max_reply,
+            limit=query.limit, newest_first=query.order == "newest", max_bytes=self.max_reply,
         )
         return found.addCallbacks(self.listed, store_failed)
 

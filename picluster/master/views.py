@@ -1,7 +1,8 @@
 """
 What the master shows of the cluster: the JSON shapes of slaves, the master
 itself and tasks, shared by the web API, the dashboard's live events and the
-wire's C{info status}.
+wire's C{info status} (whose pages and summary are
+L{picluster.master.slavelist}'s).
 
 Built only when asked for (a page load, an event tick, a scrape), never per
 message, so a busy master pays nothing for the views nobody is looking at.
@@ -10,10 +11,14 @@ The shapes are documented in docs/monitoring.rst; change them there too.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
 from picluster._version import __version__
+from picluster.master import slavelist
 from picluster.text import clip
 
 if TYPE_CHECKING:
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
     from picluster.master.connection import MasterFactory, PeerConnection
     from picluster.master.registry import Departure, SlaveRegistry
     from picluster.master.scheduler import Scheduler
+    from picluster.master.slavelist import SlaveList
     from picluster.trust.cluster import ClusterTrust
     from picluster.wire.messages import Throttling
 
@@ -48,6 +54,8 @@ class MasterState(Protocol):
     influx: Any
     #: The cluster's CA and secrets; C{None} on a plain master.
     trust: ClusterTrust | None
+    #: The slaves as pages and a summary.
+    slave_list: SlaveList
 
 
 #: Tasks in the dashboard's live list.
@@ -164,16 +172,6 @@ def find_node(master: MasterState, uuid: str) -> Node | None:
     return master.registry.departure(uuid, master.reactor.seconds())
 
 
-def slaves(master: MasterState, history: bool = False) -> list[dict[str, Any]]:
-    shown = []
-    for node in nodes(master):
-        summary = slave_summary(node, master)
-        if history:
-            summary["history"] = node.history.as_dict()
-        shown.append(summary)
-    return shown
-
-
 def master_summary(master: MasterState, facts: bool = True) -> dict[str, Any]:
     """The master itself, its counts, and what crossed its wire."""
     now = master.reactor.seconds()
@@ -219,18 +217,121 @@ def task_brief(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def status(master: MasterState) -> dict[str, Any]:
-    """The C{info status} answer: the cluster at a glance, for C{picluster status}."""
-    shown = master_summary(master)
-    return {"master": shown, "slaves": slaves(master), "tasks": shown["tasks"]}
-
-
 def cluster_event(master: MasterState, latest: list[dict[str, Any]]) -> dict[str, Any]:
-    """One tick of the dashboard's live events."""
+    """
+    One tick of the dashboard's live events: the master, the summary and the
+    latest tasks, the same size for any number of slaves.  The page asks
+    C{/api/slaves} for the rows it shows.
+    """
     shown = master_summary(master, facts=False)
     return {
         "now": shown["now"],
         "master": shown,
-        "slaves": slaves(master),
+        "summary": master.slave_list.summary(),
         "tasks": {"counts": shown["tasks"], "tasks": [task_brief(r) for r in latest]},
     }
+
+
+class SlaveList:
+    """
+    The slaves of a master as pages and a summary, and the C{info status}
+    answer made of them.
+
+    @ivar master: What the lists are read from (the master service).
+    """
+
+    def __init__(self, master: MasterState):
+        self.master = master
+
+    def silent_after(self) -> float:
+        """Seconds without a word after which a connected slave is silent."""
+        return slavelist.SILENT_AFTER_KEEPALIVES * self.master.factory.keepalive
+
+    def nodes(self) -> Iterator[Node]:
+        """Every connected slave, then every one that left and is still remembered."""
+        master = self.master
+        for slave in master.registry:
+            if slave.role == "slave":
+                yield slave
+        yield from master.registry.departures(master.reactor.seconds())
+
+    def page(self, query: slavelist.SlaveQuery, max_bytes: int | None = None,
+             history: bool = False) -> dict[str, Any]:
+        """A page of slaves as C{/api/slaves} lists them (with C{history}, their vitals' rings)."""
+        now = self.master.reactor.seconds()
+
+        def row(node: Node) -> dict[str, Any]:
+            shown = self.summary_row(node)
+            if history:
+                shown["history"] = node.history.as_dict()
+            return shown
+
+        return slavelist.page(slavelist.matching(self.nodes(), query, now, self.silent_after()),
+                              query, row, max_bytes)
+
+    def status(self, query: slavelist.SlaveQuery, max_bytes: int | None = None) -> dict[str, Any]:
+        """
+        The C{info status} answer: the master, its task counts, the summary
+        and a page of slaves (C{max_bytes} is the room for all of it).
+        """
+        master = master_summary(self.master)
+        summary = self.summary()
+        room = None
+        if max_bytes is not None:
+            room = max_bytes - len(msgspec.json.encode([master, summary]))
+        listed = self.page(query, max_bytes=room)
+        return {"master": master, "tasks": master["tasks"], "summary": summary, **listed}
+
+    def summary_row(self, node: Node) -> dict[str, Any]:
+        """A node as C{/api/slaves} lists it, with its troubles."""
+        shown = slave_summary(node, self.master)
+        shown["troubles"] = slavelist.troubles(node, self.master.reactor.seconds(), self.silent_after(),
+                                     shown["cloned"])
+        return shown
+
+    def summary(self) -> dict[str, Any]:
+        """
+        The cluster in numbers and a few names, the same size at 5 nodes or
+        20,000: how many are connected, left, and in each trouble; the
+        hottest; and the first L{slavelist.MAX_TROUBLE_SHOWN} in trouble, worst first.
+        """
+        master = self.master
+        now = master.reactor.seconds()
+        silent_after = self.silent_after()
+        counts = {"connected": 0, "left": 0, "in_trouble": 0}
+        by_trouble = dict.fromkeys(slavelist.TROUBLES, 0)
+        slots = running = 0
+        hottest: list[tuple[float, str, Node]] = []
+        in_trouble: list[tuple[tuple[int, int, str, str], Node]] = []
+        for node in self.nodes():
+            counts["left" if slavelist.has_left(node) else "connected"] += 1
+            found = slavelist.troubles(node, now, silent_after, slavelist.is_cloned(node))
+            for trouble in found:
+                by_trouble[trouble] += 1
+            if found:
+                counts["in_trouble"] += 1
+                worst = min(slavelist.TROUBLES.index(trouble) for trouble in found)
+                rank = (worst, -len(found), node.hostname or slavelist.NO_HOSTNAME, node.uuid)
+                in_trouble.append((rank, node))
+            temperature = slavelist.temperature(node)
+            if temperature is not None and not slavelist.has_left(node):
+                hottest.append((-temperature, node.uuid, node))
+            worker = None if slavelist.has_left(node) else master.scheduler.workers.get(node)
+            if worker is not None:
+                slots += worker.slots
+                running += len(worker.running)
+        return {
+            "now": now,
+            "slaves": counts,
+            "troubles": by_trouble,
+            "slots": slots,
+            "running_tasks": running,
+            "silent_after": silent_after,
+            "hottest": [
+                {"uuid": node.uuid, "hostname": clip(node.hostname), "temperature": -negative}
+                for negative, _, node in heapq.nsmallest(
+                    slavelist.HOTTEST_SHOWN, hottest, key=lambda entry: entry[:2])
+            ],
+            "in_trouble": [self.summary_row(node) for _, node in heapq.nsmallest(
+                slavelist.MAX_TROUBLE_SHOWN, in_trouble, key=lambda entry: entry[0])],
+        }

@@ -47,7 +47,8 @@ class WaitingResults:
     """
     The task_result payloads not yet acknowledged, oldest first, by (id, attempt).
 
-    @ivar max_result_bytes: The largest payload, in bytes of JSON.
+    @ivar max_result_bytes: The largest payload, in bytes of JSON: C{own_max_result}
+        (C{--max-result}), or less where the master takes smaller frames.
     @ivar max_count: How many wait at most.
     @ivar max_bytes: How many bytes of them wait at most.
     @ivar bytes: How many bytes of them wait now.
@@ -55,7 +56,7 @@ class WaitingResults:
 
     def __init__(self, clock: Any, *, max_result_bytes: int = DEFAULT_MAX_RESULT,
                  max_count: int = MAX_WAITING_RESULTS, max_bytes: int = MAX_WAITING_BYTES):
-        self.max_result_bytes = max_result_bytes
+        self.max_result_bytes = self.own_max_result = max_result_bytes
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -99,6 +100,21 @@ class WaitingResults:
         failed = {"id": payload["id"], "attempt": payload["attempt"], "outcome": "failed",
                   "result": None, "error": error}
         return failed, len(wire.encode(failed))
+
+    def fit_frame(self, max_frame: int) -> None:
+        """
+        The master takes frames of C{max_frame} bytes at most (its welcome
+        says so): a result that would not fit fails instead of being sent,
+        since a frame over the master's limit closes the connection, and the
+        result would be sent again, and again closed, on every connection.
+        Results already waiting (for an earlier master) are checked again.
+        """
+        self.max_result_bytes = min(self.own_max_result, max(0, max_frame - RESULT_ENVELOPE_ROOM))
+        for run, (payload, size) in list(self._waiting.items()):
+            if size > self.max_result_bytes:
+                failed, failed_size = self.sendable(payload)
+                self._waiting[run] = (failed, failed_size)
+                self.bytes += failed_size - size
 
     def keep(self, payload: dict[str, Any], size: int) -> None:
         """Keep a sendable payload of C{size} bytes, dropping the oldest past the bounds."""

@@ -25,6 +25,7 @@ from twisted.python.threadpool import ThreadPool
 
 from picluster import wire
 from picluster.logbudget import LogBudget
+from picluster.slave.pool import RECYCLE_AFTER, WorkerPool
 from picluster.slave.results import (
     DEFAULT_MAX_RESULT,
     MAX_WAITING_BYTES,
@@ -88,7 +89,7 @@ class TaskRunner:
     Thread runs cannot be stopped: a thread run that times out or is cancelled
     keeps its pool thread until its function returns, and what it returns is
     discarded.  Reactor runs are stopped by cancelling their Deferred, process
-    runs by killing the child.
+    runs by killing their worker (L{WorkerPool}).
 
     @ivar on_result: Called with each new result payload, on a reactor turn
         after the one that produced it (so an answer to C{run_task} goes out
@@ -111,6 +112,7 @@ class TaskRunner:
         max_waiting_bytes: int = MAX_WAITING_BYTES,
         task_memory: int | None = child.TASK_MEMORY,
         task_cpu: int | None = child.TASK_CPU,
+        recycle_after: int = RECYCLE_AFTER,
         thread_pool: Any = None,
         booted_at: float | None = None,
     ):
@@ -138,8 +140,17 @@ class TaskRunner:
         self._threads: Any = thread_pool
         self._own_threads = thread_pool is None
         self._thread_runs = 0
-        self._child_environment: dict[str, str] | None = None
         self._children: set[child.ChildProcess] = set()
+        # An outcome is its result and a few keys more.
+        max_outcome = max_result_bytes + 4096
+        #: The warm workers process runs run in, one a slot at most.
+        self.workers = WorkerPool(
+            reactor, clock, size=max(slots, 1),
+            argv=child.worker_argv(memory=self.task_memory, cpu=self.task_cpu,
+                                   max_outcome=max_outcome),
+            environment=lambda: child.task_environment(few_arenas=self.task_memory is not None),
+            max_outcome=max_outcome, recycle_after=recycle_after,
+        )
         #: Lines about single runs: one by one only while they are few.
         self.run_log = LogBudget(
             log, clock, "Left out of the log in the last {seconds:g} s: task runs {kinds}"
@@ -248,7 +259,8 @@ class TaskRunner:
         processes = list(self._children)
         for process in processes:
             process.result.cancel()
-        gone = defer.DeferredList([process.gone for process in processes], consumeErrors=True)
+        gone = defer.DeferredList([process.gone for process in processes] + [self.workers.stop()],
+                                  consumeErrors=True)
         return gone.addCallback(lambda _: None)
 
     # -- running ---------------------------------------------------------------
@@ -291,13 +303,8 @@ class TaskRunner:
         return running.addBoth(done)
 
     def _run_in_child(self, task: Task, args: dict[str, Any]) -> defer.Deferred[Any]:
-        request = child.task_request(task, args, memory=self.task_memory, cpu=self.task_cpu)
-        if self._child_environment is None:
-            # Worked out once: it walks sys.path on disk.
-            self._child_environment = child.task_environment(few_arenas=self.task_memory is not None)
-        running = self.run_process(child.TASK_ARGV, stdin=request, env=self._child_environment,
-                                   limit=self.max_result_bytes + 4096)
-        return running.addCallback(child.read_outcome, self.max_result_bytes)
+        request = child.task_request(task, args)
+        return self.workers.run(request).addCallback(child.read_outcome)
 
     def run_process(
         self,

@@ -5,7 +5,8 @@ Each connection runs one session, a Deferred chain (hello and welcome, then
 computer_details, then the master's own facts, then the offer of work, then
 keepalives and vitals until the connection goes), whose errback handles the
 L{DisconnectionException}.  Reconnecting is the factory's job: a
-L{ReconnectingClientFactory} whose delay resets once a welcome arrives.
+L{Backoff} (a L{ReconnectingClientFactory}) whose delay resets once a
+welcome arrives, and depends on how each attempt ended.
 
 Tasks run in the factory's L{TaskRunner}, so they outlive a connection: a
 run that ends while the master is away keeps its result until a later
@@ -20,7 +21,6 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from picluster import sysinfo
 from picluster.address import MasterAddress, dial, hello_for
 from picluster.logbudget import LogBudget
+from picluster.slave.backoff import Backoff
 from picluster.slave.identity import IdentityError, NodeIdentity
 from picluster.text import clip
 from picluster.trust.channel import verify_master
@@ -138,7 +139,7 @@ class SlaveSession(PeerHandler):
                 self.slave.master_log.emit(LogLevel.error, "identities not kept", "Could not keep"
                                            " this node's identity: {problem}; it is this node's"
                                            " until the slave stops", problem=clip(str(e)))
-        self.slave.resetDelay()
+        self.slave.joined()
         self.log.info(
             "{how} master {master} as {uuid}",
             how="Rejoined" if rejoined else "Joined", master=self.slave.master, uuid=uuid,
@@ -146,6 +147,8 @@ class SlaveSession(PeerHandler):
         return welcome
 
     def _introduce(self, welcome: Welcome) -> defer.Deferred[Reply]:
+        if welcome.max_frame is not None and self.slave.runner is not None:
+            self.slave.runner.waiting.fit_frame(welcome.max_frame)
         self._master_keepalive = welcome.keepalive
         if welcome.keepalive < KEEPALIVE_FLOOR:
             self._master_keepalive = KEEPALIVE_FLOOR
@@ -275,6 +278,8 @@ class SlaveSession(PeerHandler):
                 disconnection=str(failure.value),
             )
             return
+        # Not a crowd at the master's door: the next attempt waits longer.
+        self.slave.rebuffed()
         # What went wrong may quote the master: clipped, as is the close's cause.
         problem = clip(failure.getErrorMessage())
         if failure.check(HandshakeError):
@@ -314,22 +319,21 @@ class SlaveSession(PeerHandler):
         self._vitals_loop = None
 
 
-class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
+class SlaveFactory(PiClusterFactory, Backoff):
     """
-    Connects to the master and reconnects, with backoff, whenever it goes.
+    Connects to the master and reconnects, with backoff, whenever it goes
+    (L{Backoff}: how long it waits depends on how the last attempt ended).
 
     What outlives a connection lives here: the uuid the master gave us
     (presented again in every hello), the machine facts, the sampler, and
     the L{TaskRunner} with its runs and unsent results.
     """
 
-    #: Growth of the reconnection delay; gentler than RCF's e.
-    factor = 2.0
-    #: Seconds before the first reconnection attempt, unless told otherwise
-    #: (RCF's C{jitter} then spreads a rejoining herd around it).
-    initialDelay = 1.0
-    #: Longest wait between two attempts, before jitter, unless told otherwise.
-    maxDelay = 60.0
+    #: Seconds within which the first retry after a lost session comes,
+    #: unless told otherwise, and the shortest wait after a failed attempt.
+    initialDelay = Backoff.initialDelay
+    #: Longest wait between two attempts, unless told otherwise.
+    maxDelay = Backoff.maxDelay
 
     def __init__(
         self,
@@ -379,7 +383,11 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
     def check_peer(self, protocol: PiClusterProtocol) -> None:
         """Talk only to a master whose certificate the token's CA signed."""
         assert self.token is not None
-        verify_master(protocol.transport, self.token.fingerprint)
+        try:
+            verify_master(protocol.transport, self.token.fingerprint)
+        except Exception:
+            self.rebuffed()
+            raise
 
     def _run_finished(self, result: dict[str, Any]) -> None:
         """A run ended: tell the master now if connected, else at the next session."""
@@ -392,6 +400,7 @@ class SlaveFactory(PiClusterFactory, ReconnectingClientFactory):
         return self.connection
 
     def startedConnecting(self, connector: Any) -> None:
+        super().startedConnecting(connector)
         self.log.info("Connecting to master {master}", master=self.master)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:

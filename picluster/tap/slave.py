@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from picluster import address, config
 from picluster.slave.identity import IdentityError, NodeIdentity
+from picluster.slave.pool import RECYCLE_AFTER
 from picluster.slave.results import RESULT_ENVELOPE_ROOM
 from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.tasks.child import TASK_CPU, TASK_MEMORY
@@ -73,11 +74,13 @@ class Options(config.Options):
         config.Setting("vitals", config.seconds, 10.0, "Seconds between vitals reports"),
         config.Setting(
             "initial-delay", config.seconds, SlaveFactory.initialDelay,
-            "Seconds before the first reconnection attempt",
+            "Seconds within which the first retry after losing the master comes; the shortest wait"
+            " between attempts",
         ),
         config.Setting(
             "max-delay", config.seconds, SlaveFactory.maxDelay,
-            "Longest wait between reconnection attempts, before jitter",
+            f"Longest wait between reconnection attempts ({SlaveFactory.busyDelay:g} s at most while"
+            " the master turns us away)",
         ),
         config.Setting(
             "slots", config.whole_number(1, 1024), None,
@@ -103,6 +106,11 @@ class Options(config.Options):
         config.Setting(
             "task-cpu", config.whole_number(0, 10**9), TASK_CPU,
             "Seconds of CPU time each process task may use; 0: no limit",
+        ),
+        config.Setting(
+            "workers-recycle-after", config.whole_number(1, 10**6), RECYCLE_AFTER,
+            "Process tasks a warm worker runs before a fresh one replaces it"
+            " (1: a process of its own for every task)",
         ),
         config.Setting(
             "allow-admin", config.boolean, False,
@@ -161,7 +169,8 @@ def makeService(options: Options) -> SlaveService:
         installed_tasks(), slots=slots, clock=reactor, reactor=reactor,
         allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
         max_result_bytes=options["max-result"], task_memory=options["task-memory"],
-        task_cpu=options["task-cpu"], booted_at=psutil.boot_time(),
+        task_cpu=options["task-cpu"], recycle_after=options["workers-recycle-after"],
+        booted_at=psutil.boot_time(),
     )
     token = options["join-token"]
     identity = None

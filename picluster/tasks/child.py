@@ -1,11 +1,12 @@
 """
-Child processes, the slave's side: the commands a slave runs, and the child
-a process task runs in (L{picluster.tasks.childmain}).
+Child processes, the slave's side: the commands a slave runs, and the
+workers process tasks run in (L{picluster.tasks.childmain}).
 
 In its own process a CPU-bound task neither holds the slave's GIL (so
 keepalives keep flowing) nor escapes a timeout: the slave can kill it.
-L{spawn} starts any command (no shell, killable); L{task_request} and
-L{read_outcome} speak to the task child.
+L{spawn} starts any command (no shell, killable); L{task_request},
+L{worker_argv} and L{read_outcome} speak to a task worker, which
+L{picluster.slave.pool} keeps warm.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ SETSID = shutil.which("setsid")
 #: How much of each output stream a command keeps unless told otherwise.
 OUTPUT_LIMIT = 64 * 1024
 
-#: The command a process task runs in.
+#: The command a process task's worker runs (see L{worker_argv}).
 TASK_ARGV = (sys.executable, "-m", "picluster.tasks.childmain")
 
 #: Bytes of address space (RLIMIT_AS) a process task may use unless the
@@ -62,7 +63,52 @@ _CHILD_KINDS = frozenset({"error", "bad_arguments", "not_permitted"})
 # -- the slave's side ----------------------------------------------------------
 
 
-class ChildProcess(ProcessProtocol):
+class Killable(ProcessProtocol):
+    """
+    A child this slave may have to stop: SIGTERM, then SIGKILL after
+    L{KILL_AFTER} seconds, to its whole process group when it leads one.
+    """
+
+    #: Whether the command leads a process group of its own, so that
+    #: stopping it stops what it started too.
+    group_leader = False
+
+    def __init__(self, clock: Any):
+        self.clock = clock
+        #: Whether this slave has begun to stop it (its death is then no crash).
+        self.killed = False
+        self._kill_call: IDelayedCall | None = None
+
+    def kill(self) -> None:
+        """SIGTERM now, SIGKILL in L{KILL_AFTER} seconds unless it has gone."""
+        if self.killed:
+            return
+        self.killed = True
+        self._signal("TERM")
+        self._kill_call = self.clock.callLater(KILL_AFTER, self._signal, "KILL")
+
+    def ended(self) -> None:
+        """Forget the pending SIGKILL: call from C{processEnded}."""
+        if self._kill_call is not None and self._kill_call.active():
+            self._kill_call.cancel()
+
+    def _signal(self, name: str) -> None:
+        pid = getattr(self.transport, "pid", None)
+        if self.group_leader and pid is not None:
+            # The whole group: a command's own children (a script's
+            # subprocesses) must not outlive a timeout either.
+            try:
+                os.killpg(pid, getattr(signal, f"SIG{name}"))
+            except (ProcessLookupError, PermissionError):
+                pass
+            return
+        try:
+            self.transport.signalProcess(name)
+        except error.ProcessExitedAlready:
+            pass
+
+
+class ChildProcess(Killable):
     """
     One command: feeds its stdin, keeps the head of its output, reports its end.
 
@@ -72,20 +118,15 @@ class ChildProcess(ProcessProtocol):
     the process has ended, whatever happened.
     """
 
-    #: Whether the command leads a process group of its own, so that
-    #: stopping it stops what it started too.
-    group_leader = False
-
     def __init__(self, argv: Sequence[str], stdin: bytes | None, limit: int, clock: Any):
+        super().__init__(clock)
         self.argv = list(argv)
         self.stdin = stdin
         self.limit = limit
-        self.clock = clock
         self.output = {1: bytearray(), 2: bytearray()}
         self.truncated = {1: False, 2: False}
-        self.result: defer.Deferred[ProcessResult] = defer.Deferred(self._kill)
+        self.result: defer.Deferred[ProcessResult] = defer.Deferred(lambda _: self.kill())
         self.gone: defer.Deferred[None] = defer.Deferred()
-        self._kill_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         if self.stdin:
@@ -102,15 +143,12 @@ class ChildProcess(ProcessProtocol):
         kept.extend(data[: max(room, 0)])
 
     def processEnded(self, reason: Failure) -> None:
-        if self._kill_call is not None and self._kill_call.active():
-            self._kill_call.cancel()
+        self.ended()
         exit_code, killed_by = reason.value.exitCode, reason.value.signal
         # Once we kill it, result has already failed with CancelledError.
         if not self.result.called:
             if killed_by is not None:
-                self.result.errback(ChildCrashed(
-                    f"{self.argv[0]} was killed by {_signal_name(killed_by)}, not by this slave"
-                ))
+                self.result.errback(crashed(self.argv[0], killed_by))
             else:
                 self.result.callback(ProcessResult(
                     exit_code, bytes(self.output[1]), bytes(self.output[2]),
@@ -118,24 +156,10 @@ class ChildProcess(ProcessProtocol):
                 ))
         self.gone.callback(None)
 
-    def _kill(self, _: defer.Deferred[ProcessResult]) -> None:
-        self._signal("TERM")
-        self._kill_call = self.clock.callLater(KILL_AFTER, self._signal, "KILL")
 
-    def _signal(self, name: str) -> None:
-        pid = getattr(self.transport, "pid", None)
-        if self.group_leader and pid is not None:
-            # The whole group: a command's own children (a script's
-            # subprocesses) must not outlive a timeout either.
-            try:
-                os.killpg(pid, getattr(signal, f"SIG{name}"))
-            except (ProcessLookupError, PermissionError):
-                pass
-            return
-        try:
-            self.transport.signalProcess(name)
-        except error.ProcessExitedAlready:
-            pass
+def crashed(what: str, signal_number: int) -> ChildCrashed:
+    """The failure of a child that a signal this slave did not send ended."""
+    return ChildCrashed(f"{what} was killed by {_signal_name(signal_number)}, not by this slave")
 
 
 def _signal_name(number: int) -> str:
@@ -160,11 +184,22 @@ def spawn(
     @param env: The whole environment (default: the slave's).
     @raise CommandFailed: when there is no such command or it cannot start.
     """
+    process = ChildProcess(argv, stdin, limit, clock)
+    start(reactor, process, argv, env)
+    return process
+
+
+def start(reactor: Any, process: Killable, argv: Sequence[str],
+          env: Mapping[str, str] | None) -> None:
+    """
+    Start C{argv} for C{process}, in a process group of its own where it can be.
+
+    @raise CommandFailed: when there is no such command or it cannot start.
+    """
     environment = dict(os.environ if env is None else env)
     executable = shutil.which(argv[0], path=environment.get("PATH", os.defpath))
     if executable is None:
         raise CommandFailed(f"command not found: {argv[0]}")
-    process = ChildProcess(argv, stdin, limit, clock)
     spawned = list(argv)
     if SETSID is not None:
         # util-linux's setsid makes the command a session (and process group)
@@ -176,23 +211,31 @@ def spawn(
         reactor.spawnProcess(process, SETSID or executable, spawned, env=environment)
     except OSError as e:
         raise CommandFailed(f"cannot run {argv[0]}: {e}") from e
-    return process
 
 
-def task_request(task: Task, args: dict[str, Any], *, memory: int | None = None,
-                 cpu: int | None = None) -> bytes:
-    """
-    What to write to a task child's stdin.
-
-    @param memory: Bytes of address space the child may use; C{None}: no limit.
-    @param cpu: Seconds of CPU time the child may use; C{None}: no limit.
-    """
+def task_request(task: Task, args: dict[str, Any]) -> bytes:
+    """What to send a task worker to run C{task} with C{args}."""
     function = task.function
     reference = f"{function.__module__}:{function.__qualname__}"
     if "<locals>" in reference or function.__module__ == "__main__":
         raise TypeError(f"{task.name}: {reference} cannot be imported by a child process")
-    request = {"function": reference, "args": args, "limits": {"memory": memory, "cpu": cpu}}
-    return json.dumps(request).encode("utf-8")
+    return json.dumps({"function": reference, "args": args}).encode("utf-8")
+
+
+def worker_argv(*, memory: int | None, cpu: int | None, max_outcome: int) -> list[str]:
+    """
+    The command of a task worker.
+
+    @param memory: Bytes of address space the worker may use; C{None}: no limit.
+    @param cpu: Seconds of CPU time each task may use; C{None}: no limit.
+    @param max_outcome: Bytes of JSON in the largest outcome it may send.
+    """
+    argv = [*TASK_ARGV, "--max-outcome", str(max_outcome)]
+    if memory:
+        argv += ["--memory", str(memory)]
+    if cpu:
+        argv += ["--cpu", str(cpu)]
+    return argv
 
 
 def task_environment(*, few_arenas: bool = False) -> dict[str, str]:
@@ -225,20 +268,12 @@ def _within(path: str, top: str) -> bool:
         return False
 
 
-def read_outcome(result: ProcessResult, max_result_bytes: int) -> Any:
+def read_outcome(outcome: Any) -> Any:
     """
-    The result a task child wrote.
+    The result in the outcome a task worker sent.
 
     @raise TaskFailed: with the error it reported, or saying why it reported none.
     """
-    if result.stdout_truncated:
-        raise TaskFailed(error_payload("ResultTooLarge",
-                                f"the result is larger than {max_result_bytes} bytes"))
-    lines = result.stdout.decode("utf-8", errors="replace").strip().splitlines()
-    try:
-        outcome = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        outcome = None
     if isinstance(outcome, dict) and outcome.get("outcome") == "done" and "result" in outcome:
         return outcome["result"]
     if isinstance(outcome, dict) and isinstance(outcome.get("error"), dict):
@@ -251,11 +286,14 @@ def read_outcome(result: ProcessResult, max_result_bytes: int) -> Any:
             kind if kind in _CHILD_KINDS else "error",
             trace[-TRACEBACK_LIMIT:] if isinstance(trace, str) else None,
         ))
-    stderr = result.stderr.decode("utf-8", errors="replace").strip()
-    last = f": {stderr.splitlines()[-1]}" if stderr else ""
-    raise TaskFailed(error_payload(
-        "ChildFailed",
-        f"the task's child exited with {result.exit_code} without an outcome{last}",
-        traceback=stderr[-TRACEBACK_LIMIT:] or None,
-    ))
+    raise TaskFailed(error_payload("ChildFailed", "the task's worker sent no outcome it could read"))
 
+
+def no_outcome(exit_code: int | None, stderr: bytes) -> TaskFailed:
+    """The failure of a task whose worker exited, not by a signal, before its outcome."""
+    text = stderr.decode("utf-8", errors="replace").strip()
+    last = f": {text.splitlines()[-1]}" if text else ""
+    return TaskFailed(error_payload(
+        "ChildFailed", f"the task's child exited with {exit_code} without an outcome{last}",
+        traceback=text[-TRACEBACK_LIMIT:] or None,
+    ))

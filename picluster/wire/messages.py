@@ -80,7 +80,7 @@ MAX_FACTS_BYTES = 4096
 #: The largest payload of a free-text C{message}, in bytes of JSON.
 MAX_MESSAGE_BYTES = 4096
 
-#: The largest payload of a hello, a ping, a pong or an info question.
+#: The largest payload of a hello, a ping or a pong.
 MAX_SMALL_BYTES = 1024
 
 #: Task states, in the order a task goes through them.
@@ -161,7 +161,11 @@ ERROR_KINDS = ("error", "bad_arguments", "not_permitted", "unknown_task", "timeo
                "crashed", "lost")
 
 #: What C{info} may ask.
-INFO_QUESTIONS = ("computer_details", "uuid", "slave_details", "status")
+INFO_QUESTIONS = ("computer_details", "uuid", "slave_details", "status", "slaves", "summary")
+
+#: The largest payload of an info question: a paged one carries a cursor
+#: and a search text.
+MAX_QUESTION_BYTES = 4096
 
 
 def _described(kind: Any, text: str, **limits: Any) -> Any:
@@ -239,6 +243,10 @@ class Welcome(Payload, omit_defaults=True):
     dead_after: _described(float, "seconds of silence after which the master drops a peer", gt=0)
     node_key: _described(
         str | None, "a secure master's new node key for this slave's uuid: keep it with the uuid"
+    ) = None
+    max_frame: _described(
+        int | None, "the largest frame the master takes, in bytes: a slave fails a result that"
+        " would not fit rather than send it", ge=1,
     ) = None
 
 
@@ -382,7 +390,9 @@ class TasksQuery(StrictPayload):
     ids: _described(list[int] | None, "only these tasks", max_length=MAX_LIST_LIMIT) = None
     state: _described(str | None, f"only tasks in this state: one of {', '.join(TASK_STATES)}") = None
     limit: _described(int, "at most this many", ge=1, le=MAX_LIST_LIMIT) = DEFAULT_LIST_LIMIT
-    after: _described(int | None, "only tasks with a greater id: the last id of the previous page") = None
+    after: _described(int | None, "only tasks past this id in the list's order: the last id of the"
+                      " previous page") = None
+    order: _described(Literal["oldest", "newest"], "by id, the oldest first, or the newest first") = "oldest"
 
 
 class TaskList(Payload):
@@ -440,6 +450,46 @@ class TaskResult(Payload):
     result: _described(Any, "what the task returned (done)") = None
     error: _described(TaskError | None, "why it failed (required when failed)") = None
     retry: _described(bool, "asks for another run; only for a crashed one") = False
+
+
+# -- the slaves, a page at a time -----------------------------------------------
+
+#: The sizes of a list of slaves (see L{picluster.master.slavelist}, which
+#: checks them too, for the web API).
+DEFAULT_SLAVES_LIMIT = 100
+MAX_SLAVES_LIMIT = 1000
+MAX_SEARCH_LENGTH = 200
+MAX_CURSOR_LENGTH = 600
+
+#: The orders of a list of slaves, and what it may be narrowed to.
+SLAVE_ORDERS = ("hostname", "newest")
+SLAVE_STATES = ("connected", "left", "trouble")
+
+
+class InfoQuery(StrictPayload):
+    """
+    An C{info} question with the page of slaves it wants (for
+    C{slave_details}, C{slaves} and C{status}; the others ignore it).
+    """
+
+    question: _described(str, f"one of {', '.join(INFO_QUESTIONS)}")
+    limit: _described(int, "slaves on the page, at most", ge=1, le=MAX_SLAVES_LIMIT) = DEFAULT_SLAVES_LIMIT
+    after: _described(str | None, "the next cursor of the previous page", max_length=MAX_CURSOR_LENGTH) = None
+    order: _described(Literal[SLAVE_ORDERS], "connected slaves by hostname, or the newest"
+                      " first; then those that left, in the same order") = "hostname"
+    state: _described(Literal[SLAVE_STATES] | None,
+                      "only these: trouble is the nodes the summary names") = None
+    search: _described(str | None, "only slaves whose hostname, address or uuid holds this, in any case",
+                       max_length=MAX_SEARCH_LENGTH) = None
+
+
+class SlavePage(Payload):
+    """One page of slaves."""
+
+    slaves: _described(list[dict[str, Any]], "the page's slaves, in the order asked for")
+    total: _described(int, "slaves the query matches, on every page")
+    more: _described(bool, "whether there are more: ask again with after set to next")
+    next: _described(str | None, "an opaque cursor for the next page") = None
 
 
 # -- replies -----------------------------------------------------------------
@@ -544,8 +594,13 @@ def _object_type(shape: Any) -> Any:
 
 SlaveDetail = dict[str, Any]
 _THIS_UUID = _described(str, "this connection's uuid")
-_SLAVE_DETAILS = _described(list[SlaveDetail], "one object per slave connection")
+_SLAVE_DETAILS = _described(
+    list[SlaveDetail] | SlavePage,
+    "asked with a plain question: one object per slave connection, as many as a frame holds;"
+    " asked with an InfoQuery: a page of them",
+)
 _STATUS = _described(dict[str, Any], "the cluster at a glance")
+_SUMMARY = _described(dict[str, Any], "the cluster's counts and its nodes in trouble")
 
 MESSAGES: dict[str, Message] = {}
 
@@ -575,21 +630,32 @@ _declare(
             "The slave's machine facts, once a connection.", max_bytes=MAX_FACTS_BYTES),
     Message("vitals", Vitals, (SLAVE,), "The slave's readings, every --vitals seconds.",
             max_bytes=MAX_FACTS_BYTES),
-    Message("info", _described(str, f"one of {', '.join(INFO_QUESTIONS)}"), (SLAVE, CLIENT),
+    Message("info", _described(str | InfoQuery, f"one of {', '.join(INFO_QUESTIONS)}, or an InfoQuery"),
+            (SLAVE, CLIENT),
             "A question about the master or the cluster.  Always answered.",
-            max_bytes=MAX_SMALL_BYTES,
+            max_bytes=MAX_QUESTION_BYTES,
             replies={"master_info": ComputerDetails, "uuid": _THIS_UUID,
-                     "slave_details": _SLAVE_DETAILS, "status": _STATUS}),
+                     "slave_details": _SLAVE_DETAILS, "status": _STATUS, "slaves": SlavePage,
+                     "summary": _SUMMARY}),
     Message("master_info", ComputerDetails, (MASTER,), "The master's own machine facts.",
             reply_only=True),
     Message("uuid", _THIS_UUID, (MASTER,), "The asking connection's uuid.", reply_only=True),
     Message("slave_details", _SLAVE_DETAILS, (MASTER,),
-            "Every slave connection: uuid, address, hostname, connected_at, last_seen, rtt_ms,"
+            "Slave connections: uuid, address, hostname, connected_at, last_seen, rtt_ms,"
             " vitals, vitals_received_at, computer_details, slots, running_tasks.",
             reply_only=True),
     Message("status", _STATUS, (MASTER,),
             "The cluster at a glance, as picluster status shows it: master (as /api/master),"
-            " slaves (as /api/slaves), tasks (counts by state).",
+            " tasks (counts by state), summary (as info summary), and a page of slaves (as"
+            " /api/slaves: slaves, total, more, next).",
+            reply_only=True),
+    Message("slaves", SlavePage, (MASTER,),
+            "A page of slaves, connected and lately left, as /api/slaves lists them.",
+            reply_only=True),
+    Message("summary", _SUMMARY, (MASTER,),
+            "The cluster in counts and a few names, the same size for any number of slaves:"
+            " slaves (connected, left, in_trouble), troubles (count of each), slots,"
+            " running_tasks, hottest, in_trouble (the worst few, as /api/slaves lists them).",
             reply_only=True),
     Message("worker", WorkerOffer, (SLAVE,), "The slave offers to run tasks.",
             replies={"worker_accepted": WorkerAccepted}),

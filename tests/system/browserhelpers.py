@@ -128,6 +128,22 @@ class Dashboard:
     def text(self, selector: str) -> str:
         return self.page.locator(selector).inner_text()
 
+    def fill(self, selector: str, text: str) -> None:
+        self.page.locator(selector).fill(text)
+
+    def choose(self, selector: str, value: str) -> None:
+        self.page.locator(selector).select_option(value)
+
+    def click(self, selector: str) -> None:
+        self.page.locator(selector).click()
+
+    def visible(self, selector: str) -> bool:
+        return self.page.locator(selector).is_visible()
+
+    def json(self, url: str) -> Any:
+        """What C{url} answers, as JSON (without loading it in the page)."""
+        return self.page.request.get(url, timeout=5000).json()
+
     def row_classes(self) -> dict[str, list[str]]:
         """The classes of every slave row, by its C{data-uuid}."""
         return self.page.evaluate(

@@ -11,13 +11,29 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from typing import Any
 
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.processes import Child, Cluster, free_port
+from tests.processes import Child, Cluster, child_env, free_port, wait_until
 from tests.system.browserhelpers import BrowserThread, Dashboard, chromium_path, playwright_missing
+
+#: Simulated slaves for the dashboard at scale: enough that a page built
+#: every row would be slow, few enough for CI's two cores.
+HERD = 2000
+
+#: Connects a second the herd starts with: a storm is the scale
+#: benchmark's subject, not this test's.
+HERD_RATE = 250
+
+#: Seconds the herd may take to join over TLS (some 7 on an idle 2-core
+#: machine; CI's may be busier).
+HERD_JOINS = 120.0
+
+#: Rows the dashboard builds at most (its PAGE_SIZE).
+PAGE_SIZE = 50
 
 #: How a slave's log says which uuid the master gave it.
 JOINED = re.compile(r"Joined master \S+ as ([0-9a-f]{32})")
@@ -107,5 +123,85 @@ class DashboardBrowserTests(unittest.TestCase):
         self.assertTrue(image.startswith(b"\x89PNG\r\n\x1a\n"), "not a PNG")
         self.assertGreater(len(image), 10_000, "the screenshot is suspiciously small")
 
+        errors = yield browser.call(lambda: list(dashboard.page_errors))
+        self.assertEqual(errors, [], "the page raised errors")
+
+
+class DashboardAtScaleTests(unittest.TestCase):
+    """
+    The dashboard of a master with thousands of slaves (a herd of simulated
+    ones, as the scale benchmark's, and one real slave) builds one page of
+    rows, finds a slave by search, filters, pages, and follows the herd
+    going away.
+    """
+
+    timeout = 240
+
+    setUp = DashboardBrowserTests.setUp
+
+    @defer.inlineCallbacks
+    def test_thousandsOfSlaves(self) -> Any:
+        """One page of rows among thousands; search, filter, pages and the trouble tile work."""
+        cluster = Cluster(self)
+        web_port = free_port()
+        # The default keepalive: a herd's TLS handshakes on a busy machine
+        # may take longer than the 3 s of silence that --keepalive 1 allows.
+        cluster.master("master", "--web", f"tcp:{web_port}:interface=127.0.0.1",
+                       "--db", os.path.join(cluster.cwd, "m.db"), "--keepalive", "5")
+        real = cluster.slave("slave-real")
+        real_uuid = yield cluster.wait_until(lambda: joined_uuid(real), "the real slave joined")
+        herd = Child(self, "herd", [
+            sys.executable, "-m", "bench.herd", "--master", f"127.0.0.1:{cluster.port}",
+            "--count", str(HERD), "--rate", str(HERD_RATE), "--token-file", cluster.slave_token_file,
+        ], cwd=cluster.cwd, env=child_env())
+
+        browser = BrowserThread()
+        self.addCleanup(browser.stop)
+        dashboard = yield browser.call(Dashboard, self.chromium)
+        self.addCleanup(browser.call, dashboard.close)
+        url = f"http://127.0.0.1:{web_port}/"
+
+        def connected() -> defer.Deferred[int]:
+            return browser.call(dashboard.json, url + "api/summary").addCallback(
+                lambda summary: summary["slaves"]["connected"])
+
+        yield cluster.wait_until(
+            lambda: browser.call(dashboard.answers, url + "api/master"), "the master's web port")
+        yield wait_until(lambda: connected().addCallback(lambda n: n == HERD + 1),
+                         f"{HERD} simulated slaves and the real one to join",
+                         lambda: cluster.report() + herd.report()[-2000:], timeout=HERD_JOINS)
+        yield browser.call(dashboard.open, url)
+
+        def text_is(selector: str, wanted: str) -> defer.Deferred[bool]:
+            return browser.call(dashboard.text, selector).addCallback(lambda text: text.strip() == wanted)
+
+        yield cluster.wait_until(lambda: text_is("#connected-count", str(HERD + 1)), "the header's count")
+        yield cluster.wait_until(lambda: text_is("#page-range", f"1–{PAGE_SIZE} of 2,001"), "the pager")
+        rows = yield browser.call(dashboard.count, "#slave-rows tr")
+        self.assertEqual(rows, PAGE_SIZE)
+
+        yield browser.call(dashboard.click, "#page-next")
+        yield cluster.wait_until(lambda: text_is("#page-range", "51–100 of 2,001"), "the second page")
+        yield browser.call(dashboard.fill, "#slave-search", real_uuid[:12].upper())
+        yield cluster.wait_until(
+            lambda: browser.call(dashboard.row_classes).addCallback(lambda found: list(found) == [real_uuid]),
+            "the search to show the real slave alone")
+
+        yield browser.call(dashboard.fill, "#slave-search", "")
+        yield browser.call(dashboard.choose, "#slave-state", "left")
+        yield cluster.wait_until(lambda: browser.call(dashboard.visible, "#slaves-none-match"),
+                                 "no slave has left yet")
+
+        herd.signal(signal.SIGKILL)
+        yield herd.wait_for_exit()
+        yield cluster.wait_until(lambda: text_is("#connected-count", "1"), "the herd to be gone")
+        trouble = yield browser.call(dashboard.text, "#trouble-count")
+        self.assertGreater(int(trouble), 0)
+        yield browser.call(dashboard.choose, "#slave-state", "")
+        yield browser.call(dashboard.click, "#trouble-tile")
+        yield cluster.wait_until(
+            lambda: browser.call(dashboard.row_classes).addCallback(
+                lambda found: len(found) == PAGE_SIZE and all("slave-left" in c for c in found.values())),
+            "a page of slaves that left, behind the trouble tile")
         errors = yield browser.call(lambda: list(dashboard.page_errors))
         self.assertEqual(errors, [], "the page raised errors")

@@ -1,5 +1,5 @@
 """
-The dashboard's live channel: Server-Sent Events of the whole cluster.
+The dashboard's live channel: Server-Sent Events of the cluster's summary.
 
 Every few seconds, while anyone is watching, one L{views.cluster_event} is
 built and encoded once, and written to every browser that keeps up.  A

@@ -4,7 +4,8 @@ C{/metrics}, as one twisted.web L{Site} built on the master service.
 
     /                   the dashboard page (static/index.html)
     /static/<file>      its script, style sheet and icon
-    /api/slaves[/uuid]  slaves, connected and lately left
+    /api/slaves[/uuid]  slaves, connected and lately left, a page at a time
+    /api/summary        the cluster's counts and its nodes in trouble
     /api/master         the master and its counts
     /api/tasks[/id]     task counts and the latest tasks
     /api/events         Server-Sent Events for the dashboard
@@ -33,10 +34,12 @@ from twisted.web import pages, resource, server, static
 
 from picluster.master import views
 from picluster.master.metrics import collector_registry
+from picluster.master.slavelist import MAX_HISTORY_LIMIT, BadSlaveQuery, SlaveQuery
 from picluster.master.store import STATES
 from picluster.master.web.events import ClusterEvents
 from picluster.master.web.gate import WebGate
 from picluster.wire.errors import ServiceError
+from picluster.wire.messages import DEFAULT_SLAVES_LIMIT, MAX_SLAVES_LIMIT
 
 if TYPE_CHECKING:
     from picluster.master.views import MasterState
@@ -244,6 +247,7 @@ class DashboardSite(server.Site):
         api.putChild(b"slaves", _Collection(self._slaves, self._slave))
         api.putChild(b"tasks", _Collection(self._tasks, self._task))
         api.putChild(b"master", JSONResource(lambda _: views.master_summary(master)))
+        api.putChild(b"summary", JSONResource(lambda _: master.slave_list.summary()))
         api.putChild(b"events", self.events)
         root = Root({
             b"": _Page(os.path.join(STATIC_DIR, "index.html")),
@@ -279,8 +283,22 @@ class DashboardSite(server.Site):
 
     def _slaves(self, request: server.Request) -> dict[str, Any]:
         history = _argument(request, "history") in ("1", "true", "yes")
-        return {"now": self.master.reactor.seconds(),
-                "slaves": views.slaves(self.master, history=history)}
+        limit_text = _argument(request, "limit")
+        limit = DEFAULT_SLAVES_LIMIT
+        if limit_text is not None:
+            if not _DIGITS.fullmatch(limit_text):
+                raise BadQuery(f"limit must be a whole number from 1 to {MAX_SLAVES_LIMIT}")
+            limit = int(limit_text)
+        if history and limit > MAX_HISTORY_LIMIT:
+            # Each slave's history is some 20 KiB once its rings are full.
+            raise BadQuery(f"limit must be at most {MAX_HISTORY_LIMIT} with history")
+        try:
+            query = SlaveQuery(limit, _argument(request, "after"), _argument(request, "order") or "hostname",
+                               _argument(request, "state"), _argument(request, "search"))
+        except BadSlaveQuery as refusal:
+            raise BadQuery(str(refusal)) from None
+        page = self.master.slave_list.page(query, history=history)
+        return {"now": self.master.reactor.seconds(), **page}
 
     def _slave(self, uuid: str) -> dict[str, Any]:
         node = views.find_node(self.master, uuid.lower())

@@ -1,11 +1,16 @@
 /*
  * The picluster dashboard: one page served by the master itself.
  *
- * It loads /api/master, /api/slaves?history=1 and /api/tasks once, then
- * follows the master's Server-Sent Events (/api/events, event "cluster"),
- * which carry the whole picture every couple of seconds.  Each slave's
- * charts grow client-side from the samples those events carry; after a
- * reconnect the page refetches the master's own history to fill the gap.
+ * It shows the cluster's summary (counts, troubles, the hottest) and one
+ * page of slaves at a time: a cluster of 5,000 builds 50 rows, not 5,000.
+ * It loads /api/master, /api/summary, a page of /api/slaves?history=1 and
+ * /api/tasks, then follows the master's Server-Sent Events (/api/events,
+ * event "cluster"), which carry the master, the summary and the latest
+ * tasks every couple of seconds, the same size for any cluster; after each
+ * it refreshes its page of slaves (one request at a time, never queued).
+ * Each row's charts grow client-side from the samples those refreshes
+ * carry; a new page, a new search, or a reconnect fetches the master's own
+ * history of the rows shown.
  *
  * No framework and no library: the master may run where there is no
  * internet.  All text from the API (hostnames are chosen by the peers) goes
@@ -22,6 +27,10 @@
   const STALE_AFTER = 10;
   /** The longest wait (ms) before a closed event stream is opened again. */
   const MAX_RETRY = 15000;
+  /** Slaves on a page: the rows built at any time. */
+  const PAGE_SIZE = 50;
+  /** Milliseconds of quiet typing before a search is asked for. */
+  const SEARCH_DELAY = 250;
   const TASK_STATES = ["queued", "running", "done", "failed", "cancelled"];
   const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -29,12 +38,24 @@
     /** Server clock minus client clock, in seconds. */
     clockOffset: 0,
     master: null,
-    /** uuid -> {summary, history, row, refs} */
+    /** uuid -> {summary, history, row, refs}, for the rows on the page */
     slaves: new Map(),
+    /** What the page of slaves shows: the API's search, state and order. */
+    view: { search: "", state: "", order: "hostname" },
+    /** The cursor each page starts at (null: the first), up to this one. */
+    pageStarts: [null],
+    /** The next page's cursor, or null when this page is the last. */
+    nextCursor: null,
+    /** Bumped when the view changes: older answers are dropped. */
+    pageGeneration: 0,
+    pageLoading: false,
+    pageStale: false,
+    summary: null,
     tasks: null,
     /** Client time (ms) of the last event, or 0. */
     lastEventAt: 0,
     haveHistory: false,
+    needsHistory: false,
     needsResync: false,
     source: null,
     retryDelay: 1000,
@@ -493,8 +514,148 @@
       if (record.row !== expected) body.insertBefore(record.row, expected);
       else expected = expected.nextElementSibling;
     }
-    $("slaves-empty").hidden = state.slaves.size > 0;
-    $("slaves").hidden = state.slaves.size === 0;
+  }
+
+  // ------------------------------------------------------- pages of slaves
+
+  const filtered = () => Boolean(state.view.search || state.view.state);
+
+  function pageURL(withHistory) {
+    const query = new URLSearchParams({ limit: String(PAGE_SIZE), order: state.view.order });
+    if (state.view.search) query.set("search", state.view.search);
+    if (state.view.state) query.set("state", state.view.state);
+    const start = state.pageStarts[state.pageStarts.length - 1];
+    if (start !== null) query.set("after", start);
+    if (withHistory) query.set("history", "1");
+    return `/api/slaves?${query}`;
+  }
+
+  /**
+   * Fetch the page shown and bring its rows in line; with history when the
+   * rows are new to the page (their charts start from the master's).  One
+   * request at a time: a refresh asked for meanwhile runs once it is done.
+   */
+  async function loadPage(withHistory) {
+    if (state.pageLoading && !withHistory) {
+      state.pageStale = true;
+      return;
+    }
+    const generation = state.pageGeneration;
+    state.pageLoading = true;
+    try {
+      const data = await fetchJSON(pageURL(withHistory));
+      if (generation !== state.pageGeneration) return;
+      noteServerTime(data.now);
+      const slaves = Array.isArray(data.slaves) ? data.slaves : [];
+      if (!slaves.length && state.pageStarts.length > 1) {
+        // The slaves of this page are gone: back to the first.
+        state.pageStarts = [null];
+        state.pageStale = true;
+        state.needsHistory = true;
+        return;
+      }
+      applySlaves(slaves, withHistory);
+      state.nextCursor = data.more && typeof data.next === "string" ? data.next : null;
+      renderPager(isNumber(data.total) ? data.total : slaves.length, slaves.length);
+      state.haveHistory = state.haveHistory || withHistory;
+    } finally {
+      if (generation === state.pageGeneration) state.pageLoading = false;
+      if (state.pageStale && !state.pageLoading) {
+        state.pageStale = false;
+        const history = Boolean(state.needsHistory);
+        state.needsHistory = false;
+        loadPage(history).catch(() => {});
+      }
+    }
+  }
+
+  function renderPager(total, shown) {
+    const first = (state.pageStarts.length - 1) * PAGE_SIZE;
+    setText($("page-range"), total === 0 ? "none" :
+      `${(first + 1).toLocaleString()}–${(first + shown).toLocaleString()} of ${total.toLocaleString()}`);
+    $("page-previous").disabled = state.pageStarts.length <= 1;
+    $("page-next").disabled = state.nextCursor === null;
+    const none = total === 0;
+    $("slaves").hidden = none;
+    $("slaves-empty").hidden = !(none && !filtered());
+    $("slaves-none-match").hidden = !(none && filtered());
+  }
+
+  /** Show another page, or the first page of another view. */
+  function turnTo(starts) {
+    state.pageStarts = starts;
+    state.pageGeneration += 1;
+    state.pageLoading = false;
+    state.pageStale = false;
+    loadPage(true).catch(() => {
+      state.needsResync = true;
+    });
+  }
+
+  function setView(changes) {
+    Object.assign(state.view, changes);
+    $("slave-search").value = state.view.search;
+    $("slave-state").value = state.view.state;
+    $("slave-order").value = state.view.order;
+    turnTo([null]);
+  }
+
+  function wireTools() {
+    let typing = null;
+    $("slave-tools").addEventListener("submit", (event) => event.preventDefault());
+    $("slave-search").addEventListener("input", (event) => {
+      clearTimeout(typing);
+      const text = event.target.value.trim().slice(0, 200);
+      typing = setTimeout(() => {
+        if (text !== state.view.search) setView({ search: text });
+      }, SEARCH_DELAY);
+    });
+    $("slave-state").addEventListener("change", (event) => setView({ state: event.target.value }));
+    $("slave-order").addEventListener("change", (event) => setView({ order: event.target.value }));
+    $("page-next").addEventListener("click", () => {
+      if (state.nextCursor !== null) turnTo([...state.pageStarts, state.nextCursor]);
+    });
+    $("page-previous").addEventListener("click", () => {
+      if (state.pageStarts.length > 1) turnTo(state.pageStarts.slice(0, -1));
+    });
+    $("trouble-tile").addEventListener("click", () => setView({ state: "trouble", search: "" }));
+  }
+
+  // ---------------------------------------------------------------- summary
+
+  /** The counts in the masthead, and a line of troubles and the hottest. */
+  function applySummary(summary) {
+    if (!summary || typeof summary !== "object") return;
+    state.summary = summary;
+    const counts = summary.slaves || {};
+    const troubled = isNumber(counts.in_trouble) ? counts.in_trouble : 0;
+    setText($("trouble-count"), isNumber(counts.in_trouble) ? counts.in_trouble : "–");
+    $("trouble-tile").classList.toggle("has-trouble", troubled > 0);
+    $("trouble-tile").title = troubled ? "Show the slaves in trouble" : "No slave is in trouble";
+    const notes = $("cluster-notes");
+    const parts = [];
+    const kinds = Object.entries(summary.troubles || {})
+      .filter(([, n]) => isNumber(n) && n > 0)
+      .map(([kind, n]) => `${n.toLocaleString()} ${kind}`);
+    if (kinds.length) parts.push(el("span", "trouble", kinds.join(" · ")));
+    if (isNumber(summary.slots) && summary.slots > 0) {
+      parts.push(el("span", "", `${(summary.running_tasks || 0).toLocaleString()} of ${
+        summary.slots.toLocaleString()} slots busy`));
+    }
+    const hottest = (Array.isArray(summary.hottest) ? summary.hottest : [])
+      .filter((node) => node && isNumber(node.temperature)).slice(0, 3)
+      .map((node) => `${node.hostname || String(node.uuid).slice(0, 8)} ${formatTemperature(node.temperature)}`);
+    if (hottest.length) parts.push(el("span", "", `hottest: ${hottest.join(", ")}`));
+    const key = parts.map((part) => part.textContent).join("|");
+    if (notes.dataset.key !== key) {
+      notes.dataset.key = key;
+      const joined = [];
+      parts.forEach((part, i) => {
+        if (i) joined.push(document.createTextNode(" · "));
+        joined.push(part);
+      });
+      notes.replaceChildren(...joined);
+    }
   }
 
   // ----------------------------------------------------------------- master
@@ -633,19 +794,14 @@
     return response.json();
   }
 
-  async function loadSlaves() {
-    const data = await fetchJSON("/api/slaves?history=1");
-    noteServerTime(data.now);
-    applySlaves(Array.isArray(data.slaves) ? data.slaves : [], true);
-    state.haveHistory = true;
-  }
-
   async function loadAll() {
-    const [master, , tasks] = await Promise.allSettled([
+    const [master, , tasks, summary] = await Promise.allSettled([
       fetchJSON("/api/master"),
-      loadSlaves(),
+      loadPage(true),
       fetchJSON("/api/tasks?limit=10"),
+      fetchJSON("/api/summary"),
     ]);
+    if (summary.status === "fulfilled") applySummary(summary.value);
     if (master.status === "fulfilled") {
       noteServerTime(master.value.now);
       applyMaster(master.value);
@@ -660,15 +816,16 @@
     state.lastEventAt = Date.now();
     noteServerTime(data.now);
     applyMaster(data.master);
-    if (Array.isArray(data.slaves)) applySlaves(data.slaves, false);
+    applySummary(data.summary);
     applyTasks(data.tasks);
     renderLive();
+    loadPage(false).catch(() => {
+      state.needsResync = true;
+    });
   }
 
   function resync() {
-    loadSlaves().catch(() => {
-      state.needsResync = true;
-    });
+    turnTo(state.pageStarts);
   }
 
   /**
@@ -708,6 +865,7 @@
   }
 
   async function start() {
+    wireTools();
     await loadAll();
     connect();
     setInterval(tick, 1000);
