@@ -27,9 +27,15 @@ from twisted.internet import tcp
 _DIRECT = (tcp.Server, tcp.Client)
 
 
+#: What L{write} reads of such a transport: Twisted's own bookkeeping of
+#: what it has queued.  Should a Twisted release keep it elsewhere, nothing
+#: is written directly, and every byte goes through C{transport.write}.
+_QUEUE_FIELDS = ("_tempDataLen", "dataBuffer", "offset", "socket", "TLS")
+
+
 def writes_directly(transport: Any) -> bool:
     """Whether L{write} may send to C{transport}'s socket itself."""
-    return type(transport) in _DIRECT
+    return type(transport) in _DIRECT and all(hasattr(transport, name) for name in _QUEUE_FIELDS)
 
 
 def writer(transport: Any) -> Callable[[bytes], None] | None:

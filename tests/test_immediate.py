@@ -46,6 +46,12 @@ class DirectWriteTests(unittest.TestCase):
                                            protocol.Protocol())
         self.assertFalse(immediate.writes_directly(wrapper))
 
+    def test_otherTwisted(self) -> None:
+        """A Twisted that keeps its queue under other names is written to only through the transport."""
+        del self.transport._tempDataLen
+        self.assertFalse(immediate.writes_directly(self.transport))
+        self.assertIsNone(immediate.writer(self.transport))
+
     def test_writer(self) -> None:
         """The writer of a TCP connection writes directly; other transports have none."""
         immediate.writer(self.transport)(b"frame")

@@ -214,7 +214,10 @@ class BoundedTLSTransport(BufferingTLSTransport):
         # What the protocol wrote while handling this read (its answers,
         # gathered here) leaves now, in one write: waiting for the
         # reactor's next turn gains nothing and costs a round trip that turn.
-        self._aggregator.flush()
+        # (A Twisted without the aggregator sends them as it always did.)
+        aggregator = getattr(self, "_aggregator", None)
+        if aggregator is not None:
+            aggregator.flush()
 
 
 class TLSFactory(TLSMemoryBIOFactory):
