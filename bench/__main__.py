@@ -39,7 +39,14 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
                         " (and, for all, the summary and plots); default: %(default)s")
     parser.add_argument("--keep", action="store_true",
                         help="keep the children's folders and logs for a look afterwards")
-    return parser.parse_args(argv)
+    parser.add_argument("--max-slaves", type=int, default=None, metavar="N",
+                        help="scale: hold at most N simulated slaves on one master (its steps and"
+                        " its rejoin), for a machine that cannot run 20,000 in reasonable time;"
+                        " the record notes it")
+    options = parser.parse_args(argv)
+    if options.max_slaves is not None and options.max_slaves < 1:
+        parser.error("--max-slaves must be at least 1")
+    return options
 
 
 def run_one(name: str, options: argparse.Namespace) -> Report:

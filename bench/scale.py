@@ -556,7 +556,17 @@ def _histogram(values: list[float]) -> list[int]:
 
 
 def run(report: Report, options: Any) -> None:
-    sizes = SIZES[bool(options.quick)]
+    sizes = dict(SIZES[bool(options.quick)])
+    most = getattr(options, "max_slaves", None)
+    if most is not None:
+        capped = tuple(count for count in sizes["counts"] if count <= most) or (most,)
+        if capped != sizes["counts"] or sizes["rejoin"] > most:
+            report.note(f"--max-slaves {most:,}: steps {', '.join(f'{c:,}' for c in capped)}"
+                        f" (not {', '.join(f'{c:,}' for c in sizes['counts'])}), and"
+                        f" {min(sizes['rejoin'], most):,} slaves through the master's SIGKILL")
+        sizes.update(counts=capped, rejoin=min(sizes["rejoin"], most),
+                     storm=sizes["storm"] and min(sizes["storm"], most),
+                     threaded=tuple(c for c in sizes["threaded"] if c <= most) or capped[:1])
     limit = raise_file_limit(2 * max(sizes["counts"]) + 1024)
     report.figure("open_file_limit", limit)
     counts = fitting(sizes["counts"], limit)

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import sys
+from typing import Any
 
 from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
@@ -33,7 +34,7 @@ class QuickRunTests(unittest.TestCase):
     timeout = 240
 
     @defer.inlineCallbacks
-    def run_benchmark(self, name: str) -> defer.Deferred[None]:
+    def run_benchmark(self, name: str, *arguments: str) -> defer.Deferred[Any]:
         needed = _NEEDS.get(name)
         if needed and importlib.util.find_spec(needed) is None:
             raise unittest.SkipTest(
@@ -42,7 +43,7 @@ class QuickRunTests(unittest.TestCase):
             )
         out = temp_dir(self)
         output, errors, status = yield utils.getProcessOutputAndValue(
-            sys.executable, ["-m", "bench", name, "--quick", "--out", out],
+            sys.executable, ["-m", "bench", name, "--quick", "--out", out, *arguments],
             env=child_env(), path=REPO_ROOT, reactor=reactor,
         )
         text = output.decode("utf-8", "replace")
@@ -60,6 +61,7 @@ class QuickRunTests(unittest.TestCase):
             self.assertGreater(ratio["value"], 0, f"{ratio['key']}\n{report}")
             self.assertIn(ratio["key"], lines[-1])
             self.assertIn(ratio["met"], (True, False))
+        return record
 
     def test_ingest(self) -> defer.Deferred[None]:
         return self.run_benchmark("ingest")
@@ -69,6 +71,14 @@ class QuickRunTests(unittest.TestCase):
 
     def test_scale(self) -> defer.Deferred[None]:
         return self.run_benchmark("scale")
+
+    @defer.inlineCallbacks
+    def test_scaleCapped(self) -> Any:
+        """--max-slaves caps the scale benchmark's steps and rejoin, and its record says so."""
+        record = yield self.run_benchmark("scale", "--max-slaves", "60")
+        self.assertEqual(record["figures"]["counts"], [50])
+        self.assertTrue(any(note.startswith("--max-slaves 60: steps 50 (not 50, 100)")
+                            for note in record["notes"]), record["notes"])
 
     def test_tasks(self) -> defer.Deferred[None]:
         return self.run_benchmark("tasks")
