@@ -57,7 +57,11 @@ class KillMidwayTests(unittest.TestCase):
         db = os.path.join(cluster.cwd, "tasks.db")
         master_args = ("--db", db, "--rejoin-grace", "3", "--dead-after", "3")
         master = cluster.master("master", *master_args)
-        slaves = [cluster.slave(f"slave-{n}", "--slots", "2", "--dead-after", "3") for n in range(3)]
+        # A fresh worker process for every task: a warm worker counts the
+        # primes of a range in milliseconds, and the kills below need tasks
+        # still running when they strike.
+        slaves = [cluster.slave(f"slave-{n}", "--slots", "2", "--dead-after", "3",
+                                "--workers-recycle-after", "1") for n in range(3)]
         yield cluster.wait_for_slaves("three slaves", lambda found: len(found) == 3)
 
         args_file = os.path.join(cluster.cwd, "ranges.jsonl")
