@@ -39,11 +39,7 @@ from picluster.master.history import VitalsHistory
 from picluster.master.nodes import NODES_FILE, NodeBook
 from picluster.master.registry import Departure, SlaveRegistry
 from picluster.master.scheduler import Scheduler
-from picluster.master.slavelist import (
-    SILENT_AFTER_KEEPALIVES,
-    BadSlaveQuery,
-    SlaveQuery,
-)
+from picluster.master.slavelist import BadSlaveQuery, SlaveQuery
 from picluster.text import clip
 from picluster.trust.channel import channel_binding, node_proof_holds, proof_holds
 from picluster.trust.cluster import ClusterTrust, TrustError
@@ -440,7 +436,7 @@ class PeerConnection(PeerHandler):
         if question == "slave_details":
             nodes = slavelist.matching(
                 self.master.registry, query, self.master.clock.seconds(),
-                SILENT_AFTER_KEEPALIVES * self.master.keepalive,
+                slavelist.silent_after(self.master.keepalive),
             )
             page = slavelist.page(nodes, query, PeerConnection.describe, room)
             return ("slave_details", page["slaves"] if isinstance(asked, str) else page)

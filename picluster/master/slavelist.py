@@ -57,6 +57,11 @@ HOT_CELSIUS = 80.0
 #: well before the master gives up on it (its C{dead_after}).
 SILENT_AFTER_KEEPALIVES = 2.0
 
+def silent_after(keepalive: float) -> float:
+    """Seconds without a word after which a slave is silent, to a master pinging every C{keepalive}."""
+    return SILENT_AFTER_KEEPALIVES * keepalive
+
+
 #: Why a node is in trouble, worst first: the order a summary lists them in.
 TROUBLES = ("left", "silent", "under-voltage", "throttled", "hot", "cloned")
 

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from picluster.master.connection import MasterFactory, PeerConnection
     from picluster.master.registry import Departure, SlaveRegistry
     from picluster.master.scheduler import Scheduler
-    from picluster.master.slavelist import SlaveList
     from picluster.trust.cluster import ClusterTrust
     from picluster.wire.messages import Throttling
 
@@ -156,13 +155,12 @@ def slave_detail(node: Node, master: MasterState) -> dict[str, Any]:
     return shown
 
 
-def nodes(master: MasterState) -> list[Node]:
-    """Connected slaves by hostname, then those that left, most recent first."""
-    connected = sorted(
-        (slave for slave in master.registry if slave.role == "slave"),
-        key=lambda slave: (slave.hostname or "\uffff", slave.address),
-    )
-    return [*connected, *master.registry.departures(master.reactor.seconds())]
+def nodes(master: MasterState) -> Iterator[Node]:
+    """Every connected slave, then every one that left and is still remembered."""
+    for slave in master.registry:
+        if slave.role == "slave":
+            yield slave
+    yield from master.registry.departures(master.reactor.seconds())
 
 
 def find_node(master: MasterState, uuid: str) -> Node | None:
@@ -245,15 +243,7 @@ class SlaveList:
 
     def silent_after(self) -> float:
         """Seconds without a word after which a connected slave is silent."""
-        return slavelist.SILENT_AFTER_KEEPALIVES * self.master.factory.keepalive
-
-    def nodes(self) -> Iterator[Node]:
-        """Every connected slave, then every one that left and is still remembered."""
-        master = self.master
-        for slave in master.registry:
-            if slave.role == "slave":
-                yield slave
-        yield from master.registry.departures(master.reactor.seconds())
+        return slavelist.silent_after(self.master.factory.keepalive)
 
     def page(self, query: slavelist.SlaveQuery, max_bytes: int | None = None,
              history: bool = False) -> dict[str, Any]:
@@ -266,7 +256,7 @@ class SlaveList:
                 shown["history"] = node.history.as_dict()
             return shown
 
-        return slavelist.page(slavelist.matching(self.nodes(), query, now, self.silent_after()),
+        return slavelist.page(slavelist.matching(nodes(self.master), query, now, self.silent_after()),
                               query, row, max_bytes)
 
     def status(self, query: slavelist.SlaveQuery, max_bytes: int | None = None) -> dict[str, Any]:
@@ -303,7 +293,7 @@ class SlaveList:
         slots = running = 0
         hottest: list[tuple[float, str, Node]] = []
         in_trouble: list[tuple[tuple[int, int, str, str], Node]] = []
-        for node in self.nodes():
+        for node in nodes(master):
             counts["left" if slavelist.has_left(node) else "connected"] += 1
             found = slavelist.troubles(node, now, silent_after, slavelist.is_cloned(node))
             for trouble in found:

@@ -91,6 +91,16 @@ def _argument(request: server.Request, name: str) -> str | None:
         raise BadQuery(f"{name} is not valid UTF-8") from None
 
 
+def _limit(request: server.Request, default: int, most: int) -> int:
+    """The C{limit} argument: a whole number from 1 to C{most}, or C{default}."""
+    text = _argument(request, "limit")
+    if text is None:
+        return default
+    if not _DIGITS.fullmatch(text) or not 1 <= int(text) <= most:
+        raise BadQuery(f"limit must be a whole number from 1 to {most}")
+    return int(text)
+
+
 class JSONResource(resource.Resource):
     """
     A leaf answering GET with the JSON that L{answer} returns, or a Deferred
@@ -283,12 +293,7 @@ class DashboardSite(server.Site):
 
     def _slaves(self, request: server.Request) -> dict[str, Any]:
         history = _argument(request, "history") in ("1", "true", "yes")
-        limit_text = _argument(request, "limit")
-        limit = DEFAULT_SLAVES_LIMIT
-        if limit_text is not None:
-            if not _DIGITS.fullmatch(limit_text):
-                raise BadQuery(f"limit must be a whole number from 1 to {MAX_SLAVES_LIMIT}")
-            limit = int(limit_text)
+        limit = _limit(request, DEFAULT_SLAVES_LIMIT, MAX_SLAVES_LIMIT)
         if history and limit > MAX_HISTORY_LIMIT:
             # Each slave's history is some 20 KiB once its rings are full.
             raise BadQuery(f"limit must be at most {MAX_HISTORY_LIMIT} with history")
@@ -307,12 +312,7 @@ class DashboardSite(server.Site):
         return views.slave_detail(node, self.master)
 
     def _tasks(self, request: server.Request) -> defer.Deferred[dict[str, Any]]:
-        limit_text = _argument(request, "limit")
-        limit = DEFAULT_TASKS
-        if limit_text is not None:
-            if not _DIGITS.fullmatch(limit_text) or not 1 <= int(limit_text) <= MAX_TASKS:
-                raise BadQuery(f"limit must be a whole number from 1 to {MAX_TASKS}")
-            limit = int(limit_text)
+        limit = _limit(request, DEFAULT_TASKS, MAX_TASKS)
         state = _argument(request, "state")
         if state is not None and state not in STATES:
             raise BadQuery(f"state must be one of {', '.join(STATES)}")
