@@ -56,9 +56,6 @@ def render(status: Status, now: float, *, width: int | None = None, terminal: bo
     """
     The C{picluster status} text for one C{info status} payload.
 
-    @param rows: The slaves to list (C{--all}, C{--state}, C{--search});
-        C{None}: those in trouble that the summary names.
-
     @param now: The time the payload's times are compared with: the
         master's own C{now} when it gives one, so that a client whose clock
         is off still reads "seen 2s ago".
@@ -66,6 +63,8 @@ def render(status: Status, now: float, *, width: int | None = None, terminal: bo
         out and long names fold to fit.  C{None}: as wide as it takes.
     @param terminal: Whether the text goes to a terminal: only then are
         styles (bold headers, dimmed departed slaves) written as escapes.
+    @param rows: The slaves to list (C{--all}, C{--state}, C{--search});
+        C{None}: those in trouble that the summary names.
     """
     out = StringIO()
     console = Console(
@@ -75,23 +74,21 @@ def render(status: Status, now: float, *, width: int | None = None, terminal: bo
     )
     master = status.get("master") if isinstance(status.get("master"), dict) else {}
     summary = status.get("summary") if isinstance(status.get("summary"), dict) else None
-    listed = status.get("slaves") if summary is None or rows is not None else summary.get("in_trouble")
-    if rows is not None:
-        listed = rows
+    if rows is None and summary is None:
+        # A master from before summaries: its list is every slave.
+        rows = status.get("slaves") if isinstance(status.get("slaves"), list) else []
+    listed = rows if rows is not None else summary.get("in_trouble")  # type: ignore[union-attr]
     slaves = [slave for slave in listed or [] if isinstance(slave, dict)]
     console.print(_master_line(master, slaves, now))
     console.print(_tasks_line(status.get("tasks")))
-    if summary is None:
-        # A master from before summaries: its list is every slave.
-        rows = slaves
-    else:
+    if summary is not None:
         for line in _summary_lines(summary):
             console.print(line)
     if slaves:
         console.print(_slave_table(slaves if summary is not None else _ordered(slaves), now, width))
     elif rows is not None:
         console.print("no slaves connected" if summary is None else "no slave matches")
-    if rows is None and summary is not None:
+    if rows is None:
         unnamed = _count(summary, "slaves", "in_trouble") - len(slaves)
         if unnamed > 0:
             console.print(f"and {unnamed} more in trouble: picluster status --state trouble")
