@@ -182,6 +182,9 @@ class Herds:
     def cpu_seconds(self) -> float:
         return sum(child.cpu_seconds() for child in self.children)
 
+    def busy_seconds(self) -> float:
+        return sum(child.busy_seconds() for child in self.children)
+
     def signal(self, number: int) -> None:
         for child in self.children:
             child.signal(number)
@@ -334,11 +337,11 @@ def grow(report: Report, procs: Processes, kind: str, counts: tuple[int, ...],
                    report=server.report)
         quiet(server, settle)
         memory = rss(server)
-        server_cpu, herd_cpu = server.cpu_seconds(), herds.cpu_seconds()
+        server_cpu, herd_cpu = server.busy_seconds(), herds.busy_seconds()
         if window:
             time.sleep(window)
-            server_cpu = (server.cpu_seconds() - server_cpu) / window
-            herd_cpu = (herds.cpu_seconds() - herd_cpu) / window
+            server_cpu = (server.busy_seconds() - server_cpu) / window
+            herd_cpu = (herds.busy_seconds() - herd_cpu) / window
         else:
             server_cpu = herd_cpu = None
         held = holding()

@@ -31,11 +31,14 @@ from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from picluster import immediate
 from picluster.trust.pki import MASTER_NAME, fingerprint
+
+log = Logger()
 
 #: The exporter label (RFC 5705 / RFC 8446): names what the secret is for.
 EXPORTER_LABEL = b"EXPORTER-picluster-hello"
@@ -176,18 +179,81 @@ RECEIVE_CHUNK = 4096
 #: Bytes taken from OpenSSL's send buffer at a time, as Twisted takes them.
 SEND_CHUNK = 2**15
 
+#: Bytes a connection gathers before it hands them to OpenSSL anyway, as
+#: Twisted's own TLS transport does (its C{_AggregateSmallWrites}).
+GATHER_BYTES = 64_000
 
-class BoundedTLSTransport(BufferingTLSTransport):
+
+class BoundedTLSTransport(TLSMemoryBIOProtocol):
     """
     Twisted's TLS transport, fed at most L{RECEIVE_CHUNK} bytes at a time,
-    whose answers to a read leave at its end.
+    whose small writes are gathered into one TLS record.
 
-    A read from the socket may bring 64 KiB at once (a slave's burst of
-    vitals after it joins), and OpenSSL's memory BIO keeps a buffer that
-    size afterwards, idle or not: some 80 KiB a connection on a master of
-    thousands of slaves (the scale benchmark).  Fed in pieces, it never
-    holds more than a piece and a part-read record.
+    B{Reads in pieces.}  A read from the socket may bring 64 KiB at once (a
+    slave's burst of vitals after it joins), and OpenSSL's memory BIO keeps
+    a buffer that size afterwards, idle or not: some 80 KiB a connection on
+    a master of thousands of slaves (the scale benchmark).  Fed in pieces,
+    it never holds more than a piece and a part-read record.
+
+    B{Writes gathered.}  Encrypting costs per record, so small writes wait
+    to leave together, as in Twisted's C{BufferingTLSTransport}; but where
+    that schedules a reactor call per connection with something to send,
+    here the answers to a read leave at the read's end (waiting for the
+    reactor's next turn would gain nothing), and what is written outside a
+    read (a keepalive round's pings, tasks handed out) waits for one call
+    of the factory's that sends for every connection
+    (L{TLSFactory.send_soon}).  An idle master answering thousands of
+    pings makes no timer for them at all.
     """
+
+    factory: TLSFactory
+
+    #: What the protocol wrote that OpenSSL has not yet been given, or C{None}.
+    _gathered: list[bytes] | None = None
+    _gathered_bytes = 0
+    #: Whether a read is being handled: its end sends what it gathered.
+    _reading = False
+
+    def write(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            if isinstance(data, str):
+                raise TypeError("Must write bytes")
+            data = bytes(data)
+        gathered = self._gathered
+        if gathered is None:
+            if self.disconnecting and self._producer is None:
+                return
+            self._gathered = gathered = []
+            if not self._reading:
+                self.factory.send_soon(self)
+        gathered.append(data)
+        self._gathered_bytes += len(data)
+        if self._gathered_bytes > GATHER_BYTES:
+            self.send_gathered()
+
+    def writeSequence(self, sequence: Any) -> None:
+        self.write(b"".join(sequence))
+
+    def send_gathered(self) -> None:
+        """Hand what was gathered to OpenSSL, and what it makes to the socket."""
+        gathered = self._gathered
+        if gathered is None:
+            return
+        self._gathered = None
+        self._gathered_bytes = 0
+        TLSMemoryBIOProtocol.write(self, gathered[0] if len(gathered) == 1 else b"".join(gathered))
+
+    def loseConnection(self) -> None:
+        self.send_gathered()
+        super().loseConnection()
+
+    def abortConnection(self) -> None:
+        self._gathered = None
+        super().abortConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._gathered = None
+        super().connectionLost(reason)
 
     def _flushSendBIO(self) -> None:
         # What OpenSSL has to send goes to a plain TCP socket at once when
@@ -203,27 +269,35 @@ class BoundedTLSTransport(BufferingTLSTransport):
             self.transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
-        if len(data) <= RECEIVE_CHUNK:
-            super().dataReceived(data)
-        else:
-            view = memoryview(data)
-            for start in range(0, len(data), RECEIVE_CHUNK):
-                if self._lostTLSConnection:
-                    return
-                super().dataReceived(bytes(view[start:start + RECEIVE_CHUNK]))
-        # What the protocol wrote while handling this read (its answers,
-        # gathered here) leaves now, in one write: waiting for the
-        # reactor's next turn gains nothing and costs a round trip that turn.
-        # (A Twisted without the aggregator sends them as it always did.)
-        aggregator = getattr(self, "_aggregator", None)
-        if aggregator is not None:
-            aggregator.flush()
+        self._reading = True
+        try:
+            if len(data) <= RECEIVE_CHUNK:
+                super().dataReceived(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), RECEIVE_CHUNK):
+                    if self._lostTLSConnection:
+                        break
+                    super().dataReceived(bytes(view[start:start + RECEIVE_CHUNK]))
+        finally:
+            self._reading = False
+        # What the protocol wrote while handling this read (its answers)
+        # leaves now, in one record.
+        self.send_gathered()
 
 
 class TLSFactory(TLSMemoryBIOFactory):
-    """Twisted's TLS around a picluster factory, on a L{BoundedTLSTransport}."""
+    """
+    Twisted's TLS around a picluster factory, on a L{BoundedTLSTransport};
+    it sends, once a reactor turn, what its connections wrote outside a read.
+    """
 
     protocol = BoundedTLSTransport
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._sending: dict[BoundedTLSTransport, None] = {}
+        self._send_call: Any = None
 
     def buildProtocol(self, addr: Any) -> BoundedTLSTransport | None:
         # The wrapped factory may turn a connection away (its caps): then
@@ -232,3 +306,19 @@ class TLSFactory(TLSMemoryBIOFactory):
         if wrapped is None:
             return None
         return self.protocol(self, wrapped)
+
+    def send_soon(self, transport: BoundedTLSTransport) -> None:
+        """Send what C{transport} gathers on the reactor's next turn, with every other's."""
+        self._sending[transport] = None
+        if self._send_call is None:
+            self._send_call = self._clock.callLater(0, self._send_all)
+
+    def _send_all(self) -> None:
+        self._send_call = None
+        sending, self._sending = self._sending, {}
+        for transport in sending:
+            try:
+                transport.send_gathered()
+            except Exception:
+                # One connection's trouble is its own: the rest still send.
+                log.failure("Sending on {peer} failed", peer=transport.getPeer())
