@@ -84,6 +84,10 @@ class RecordingHandler(PeerHandler):
     def msg_pair(self, payload: Any) -> list[Any]:
         return ["paired", payload]
 
+    def msg_then(self, payload: Any) -> tuple[str, Any]:
+        self.protocol.after_answers(lambda: self.protocol.send("later", payload))
+        return ("now", payload)
+
 
 class RecordingFactory(PiClusterFactory):
     def make_handler(self, protocol: Any) -> RecordingHandler:
@@ -570,11 +574,8 @@ class DispatchTests(ProtocolTestCase):
 
 
 
-class WritesTests(ProtocolTestCase):
-    """
-    The frames sent while one read is handled leave in one write, in order,
-    and no later than the transport needs them to pause a slow reader.
-    """
+class CountedWritesTestCase(ProtocolTestCase):
+    """A protocol whose transport's writes are counted, in C{self.writes}."""
 
     def setUp(self) -> None:
         super().setUp()
@@ -586,6 +587,13 @@ class WritesTests(ProtocolTestCase):
             write(data)
 
         self.transport.write = counted  # type: ignore[method-assign]
+
+
+class WritesTests(CountedWritesTestCase):
+    """
+    The frames sent while one read is handled leave in one write, in order,
+    and no later than the transport needs them to pause a slow reader.
+    """
 
     def test_oneWritePerRead(self) -> None:
         """The replies to the frames of one read are written at once, in one write, in order."""
@@ -629,6 +637,39 @@ class WritesTests(ProtocolTestCase):
         self.protocol.close("gone", abort=True)
         self.feed(frame({"type": "ping", "payload": 1}))
         self.assertEqual(len(self.writes), 2)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class AfterAnswersTests(CountedWritesTestCase):
+    """What waits for a read's answers is sent after them, in their write."""
+
+    def test_afterTheAnswers(self) -> None:
+        """What a handler leaves for after the answers follows every answer of the read, in one write."""
+        self.feed(frame({"type": "then", "payload": 1, "id": 1})
+                  + frame({"type": "ping", "payload": 2, "id": 2}))
+        self.assertEqual(len(self.writes), 1)
+        self.assertEqual([(m["type"], m["payload"]) for m in sent(self.transport)],
+                         [("now", 1), ("pong", 2), ("later", 1)])
+
+    def test_notInARead(self) -> None:
+        """Outside a read nothing is taken, and nothing called."""
+        called: list[int] = []
+        self.assertFalse(self.protocol.after_answers(lambda: called.append(1)))
+        self.feed(frame({"type": "ping", "payload": 2, "id": 2}))
+        self.assertEqual(called, [])
+
+    def test_failureIsLogged(self) -> None:
+        """A call that fails is logged; the others still run and the answers still leave."""
+        def broken() -> None:
+            raise ZeroDivisionError("after answers")
+
+        def handler(payload: Any) -> None:
+            self.protocol.after_answers(broken)
+            self.protocol.after_answers(lambda: self.protocol.send("later", payload))
+
+        self.handler.msg_store = handler  # type: ignore[method-assign]
+        self.feed(frame({"type": "store", "payload": 3}) + frame({"type": "ping", "payload": 4, "id": 4}))
+        self.assertEqual([m["type"] for m in sent(self.transport)], ["pong", "later"])
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
 
 

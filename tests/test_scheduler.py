@@ -12,7 +12,8 @@ from twisted.trial import unittest
 from picluster.master.scheduler import Scheduler
 from picluster.master.store import StoreError, TaskStore
 from picluster.wire.errors import ServiceError
-from tests.taskhelpers import FakeClient, FakeSlave, SynchronousPool, task_master
+from tests.helpers import frame, sent
+from tests.taskhelpers import FakeClient, FakeSlave, Peer, SynchronousPool, task_master
 
 PRIMES = {"name": "primes", "args": {"start": 0, "stop": 100}}
 
@@ -215,6 +216,38 @@ class DispatchTests(Cluster):
         self.assertEqual(self.client.record(2)["attempts"], 0)
         slave.finish(first["payload"], 25)
         self.assertEqual([(r["id"], r["attempt"]) for r in slave.runs()], [(2, 1), (3, 1)])
+
+
+    def test_resultRefillsItsSlaveAtOnce(self) -> None:
+        """A result's freed slot gets the next task in the write that answers it, not a turn later."""
+        slave = FakeSlave(self.master, self.clock, slots=2)
+        self.submit(count=3)
+        first, _ = slave.runs()
+        slave.protocol.dataReceived(frame({"type": "task_result", "id": 7, "payload": {
+            "id": first["id"], "attempt": 1, "outcome": "done", "result": 25}}))
+        answered = {m["type"]: m for m in sent(slave.transport)}
+        self.assertEqual(sorted(answered), ["ack", "run_task"])
+        self.assertEqual(answered["ack"]["reply_to"], 7)
+        self.assertEqual(answered["run_task"]["payload"]["id"], 3)
+
+    def test_refillLeavesADueDispatchToChoose(self) -> None:
+        """While a dispatch is due, a result's slot waits for it: the least loaded slave still goes first."""
+        one = FakeSlave(self.master, self.clock, slots=2)
+        self.submit(count=4)
+        first, _ = one.runs()
+        two = Peer(self.master, self.clock, "10.0.0.3")
+        two.request("hello", {"version": 1, "uuid": None})
+        two.request("computer_details", {"hostname": "pi-two", "ram": 1024, "cpu_cores": 4})
+        # Its offer and the first slave's result, in one turn.
+        two.protocol.dataReceived(frame({"type": "worker", "id": 8, "payload": {
+            "tasks": ["primes"], "refused": {}, "slots": 2, "tags": [], "holding": []}}))
+        one.protocol.dataReceived(frame({"type": "task_result", "id": 9, "payload": {
+            "id": first["id"], "attempt": 1, "outcome": "done", "result": 25}}))
+        self.assertEqual([m["type"] for m in sent(one.transport)], ["ack"])
+        self.clock.advance(0)
+        self.assertEqual([m["payload"]["id"] for m in sent(two.transport) if m["type"] == "run_task"],
+                         [3])
+        self.assertEqual([run["id"] for run in one.runs()], [4])
 
 
 class ResultTests(Cluster):

@@ -512,6 +512,49 @@ class HostileMasterTests(unittest.TestCase):
         self.assertLess(written, (lines + 1) * 2048)
 
 
+class ResultReportTests(unittest.TestCase):
+    """A run's result goes to the master as soon as the answer to its run_task."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.held: defer.Deferred[Any] = defer.Deferred()
+        runner = TaskRunner(TaskCatalog([Task("echo", lambda **args: args, "reactor"),
+                                         Task("hold", lambda: self.held, "reactor")]),
+                            slots=2, clock=self.clock, reactor=self.clock)
+        self.slave = slave_factory(self.clock, keepalive=5, vitals_interval=3600, runner=runner)
+        self.protocol, self.transport = connect(self.slave, host="10.0.0.1", port=12345)
+        answers = {"hello": ("welcome", {"uuid": "ab" * 16, "keepalive": 5, "dead_after": 3600}),
+                   "computer_details": ("ack", None), "info": ("master_info", {"hostname": "m"}),
+                   "worker": ("worker_accepted", {"drop": []})}
+        for _ in range(4):
+            for request in sent(self.transport):
+                if request["type"] in answers:
+                    reply_type, payload = answers[request["type"]]
+                    self.protocol.dataReceived(frame({"type": reply_type, "payload": payload,
+                                                      "reply_to": request["id"]}))
+        self.clock.advance(0)
+        sent(self.transport)
+
+    def test_endedAtOnceInTheSameWrite(self) -> None:
+        """A run that ends at once reports in the read's write, after the answer to its run_task."""
+        self.protocol.dataReceived(frame({"type": "run_task", "id": 5, "payload": {
+            "id": 1, "attempt": 1, "name": "echo", "args": {"n": 1}}}))
+        [answer, result] = sent(self.transport)
+        self.assertEqual((answer["type"], answer["reply_to"]), ("ack", 5))
+        self.assertEqual((result["type"], result["payload"]["result"]), ("task_result", {"n": 1}))
+
+    def test_endedLaterOnTheNextTurn(self) -> None:
+        """A run that ends outside a read reports on the reactor's next turn."""
+        self.protocol.dataReceived(frame({"type": "run_task", "id": 5, "payload": {
+            "id": 1, "attempt": 1, "name": "hold"}}))
+        self.assertEqual([m["type"] for m in sent(self.transport)], ["ack"])
+        self.held.callback(7)
+        self.assertEqual(sent(self.transport), [])
+        self.clock.advance(0)
+        [result] = sent(self.transport)
+        self.assertEqual((result["type"], result["payload"]["result"]), ("task_result", 7))
+
+
 class DroppedResultTests(unittest.TestCase):
     """
     A result the slave drops unacknowledged is not lost to the master: it

@@ -213,6 +213,58 @@ class GroupCommitTests(unittest.TestCase):
         self.failureResultOf(self.store.query(), StoreError)
 
 
+class CommitIntervalTests(unittest.TestCase):
+    """A store with a commit interval starts a transaction at most that often."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.pool = SynchronousPool()
+        self.store = self.successResultOf(
+            TaskStore.open(":memory:", self.clock, pool=self.pool, commit_interval=0.005))
+
+    def test_firstWriteAtOnce(self) -> None:
+        """An idle store starts a transaction at once: nothing waits for the interval."""
+        before = self.pool.interactions
+        stored = self.successResultOf(self.store.submit([spec()], 1.0))
+        self.assertEqual(self.pool.interactions - before, 1)
+        self.assertEqual(len(stored), 1)
+
+    def test_changesWithinTheIntervalShareATransaction(self) -> None:
+        """What comes within the interval of the last transaction goes in one, once it is over."""
+        (first,) = self.successResultOf(self.store.submit([spec()], 1.0))
+        before = self.pool.interactions
+        saved = self.store.save(dict(first[0], state="running", attempts=1))
+        submitted = self.store.submit([spec(), spec()], 2.0)
+        self.store.write(dict(first[0], state="done", attempts=1))
+        self.assertNoResult(saved)
+        self.assertNoResult(submitted)
+        self.assertEqual(self.pool.interactions, before)
+        self.clock.advance(0.005)
+        self.assertEqual(self.pool.interactions - before, 1)
+        self.successResultOf(saved)
+        self.assertEqual([record["id"] for record, _ in self.successResultOf(submitted)], [2, 3])
+        (state,) = self.pool.connection.execute(
+            "SELECT state FROM tasks WHERE id = ?", (first[0]["id"],)).fetchone()
+        self.assertEqual(state, "done")
+
+    def test_laterWriteAtOnce(self) -> None:
+        """A change made once the interval has passed is written at once."""
+        self.successResultOf(self.store.submit([spec()], 1.0))
+        self.clock.advance(0.01)
+        before = self.pool.interactions
+        self.successResultOf(self.store.submit([spec()], 2.0))
+        self.assertEqual(self.pool.interactions - before, 1)
+
+    def test_closeDoesNotWait(self) -> None:
+        """Closing writes what waits for the interval at once, and leaves no timer behind."""
+        (stored,) = self.successResultOf(self.store.submit([spec()], 1.0))
+        self.store.save(dict(stored[0], state="cancelled"))
+        self.successResultOf(self.store.close())
+        (state,) = self.pool.connection.execute("SELECT state FROM tasks").fetchone()
+        self.assertEqual(state, "cancelled")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class CheckDatabaseTests(unittest.TestCase):
     def test_createsASchema(self) -> None:
         """A new file gets the schema and its version."""

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from picluster.master.connection import MasterFactory
 from picluster.master.registry import DEFAULT_FORGET_AFTER, SlaveRegistry
-from picluster.master.store import StoreError, TaskStore, check_database
+from picluster.master.store import COMMIT_INTERVAL, StoreError, TaskStore, check_database
 from picluster.master.views import SlaveList
 from picluster.trust.channel import TLSFactory
 from picluster.trust.cluster import ClusterTrust
@@ -171,7 +171,7 @@ class MasterService(service.MultiService):
                 lambda port: self.site.gate.listening_on(port.getHost().host), lambda _: None
             )
         self._queue_loaded: defer.Deferred[None] = defer.Deferred()
-        opened = TaskStore.open(self.db, self.reactor)
+        opened = TaskStore.open(self.db, self.reactor, commit_interval=COMMIT_INTERVAL)
         opened.addCallbacks(self._store_opened, self.scheduler.failed_to_start)
         opened.addErrback(lambda failure: log.failure("Loading the task queue failed", failure))
         opened.addBoth(lambda _: self._queue_loaded.callback(None))

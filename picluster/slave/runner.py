@@ -91,10 +91,14 @@ class TaskRunner:
     discarded.  Reactor runs are stopped by cancelling their Deferred, process
     runs by killing their worker (L{WorkerPool}).
 
-    @ivar on_result: Called with each new result payload, on a reactor turn
-        after the one that produced it (so an answer to C{run_task} goes out
-        before the result of a run that ended at once), unless the result was
-        acknowledged or cancelled meanwhile.
+    @ivar on_result: Called with each new result payload once the message
+        that produced it is answered (through L{soon}: so an answer to
+        C{run_task} goes out before the result of a run that ended at once),
+        unless the result was acknowledged or cancelled meanwhile.
+    @ivar soon: Calls what it is given once the message being handled is
+        answered; by default on the reactor's next turn.  The slave gives a
+        sooner moment when it has one: the end of the read from its master,
+        whose answers then leave in one write with the result.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class TaskRunner:
                                       max_count=max(max_waiting_results, slots),
                                       max_bytes=max_waiting_bytes)
         self.on_result: Callable[[dict[str, Any]], Any] | None = None
+        self.soon: Callable[[Callable[[], Any]], Any] = lambda call: clock.callLater(0, call)
         self._clock = clock
         self._reactor = reactor
         self._running: dict[int, _Run] = {}
@@ -367,7 +372,7 @@ class TaskRunner:
         if outcome is None:
             return
         self.waiting.keep(payload, size)
-        self._clock.callLater(0, self._notify, payload)
+        self.soon(lambda: self._notify(payload))
 
     def _notify(self, payload: dict[str, Any]) -> None:
         run = (payload["id"], payload["attempt"])

@@ -17,6 +17,7 @@ runs.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
@@ -360,6 +361,7 @@ class SlaveFactory(PiClusterFactory, Backoff):
         self.tags = tags
         if runner is not None:
             runner.on_result = self._run_finished
+            runner.soon = self._after_answers
         self.master = master
         self.vitals_interval = vitals_interval
         self.initialDelay = self.delay = initial_delay
@@ -394,6 +396,17 @@ class SlaveFactory(PiClusterFactory, Backoff):
         connection = self.connection
         if connection is not None and isinstance(getattr(connection, "handler", None), SlaveSession):
             connection.handler.report_result(result)
+
+    def _after_answers(self, call: Callable[[], Any]) -> None:
+        """
+        Call C{call} once the master's messages now being read are answered:
+        a run that ended at once reports its result in the same write as the
+        answer to its C{run_task}, not two reactor turns later.  Outside a
+        read, on the reactor's next turn.
+        """
+        connection = self.connection
+        if connection is None or not connection.after_answers(call):
+            self.clock.callLater(0, call)
 
     def buildProtocol(self, addr: Any) -> PiClusterProtocol:
         self.connection = super().buildProtocol(addr)

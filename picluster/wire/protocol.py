@@ -13,6 +13,7 @@ with a message lives in its handler, never here.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -134,6 +135,9 @@ class PiClusterProtocol(FrameReceiver):
     #: end (or sooner, past L{OUTBOX_BYTES}) in one write.
     _outbox: list[bytes] | None = None
     _outbox_bytes = 0
+    #: While a read is handled: what waits for its messages to be answered
+    #: (L{after_answers}).
+    _after_answers: list[Callable[[], Any]] | None = None
     #: Writes a batch of frames at once, not on the reactor's next turn,
     #: where the transport allows it (L{immediate.writer}).
     _write_now: Any = None
@@ -308,8 +312,34 @@ class PiClusterProtocol(FrameReceiver):
         try:
             super().dataReceived(data)
         finally:
+            if self._after_answers:
+                self._run_after_answers()
             self._flush_outbox()
             self._outbox = None
+
+    def after_answers(self, call: Callable[[], Any]) -> bool:
+        """
+        Call C{call} once the messages of the read being handled are
+        answered, before those answers leave: what it sends leaves in their
+        write, after them, rather than a reactor turn or two later.  C{False}
+        (and nothing called) when no read is being handled.
+        """
+        if self._outbox is None:
+            return False
+        if self._after_answers is None:
+            self._after_answers = []
+        self._after_answers.append(call)
+        return True
+
+    def _run_after_answers(self) -> None:
+        waiting = self._after_answers
+        while waiting:
+            call = waiting.pop(0)
+            try:
+                call()
+            except Exception:
+                self.factory.failures.failure("Error after answering {peer}", Failure(),
+                                              **self.handler.log_fields())
 
     def frameIncomplete(self, new: bool) -> None:
         if new or self._frame_since is None:
