@@ -11,7 +11,8 @@ computer_details, the master's own facts, and one vitals report (or
 C{--vitals N}: enough to fill the dashboard's ring), so that the master
 holds the whole of its per-node state (facts, latest vitals, the vitals
 ring); then keepalive pings at the master's pace
-(as C{min(ours, the welcome's)}, as the real slave), and a pong for every
+(as C{min(ours, the welcome's)}, as the real slave, and as it, none while
+the master was heard from within the keepalive), and a pong for every
 ping of the master's.  When the master goes, each reconnects through its
 own L{Backoff} with the real slave's policy (the delays of
 L{picluster.slave.SlaveFactory}: spread after a session, short while the
@@ -110,6 +111,8 @@ class SimSlave(Int32StringReceiver):
     welcomed = False
     settled = False
     gone = False
+    #: When the master last said anything (the herd's clock, monotonic).
+    heard_at = 0.0
 
     def connectionMade(self) -> None:
         herd = self.factory.herd
@@ -131,6 +134,7 @@ class SimSlave(Int32StringReceiver):
         self.sendString(frame("hello", hello, HELLO))
 
     def stringReceived(self, data: bytes) -> None:
+        self.heard_at = time.monotonic()
         if data.startswith(PING):
             self.sendString(PONG + data[len(PING):])
             self.factory.herd.counts["pongs_sent"] += 1
@@ -330,6 +334,8 @@ class Herd:
         due = int(self._ping_share)
         self._ping_share -= due
         ping = PING + repr(time.time()).encode() + b"}"
+        # As a real slave, spare a master heard from within the keepalive.
+        heard_after = time.monotonic() - self.keepalive
         at = self._ping_at
         sent = 0
         for _ in range(due):
@@ -343,8 +349,9 @@ class Herd:
                 pinged[at] = pinged[-1]
                 pinged.pop()
                 continue
-            connection.sendString(ping)
-            sent += 1
+            if connection.heard_at < heard_after:
+                connection.sendString(ping)
+                sent += 1
             at += 1
         self._ping_at = at
         self.count("pings_sent", sent)

@@ -19,7 +19,17 @@ from picluster.master.connection import SHARED_TEXT, Keepalives, SharedTexts
 from picluster.master.service import DEFAULT_BACKLOG, with_default_backlog
 from picluster.wire.messages import ComputerDetails, Vitals
 
-from .helpers import MASTER_FACTS, SLAVE_FACTS, VITALS, connect, frame, master_factory, sent
+from .helpers import (
+    MASTER_FACTS,
+    SLAVE_FACTS,
+    VITALS,
+    connect,
+    connect_pair,
+    frame,
+    master_factory,
+    sent,
+    slave_factory,
+)
 
 UUID_A = "0123456789abcdef0123456789abcdef"
 
@@ -356,6 +366,43 @@ class KeepaliveTests(MasterTestCase):
         # The first round's, and one round in RTT_EVERY after it; a pong for each of its pings.
         self.assertEqual(to_talking.count("ping"), 2)
         self.assertEqual(to_talking.count("pong"), rounds)
+
+    def test_quietLinkOneExchangeAnInterval(self) -> None:
+        """
+        A real slave and the master, both quiet, settle on one ping and its
+        pong a keepalive between them (each spares a peer it has heard
+        from), not one from each side; neither goes silent to the other,
+        and the master keeps the link's round trip.
+        """
+        slave = slave_factory(self.clock, keepalive=5, vitals_interval=3600)
+        self.clock.advance(0.37)  # the slave's timer off the master's ticks, as they fall
+        slave_side, master_side, pump = connect_pair(self.factory, slave, self.clock)
+        heard: dict[str, list[str]] = {"slave": [], "master": []}
+        for side, name in ((slave_side, "slave"), (master_side, "master")):
+            receive = side.frameReceived
+
+            def counting(data: bytes, receive: Any = receive, name: str = name) -> None:
+                heard[name].append(json.loads(data)["type"])
+                receive(data)
+
+            side.frameReceived = counting  # type: ignore[method-assign]
+        for _ in range(round(30 / self.tick)):  # joining, then settling
+            self.clock.advance(self.tick)
+            pump.flush()
+        heard["slave"].clear()
+        heard["master"].clear()
+        master_side.rtt_ms = None
+        intervals = 12
+        for _ in range(round(intervals * 5 / self.tick)):
+            self.clock.advance(self.tick)
+            pump.flush()
+        pings = heard["slave"].count("ping") + heard["master"].count("ping")
+        pongs = heard["slave"].count("pong") + heard["master"].count("pong")
+        self.assertEqual(pings, pongs)
+        self.assertTrue(intervals - 1 <= pings <= intervals + 1, heard)
+        self.assertEqual(set(heard["slave"] + heard["master"]), {"ping", "pong"})
+        self.assertFalse(slave_side.closing or master_side.closing)
+        self.assertIsNotNone(master_side.rtt_ms)
 
     def test_skipKeepsWithinDeadAfter(self) -> None:
         """

@@ -1215,6 +1215,17 @@ class LivenessTests(ProtocolTestCase):
         self.clock.advance(5)
         self.assertEqual(sent(self.transport), [{"type": "ping", "payload": 5.0}, {"type": "ping", "payload": 10.0}])
 
+    def test_pingSparedAfterPeerSpoke(self) -> None:
+        """A peer heard from within the interval is not pinged: it lives, and knows we do."""
+        self.protocol.start_keepalive(5)
+        self.clock.advance(3)
+        self.feed(frame({"type": "ping", "payload": 1.0}))
+        self.transport.clear()
+        self.clock.advance(2)  # heard 2 s ago
+        self.assertEqual(sent(self.transport), [])
+        self.clock.advance(5)  # heard 7 s ago
+        self.assertEqual(sent(self.transport), [{"type": "ping", "payload": 10.0}])
+
     def test_roundTrip(self) -> None:
         """A pong echoing our ping's time records the round trip in ms."""
         self.protocol.start_keepalive(5)

@@ -510,13 +510,14 @@ class Keepalives:
     tick), and every C{interval} after that.  The timer runs only while
     there are connections to ping.
 
-    A slave pings the master every keepalive too, and anything it sends is
-    a sign of life: a connection heard from within the last C{interval}
-    (L{heard_within}) is not pinged, but for one round in L{RTT_EVERY},
-    which keeps its round trip on the dashboard current.  That halves what
-    an idle slave costs the master (a ping and its pong of the two
-    exchanges), and a peer that never pings is still pinged often enough
-    never to go silent for C{dead_after}.
+    A slave pings the master every keepalive too, unless it heard from it
+    meanwhile, and anything it sends is a sign of life: a connection heard
+    from within the last C{interval} (L{heard_within}) is not pinged, but for
+    one round in L{RTT_EVERY}, which keeps its round trip on the dashboard
+    current (and spares the slave its next ping).  A quiet link settles on
+    one exchange a keepalive, where each side's made two; and a peer that
+    never pings is still pinged often enough never to go silent for
+    C{dead_after}.
     """
 
     #: Ticks per interval: a ping comes at most C{interval / SLOTS} early.

@@ -382,7 +382,17 @@ class PiClusterProtocol(FrameReceiver):
             )
 
     def start_keepalive(self, interval: float) -> None:
-        """Ping the peer every C{interval} seconds, so that it knows we live."""
+        """
+        Ping the peer every C{interval} seconds, so that it knows we live,
+        and we that it does: unless it said something within the interval.
+
+        Anything the peer sends is a sign of life, its ping above all (we
+        answer it): a master spares the connections it has heard from
+        (L{picluster.master.connection.Keepalives}) and we spare ours, so a
+        quiet link settles on one exchange an interval, whoever starts it,
+        where it had one from each side.  Each side still hears from the
+        other within about an interval, far inside C{dead_after}.
+        """
         self.stop_keepalive()
         self._keepalive = LoopingCall(self._send_ping)
         self._keepalive.clock = self.clock
@@ -396,8 +406,13 @@ class PiClusterProtocol(FrameReceiver):
         self._keepalive = None
 
     def _send_ping(self) -> None:
-        if not self.closing:
-            self.send("ping", self.clock.seconds())
+        if self.closing:
+            return
+        now = self.clock.seconds()
+        keepalive = self._keepalive
+        if keepalive is not None and now - self.last_received < keepalive.interval:
+            return
+        self.send("ping", now)
 
     def record_pong(self, payload: Any) -> None:
         """Note the round trip of one of our pings, echoed back in a pong."""
