@@ -12,6 +12,7 @@ with a message lives in its handler, never here.
 
 from __future__ import annotations
 
+import operator
 import struct
 from typing import Any
 
@@ -27,6 +28,7 @@ from picluster.logbudget import FailureLog
 from picluster.text import clip
 from picluster.wire import envelope as wire
 from picluster.wire import messages
+from picluster.wire.deadlines import Deadlines
 from picluster.wire.errors import (
     BadReply,
     DisconnectionException,
@@ -114,9 +116,8 @@ class PiClusterProtocol(FrameReceiver):
     __slots__ = (
         "clock", "handler", "peer_address", "last_received", "rtt_ms", "lost", "bad_messages",
         "frames_in", "frames_out", "in_flight", "admitted_host", "_close_cause", "_producing",
-        "_aborted", "_unread", "_frame_since", "_frame_timer", "_probation", "_outbox",
-        "_outbox_bytes", "_write_now", "_requests", "_keepalive", "_dead_peer_check",
-        "_lost_waiters",
+        "_aborted", "_unread", "_frame_since", "_probation", "_outbox", "_outbox_bytes",
+        "_write_now", "_requests", "_keepalive", "_lost_waiters",
     )
 
     def __init__(self) -> None:
@@ -139,7 +140,6 @@ class PiClusterProtocol(FrameReceiver):
         self._unread: int | None = None
         #: When the frame now arriving began, while one is incomplete.
         self._frame_since: float | None = None
-        self._frame_timer: Any = None
         self._probation: Any = None
         #: While a read is handled: the frames it made us send, written at
         #: its end (or sooner, past L{OUTBOX_BYTES}) in one write.
@@ -153,7 +153,6 @@ class PiClusterProtocol(FrameReceiver):
         # wait for nothing, and each empty map or list costs every one.
         self._requests: PendingRequests | None = None
         self._keepalive: LoopingCall | None = None
-        self._dead_peer_check: Any = None
         self._lost_waiters: list[defer.Deferred[DisconnectionException]] | None = None
 
     @property
@@ -195,7 +194,7 @@ class PiClusterProtocol(FrameReceiver):
         self._producing = True
         self._write_now = immediate.writes_directly(self.transport)
         self.last_received = self.clock.seconds()
-        self._dead_peer_check = self.clock.callLater(factory.dead_after, self._check_peer_alive)
+        factory.dead_peer_checks.set(self, factory.dead_after)
         self.handler = factory.make_handler(self)
         if not factory.tls:
             self.handler.connection_made()
@@ -223,10 +222,11 @@ class PiClusterProtocol(FrameReceiver):
         peer = handler.describe_peer() if handler is not None else f"peer {self.peer_address}"
         self.lost = DisconnectionException(peer, cause, reason)
         self.stop_keepalive()
-        for call in (self._dead_peer_check, self._frame_timer, self._probation):
-            if call is not None and call.active():
-                call.cancel()
-        self._dead_peer_check = self._frame_timer = self._probation = None
+        self.factory.dead_peer_checks.cancel(self)
+        self.factory.frame_deadlines.cancel(self)
+        if self._probation is not None and self._probation.active():
+            self._probation.cancel()
+        self._probation = None
         self._pieces = ()
         self.factory.stats.closed(self)
         if self._requests is not None:
@@ -337,8 +337,9 @@ class PiClusterProtocol(FrameReceiver):
     def frameIncomplete(self, new: bool) -> None:
         if new or self._frame_since is None:
             self._frame_since = self.clock.seconds()
-        if self._frame_timer is None:
-            self._frame_timer = self.clock.callLater(self.factory.frame_deadline, self._check_frame)
+        deadlines = self.factory.frame_deadlines
+        if self not in deadlines:
+            deadlines.set(self, self.factory.frame_deadline)
 
     def framesComplete(self) -> None:
         # The timer, if any, finds nothing to time and stops itself: frames
@@ -346,14 +347,13 @@ class PiClusterProtocol(FrameReceiver):
         self._frame_since = None
 
     def _check_frame(self) -> None:
-        self._frame_timer = None
         since = self._frame_since
         if since is None or self.closing:
             return
         deadline = self.factory.frame_deadline
         taken = self.clock.seconds() - since
         if taken < deadline - _EPSILON:
-            self._frame_timer = self.clock.callLater(deadline - taken, self._check_frame)
+            self.factory.frame_deadlines.set(self, deadline - taken)
             return
         self._warn(
             "Closing connection to {peer}: a frame of {size} bytes still incomplete after"
@@ -365,14 +365,11 @@ class PiClusterProtocol(FrameReceiver):
         dead_after = self.factory.dead_after
         silent_for = self.clock.seconds() - self.last_received
         if silent_for >= dead_after - _EPSILON:
-            self._dead_peer_check = None
             self._warn("Closing connection to {peer}: nothing received for {silent:.1f} s",
                        silent=silent_for)
             self.close(f"no sign of life for {silent_for:.0f} s", abort=True)
         else:
-            self._dead_peer_check = self.clock.callLater(
-                dead_after - silent_for, self._check_peer_alive
-            )
+            self.factory.dead_peer_checks.set(self, dead_after - silent_for)
 
     def start_keepalive(self, interval: float) -> None:
         """Ping the peer every C{interval} seconds, so that it knows we live."""
@@ -751,6 +748,10 @@ def _plain_payload(raw: msgspec.Raw) -> Any:
         return None
 
 
+_check_peer_alive = operator.methodcaller("_check_peer_alive")
+_check_frame = operator.methodcaller("_check_frame")
+
+
 class PiClusterFactory(protocol.Factory):
     """
     The settings every picluster connection shares, and its handler's maker.
@@ -808,6 +809,10 @@ class PiClusterFactory(protocol.Factory):
         self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.stats = WireStats()
+        #: When each connection's peer must next have been heard from, and
+        #: its frame in progress be whole: one timer each for them all.
+        self.dead_peer_checks = Deadlines(clock, _check_peer_alive)
+        self.frame_deadlines = Deadlines(clock, _check_frame)
         #: Tracebacks of our own handlers' failures, once per cause.
         self.failures = FailureLog(self.log, clock)
 
