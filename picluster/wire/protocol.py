@@ -88,7 +88,10 @@ class PiClusterProtocol(FrameReceiver):
     Per-connection state lives here and dies with the connection: the
     requests still waiting for replies, when anything last arrived, the
     latest keepalive round trip.  The factory supplies the settings and the
-    L{PeerHandler} that gives the connection its role.
+    L{PeerHandler} that gives the connection its role, and times every
+    connection's deadlines.  A master holds thousands of idle connections,
+    so the state is in slots, and what an idle one does not use is made
+    when first needed.
 
     What a peer can make this side hold is bounded here, for every role
     (docs: security, "Bounds"): a frame's size (C{max_frame}) and the time
@@ -772,6 +775,9 @@ class PiClusterFactory(protocol.Factory):
         (L{PiClusterProtocol.trusted}); C{None} where peers need not.
     @ivar clock: The L{IReactorTime} used for every timer.
     @ivar stats: Counts over every connection this factory made.
+    @ivar dead_peer_checks: When each connection's peer must next have been
+        heard from (L{Deadlines}: one timer for them all).
+    @ivar frame_deadlines: When each connection's frame in progress must be whole.
     """
 
     protocol = PiClusterProtocol
@@ -809,8 +815,6 @@ class PiClusterFactory(protocol.Factory):
         self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.stats = WireStats()
-        #: When each connection's peer must next have been heard from, and
-        #: its frame in progress be whole: one timer each for them all.
         self.dead_peer_checks = Deadlines(clock, _check_peer_alive)
         self.frame_deadlines = Deadlines(clock, _check_frame)
         #: Tracebacks of our own handlers' failures, once per cause.
