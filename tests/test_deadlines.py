@@ -107,6 +107,45 @@ class DeadlinesTests(unittest.TestCase):
         self.assertEqual(self.came, [a])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_failingDue(self) -> None:
+        """A due that raises is logged, and the deadlines after it still come."""
+        a, b = Owner("a"), Owner("b")
+
+        def due(owner: Owner) -> None:
+            self.came.append((self.clock.seconds(), owner))
+            if owner is a:
+                raise RuntimeError("broken")
+
+        deadlines = Deadlines(self.clock, due)
+        deadlines.set(a, 5)
+        deadlines.set(b, 5)
+        deadlines.set(Owner("c"), 10)
+        self.clock.advance(5)
+        self.assertEqual(self.came, [(1005.0, a), (1005.0, b)])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.clock.advance(5)
+        self.assertEqual(len(self.came), 3)
+
+    def test_oneTimerWhileDue(self) -> None:
+        """Deadlines set again as they come move the timer once, to the earliest."""
+        owners = [Owner(str(i)) for i in range(3)]
+        # Each set again sooner than the one before it.
+        deadlines = Deadlines(self.clock, lambda owner: deadlines.set(owner, 10 - int(owner.name)))
+        for owner in owners:
+            deadlines.set(owner, 1)
+        timers: list[float] = []
+        call_later = self.clock.callLater
+
+        def counted(delay: float, *args: Any) -> Any:
+            timers.append(self.clock.seconds() + delay)
+            return call_later(delay, *args)
+
+        self.clock.callLater = counted  # type: ignore[method-assign]
+        self.clock.advance(1)
+        self.assertEqual(timers, [1009.0])
+        [timer] = self.clock.getDelayedCalls()
+        self.assertEqual(timer.getTime(), 1009.0)
+
     def test_lateClock(self) -> None:
         """A reactor late by several deadlines brings them all, in order."""
         owners = [Owner(str(i)) for i in range(5)]

@@ -19,6 +19,9 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+log = Logger()
 
 # Tolerance for float arithmetic when a deadline lands exactly on time.
 _EPSILON = 1e-6
@@ -47,6 +50,8 @@ class Deadlines:
         self._order = itertools.count()
         self._timer: Any = None
         self._timer_at = 0.0
+        #: While deadlines come: the timer is set once they all have.
+        self._firing = False
 
     def __len__(self) -> int:
         return len(self._deadlines)
@@ -61,7 +66,7 @@ class Deadlines:
         heapq.heappush(self._heap, (when, next(self._order), owner))
         if len(self._heap) > 2 * len(self._deadlines) + 64:
             self._rebuild()
-        if self._timer is None or when < self._timer_at:
+        if not self._firing and (self._timer is None or when < self._timer_at):
             self._wait_until(when)
 
     def cancel(self, owner: Hashable) -> None:
@@ -87,14 +92,22 @@ class Deadlines:
         self._timer = None
         now = self.clock.seconds() + _EPSILON
         deadlines = self._deadlines
-        # A due() may set or cancel deadlines (its own or others'), and
-        # the heap may be rebuilt under us: read it afresh each time.
-        while self._heap and self._heap[0][0] <= now:
-            when, _, owner = heapq.heappop(self._heap)
-            if deadlines.get(owner) is not when:
-                continue
-            del deadlines[owner]
-            self._due(owner)
+        self._firing = True
+        try:
+            # A due() may set or cancel deadlines (its own or others'), and
+            # the heap may be rebuilt under us: read it afresh each time.
+            while self._heap and self._heap[0][0] <= now:
+                when, _, owner = heapq.heappop(self._heap)
+                if deadlines.get(owner) is not when:
+                    continue
+                del deadlines[owner]
+                try:
+                    self._due(owner)
+                except Exception:
+                    # One owner's trouble must not hold back the others' deadlines.
+                    log.failure("Deadline of {owner!r} failed", owner=owner)
+        finally:
+            self._firing = False
         heap = self._heap
         while heap and deadlines.get(heap[0][2]) is not heap[0][0]:
             heapq.heappop(heap)
