@@ -190,6 +190,7 @@ class PeerConnection(PeerHandler):
         if self._gone is None:
             self._gone = defer.succeed(None) if self._forgotten else defer.Deferred()
         return self._gone
+
     @property
     def address(self) -> str:
         return self.protocol.peer_address
@@ -248,10 +249,12 @@ class PeerConnection(PeerHandler):
 
     def connection_lost(self, failure: Failure) -> None:
         self.master.keepalives.discard(self.protocol)
-        self.master.forget(self, failure.value)
-        self._forgotten = True
-        if self._gone is not None:
-            self._gone.callback(None)
+        try:
+            self.master.forget(self, failure.value)
+        finally:
+            self._forgotten = True
+            if self._gone is not None:
+                self._gone.callback(None)
 
     def describe(self) -> dict[str, Any]:
         """This slave's entry in a C{slave_details} reply."""
