@@ -469,13 +469,56 @@ class NodeLineTests(MasterTestCase):
                       " (/api/slaves lists every slave)", lines)
 
 
+class IdleCostTests(MasterTestCase):
+    """
+    What an idle slave costs the master: no timer of its own, and no state
+    outside its protocol's slots.
+    """
+
+    def test_oneTimerForAll(self) -> None:
+        """Fifty slaves wait on the same timers as one."""
+        self.slave()
+        alone = len(self.clock.getDelayedCalls())
+        # Fewer than the log's budget of join lines, which has a timer too.
+        for port in range(49):
+            self.slave(5000 + port)
+        self.assertEqual(len(self.clock.getDelayedCalls()), alone)
+
+    def test_eachDroppedInTurn(self) -> None:
+        """Each silent slave among several is dropped dead_after after it was last heard from."""
+        a, a_transport = self.slave(1)
+        self.clock.advance(5)
+        b, b_transport = self.slave(2)
+        self.clock.advance(5)
+        a.dataReceived(frame({"type": "pong", "payload": 1010.0}))
+        dropped: dict[str, float] = {}
+        for _ in range(30):
+            self.clock.advance(1)
+            for name, transport in (("a", a_transport), ("b", b_transport)):
+                if transport.disconnected:
+                    dropped.setdefault(name, self.clock.seconds())
+        self.assertEqual(dropped, {"a": 1025.0, "b": 1020.0})
+
+    def test_stateInSlots(self) -> None:
+        """A working connection adds nothing to its protocol's dict: its state is in slots."""
+        protocol, transport = self.slave()
+        self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": None, "version": 1}, "id": 1})
+        protocol.dataReceived(frame({"type": "computer_details", "payload": SLAVE_FACTS}))
+        protocol.dataReceived(frame({"type": "vitals", "payload": VITALS})[:-3])
+        protocol.dataReceived(frame({"type": "vitals", "payload": VITALS})[-3:])
+        self.clock.advance(5)
+        protocol.dataReceived(frame({"type": "pong", "payload": 1005.0}))
+        self.clock.advance(60)
+        self.assertEqual(set(vars(protocol)) - {"connected", "transport", "factory", "MAX_LENGTH"}, set())
+
+
 class DepartureTests(MasterTestCase):
     """
-    A slave that goes is taken out of the registry by the master's errback.
+    A slave that goes is taken out of the registry by the master.
     """
 
     def test_removedAndLogged(self) -> None:
-        """The handler's errback removes the slave and logs the disconnection."""
+        """The master removes a slave that went and logs the disconnection."""
         protocol, transport = self.slave()
         uuid = protocol.handler.uuid
         with capturedLogs() as events:
@@ -488,13 +531,13 @@ class DepartureTests(MasterTestCase):
         )
         self.assertIn(f"Shutting down slave connection handler for {uuid} at 10.0.0.2:4321", messages)
         self.assertTrue(all(e.get("uuid") == uuid for e in events if "Shutting" in formatEvent(e)))
-        # The master's own errback handled the failure; nothing is left to raise.
+        # The master handled the failure; nothing is left to raise.
         self.assertIsNone(self.successResultOf(protocol.handler.gone))
 
     def test_goneFiresOnceForgotten(self) -> None:
         """
-        The master's own errback on gone forgets the slave first: what is
-        chained after it sees the slave forgotten and no failure left.
+        The master forgets the slave before gone fires: what is chained on
+        it sees the slave forgotten and no failure left.
         """
         protocol, transport = self.slave()
         gone = protocol.handler.gone

@@ -38,18 +38,26 @@ class FrameReceiver(protocol.Protocol):
     """
 
     MAX_LENGTH = 99_999
-    #: Whether reading is paused, for any of the causes in C{_pause_causes}.
-    paused = False
-    #: Set once a frame was too large: what follows cannot be framed.
-    _discarding = False
+
+    # Slots, not an instance dict: a master holds thousands of idle
+    # connections, and a dict of many keys costs each of them hundreds of
+    # bytes more (subclasses slot their own state likewise).
+    __slots__ = ("paused", "_discarding", "_pieces", "_held", "_needed", "_pause_causes")
 
     def __init__(self) -> None:
+        #: Whether reading is paused, for any of the causes in C{_pause_causes}.
+        self.paused = False
+        #: Set once a frame was too large: what follows cannot be framed.
+        self._discarding = False
         # A frame in progress: its pieces, their total size, and the size
         # that lets the next parse make progress (0: parse at any read).
-        self._pieces: list[bytes] = []
+        # Between frames, as an idle connection nearly always is, the
+        # pieces are the shared empty tuple, not an empty list each.
+        self._pieces: list[bytes] | tuple[()] = ()
         self._held = 0
         self._needed = 0
-        self._pause_causes: set[str] = set()
+        #: Why reading is paused; made at the first pause, for the same reason.
+        self._pause_causes: set[str] | None = None
 
     # -- receiving ---------------------------------------------------------
 
@@ -62,7 +70,7 @@ class FrameReceiver(protocol.Protocol):
             if self._held < self._needed or self.paused:
                 return
             data = b"".join(self._pieces)
-            self._pieces = []
+            self._pieces = ()
             began = False
         else:
             began = True
@@ -78,7 +86,7 @@ class FrameReceiver(protocol.Protocol):
                 break
             (length,) = _length_at(data, offset)
             if length > self.MAX_LENGTH:
-                self._pieces = []
+                self._pieces = ()
                 self._held = 0
                 self._discarding = True
                 self.lengthLimitExceeded(length)
@@ -100,7 +108,7 @@ class FrameReceiver(protocol.Protocol):
                 self.frameIncomplete(began or offset > 0)
                 return
         else:
-            self._held = 0
+            self._held = self._needed = 0
         self.framesComplete()
 
     def frameReceived(self, frame: bytes) -> None:
@@ -129,6 +137,8 @@ class FrameReceiver(protocol.Protocol):
 
     def hold(self, cause: str) -> None:
         """Stop reading until L{release} is called with the same C{cause}."""
+        if self._pause_causes is None:
+            self._pause_causes = set()
         self._pause_causes.add(cause)
         if not self.paused:
             self.paused = True
@@ -136,11 +146,13 @@ class FrameReceiver(protocol.Protocol):
 
     def release(self, cause: str) -> None:
         """One cause of pausing is gone; read again once none is left."""
-        self._pause_causes.discard(cause)
-        if self.paused and not self._pause_causes:
+        causes = self._pause_causes
+        if causes is not None:
+            causes.discard(cause)
+        if self.paused and not causes:
             self.paused = False
             self.transport.resumeProducing()
             if self._pieces:
                 data = b"".join(self._pieces)
-                self._pieces = []
+                self._pieces = ()
                 self._parse(data, True)

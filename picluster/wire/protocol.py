@@ -12,6 +12,7 @@ with a message lives in its handler, never here.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from picluster.logbudget import FailureLog
 from picluster.text import clip
 from picluster.wire import envelope as wire
 from picluster.wire import messages
+from picluster.wire.deadlines import Deadlines
 from picluster.wire.errors import (
     BadReply,
     DisconnectionException,
@@ -87,7 +89,10 @@ class PiClusterProtocol(FrameReceiver):
     Per-connection state lives here and dies with the connection: the
     requests still waiting for replies, when anything last arrived, the
     latest keepalive round trip.  The factory supplies the settings and the
-    L{PeerHandler} that gives the connection its role.
+    L{PeerHandler} that gives the connection its role, and times every
+    connection's deadlines.  A master holds thousands of idle connections,
+    so the state is in slots, and what an idle one does not use is made
+    when first needed.
 
     What a peer can make this side hold is bounded here, for every role
     (docs: security, "Bounds"): a frame's size (C{max_frame}) and the time
@@ -111,49 +116,66 @@ class PiClusterProtocol(FrameReceiver):
 
     factory: PiClusterFactory
     handler: PeerHandler
-    peer_address = "unknown"
-    last_received = 0.0
-    rtt_ms: float | None = None
-    lost: DisconnectionException | None = None
-    bad_messages = 0
-    frames_in = 0
-    frames_out = 0
-    _close_cause: str | None = None
-    _producing = False
-    _aborted = False
-    #: Bytes written to the peer since it last stopped reading, if it has.
-    _unread: int | None = None
-    #: Requests of the peer whose replies are still to come.
-    in_flight = 0
-    #: When the frame now arriving began, while one is incomplete.
-    _frame_since: float | None = None
-    _frame_timer: Any = None
-    _probation: Any = None
-    #: The host its factory let it in from, where a factory counts them.
-    admitted_host: str | None = None
-    #: While a read is handled: the frames it made us send, written at its
-    #: end (or sooner, past L{OUTBOX_BYTES}) in one write.
-    _outbox: list[bytes] | None = None
-    _outbox_bytes = 0
-    #: While a read is handled: what waits for its messages to be answered
-    #: (L{after_answers}).
-    _after_answers: list[Callable[[], Any]] | None = None
-    #: Writes a batch of frames at once, not on the reactor's next turn,
-    #: where the transport allows it (L{immediate.writer}).
-    _write_now: Any = None
+
+    __slots__ = (
+        "clock", "handler", "peer_address", "last_received", "rtt_ms", "lost", "bad_messages",
+        "frames_in", "frames_out", "in_flight", "admitted_host", "_close_cause", "_producing",
+        "_aborted", "_unread", "_frame_since", "_probation", "_outbox", "_outbox_bytes",
+        "_write_now", "_after_answers", "_requests", "_keepalive", "_lost_waiters",
+    )
 
     def __init__(self) -> None:
         super().__init__()
-        self.requests = PendingRequests()
+        self.peer_address = "unknown"
+        self.last_received = 0.0
+        self.rtt_ms: float | None = None
+        self.lost: DisconnectionException | None = None
+        self.bad_messages = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        #: Requests of the peer whose replies are still to come.
+        self.in_flight = 0
+        #: The host its factory let it in from, where a factory counts them.
+        self.admitted_host: str | None = None
+        self._close_cause: str | None = None
+        self._producing = False
+        self._aborted = False
+        #: Bytes written to the peer since it last stopped reading, if it has.
+        self._unread: int | None = None
+        #: When the frame now arriving began, while one is incomplete.
+        self._frame_since: float | None = None
+        self._probation: Any = None
+        #: While a read is handled: the frames it made us send, written at
+        #: its end (or sooner, past L{OUTBOX_BYTES}) in one write.
+        self._outbox: list[bytes] | None = None
+        self._outbox_bytes = 0
+        #: While a read is handled: what waits for its messages to be
+        #: answered (L{after_answers}).
+        self._after_answers: list[Callable[[], Any]] | None = None
+        #: Whether a batch of frames may go to the socket at once, not on
+        #: the reactor's next turn (L{immediate.writes_directly}).
+        self._write_now = False
+        # Made when first needed, not with every connection: a master
+        # holds thousands of idle slaves, which send it no replies and
+        # wait for nothing, and each empty map or list costs every one.
+        self._requests: PendingRequests | None = None
         self._keepalive: LoopingCall | None = None
-        self._dead_peer_check: Any = None
-        self._lost_waiters: list[defer.Deferred[DisconnectionException]] = []
+        self._lost_waiters: list[defer.Deferred[DisconnectionException]] | None = None
+
+    @property
+    def requests(self) -> PendingRequests:
+        """The requests sent on this connection that wait for a reply, made at the first."""
+        requests = self._requests
+        if requests is None:
+            requests = self._requests = PendingRequests()
+            requests.clock = self.factory.clock
+        return requests
 
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.clock = self.requests.clock = factory.clock
+        self.clock = factory.clock
         self.MAX_LENGTH = factory.max_frame
         if factory.handshake_timeout is not None:
             # A stranger until the handler says otherwise (L{trusted}): small
@@ -177,9 +199,9 @@ class PiClusterProtocol(FrameReceiver):
         # push producer.)
         self.transport.registerProducer(self, True)
         self._producing = True
-        self._write_now = immediate.writer(self.transport)
+        self._write_now = immediate.writes_directly(self.transport)
         self.last_received = self.clock.seconds()
-        self._dead_peer_check = self.clock.callLater(factory.dead_after, self._check_peer_alive)
+        factory.dead_peer_checks.set(self, factory.dead_after)
         self.handler = factory.make_handler(self)
         if not factory.tls:
             self.handler.connection_made()
@@ -207,15 +229,17 @@ class PiClusterProtocol(FrameReceiver):
         peer = handler.describe_peer() if handler is not None else f"peer {self.peer_address}"
         self.lost = DisconnectionException(peer, cause, reason)
         self.stop_keepalive()
-        for call in (self._dead_peer_check, self._frame_timer, self._probation):
-            if call is not None and call.active():
-                call.cancel()
-        self._dead_peer_check = self._frame_timer = self._probation = None
-        self._pieces = []
+        self.factory.dead_peer_checks.cancel(self)
+        self.factory.frame_deadlines.cancel(self)
+        if self._probation is not None and self._probation.active():
+            self._probation.cancel()
+        self._probation = None
+        self._pieces = ()
         self.factory.stats.closed(self)
-        self.requests.fail_all(self._lost_failure)
-        waiters, self._lost_waiters = self._lost_waiters, []
-        for waiter in waiters:
+        if self._requests is not None:
+            self._requests.fail_all(self._lost_failure)
+        waiters, self._lost_waiters = self._lost_waiters, None
+        for waiter in waiters or ():
             waiter.callback(self.lost)
         if handler is not None:
             handler.connection_lost(self._lost_failure())
@@ -237,6 +261,8 @@ class PiClusterProtocol(FrameReceiver):
         if self.lost is not None:
             return defer.succeed(self.lost)
         waiter: defer.Deferred[DisconnectionException] = defer.Deferred()
+        if self._lost_waiters is None:
+            self._lost_waiters = []
         self._lost_waiters.append(waiter)
         return waiter
 
@@ -344,8 +370,9 @@ class PiClusterProtocol(FrameReceiver):
     def frameIncomplete(self, new: bool) -> None:
         if new or self._frame_since is None:
             self._frame_since = self.clock.seconds()
-        if self._frame_timer is None:
-            self._frame_timer = self.clock.callLater(self.factory.frame_deadline, self._check_frame)
+        deadlines = self.factory.frame_deadlines
+        if self not in deadlines:
+            deadlines.set(self, self.factory.frame_deadline)
 
     def framesComplete(self) -> None:
         # The timer, if any, finds nothing to time and stops itself: frames
@@ -353,14 +380,13 @@ class PiClusterProtocol(FrameReceiver):
         self._frame_since = None
 
     def _check_frame(self) -> None:
-        self._frame_timer = None
         since = self._frame_since
         if since is None or self.closing:
             return
         deadline = self.factory.frame_deadline
         taken = self.clock.seconds() - since
         if taken < deadline - _EPSILON:
-            self._frame_timer = self.clock.callLater(deadline - taken, self._check_frame)
+            self.factory.frame_deadlines.set(self, deadline - taken)
             return
         self._warn(
             "Closing connection to {peer}: a frame of {size} bytes still incomplete after"
@@ -372,14 +398,11 @@ class PiClusterProtocol(FrameReceiver):
         dead_after = self.factory.dead_after
         silent_for = self.clock.seconds() - self.last_received
         if silent_for >= dead_after - _EPSILON:
-            self._dead_peer_check = None
             self._warn("Closing connection to {peer}: nothing received for {silent:.1f} s",
                        silent=silent_for)
             self.close(f"no sign of life for {silent_for:.0f} s", abort=True)
         else:
-            self._dead_peer_check = self.clock.callLater(
-                dead_after - silent_for, self._check_peer_alive
-            )
+            self.factory.dead_peer_checks.set(self, dead_after - silent_for)
 
     def start_keepalive(self, interval: float) -> None:
         """
@@ -437,6 +460,8 @@ class PiClusterProtocol(FrameReceiver):
     def stopProducing(self) -> None:
         # The connection is going: read nothing more (the transport is
         # already closing, so it is not asked to pause).
+        if self._pause_causes is None:
+            self._pause_causes = set()
         self._pause_causes.add("stopped")
         self.paused = True
 
@@ -501,8 +526,8 @@ class PiClusterProtocol(FrameReceiver):
                 # turn each way is much of a round trip.  (What is sent
                 # outside a read is left to the transport, which gathers a
                 # burst of them into one write on its next turn.)
-                if self._write_now is not None:
-                    self._write_now(data)
+                if self._write_now:
+                    immediate.write(self.transport, data)
                 else:
                     self.transport.write(data)
 
@@ -530,7 +555,7 @@ class PiClusterProtocol(FrameReceiver):
     @property
     def pending_requests(self) -> dict[int, Pending]:
         """Request id to what waits for its reply (see L{PendingRequests})."""
-        return self.requests.waiting
+        return self._requests.waiting if self._requests is not None else {}
 
     # -- receiving -------------------------------------------------------------
 
@@ -566,10 +591,12 @@ class PiClusterProtocol(FrameReceiver):
                 self._handle(method, message_type, message.payload, message.id)
         else:
             reply_to = message.reply_to
-            pending = self.requests.waiting.get(reply_to)
+            requests = self._requests
+            pending = requests.waiting.get(reply_to) if requests is not None else None
             reply_type = message.message_type
             if (pending[1] if pending is not None else None, reply_type) in _TYPED_REPLIES:
-                self.requests.settle(reply_to)
+                if pending is not None:
+                    requests.settle(reply_to)  # type: ignore[union-attr]
                 self._replied(pending, reply_to, reply_type, message.payload)
             else:
                 self._careful(frame)
@@ -587,7 +614,7 @@ class PiClusterProtocol(FrameReceiver):
             self._settle(envelope.reply_to, envelope)
 
     def _settle(self, reply_to: int, reply: wire.Envelope) -> None:
-        pending = self.requests.settle(reply_to)
+        pending = self._requests.settle(reply_to) if self._requests is not None else None
         reply_type = reply.type
         request_type = pending[1] if pending is not None else None
         if reply_type in _REFUSALS:
@@ -769,6 +796,10 @@ def _plain_payload(raw: msgspec.Raw) -> Any:
         return None
 
 
+_check_peer_alive = operator.methodcaller("_check_peer_alive")
+_check_frame = operator.methodcaller("_check_frame")
+
+
 class PiClusterFactory(protocol.Factory):
     """
     The settings every picluster connection shares, and its handler's maker.
@@ -789,6 +820,9 @@ class PiClusterFactory(protocol.Factory):
         (L{PiClusterProtocol.trusted}); C{None} where peers need not.
     @ivar clock: The L{IReactorTime} used for every timer.
     @ivar stats: Counts over every connection this factory made.
+    @ivar dead_peer_checks: When each connection's peer must next have been
+        heard from (L{Deadlines}: one timer for them all).
+    @ivar frame_deadlines: When each connection's frame in progress must be whole.
     """
 
     protocol = PiClusterProtocol
@@ -826,6 +860,8 @@ class PiClusterFactory(protocol.Factory):
         self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.stats = WireStats()
+        self.dead_peer_checks = Deadlines(clock, _check_peer_alive)
+        self.frame_deadlines = Deadlines(clock, _check_frame)
         #: Tracebacks of our own handlers' failures, once per cause.
         self.failures = FailureLog(self.log, clock)
 
