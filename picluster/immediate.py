@@ -16,8 +16,6 @@ untouched.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
@@ -36,16 +34,6 @@ _QUEUE_FIELDS = ("_tempDataLen", "dataBuffer", "offset", "socket", "TLS")
 def writes_directly(transport: Any) -> bool:
     """Whether L{write} may send to C{transport}'s socket itself."""
     return type(transport) in _DIRECT and all(hasattr(transport, name) for name in _QUEUE_FIELDS)
-
-
-def writer(transport: Any) -> Callable[[bytes], None] | None:
-    """
-    What writes to C{transport} at once (L{write}), or C{None} where only
-    its own C{write} may (a TLS transport, which must encrypt them).
-    """
-    if writes_directly(transport):
-        return functools.partial(write, transport)
-    return None
 
 
 def write(transport: tcp.Connection, data: bytes) -> None:

@@ -50,13 +50,6 @@ class DirectWriteTests(unittest.TestCase):
         """A Twisted that keeps its queue under other names is written to only through the transport."""
         del self.transport._tempDataLen
         self.assertFalse(immediate.writes_directly(self.transport))
-        self.assertIsNone(immediate.writer(self.transport))
-
-    def test_writer(self) -> None:
-        """The writer of a TCP connection writes directly; other transports have none."""
-        immediate.writer(self.transport)(b"frame")
-        self.assertEqual(self.received(), b"frame")
-        self.assertIsNone(immediate.writer(StringTransport()))
 
     def test_sentAtOnce(self) -> None:
         """With nothing queued, the bytes reach the socket at once and the reactor watches nothing."""
