@@ -17,6 +17,7 @@ from twisted.trial import unittest
 
 from picluster.master.connection import SHARED_TEXT, Keepalives, SharedTexts
 from picluster.master.service import DEFAULT_BACKLOG, with_default_backlog
+from picluster.master.slavelist import silent_after
 from picluster.wire.messages import ComputerDetails, Vitals
 
 from .helpers import (
@@ -393,9 +394,14 @@ class KeepaliveTests(MasterTestCase):
         heard["master"].clear()
         master_side.rtt_ms = None
         intervals = 12
+        longest = {"slave": 0.0, "master": 0.0}
         for _ in range(round(intervals * 5 / self.tick)):
             self.clock.advance(self.tick)
+            for side, name in ((slave_side, "slave"), (master_side, "master")):
+                longest[name] = max(longest[name], self.clock.seconds() - side.last_received)
             pump.flush()
+        # Neither goes long enough unheard to be called silent on the dashboard.
+        self.assertLess(max(longest.values()), silent_after(5), longest)
         pings = heard["slave"].count("ping") + heard["master"].count("ping")
         pongs = heard["slave"].count("pong") + heard["master"].count("pong")
         self.assertEqual(pings, pongs)

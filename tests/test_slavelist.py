@@ -240,7 +240,7 @@ class SummaryTests(unittest.TestCase):
         slaves[2].send("vitals", dict(PI_VITALS, throttling={"throttled": True}))
         slaves[3].send("vitals", dict(PI_VITALS, cpu_temperature=83.5, throttling=None))
         slaves[4].lose()
-        cluster.clock.advance(250)  # past two keepalives (100 s): all silent...
+        cluster.clock.advance(260)  # past two and a half keepalives (100 s): all silent...
         for slave in slaves[:4]:
             slave.send("ping", 1.0)  # ...but these four
         summary = cluster.ask("summary")["payload"]
@@ -253,14 +253,14 @@ class SummaryTests(unittest.TestCase):
         ])
         self.assertEqual(summary["hottest"][0], {"uuid": slaves[3].uuid, "hostname": "pi-03",
                                                  "temperature": 83.5})
-        self.assertEqual(summary["silent_after"], 200.0)
+        self.assertEqual(summary["silent_after"], 250.0)
 
     def test_sizeDoesNotGrow(self) -> None:
         """With every node in trouble, the summary names a few and counts the rest."""
         small = Cluster(self, 25)
         large = Cluster(self, 250)
         for cluster in (small, large):
-            cluster.clock.advance(250)
+            cluster.clock.advance(260)
         sizes = []
         for cluster in (small, large):
             summary = cluster.ask("summary")["payload"]

@@ -53,9 +53,12 @@ HOTTEST_SHOWN = 5
 HOT_CELSIUS = 80.0
 
 #: Keepalive intervals without a word after which a connected slave is
-#: silent: it pings every interval, so two missed mean something is wrong
-#: well before the master gives up on it (its C{dead_after}).
-SILENT_AFTER_KEEPALIVES = 2.0
+#: silent.  A quiet link makes one exchange an interval, started by either
+#: side, and while it changes hands a slave may go just under two intervals
+#: unheard (L{picluster.master.connection.Keepalives}): past two and a half,
+#: something is wrong, well before the master gives up on it (its
+#: C{dead_after}, three by default).
+SILENT_AFTER_KEEPALIVES = 2.5
 
 def silent_after(keepalive: float) -> float:
     """Seconds without a word after which a slave is silent, to a master pinging every C{keepalive}."""
