@@ -30,7 +30,16 @@ from picluster.tasks.child import KILL_AFTER, task_environment
 from picluster.tasks.childmain import HEADER, Limits, frame, serve
 from tests.processes import wait_until
 from tests.test_worker import RunnerTestCase, Spawned, run
-from tests.workertasks import burn, count_runs, fail, leave_thread, sleep_forever, wander, whoami
+from tests.workertasks import (
+    burn,
+    count_runs,
+    fail,
+    leave_sleeper,
+    leave_thread,
+    sleep_forever,
+    wander,
+    whoami,
+)
 
 
 class PoolTests(RunnerTestCase):
@@ -285,7 +294,8 @@ class RealWorkerTests(unittest.TestCase):
         registry = TaskCatalog([
             *BUILTIN_TASKS,
             *(Task(f.__name__, f, "process")
-              for f in (whoami, wander, count_runs, fail, leave_thread, burn, sleep_forever)),
+              for f in (whoami, wander, count_runs, fail, leave_thread, burn, sleep_forever,
+                        leave_sleeper)),
         ])
         self.runner = TaskRunner(registry, slots=1, clock=reactor, reactor=reactor,
                                  task_memory=256 * 1024 * 1024, task_cpu=1)
@@ -365,6 +375,19 @@ class RealWorkerTests(unittest.TestCase):
         yield self.runner.stop().addTimeout(10, self.reactor)
         self.assertTrue(_gone(idle) and _gone(busy))
         self.assertEqual(self.runner.workers.workers, set())
+
+
+    @defer.inlineCallbacks
+    def test_leftoverSubprocessGoesWithWorker(self) -> None:
+        """
+        A subprocess a task left running (holding the worker's stderr) goes
+        when its worker retires: the worker ends, and a stop does not wait
+        for it forever.
+        """
+        self.runner.workers.recycle_after = 1
+        sleeper = (yield self.result_of("leave_sleeper"))["result"]
+        yield wait_until(lambda: _gone(sleeper), "the task's leftover subprocess to go", timeout=10)
+        yield wait_until(lambda: not self.runner.workers.workers, "the retired worker to end", timeout=10)
 
 
 class OrphanTests(unittest.TestCase):

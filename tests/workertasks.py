@@ -7,6 +7,7 @@ time where a test says.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -56,3 +57,8 @@ def burn(seconds: float) -> int:
 
 def sleep_forever() -> None:
     time.sleep(3600)
+
+
+def leave_sleeper() -> int:
+    """Start a subprocess and leave it running (it holds the worker's stderr)."""
+    return subprocess.Popen(["sleep", "3600"]).pid

@@ -15,8 +15,9 @@ pings them all rather than a timer each.
 from __future__ import annotations
 
 import re
+import sys
 import uuid as uuid_module
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -306,7 +307,9 @@ class PeerConnection(PeerHandler):
         if role not in ROLES:
             raise BadMessage(UNKNOWN_ROLE, role=role, known=list(ROLES), close=True)
         if self.role is None:
-            self.role = _known(role, ROLES)
+            # The master's own copy (checked against ROLES above): as
+            # decoded, each slave's would be a string of its own.
+            self.role = sys.intern(role)
             if role == "client":
                 self.master.registry.remove(self)
                 self.log.info("{peer} is a client", peer=self.describe_peer())
@@ -353,7 +356,7 @@ class PeerConnection(PeerHandler):
         node_key = self._identify(hello, binding) if hello.role == "slave" else None
         self.master.admission.known(self.host)
         self.protocol.trusted()
-        self.credential = _known(credential, ROLE_OF)
+        self.credential = sys.intern(credential)  # a known one: as the role above
         self.role = ROLE_OF[credential]
         self.serves = SERVED[credential]
         self.master.keepalives.add(self.protocol)
@@ -628,8 +631,6 @@ class MasterFactory(PiClusterFactory):
         service, none: they are refused.
     """
 
-    cluster_answers: dict[str, Callable[[SlaveQuery, int], Any]] = {}
-
     def __init__(
         self,
         registry: SlaveRegistry,
@@ -680,6 +681,7 @@ class MasterFactory(PiClusterFactory):
         if not isinstance(computer_details, ComputerDetails):
             computer_details = msgspec.convert(computer_details, ComputerDetails)
         self.computer_details = computer_details
+        self.cluster_answers: dict[str, Callable[[SlaveQuery, int], Any]] = {}
 
     def stopFactory(self) -> None:
         """Say what the logs' budgets left out, now rather than after the port is gone."""
@@ -737,17 +739,6 @@ class MasterFactory(PiClusterFactory):
             "departures", "Shutting down {role} connection handler for {uuid} at {address}",
             role=slave.role or "slave", uuid=slave.uuid, address=slave.address,
         )
-
-
-def _known(value: str, names: Iterable[str]) -> str:
-    """
-    The master's own copy of C{value}, one of C{names}: as decoded, each
-    slave's would be a string of its own, kept as long as it is connected.
-    """
-    for name in names:
-        if name == value:
-            return name
-    return value
 
 
 def _host(address: Any) -> str:

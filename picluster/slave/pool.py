@@ -17,6 +17,7 @@ few others: docs/tasks.rst describes what a task may see of the last.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -121,6 +122,13 @@ class Worker(child.Killable):
                 self.retiring = str(outcome["retire"])
             self._answer(outcome)
 
+    def processExited(self, reason: Failure) -> None:
+        # What its tasks started and left behind (a background subprocess
+        # holding its stderr) goes with it: else the worker's pipes never
+        # close, it never ends, and a slave stopping would wait for it.
+        if self.pgid is not None:
+            child.signal_group(self.pgid, signal.SIGKILL)
+
     def processEnded(self, reason: Failure) -> None:
         self.ended()
         self.exited = True
@@ -132,6 +140,10 @@ class Worker(child.Killable):
             else:
                 self._answer(child.no_outcome(exit_code, bytes(self._stderr)))
         self.gone.callback(None)
+
+    def abandon(self) -> None:
+        """Fail whoever waits for its task's outcome (L{defer.CancelledError}): it will not come."""
+        self._answer(defer.CancelledError())
 
     def _answer(self, outcome: Any) -> None:
         waiting, self._outcome = self._outcome, None
@@ -188,6 +200,7 @@ class WorkerPool:
         for worker in workers:
             worker.wake()
             worker.kill()
+            worker.abandon()
         gone = defer.DeferredList([worker.gone for worker in workers], consumeErrors=True)
         return gone.addCallback(lambda _: None)
 

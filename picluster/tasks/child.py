@@ -77,7 +77,16 @@ class Killable(ProcessProtocol):
         self.clock = clock
         #: Whether this slave has begun to stop it (its death is then no crash).
         self.killed = False
+        #: Its process group, where it leads one: kept, for Twisted forgets
+        #: the pid once the process is reaped, while what it started may
+        #: live on in the group (and keeps the group's id from being reused).
+        self.pgid: int | None = None
         self._kill_call: IDelayedCall | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        if self.group_leader:
+            self.pgid = getattr(transport, "pid", None)
+        super().makeConnection(transport)
 
     def kill(self) -> None:
         """SIGTERM now, SIGKILL in L{KILL_AFTER} seconds unless it has gone."""
@@ -93,14 +102,10 @@ class Killable(ProcessProtocol):
             self._kill_call.cancel()
 
     def _signal(self, name: str) -> None:
-        pid = getattr(self.transport, "pid", None)
-        if self.group_leader and pid is not None:
+        if self.pgid is not None:
             # The whole group: a command's own children (a script's
             # subprocesses) must not outlive a timeout either.
-            try:
-                os.killpg(pid, getattr(signal, f"SIG{name}"))
-            except (ProcessLookupError, PermissionError):
-                pass
+            signal_group(self.pgid, getattr(signal, f"SIG{name}"))
             return
         try:
             self.transport.signalProcess(name)
@@ -187,6 +192,14 @@ def spawn(
     process = ChildProcess(argv, stdin, limit, clock)
     start(reactor, process, argv, env)
     return process
+
+
+def signal_group(pgid: int, number: int) -> None:
+    """Send signal C{number} to the process group C{pgid}, if anything is left in it."""
+    try:
+        os.killpg(pgid, number)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def start(reactor: Any, process: Killable, argv: Sequence[str],

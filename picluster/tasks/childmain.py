@@ -118,7 +118,11 @@ class Limits:
         return "its CPU time is spent" if cpu_used() > self.shared else None
 
     def _out_of_cpu(self, signum: int, frame: Any) -> None:
+        # Linux repeats SIGXCPU every second past the soft limit: raised
+        # once, a second could strike outside the task, while its outcome
+        # is being written, and the worker would die without one.
         if self.running:
+            self.running = False
             raise CpuTimeLimitExceeded(
                 f"the task used its {self.cpu} s of CPU time, the most this slave allows (--task-cpu)"
             )
