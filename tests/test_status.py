@@ -336,7 +336,7 @@ class StatusCommandTests(unittest.TestCase):
         self.assertEqual((code, err), (0, ""))
         self.assertEqual(out.splitlines()[2:], ["slots: 0, 0 running", "no slave in trouble"])
         code, out, err = yield self.picluster("status", "--all", "--master", self.address)
-        self.assertEqual(out.splitlines()[4:], ["no slave matches"])
+        self.assertEqual(out.splitlines()[4:], ["no slaves connected"])
 
     @defer.inlineCallbacks
     def test_searchAndState(self) -> Any:
@@ -415,6 +415,29 @@ class OtherMasterTests(unittest.TestCase):
         self.assertEqual(err, "picluster status: error: the master refused it: unknown info"
                               " request (request: 'status', known: ['computer_details', 'uuid',"
                               " 'slave_details'])\n")
+
+    @defer.inlineCallbacks
+    def test_tasksOfOlderMaster(self) -> Any:
+        """
+        A master from before the tasks query's order refuses it: picluster
+        tasks says so and lists what that master can, the oldest first.
+        """
+        asked: list[str] = []
+
+        def tasks(handler: Any, query: Any) -> Any:
+            asked.append(query.order)
+            if query.order != "oldest":  # what an older master makes of any order
+                raise BadMessage("Object contains unknown field `order`")
+            return ("tasks", {"tasks": [], "more": None})
+
+        self.patch(FakeMasterConnection, "msg_tasks", tasks)
+        stdout, stderr = io.StringIO(), io.StringIO()
+        address = f"127.0.0.1:{self.listening.getHost().port}"
+        code = yield cli.main(["tasks", "--master", address, "--insecure"], reactor=reactor,
+                              stdout=stdout, stderr=stderr, environ={})
+        self.assertEqual((code, asked), (0, ["newest", "oldest"]))
+        self.assertEqual(stderr.getvalue(), "this master lists the oldest tasks first"
+                                            " (it is older than this command)\n")
 
     @defer.inlineCallbacks
     def test_unreadableAnswer(self) -> Any:

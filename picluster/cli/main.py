@@ -3,10 +3,10 @@ The C{picluster} command: submit tasks to a master, look at them, wait.
 
     picluster submit NAME [--args JSON] [--requires KEY=VALUE ...] [--wait]
     picluster map NAME --args-file FILE
-    picluster tasks [--state STATE] [--limit N] [--oldest]
+    picluster tasks [--state STATE] [--limit N] [--after ID] [--oldest]
     picluster task ID
     picluster cancel ID
-    picluster status [--all | --state STATE | --search TEXT] [--watch]
+    picluster status [--all] [--state STATE] [--search TEXT] [--order ORDER] [--watch [--interval S]]
     picluster demo [--slaves N] [--port ENDPOINT] [--web ENDPOINT] [--no-tasks]
 
 The options are L{picluster.cli.options}'; the talking is
@@ -231,14 +231,25 @@ async def _map(session: _Session) -> int:
 async def _tasks(session: _Session) -> int:
     options = session.options
     client = await session.connect(reconnect=False)
-    records = await client.tasks(
-        state=options["state"], limit=options["limit"], after=options["after"],
-        order="oldest" if options["oldest"] else "newest")
+    query = {"state": options["state"], "limit": options["limit"], "after": options["after"]}
+    try:
+        records = await client.tasks(**query, order="oldest" if options["oldest"] else "newest")
+    except RemoteError as refusal:
+        if _UNKNOWN_ORDER not in str(refusal):
+            raise
+        # A master from before the order of a list could be chosen: it
+        # lists the oldest first, and that is what it is asked for.
+        session.notice("this master lists the oldest tasks first (it is older than this command)")
+        records = await client.tasks(**query)
     if options["json"]:
         session.emit(formatting.to_json(records))
     else:
         session.emit(formatting.table(records, session.reactor.seconds()))
     return 0
+
+
+#: How a master from before C{order} in the tasks query refuses it.
+_UNKNOWN_ORDER = "unknown field `order`"
 
 
 async def _task(session: _Session) -> int:
@@ -260,20 +271,18 @@ async def _status(session: _Session) -> int:
     for name in ("state", "search"):
         if options[name] is not None:
             page[name] = options[name]
-    if options["order"] != "hostname":
+    listing = bool(options["all"] or page)
+    if listing and options["order"] != "hostname":
         page["order"] = options["order"]
-    listing = options["all"] or bool(page)
     while True:
-        # A plain question, which any master answers: the summary and the
-        # first page of slaves by hostname, which holds most clusters.
-        cluster = await client.status()
+        # The summary and the first page of the slaves asked for; with no
+        # page asked for, a plain question, which any master answers.
+        cluster = await client.status(**page)
         rows = None
-        if listing and page:
-            rows = await client.all_slaves(**page)
-        elif listing:
+        if listing:
             rows = list(cluster["slaves"])
             if cluster.get("more") and cluster.get("next"):
-                rows += await client.all_slaves(after=cluster["next"])
+                rows += await client.all_slaves(**page, after=cluster["next"])
         if options["json"]:
             if rows is not None:
                 cluster = {**cluster, "slaves": rows, "more": False, "next": None}

@@ -388,7 +388,9 @@ class StatusOptions(_CommandOptions):
     optParameters = [
         ["state", None, None, f"Only slaves in this state: {', '.join(SLAVE_STATES)}."],
         ["search", None, None, "Only slaves whose hostname, address or uuid holds this text."],
-        ["order", None, "hostname", f"The rows' order: {', '.join(SLAVE_ORDERS)} (the newest first)."],
+        ["order", None, "hostname",
+         f"The order of what --all, --state or --search list: {', '.join(SLAVE_ORDERS)}"
+         " (newest: the newest first)."],
         ["interval", None, "2", "Seconds between two looks with --watch."],
     ]
 

@@ -87,7 +87,9 @@ def render(status: Status, now: float, *, width: int | None = None, terminal: bo
     if slaves:
         console.print(_slave_table(slaves if summary is not None else _ordered(slaves), now, width))
     elif rows is not None:
-        console.print("no slaves connected" if summary is None else "no slave matches")
+        known = summary is not None and (
+            _count(summary, "slaves", "connected") + _count(summary, "slaves", "left") > 0)
+        console.print("no slave matches" if known else "no slaves connected")
     if rows is None:
         unnamed = _count(summary, "slaves", "in_trouble") - len(slaves)
         if unnamed > 0:
