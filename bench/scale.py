@@ -573,12 +573,19 @@ def run(report: Report, options: Any) -> None:
     limit = raise_file_limit(2 * max(sizes["counts"]) + 1024)
     report.figure("open_file_limit", limit)
     counts = fitting(sizes["counts"], limit)
+    if not counts or counts[0] < 1:
+        raise BenchError(f"the open-file limit is {limit:,}: too low for a master to hold a"
+                         f" step of {STEP_ROUNDING} slaves")
     report.figure("counts", counts)
     if counts[-1] < max(sizes["counts"]):
         report.note(f"the open-file limit is {limit:,} (its hard limit: the benchmark raises it"
                     f" no further), so a master holds {counts[-1]:,} slaves at most here, not"
                     f" {max(sizes['counts']):,}")
-    threaded_counts = tuple(count for count in sizes["threaded"] if count in counts)
+        # The rejoin and the storm are held to it too.
+        sizes.update(rejoin=min(sizes["rejoin"], counts[-1]),
+                     storm=sizes["storm"] and min(sizes["storm"], counts[-1]))
+    # The threaded baselines' steps that picluster's share (the last is compared).
+    threaded_counts = tuple(count for count in sizes["threaded"] if count in counts) or counts[:1]
 
     with Processes("scale", options.keep) as procs:
         threaded = grow(report, procs, "threaded", threaded_counts, sizes)
