@@ -21,7 +21,7 @@ import binascii
 import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -94,6 +94,8 @@ class SlaveQuery:
     order: str = "hostname"
     state: str | None = None
     search: str | None = None
+    #: The sort key C{after} holds, decoded once as the query is checked.
+    after_key: tuple[int, Any, str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if type(self.limit) is not int or not 1 <= self.limit <= MAX_SLAVES_LIMIT:
@@ -105,7 +107,7 @@ class SlaveQuery:
         if self.search is not None and len(self.search) > MAX_SEARCH_LENGTH:
             raise BadSlaveQuery(f"search must be at most {MAX_SEARCH_LENGTH} characters")
         if self.after is not None:
-            _decode_cursor(self.after, self.order)
+            object.__setattr__(self, "after_key", _decode_cursor(self.after, self.order))
 
 
 # -- the keys and the cursor ---------------------------------------------------
@@ -213,7 +215,7 @@ def page(nodes: Iterable[Node], query: SlaveQuery, row: Callable[[Node], dict[st
     @param max_bytes: Stop before the rows, as JSON, take more than this
         (a page has at least one row): a frame must hold the page.
     """
-    after = None if query.after is None else _decode_cursor(query.after, query.order)
+    after = query.after_key
     total = 0
     candidates: list[tuple[tuple[int, Any, str], Node]] = []
     for node in nodes:

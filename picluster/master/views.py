@@ -122,7 +122,7 @@ def _shown(table: tuple[tuple[str, str, Callable[[Any], Any]], ...], sent: Any) 
 
 def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
     """One node as the API lists it, connected or left (a L{Departure})."""
-    left = getattr(node, "left_at", None) is not None
+    left = slavelist.has_left(node)
     worker = None if left else master.scheduler.workers.get(node)
     return {
         "uuid": node.uuid,
@@ -140,7 +140,7 @@ def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
         "slots": worker.slots if worker is not None else None,
         "running_tasks": len(worker.running) if worker is not None else 0,
         # Two machines hold this node's identity (a cloned SD card).
-        "cloned": False if left else bool(getattr(node, "cloned", False)),
+        "cloned": slavelist.is_cloned(node),
     }
 
 
@@ -294,7 +294,8 @@ class SlaveList:
         hottest: list[tuple[float, str, Node]] = []
         in_trouble: list[tuple[tuple[int, int, str, str], Node]] = []
         for node in nodes(master):
-            counts["left" if slavelist.has_left(node) else "connected"] += 1
+            left = slavelist.has_left(node)
+            counts["left" if left else "connected"] += 1
             found = slavelist.troubles(node, now, silent_after, slavelist.is_cloned(node))
             for trouble in found:
                 by_trouble[trouble] += 1
@@ -304,9 +305,9 @@ class SlaveList:
                 rank = (worst, -len(found), node.hostname or slavelist.NO_HOSTNAME, node.uuid)
                 in_trouble.append((rank, node))
             temperature = slavelist.temperature(node)
-            if temperature is not None and not slavelist.has_left(node):
+            if temperature is not None and not left:
                 hottest.append((-temperature, node.uuid, node))
-            worker = None if slavelist.has_left(node) else master.scheduler.workers.get(node)
+            worker = None if left else master.scheduler.workers.get(node)
             if worker is not None:
                 slots += worker.slots
                 running += len(worker.running)
