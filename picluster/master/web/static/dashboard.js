@@ -50,7 +50,6 @@
     pageGeneration: 0,
     pageLoading: false,
     pageStale: false,
-    summary: null,
     tasks: null,
     /** Client time (ms) of the last event, or 0. */
     lastEventAt: 0,
@@ -285,7 +284,9 @@
     const at = summary.vitals_at;
     if (!isNumber(at)) return;
     const times = history.t;
-    if (times.length && at <= times[times.length - 1]) return;
+    // The history's times are float32 offsets, a few ms off: within 10 ms
+    // of the last, a sample is the one already there.
+    if (times.length && at <= times[times.length - 1] + 0.01) return;
     times.push(at);
     history.cpu_percent.push(summary.cpu_percent ?? null);
     history.temperature.push(summary.temperature ?? null);
@@ -618,7 +619,14 @@
     $("page-previous").addEventListener("click", () => {
       if (state.pageStarts.length > 1) turnTo(state.pageStarts.slice(0, -1));
     });
-    $("trouble-tile").addEventListener("click", () => setView({ state: "trouble", search: "" }));
+    const showTrouble = () => setView({ state: "trouble", search: "" });
+    $("trouble-tile").addEventListener("click", showTrouble);
+    $("trouble-tile").addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        showTrouble();
+      }
+    });
   }
 
   // ---------------------------------------------------------------- summary
@@ -626,7 +634,6 @@
   /** The counts in the masthead, and a line of troubles and the hottest. */
   function applySummary(summary) {
     if (!summary || typeof summary !== "object") return;
-    state.summary = summary;
     const counts = summary.slaves || {};
     const troubled = isNumber(counts.in_trouble) ? counts.in_trouble : 0;
     setText($("trouble-count"), isNumber(counts.in_trouble) ? counts.in_trouble : "–");
