@@ -259,7 +259,7 @@ class ReconnectionTests(unittest.TestCase):
         self.assertEqual((slave.initialDelay, slave.delay, slave.maxDelay),
                          (SlaveFactory.initialDelay, SlaveFactory.initialDelay, SlaveFactory.maxDelay))
         self.assertEqual((SlaveFactory.initialDelay, SlaveFactory.maxDelay, SlaveFactory.busyDelay,
-                          SlaveFactory.factor), (1.0, 60.0, BUSY_DELAY, 3.0))
+                          SlaveFactory.growth), (1.0, 60.0, BUSY_DELAY, 3.0))
 
     def test_firstRetryWithinInitialDelay(self) -> None:
         """After a session, the first retry comes at a random moment within initial_delay."""

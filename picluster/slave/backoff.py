@@ -66,8 +66,10 @@ class Backoff(ReconnectingClientFactory):
     #: Longest wait between attempts that were turned away (at most C{maxDelay}).
     busyDelay = BUSY_DELAY
     #: Each wait is drawn up to this many times the last.
-    factor = 3.0
-    #: Unused: the jitter is in the draw itself.
+    growth = 3.0
+    #: What L{ReconnectingClientFactory.retry} would multiply and blur the
+    #: wait by: nothing, since L{next_delay} has drawn it.
+    factor = 1.0
     jitter = 0.0
     random: Any = random
 
@@ -104,30 +106,21 @@ class Backoff(ReconnectingClientFactory):
         ceiling = self.maxDelay
         if outcome == TURNED_AWAY:
             ceiling = max(self.initialDelay, min(self.busyDelay, ceiling))
-        self.delay = min(ceiling, self.random.uniform(self.initialDelay, self.delay * self.factor))
+        self.delay = min(ceiling, self.random.uniform(self.initialDelay, self.delay * self.growth))
         return self.delay
 
     def retry(self, connector: Any = None) -> None:
         """
         L{ReconnectingClientFactory.retry}, waiting L{next_delay} (RCF's own
-        draws its jitter around a delay it then multiplies).
+        draws its jitter around a delay it then multiplies; here C{factor}
+        is 1 and C{jitter} 0, so it waits what is drawn).  C{delay} goes on
+        holding the last draw's bound, which the next draw grows from.
         """
         if not self.continueTrying:
             return
-        if connector is None:
-            if self.connector is None:
-                raise ValueError("no connector to retry")
-            connector = self.connector
-        self.retries += 1
-        if self.maxRetries is not None and self.retries > self.maxRetries:
-            return
-
-        def reconnector() -> None:
-            self._callID = None
-            connector.connect()
-
-        if self.clock is None:
-            from twisted.internet import reactor
-
-            self.clock = reactor
-        self._callID = self.clock.callLater(self.next_delay(), reconnector)
+        wait = self.next_delay()
+        bound, self.delay = self.delay, wait
+        try:
+            super().retry(connector)
+        finally:
+            self.delay = bound
