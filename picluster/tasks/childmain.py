@@ -215,15 +215,16 @@ def serve(requests: IO[bytes], outcomes: IO[bytes], limits: Limits,
     """Run each request on C{requests}, writing its outcome to C{outcomes}, until it closes."""
     surroundings = Surroundings()
     while True:
+        bad = None
         try:
             request = read_frame(requests)
         except ValueError as e:
-            request = {"bad": f"not JSON: {e}"}
+            request, bad = {}, f"not JSON: {e}"
         if request is None:
             return
         limits.start_task()
-        if isinstance(request, dict) and "bad" in request:
-            outcome = {"outcome": "failed", "error": error_payload("BadRequest", request["bad"])}
+        if bad is not None:
+            outcome = {"outcome": "failed", "error": error_payload("BadRequest", bad)}
         else:
             outcome = run(request, limits.memory)
         spent = limits.end_task()
