@@ -105,7 +105,10 @@ class ShapeTests(unittest.TestCase):
         good = {"slots": 4, "tasks": ["primes"]}
         self.assertEqual(self.decode("worker", good).slots, 4)
         for field, bad in (("slots", 0), ("slots", messages.MAX_SLOTS + 1), ("tasks", [""]),
-                           ("tasks", ["t"] * (messages.MAX_OFFERS + 1))):
+                           ("tasks", ["t"] * (messages.MAX_OFFERS + 1)), ("prefetch", -1),
+                           ("prefetch", messages.MAX_PREFETCH + 1),
+                           ("holding", [{"id": 1, "attempt": 1}]
+                            * (messages.MAX_SLOTS + messages.MAX_PREFETCH + 1))):
             e = self.assertRaises(msgspec.ValidationError, self.decode, "worker", {**good, field: bad})
             self.assertIn(f"$.{field}", str(e))
 

@@ -48,6 +48,8 @@ ROLES = ("slave", "client")
 
 #: Most slots a slave may claim, and most task names it may offer.
 MAX_SLOTS = 1024
+#: Most runs a slave may hold ready beyond its slots (L{WorkerOffer.prefetch}).
+MAX_PREFETCH = 1024
 MAX_OFFERS = 10_000
 
 #: Longest idempotency key and task name, in characters.
@@ -428,7 +430,11 @@ class WorkerOffer(Payload):
     tasks: _described(list[NonEmpty], "the task names it runs", max_length=MAX_OFFERS)
     refused: _described(dict[str, str], "tasks it offers but will not run as things stand, and why") = {}
     tags: _described(list[NonEmpty], "its --tags", max_length=MAX_OFFERS) = []
-    holding: _described(list[Run], "runs it still holds from an earlier connection") = []
+    holding: _described(list[Run], "runs it still holds from an earlier connection: the running"
+                                   " ones, then the ready ones in the order they will start",
+                       max_length=MAX_SLOTS + MAX_PREFETCH) = []
+    prefetch: _described(int, "runs it holds ready beyond its slots, each started as a slot"
+                              " frees, in the order given", ge=0, le=MAX_PREFETCH) = 0
 
 
 class WorkerAccepted(Payload):
