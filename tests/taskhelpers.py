@@ -133,14 +133,14 @@ class FakeSlave(Peer):
                  hostname: str = "pi-one", tasks: tuple[str, ...] = ("primes", "sleep"),
                  slots: int = 2, ram: int = 1024, cores: int = 4, tags: tuple[str, ...] = (),
                  refused: dict[str, str] | None = None, uuid: str | None = None,
-                 holding: list[dict[str, int]] | None = None):
+                 holding: list[dict[str, int]] | None = None, prefetch: int = 0):
         super().__init__(master, clock, host)
         welcome = self.request("hello", {"version": 1, "uuid": uuid})
         self.uuid = welcome["payload"]["uuid"]
         self.request("computer_details", {"hostname": hostname, "ram": ram, "cpu_cores": cores})
         self.accepted = self.request("worker", {
             "tasks": list(tasks), "refused": refused or {}, "slots": slots, "tags": list(tags),
-            "holding": holding or [],
+            "holding": holding or [], "prefetch": prefetch,
         })
 
     def runs(self) -> list[dict[str, Any]]:

@@ -206,16 +206,20 @@ class DispatchTests(Cluster):
         self.assertEqual(self.client.record(1)["attempts"], 2)
 
     def test_noFreeSlotWaitsForAResult(self) -> None:
-        """A slave short of slots is given nothing until it reports, and no attempt is spent."""
+        """A slave short of slots is given nothing until it reports, and no run is spent."""
         slave = FakeSlave(self.master, self.clock, slots=2)
-        self.submit(count=3)
+        self.submit(*[dict(PRIMES, retries=0)] * 3)
         first, second = slave.take("run_task")
         slave.send("ack", None, reply_to=first["id"])
         slave.send("bad_message", {"error": "no free slot", "slots": 2}, reply_to=second["id"])
         self.assertEqual(slave.runs(), [])
-        self.assertEqual(self.client.record(2)["attempts"], 0)
+        self.assertEqual(self.client.record(2)["state"], "queued")
         slave.finish(first["payload"], 25)
-        self.assertEqual([(r["id"], r["attempt"]) for r in slave.runs()], [(2, 1), (3, 1)])
+        # Its next handout has a number of its own, and it may still run
+        # although it allows no retry.
+        self.assertEqual([(r["id"], r["attempt"]) for r in slave.runs()], [(2, 2), (3, 1)])
+        slave.finish({"id": 2, "attempt": 2}, 25)
+        self.assertEqual(self.client.record(2)["state"], "done")
 
 
     def test_resultRefillsItsSlaveAtOnce(self) -> None:
@@ -248,6 +252,142 @@ class DispatchTests(Cluster):
         self.assertEqual([m["payload"]["id"] for m in sent(two.transport) if m["type"] == "run_task"],
                          [3])
         self.assertEqual([run["id"] for run in one.runs()], [4])
+
+
+class PrefetchTests(Cluster):
+    """Slaves that hold runs ready beyond their slots (a worker offer's C{prefetch})."""
+
+    def tearDown(self) -> None:
+        # The count that spares a freed slot its search when nothing is ready.
+        workers = self.scheduler.workers.values()
+        self.assertEqual(self.scheduler._ready_runs, sum(len(w.ready) for w in workers))
+
+    def test_freeSlotsFirst(self) -> None:
+        """Every free slot is filled before any slave is handed a run to hold ready."""
+        one = FakeSlave(self.master, self.clock, slots=1, prefetch=1)
+        two = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=1, prefetch=1)
+        self.submit(count=2)
+        self.assertEqual((len(one.runs()), len(two.runs())), (1, 1))
+        self.submit(count=3)
+        self.assertEqual((len(one.runs()), len(two.runs())), (1, 1))
+        self.assertEqual(self.client.record(5)["state"], "queued")
+        self.assertIsNone(self.client.record(5)["slave"])
+
+    def test_readyRunStartsWhenItsSlotFrees(self) -> None:
+        """A ready run is queued until the result that frees its slot: then it runs, its deadline too."""
+        slave = FakeSlave(self.master, self.clock, slots=1, prefetch=1)
+        self.submit(*[dict(PRIMES, timeout=10)] * 2)
+        first, second = slave.runs()
+        record = self.client.record(2)
+        self.assertEqual((record["state"], record["started_at"]), ("queued", None))
+        self.assertIn("handed to slave pi-one ahead of a free slot", record["waiting"])
+        self.clock.advance(20)
+        slave.finish(first, 25)
+        record = self.client.record(2)
+        self.assertEqual((record["state"], record["slave_hostname"], record["started_at"],
+                          record["waiting"]), ("running", "pi-one", 20, None))
+        # Its deadline (timeout and grace: 25 s) runs from then, not from the handout.
+        self.clock.advance(25 - 0.1)
+        self.assertEqual(self.client.record(2)["state"], "running")
+        self.clock.advance(0.2)
+        self.assertEqual(self.client.record(2)["error"]["kind"], "timeout")
+
+    def test_resultRefillsTheReadyPlace(self) -> None:
+        """A result's slot goes to the ready run; the ready place, in the same write, to the next task."""
+        slave = FakeSlave(self.master, self.clock, slots=1, prefetch=1)
+        self.submit(count=3)
+        first, second = slave.runs()
+        self.assertEqual(slave.finish(first, 25)["type"], "ack")
+        self.assertEqual([(r["id"], r["attempt"]) for r in slave.runs()], [(3, 1)])
+        self.assertEqual(self.client.record(2)["state"], "running")
+        self.assertEqual(self.client.record(3)["state"], "queued")
+
+    def test_cancelReadyRun(self) -> None:
+        """Cancelling a ready run tells its slave, and nothing takes a slot that did not free."""
+        slave = FakeSlave(self.master, self.clock, slots=1, prefetch=1)
+        self.submit(count=2)
+        first, second = slave.runs()
+        self.client.request("cancel", {"id": 2})
+        self.assertEqual(slave.cancels(), [{"id": 2, "attempt": 1}])
+        self.assertEqual(self.client.record(1)["state"], "running")
+        self.submit()
+        self.assertEqual([r["id"] for r in slave.runs()], [3])
+        self.assertEqual(self.client.record(3)["state"], "queued")
+        slave.finish(first, 25)
+        self.assertEqual(self.client.record(3)["state"], "running")
+
+    def test_lostReadyRunSpendsNoRetry(self) -> None:
+        """A run held ready by a lost slave never ran: it is queued again, whatever its retries."""
+        slave = FakeSlave(self.master, self.clock, slots=1, prefetch=1)
+        self.submit(*[dict(PRIMES, retries=0)] * 2)
+        self.assertEqual(len(slave.runs()), 2)
+        slave.lose()
+        first, second = self.client.records(1, 2).values()
+        self.assertEqual((first["state"], first["error"]["kind"]), ("failed", "lost"))
+        self.assertIn("gave up after 1 runs", first["error"]["message"])
+        self.assertEqual(second["state"], "queued")
+        other = FakeSlave(self.master, self.clock, "10.0.0.3", slots=1)
+        (run,) = other.runs()
+        self.assertEqual((run["id"], run["attempt"]), (2, 2))
+        other.finish(run, 25)
+        self.assertEqual(self.client.record(2)["state"], "done")
+
+    def test_rejoiningSlaveKeepsItsReadyRuns(self) -> None:
+        """A slave back with its running and ready runs keeps them all, in their places."""
+        slave = FakeSlave(self.master, self.clock, slots=1, prefetch=1)
+        self.submit(count=2)
+        first, second = slave.runs()
+        slave.lose()
+        back = FakeSlave(self.master, self.clock, uuid=slave.uuid, slots=1, prefetch=1,
+                         holding=[{"id": 1, "attempt": 1}, {"id": 2, "attempt": 1}])
+        self.assertEqual(back.accepted["payload"]["drop"], [])
+        self.assertEqual(back.runs(), [])
+        states = [record["state"] for record in self.client.records(1, 2).values()]
+        self.assertEqual(states, ["running", "queued"])
+        back.finish(first, 25)
+        self.assertEqual(self.client.record(2)["state"], "running")
+        back.finish(second, 25)
+        self.assertEqual(self.client.record(2)["attempts"], 1)
+
+    def test_idleSlotTakesAReadyRun(self) -> None:
+        """A slot nothing queued can fill takes the newest ready run of another slave."""
+        busy = FakeSlave(self.master, self.clock, slots=1, prefetch=2)
+        self.submit(count=3)
+        self.assertEqual([r["id"] for r in busy.runs()], [1, 2, 3])
+        idle = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=1)
+        self.clock.advance(0)
+        self.assertEqual(busy.cancels(), [{"id": 3, "attempt": 1}])
+        self.assertEqual([(r["id"], r["attempt"]) for r in idle.runs()], [(3, 2)])
+        self.assertEqual(self.client.record(3)["slave_hostname"], "pi-two")
+        # The busy slave's slot, once free, goes to the run it still holds.
+        busy.finish({"id": 1, "attempt": 1}, 25)
+        self.assertEqual(self.client.record(2)["state"], "running")
+        self.assertEqual(busy.runs(), [])
+
+    def test_slotFreedByAResultTakesAReadyRun(self) -> None:
+        """A slave whose result leaves it idle, with nothing queued, takes a run held ready elsewhere."""
+        busy = FakeSlave(self.master, self.clock, slots=1, prefetch=2)
+        quick = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=1)
+        self.submit(count=4)
+        self.assertEqual([r["id"] for r in busy.runs()], [1, 3, 4])
+        (run,) = quick.runs()
+        quick.finish(run, 25)
+        self.assertEqual([(r["id"], r["attempt"]) for r in quick.runs()], [(4, 2)])
+        self.assertEqual(busy.cancels(), [{"id": 4, "attempt": 1}])
+
+    def test_movedRunFinishedFirstByItsSlave(self) -> None:
+        """A ready run moved away that its slave ran meanwhile ends the task; the new run is called off."""
+        busy = FakeSlave(self.master, self.clock, slots=1, prefetch=1)
+        self.submit(count=2)
+        busy.runs()
+        idle = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=1)
+        self.clock.advance(0)
+        (moved,) = idle.runs()
+        busy.finish({"id": 1, "attempt": 1}, 25)
+        busy.finish({"id": 2, "attempt": 1}, 25)
+        self.assertEqual(idle.cancels(), [{"id": 2, "attempt": moved["attempt"]}])
+        record = self.client.record(2)
+        self.assertEqual((record["state"], record["slave_hostname"]), ("done", "pi-one"))
 
 
 class ResultTests(Cluster):
@@ -437,7 +577,7 @@ class FaultTests(Cluster):
         record = self.client.record(1)
         self.assertEqual((record["state"], record["attempts"]), ("failed", 2))
         self.assertEqual(record["error"]["type"], "SlaveLost")
-        self.assertIn("gave up after 2 attempts", record["error"]["message"])
+        self.assertIn("gave up after 2 runs", record["error"]["message"])
         self.assertIn("was lost", record["error"]["message"])
 
     def test_lateResultOfEarlierRunKeptOnce(self) -> None:

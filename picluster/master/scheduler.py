@@ -9,9 +9,15 @@ which free slot takes which task.  A slave lost under running tasks puts them
 back in the queue until their retries are spent; a result that comes late
 is kept only if the task is still open, so it is recorded once.
 
-Each open task is in exactly one of three places: a queue (waiting), the
-C{held} map (found running at start, waiting for its slave to rejoin), or a
-worker's C{running} map.
+Each open task is in exactly one of four places: a queue (waiting), the
+C{held} map (found running at start, waiting for its slave to rejoin), a
+worker's C{running} map, or a worker's C{ready} map (handed to a slave
+beyond its slots, to start there as a slot frees, with no round trip to the
+master: a slave's C{prefetch}).  Free slots are filled first, anywhere;
+ready places only once no free slot can take the task; and a slot left
+idle while nothing queued suits it takes a run another slave holds ready.
+A ready run counts as started (its row says C{running}, its deadline runs)
+once the master reads the result that freed its slot.
 
 The scheduler only decides and records; how tasks are listed, watched and
 counted for clients and the dashboard is L{picluster.master.taskview}'s,
@@ -108,6 +114,9 @@ class Scheduler:
         self._dispatch_call: Any = None
         self._release_call: Any = None
         self._assignments = 0
+        #: Runs held ready on all slaves, so that a freed slot looks for one
+        #: to take only when there is one.
+        self._ready_runs = 0
         #: Tasks in each final state, from the store at start, then counted.
         self.finished_counts: dict[str, int] = dict.fromkeys(sorted(FINAL_STATES), 0)
 
@@ -315,19 +324,21 @@ class Scheduler:
         if connection in self.workers:
             raise wire.BadMessage("worker already sent on this connection")
         worker = Worker(connection, frozenset(offer.tasks), offer.refused, offer.slots,
-                        frozenset(offer.tags))
+                        frozenset(offer.tags), offer.prefetch)
         slots = offer.slots
         offers = worker.offers
         self.workers[connection] = worker
         drop = []
+        # Running ones first, then the ready ones in order (the offer's
+        # order), as the slave holds them: take() fills the slots first.
         for run in offer.holding:
             if not self._reclaim(worker, run.id, run.attempt):
                 drop.append(run)
         self.worker_log.info(
-            "work offers", "Slave {uuid} ({hostname}) offers {count} tasks on {slots} slots;"
-            " {held} runs reclaimed, {dropped} dropped",
+            "work offers", "Slave {uuid} ({hostname}) offers {count} tasks on {slots} slots"
+            " ({prefetch} more ready); {held} runs reclaimed, {dropped} dropped",
             uuid=worker.uuid, hostname=worker.hostname, count=len(offers), slots=slots,
-            held=len(worker.running), dropped=len(drop),
+            prefetch=offer.prefetch, held=len(worker.running) + len(worker.ready), dropped=len(drop),
         )
         self._schedule_dispatch()
         return ("worker_accepted", messages.WorkerAccepted(drop))
@@ -341,12 +352,12 @@ class Scheduler:
             # Still counted on this slave's older connection, not yet seen to close.
             if task.worker.uuid != worker.uuid:
                 return False
-            task.worker.running.pop(task.id, None)
+            self._release(task)
         elif task.last_run != (worker.uuid, attempt):
             return False
         self.held.pop(task.id, None)
         task.queued = False
-        self._run_on(task, worker, attempt, reclaimed=True)
+        self._hand(task, worker, attempt, reclaimed=True)
         return True
 
     def task_result(self, connection: Any, report: messages.TaskResult) -> defer.Deferred[None] | None:
@@ -376,7 +387,7 @@ class Scheduler:
                 return None
             log.info("Task {id} finished by an earlier run (attempt {attempt}); keeping it",
                      id=task_id, attempt=attempt)
-        elif outcome == "failed" and retry and task.attempts <= task.retries:
+        elif outcome == "failed" and retry and task.runs <= task.retries:
             self._run_lost(task, f"run crashed: {report.error.message}")  # type: ignore[union-attr]
             return None
         assert reporter is not None
@@ -404,6 +415,10 @@ class Scheduler:
         why = f"slave {worker.uuid} ({worker.hostname}) was lost"
         if cause is not None:
             why += f": {cause.cause}"
+        # The ready runs first: none of them may take a slot that a lost
+        # running one frees, and count as started.
+        for task in list(worker.ready.values()):
+            self._run_lost(task, why)
         for task in list(worker.running.values()):
             self._run_lost(task, why)
 
@@ -415,26 +430,49 @@ class Scheduler:
     def _requeue_record(self, task: OpenTask) -> None:
         task.record.update(state="queued", slave=None, slave_hostname=None, started_at=None)
 
-    def _run_on(self, task: OpenTask, worker: Worker, attempt: int, reclaimed: bool = False) -> None:
+    def _hand(self, task: OpenTask, worker: Worker, attempt: int, reclaimed: bool = False) -> None:
+        """Count run C{attempt} of C{task} as C{worker}'s: started, or ready behind its slots."""
         task.worker = worker
         task.ran_by[attempt] = worker.uuid
-        worker.running[task.id] = task
-        task.record.update(state="running", slave=worker.uuid, slave_hostname=worker.hostname,
-                           attempts=attempt)
+        task.record["attempts"] = attempt
+        if worker.take(task):
+            self._started(task, worker, reclaimed)
+        else:
+            self._ready_runs += 1
+
+    def _started(self, task: OpenTask, worker: Worker, reclaimed: bool = False) -> None:
+        """A run has a slot: it is C{running}, and its deadline starts now."""
+        task.record.update(state="running", slave=worker.uuid, slave_hostname=worker.hostname)
         if not reclaimed or task.record["started_at"] is None:
             task.record["started_at"] = self.clock.seconds()
         self._write(task.record)
         task.cancel_deadline()
         if task.timeout is not None:
             task.deadline = self.clock.callLater(
-                task.timeout + self.overdue_grace, self._overdue, task, worker, attempt
+                task.timeout + self.overdue_grace, self._overdue, task, worker, task.attempts
             )
+
+    def _release(self, task: OpenTask) -> bool:
+        """
+        Take a run off its slave's books, as the slave does when it ends
+        or drops it: the oldest run it held ready starts in a freed slot.
+        True if the run had started.
+        """
+        worker = task.worker
+        assert worker is not None
+        was_running = task.id in worker.running
+        holding = len(worker.ready)
+        promoted = worker.drop(task)
+        self._ready_runs -= holding - len(worker.ready)
+        if promoted is not None:
+            self._started(promoted, worker)
+        return was_running
 
     def _assign(self, task: OpenTask, worker: Worker) -> None:
         attempt = task.attempts + 1
         self._assignments += 1
         worker.last_assigned = self._assignments
-        self._run_on(task, worker, attempt)
+        self._hand(task, worker, attempt)
         run = messages.RunTask(task.id, attempt, task.name, task.record["args"], task.timeout)
         sent = worker.connection.request("run_task", run)
         sent.addErrback(self._run_refused, task, worker, attempt)
@@ -448,26 +486,35 @@ class Scheduler:
         log.warn("Slave {uuid} ({hostname}) did not take task {id}: {problem}",
                  uuid=worker.uuid, hostname=worker.hostname, id=task.id,
                  problem=failure.getErrorMessage())
-        if failure.check(RemoteError) and _refusal(failure) in BUSY_REFUSALS:
+        busy = failure.check(RemoteError) is not None and _refusal(failure) in BUSY_REFUSALS
+        if busy:
             # Our count of its runs is off (it still runs something we gave
-            # up on).  Not the task's fault: the attempt does not count, and
+            # up on).  Not the task's fault: the run does not count, and
             # the slave gets nothing more until it next reports a result,
             # rather than refusing run after run in a tight loop.
             worker.full = True
-            task.record["attempts"] -= 1
+        # Any other refusal counts, wherever the run was on our books, or a
+        # slave refusing it for good would be handed it for ever.
         self._run_lost(task, f"slave {worker.hostname or worker.uuid} did not take it:"
-                             f" {failure.getErrorMessage()}")
+                             f" {failure.getErrorMessage()}", started=not busy)
 
-    def _run_lost(self, task: OpenTask, why: str) -> None:
-        """A run ended without a result: run it again, or give up."""
+    def _run_lost(self, task: OpenTask, why: str, started: bool | None = None) -> None:
+        """
+        A run ended without a result: run it again, or give up.
+
+        @param started: Whether the run is spent; by default, whether it
+            had started (not held ready) on its slave's books.
+        """
         worker = task.worker
         if worker is not None:
-            worker.running.pop(task.id, None)
+            had_started = self._release(task)
+            if not (had_started if started is None else started):
+                task.unstarted += 1
             task.last_run = (worker.uuid, task.attempts)
         task.worker = None
         task.cancel_deadline()
-        if task.attempts > task.retries:
-            message = f"{why}; gave up after {task.attempts} attempts"
+        if task.runs > task.retries:
+            message = f"{why}; gave up after {task.runs} runs"
             self._finish(task, "failed", None,
                          {"type": "SlaveLost", "message": message, "traceback": None, "kind": "lost"})
             log.warn("Task {id} ({name}) failed: {message}", id=task.id, name=task.name, message=message)
@@ -475,8 +522,10 @@ class Scheduler:
             self._requeue_record(task)
             self._write(task.record)
             self._enqueue(task)
-            log.info("Task {id} ({name}) queued again after attempt {attempts}: {why}",
-                     id=task.id, name=task.name, attempts=task.attempts, why=why)
+            # Budgeted: a lost slave puts back all it ran and held ready at once.
+            self.task_log.info("queued again", "Task {id} ({name}) queued again after attempt"
+                               " {attempts}: {why}", id=task.id, name=task.name,
+                               attempts=task.attempts, why=why)
         self._schedule_dispatch()
 
     def _overdue(self, task: OpenTask, worker: Worker, attempt: int) -> None:
@@ -502,7 +551,7 @@ class Scheduler:
         task.cancel_deadline()
         worker = task.worker
         if worker is not None:
-            worker.running.pop(task.id, None)
+            self._release(task)
             if stop_run:
                 # Even on the slave that sent the result: an earlier run's
                 # result may come from the slave now running a later one.
@@ -538,17 +587,52 @@ class Scheduler:
             self._dispatch_call = self.clock.callLater(0, self._dispatch)
 
     def _dispatch(self) -> None:
-        """Fill the free slots, one task at a time."""
+        """
+        Fill the free slots, then the ready places, one task at a time
+        (the least loaded slave first: one with a free slot is below any
+        without); then give a slot still idle a run held ready elsewhere.
+        """
         self._dispatch_call = None
-        free = [w for w in self.workers.values() if w.free_slots > 0 and not w.closing]
-        while free and self.queue:
-            assignment = self.queue.next_assignment(free, self._refused_everywhere)
+        room = [w for w in self.workers.values() if w.room > 0 and not w.closing]
+        while room and self.queue:
+            assignment = self.queue.next_assignment(room, self._refused_everywhere)
             if assignment is None:
-                return
+                break
             task, worker = assignment
             self._assign(task, worker)
-            if worker.free_slots <= 0:
-                free.remove(worker)
+            if worker.room <= 0:
+                room.remove(worker)
+        idle = [w for w in room if w.free_slots > 0]
+        if idle:
+            self._move_ready(idle)
+
+    def _move_ready(self, idle: list[Worker]) -> None:
+        """
+        Hand slots that nothing queued can fill the runs other slaves hold
+        ready, newest first from the slave holding most: a ready run waits
+        on its slave's running ones, which may take hours, while a slot
+        here sits idle.  Its slave is told to drop it; if it has started it
+        meanwhile, whichever run reports first ends the task and the other
+        is called off (L{task_result}).
+        """
+        if not self._ready_runs:
+            return
+        holders = [w for w in self.workers.values() if w.ready and not w.closing]
+        for worker in idle:
+            while worker.free_slots > 0:
+                task = _newest_ready_for(worker, holders)
+                if task is None:
+                    break
+                holder = task.worker
+                assert holder is not None
+                self._run_lost(task, f"moved to idle slave {worker.hostname or worker.uuid}")
+                holder.cancel(task.id, task.attempts)
+                if not holder.ready:
+                    holders.remove(holder)
+                # Queued again by _run_lost, it is the oldest of its kind
+                # only if nothing older waits: take it straight from the queue.
+                task.queued = False
+                self._assign(task, worker)
 
     def _refill(self, worker: Worker) -> None:
         """
@@ -566,12 +650,17 @@ class Scheduler:
         """
         if self._dispatch_call is not None or self._unavailable is not None:
             return
+        if worker.closing:
+            return
         only = [worker]
-        while worker.free_slots > 0 and self.queue and not worker.closing:
+        while worker.room > 0 and self.queue:
             assignment = self.queue.next_assignment(only, _keep)
             if assignment is None:
-                return
+                break
             self._assign(*assignment)
+        if worker.free_slots > 0:
+            # Nothing queued for it: its slot may take a run held ready elsewhere.
+            self._move_ready([worker])
 
     def _refused_everywhere(self, task: OpenTask) -> bool:
         """
@@ -630,6 +719,17 @@ class Scheduler:
     def _write(self, record: dict[str, Any]) -> None:
         """L{_save}, when nobody waits for the row to be committed."""
         self.usable_store().write(dict(record))
+
+
+def _newest_ready_for(worker: Worker, holders: list[Worker]) -> OpenTask | None:
+    """The run held ready longest to go that C{worker} may run, from the slave holding most."""
+    for holder in sorted(holders, key=lambda each: len(each.ready), reverse=True):
+        if holder is worker:
+            continue
+        for task in reversed(holder.ready.values()):
+            if worker.may_run(task):
+                return task
+    return None
 
 
 def _keep(task: OpenTask) -> bool:

@@ -77,4 +77,4 @@ def _least_loaded(task: OpenTask, free: list[Worker]) -> Worker | None:
     eligible = [worker for worker in free if worker.may_run(task)]
     if not eligible:
         return None
-    return min(eligible, key=lambda worker: (len(worker.running) / worker.slots, worker.last_assigned))
+    return min(eligible, key=lambda worker: (worker.load, worker.last_assigned))

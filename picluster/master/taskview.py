@@ -62,6 +62,10 @@ class TaskView:
         if task.id in book.held:
             return ("was running when the master restarted; waiting for its slave to rejoin"
                     " and claim it")
+        worker = task.worker
+        if worker is not None and task.id in worker.ready:
+            return (f"handed to slave {worker.hostname or worker.uuid} ahead of a free slot; it"
+                    f" starts there as one of its {worker.slots} slots frees")
         if not task.queued:
             return None
         offering = [w for w in book.workers.values() if task.name in w.offers]

@@ -3,8 +3,8 @@ What the scheduler knows of a task and of a slave that runs tasks.
 
 L{OpenTask} wraps the record of a queued or running task; L{Worker} is a
 slave connection that said C{worker}: what it offers, its slots, what it
-runs now.  Both live only in the master's memory; the record is what goes to
-disk.
+runs now and what it holds ready to run next.  Both live only in the
+master's memory; the record is what goes to disk.
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class OpenTask:
     @ivar last_run: (slave uuid, attempt) of the run last lost, so that the
         slave may claim it back when it rejoins.
     @ivar deadline: The call that fails it if no result comes in time.
+    @ivar unstarted: Handouts taken back before they started (held ready
+        by a slave that was lost, or moved to an idle slave): counted in its
+        attempts, since each handout has its own attempt number, but not
+        against its retries.
     """
 
     def __init__(self, record: dict[str, Any]):
@@ -48,6 +52,7 @@ class OpenTask:
         self.deadline: Any = None
         #: What it counts against its submitter's quotas, given back when it ends.
         self.charge: Any = None
+        self.unstarted = 0
 
     @property
     def id(self) -> int:
@@ -69,6 +74,11 @@ class OpenTask:
     def timeout(self) -> float | None:
         return self.record["timeout"]
 
+    @property
+    def runs(self) -> int:
+        """The runs it has started: its attempts less the handouts that never started."""
+        return self.record["attempts"] - self.unstarted
+
     def cancel_deadline(self) -> None:
         if self.deadline is not None and self.deadline.active():
             self.deadline.cancel()
@@ -79,20 +89,30 @@ class Worker:
     """
     A slave connection that runs tasks.
 
+    A slave that offers C{prefetch} holds that many runs ready beyond its
+    slots and starts the oldest whenever a run ends, before it reports that
+    run's result (docs/protocol.rst, "Tasks"): so a master that reads a result
+    of a running run knows, without being told, which ready run took the
+    slot.  L{take} and L{drop} keep the same books here.
+
     @ivar connection: The master's L{PeerConnection} for it.
     @ivar running: Task id to the L{OpenTask}s it runs now.
+    @ivar ready: Task id to the L{OpenTask}s handed to it beyond its slots,
+        in the order it will start them.
     @ivar last_assigned: When it last got a task (a counter), so that equally
         loaded slaves take turns.
     """
 
     def __init__(self, connection: Any, offers: frozenset[str], refused: dict[str, str],
-                 slots: int, tags: frozenset[str]):
+                 slots: int, tags: frozenset[str], prefetch: int = 0):
         self.connection = connection
         self.offers = offers
         self.refused = refused
         self.slots = slots
+        self.prefetch = prefetch
         self.tags = tags
         self.running: dict[int, OpenTask] = {}
+        self.ready: dict[int, OpenTask] = {}
         self.last_assigned = 0
         #: Set when it refused a run for want of a slot: it gets nothing
         #: more until it reports a result.
@@ -113,6 +133,40 @@ class Worker:
     @property
     def free_slots(self) -> int:
         return 0 if self.full else self.slots - len(self.running)
+
+    @property
+    def room(self) -> int:
+        """How many more runs it may be handed now: its free slots, then its ready places."""
+        if self.full:
+            return 0
+        return self.slots + self.prefetch - len(self.running) - len(self.ready)
+
+    @property
+    def load(self) -> float:
+        """What it holds for each slot: a slave with a free slot is below 1."""
+        return (len(self.running) + len(self.ready)) / self.slots
+
+    def take(self, task: OpenTask) -> bool:
+        """Count a run handed to it; true if it starts at once, false if it waits ready."""
+        if len(self.running) < self.slots:
+            self.running[task.id] = task
+            return True
+        self.ready[task.id] = task
+        return False
+
+    def drop(self, task: OpenTask) -> OpenTask | None:
+        """
+        Forget a run, which has ended or is taken back.  A running one frees
+        its slot, which the oldest ready run takes, as the slave does: that
+        run is returned, to be counted started.
+        """
+        if self.ready.pop(task.id, None) is not None:
+            return None
+        if self.running.pop(task.id, None) is None or not self.ready:
+            return None
+        next_id = next(iter(self.ready))
+        started = self.running[next_id] = self.ready.pop(next_id)
+        return started
 
     @property
     def closing(self) -> bool:
