@@ -150,6 +150,9 @@ def _decode_cursor(cursor: str, order: str) -> tuple[int, Any, str]:
 
 # -- what is wrong with a node ------------------------------------------------
 
+#: The firmware's flags, besides under-voltage, that say it holds the CPU back now.
+CAPPING_FLAGS = ("frequency_capped", "throttled", "soft_temperature_limit")
+
 
 def troubles(node: Node, now: float, silent_after: float, cloned: bool = False) -> list[str]:
     """What a person should look at on C{node}, worst first (see L{TROUBLES})."""
@@ -162,8 +165,7 @@ def troubles(node: Node, now: float, silent_after: float, cloned: bool = False) 
     throttling = getattr(vitals, "throttling", None)
     if getattr(vitals, "under_voltage", None) is True or getattr(throttling, "under_voltage", None) is True:
         found.append("under-voltage")
-    if any(getattr(throttling, flag, None) is True
-           for flag in ("frequency_capped", "throttled", "soft_temperature_limit")):
+    if any(getattr(throttling, flag, None) is True for flag in CAPPING_FLAGS):
         found.append("throttled")
     reading = temperature(node)
     if reading is not None and reading >= HOT_CELSIUS:

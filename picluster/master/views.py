@@ -83,10 +83,8 @@ def _throttled(throttling: Throttling | None) -> bool | None:
     """Whether the firmware is holding the node back right now, for any reason."""
     if throttling is None:
         return None
-    return any(flag is True for flag in (
-        throttling.under_voltage, throttling.frequency_capped, throttling.throttled,
-        throttling.soft_temperature_limit,
-    ))
+    return any(getattr(throttling, flag) is True
+               for flag in ("under_voltage", *slavelist.CAPPING_FLAGS))
 
 
 def _load_average(loads: list[float] | None) -> list[float] | None:
