@@ -14,9 +14,10 @@ and once with C{distributed.scheduler.worker-saturation} set to inf.  The
 three take turns, a round each (L{Rounds}), so that a machine getting busier
 or quieter weighs on all of them alike.
 
-The slaves keep their default C{--slots}, the machine's core count, as a
-user would run them; C{echo} runs in the slave's reactor, so the slots only
-set how many runs each slave has in flight.
+The slaves keep their default C{--slots}, the machine's core count, and
+their default C{--prefetch} (as many runs held ready as slots), as a user
+would run them; C{echo} runs in the slave's reactor, so the slots and the
+ready runs only set how many runs each slave has in flight.
 
 Small CPU tasks take their turns beside them: the built-in C{primes} over
 the first 10,000 numbers (some 0.2 ms of work), on the same two slaves, in
@@ -342,8 +343,8 @@ def run(report: Any, options: Any) -> None:
     report.note("picluster's coordinator is the master; Dask's is the client process, which"
                 " runs the scheduler of a LocalCluster and the client (so its client CPU is"
                 " counted there). Workers: the two slaves; Dask's two workers and their nannies.")
-    report.note(f"The slaves run with their default --slots, this machine's core count:"
-                f" they offered {shown_slots} slots.")
+    report.note(f"The slaves run with their default --slots, this machine's core count,"
+                f" and --prefetch (as many ready as slots): they offered {shown_slots} slots.")
     report.note("Each Dask cluster is stopped (SIGSTOP) while the others take their turn:"
                 " idle, a LocalCluster's heartbeats cost some 10 % of a core here.")
     report.note("Bare children: the same primes workers a slave starts, each given one task,"

@@ -636,21 +636,21 @@ class Scheduler:
 
     def _refill(self, worker: Worker) -> None:
         """
-        Hand the slots a slave's result has just freed their next tasks at
-        once: they leave in the same write as the answers to the read that
+        Hand the room a slave's result has just made (its slot, or the
+        ready place of the run that took the slot) its next tasks at once:
+        they leave in the same write as the answers to the read that
         brought the result, rather than two reactor turns later (the next
         dispatch, then the transport's next write), and a slave running
-        tiny tasks waits on the master that much less.
+        tiny tasks waits on the master that much less.  A slot that nothing
+        queued can fill takes a run held ready elsewhere.
 
         Only while no dispatch is due: every change that may let another
-        free slave take a queued task calls for one, so with none due no
-        other free slave can run a queued head, and this slave is the one
-        the dispatch would choose.  Heads it cannot run are left to the
-        dispatch, to give up on or hand out.
+        slave with room take a queued task calls for one, so with none due
+        no other slave with room can run a queued head, and this slave is
+        the one the dispatch would choose.  Heads it cannot run are left to
+        the dispatch, to give up on or hand out.
         """
-        if self._dispatch_call is not None or self._unavailable is not None:
-            return
-        if worker.closing:
+        if self._dispatch_call is not None or self._unavailable is not None or worker.closing:
             return
         only = [worker]
         while worker.room > 0 and self.queue:
