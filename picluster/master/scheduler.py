@@ -629,8 +629,8 @@ class Scheduler:
                 holder.cancel(task.id, task.attempts)
                 if not holder.ready:
                     holders.remove(holder)
-                # Queued again by _run_lost, it is the oldest of its kind
-                # only if nothing older waits: take it straight from the queue.
+                # _run_lost queued it again; it goes to the idle slot instead
+                # (its entry in the queue goes stale, and is skipped).
                 task.queued = False
                 self._assign(task, worker)
 
