@@ -506,6 +506,22 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertIn("--workers-recycle-after", self.refused("--workers-recycle-after", "0"))
         self.assertIn("--workers-recycle-after", self.refused("--workers-recycle-after", "1000001"))
 
+    def test_prefetch(self):
+        """--prefetch (or prefetch in the file) reaches the runner, from 0 to 1024; --slots by default."""
+        runner = slave_tap.makeService(self.parse("--slots", "3")).factory.runner
+        self.assertEqual((runner.slots, runner.prefetch), (3, 3))
+        runner = slave_tap.makeService(self.parse()).factory.runner
+        self.assertEqual(runner.prefetch, runner.slots)
+        runner = slave_tap.makeService(self.parse("--slots", "3", "--prefetch", "0")).factory.runner
+        self.assertEqual(runner.prefetch, 0)
+        options = self.parse("--slots", "2", config_text="[slave]\nprefetch = 1024\n")
+        self.assertEqual(slave_tap.makeService(options).factory.runner.prefetch, 1024)
+        self.assertEqual(self.refused("--prefetch", "-1"), "--prefetch: must be from 0 to 1024, not -1")
+        self.assertEqual(self.refused("--prefetch", "1025"),
+                         "--prefetch: must be from 0 to 1024, not 1025")
+        self.assertEqual(self.refused("--prefetch", "x"), "--prefetch: expected a whole number, not 'x'")
+        self.assertIn("prefetch in [slave] of ", self.refused(config_text="[slave]\nprefetch = lots\n"))
+
     def test_makeServiceDefaults(self):
         """makeService with no options makes a factory for 127.0.0.1:12345."""
         factory = slave_tap.makeService(self.parse()).factory

@@ -518,22 +518,49 @@ class ResultReportTests(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.held: defer.Deferred[Any] = defer.Deferred()
+        #: The runs of "wait", one Deferred each.
+        self.waits: list[defer.Deferred[Any]] = []
+
+        def wait() -> defer.Deferred[Any]:
+            self.waits.append(defer.Deferred())
+            return self.waits[-1]
+
         runner = TaskRunner(TaskCatalog([Task("echo", lambda **args: args, "reactor"),
-                                         Task("hold", lambda: self.held, "reactor")]),
-                            slots=2, clock=self.clock, reactor=self.clock)
+                                         Task("hold", lambda: self.held, "reactor"),
+                                         Task("wait", wait, "reactor")]),
+                            slots=2, prefetch=3, clock=self.clock, reactor=self.clock)
         self.slave = slave_factory(self.clock, keepalive=5, vitals_interval=3600, runner=runner)
         self.protocol, self.transport = connect(self.slave, host="10.0.0.1", port=12345)
         answers = {"hello": ("welcome", {"uuid": "ab" * 16, "keepalive": 5, "dead_after": 3600}),
                    "computer_details": ("ack", None), "info": ("master_info", {"hostname": "m"}),
                    "worker": ("worker_accepted", {"drop": []})}
+        self.offers: list[dict[str, Any]] = []
         for _ in range(4):
             for request in sent(self.transport):
+                if request["type"] == "worker":
+                    self.offers.append(request["payload"])
                 if request["type"] in answers:
                     reply_type, payload = answers[request["type"]]
                     self.protocol.dataReceived(frame({"type": reply_type, "payload": payload,
                                                       "reply_to": request["id"]}))
         self.clock.advance(0)
         sent(self.transport)
+
+    def test_offerSaysPrefetch(self) -> None:
+        """The worker offer tells the master the runner's slots and prefetch."""
+        [offer] = self.offers
+        self.assertEqual((offer["slots"], offer["prefetch"], offer["holding"]), (2, 3, []))
+
+    def test_readyRunReportsAfterTheRunBefore(self) -> None:
+        """A run held ready starts as a slot frees, and its result follows the freeing one's."""
+        for task_id, name in ((1, "wait"), (2, "wait"), (3, "echo")):
+            self.protocol.dataReceived(frame({"type": "run_task", "id": task_id, "payload": {
+                "id": task_id, "attempt": 1, "name": name, "args": {}}}))
+        self.assertEqual([m["type"] for m in sent(self.transport)], ["ack"] * 3)
+        self.waits[1].callback(7)
+        self.clock.advance(0)
+        self.assertEqual([(m["type"], m["payload"]["id"]) for m in sent(self.transport)],
+                         [("task_result", 2), ("task_result", 3)])
 
     def test_endedAtOnceInTheSameWrite(self) -> None:
         """A run that ends at once reports in the read's write, after the answer to its run_task."""

@@ -288,7 +288,7 @@ class StartTests(RunnerTestCase):
         runner = self.make_runner(slots=1)
         runner.start(run(1, "pending"))
         e = self.assertRaises(BadMessage, runner.start, run(2, "answer"))
-        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1})
+        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1, "prefetch": 0})
         self.pending.deferreds[0].callback("ok")
         runner.start(run(2, "answer"))
 
@@ -862,6 +862,157 @@ class StopTests(RunnerTestCase):
     def test_nothingRunning(self) -> None:
         """With nothing running it fires at once."""
         self.successResultOf(self.make_runner().stop())
+
+
+class PrefetchTests(RunnerTestCase):
+    """
+    Runs handed out beyond the slots wait ready, and the oldest starts as a
+    slot frees, before the ended run's result is handed on.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        #: What happened, in order: ("started", id) and ("result", id).
+        self.events: list[tuple[str, int]] = []
+
+    def make_runner(self, *tasks: Task, slots: int = 1, **settings: Any) -> TaskRunner:
+        def note(tag: int) -> int:
+            self.events.append(("started", tag))
+            return tag
+
+        runner = super().make_runner(Task("note", note, "reactor"), *tasks, slots=slots, **settings)
+        runner.on_result = lambda payload: self.events.append(("result", payload["id"]))
+        return runner
+
+    def test_startsWhenASlotFrees(self) -> None:
+        """A ready run does not start while the slots are busy, and starts as one frees."""
+        runner = self.make_runner(prefetch=2)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "pending"))
+        self.reactor.advance(60)
+        self.assertEqual((len(self.pending.deferreds), runner.holding()), (1, [Run(1, 1), Run(2, 1)]))
+        self.pending.deferreds[0].callback("ok")
+        self.assertEqual((len(self.pending.deferreds), runner.holding()), (2, [Run(2, 1)]))
+
+    def test_startedBeforeTheResultIsHandedOn(self) -> None:
+        """The oldest ready run starts within the end of a run, before that run's result goes."""
+        runner = self.make_runner(prefetch=1)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "note", {"tag": 2}))
+        self.pending.deferreds[0].callback("ok")
+        self.assertEqual(self.events, [("started", 2)])
+        self.reactor.advance(0)
+        self.assertEqual(self.events, [("started", 2), ("result", 1), ("result", 2)])
+
+    def test_inTheOrderGiven(self) -> None:
+        """Ready runs start oldest first; one refused as it starts fails and frees its slot at once."""
+        runner = self.make_runner(prefetch=3)
+        runner.start(run(1, "pending"))
+        for task_id, name in ((4, "note"), (2, "nothing"), (3, "note")):
+            runner.start(run(task_id, name, {"tag": task_id}))
+        self.assertEqual(runner.holding(), [Run(1, 1), Run(4, 1), Run(2, 1), Run(3, 1)])
+        self.pending.deferreds[0].callback("ok")
+        self.reactor.advance(0)
+        self.assertEqual(self.events, [("started", 4), ("started", 3), ("result", 1), ("result", 4),
+                                       ("result", 2), ("result", 3)])
+        self.assertEqual(runner.results[2]["error"]["kind"], "unknown_task")
+
+    def test_pendingReadyRunsInOrder(self) -> None:
+        """With slots busy, holding() lists the running runs, then the ready ones as they will start."""
+        runner = self.make_runner(slots=2, prefetch=2)
+        for task_id in (5, 3, 9, 1):
+            runner.start(run(task_id, "pending"))
+        self.assertEqual([r.id for r in runner.holding()], [5, 3, 9, 1])
+        self.pending.deferreds[0].callback("ok")
+        self.assertEqual([r.id for r in runner.holding()], [3, 9, 1])
+        self.pending.deferreds[1].callback("ok")
+        self.assertEqual([r.id for r in runner.holding()], [9, 1])
+
+    def test_timeoutCountsFromTheStart(self) -> None:
+        """A ready run's timeout starts when it does: here, when the run before it times out."""
+        runner = self.make_runner(prefetch=1)
+        runner.start(run(1, "pending", timeout=10))
+        runner.start(run(2, "pending", timeout=5))
+        self.reactor.advance(10)
+        self.assertEqual((len(self.pending.deferreds), runner.holding()), (2, [Run(2, 1)]))
+        self.reactor.advance(4.9)
+        self.assertEqual([r["id"] for r in runner.results], [1])
+        self.reactor.advance(0.1)
+        self.assertEqual([(r["id"], r["error"]["kind"]) for r in runner.results],
+                         [(1, "timeout"), (2, "timeout")])
+
+    def test_noRoom(self) -> None:
+        """Past the slots and the prefetch, a run is refused, naming both."""
+        runner = self.make_runner(prefetch=1)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "pending"))
+        e = self.assertRaises(BadMessage, runner.start, run(3, "answer"))
+        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1, "prefetch": 1})
+        self.assertEqual(runner.holding(), [Run(1, 1), Run(2, 1)])
+
+    def test_alreadyReady(self) -> None:
+        """A run of a task held ready is refused, whatever the attempt."""
+        runner = self.make_runner(prefetch=2)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "pending"))
+        e = self.assertRaises(BadMessage, runner.start, run(2, "pending", attempt=3))
+        self.assertEqual(e.payload(), {"error": "task already running", "id": 2, "attempt": 1})
+        self.assertEqual(runner.holding(), [Run(1, 1), Run(2, 1)])
+
+    def test_cancelReady(self) -> None:
+        """A cancelled ready run is forgotten: no result, nothing started in its place."""
+        runner = self.make_runner(prefetch=2)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "note", {"tag": 2}))
+        runner.start(run(3, "note", {"tag": 3}))
+        runner.cancel(2, 1)
+        runner.cancel(3, 2)
+        self.reactor.advance(0)
+        self.assertEqual((self.events, runner.holding()), ([], [Run(1, 1), Run(3, 1)]))
+        self.pending.deferreds[0].callback("ok")
+        self.reactor.advance(0)
+        self.assertEqual(self.events, [("started", 3), ("result", 1), ("result", 3)])
+
+    def test_cancelRunningStartsReady(self) -> None:
+        """Cancelling a running run starts the oldest ready one in its slot."""
+        runner = self.make_runner(prefetch=1)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "note", {"tag": 2}))
+        runner.cancel(1, 1)
+        self.reactor.advance(0)
+        self.assertEqual((self.pending.cancelled, self.events), (1, [("started", 2), ("result", 2)]))
+
+    def test_stopDropsReady(self) -> None:
+        """stop() forgets ready runs unreported, and starts none of them."""
+        runner = self.make_runner(prefetch=1)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "note", {"tag": 2}))
+        self.successResultOf(runner.stop())
+        self.reactor.advance(0)
+        self.assertEqual((self.pending.cancelled, self.events, runner.holding()), (1, [], []))
+
+    def test_manyInstantRunsReady(self) -> None:
+        """A thousand ready runs that end as they start all run, in order, without recursing."""
+        runner = self.make_runner(prefetch=1000)
+        runner.run_log.lines = 0
+        runner.start(run(0, "pending"))
+        for task_id in range(1, 1001):
+            runner.start(run(task_id, "echo", {"n": task_id}))
+        self.pending.deferreds[0].callback("ok")
+        self.reactor.advance(0)
+        self.assertEqual([r["id"] for r in runner.results], list(range(1001)))
+        self.assertEqual(runner.results[-1]["result"], {"n": 1000})
+        self.assertEqual(runner.holding(), [])
+
+    def test_roomForTheirResults(self) -> None:
+        """Results waiting for the master have room for one per run held, at least."""
+        runner = self.make_runner(slots=60, prefetch=MAX_WAITING_RESULTS)
+        self.assertEqual(runner.waiting.max_count, MAX_WAITING_RESULTS + 60)
+
+    def test_offByDefault(self) -> None:
+        """A runner given no prefetch holds nothing ready; a negative one is refused."""
+        self.assertEqual(self.make_runner().prefetch, 0)
+        self.assertRaises(ValueError, self.make_runner, prefetch=-1)
 
 
 class RealProcessTests(unittest.TestCase):

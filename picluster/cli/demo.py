@@ -315,10 +315,10 @@ class Demo(service.MultiService):
 
     def _slave_factory(self, master: MasterAddress, tasks: Any, facts: dict[str, Any],
                        hostname: str, sampler: _SharedSampler) -> SlaveFactory:
-        """One slave as C{twistd picluster-slave --slots 1 --vitals 2} would make it."""
+        """One slave as C{twistd picluster-slave --slots 1 --vitals 2} would make it (one run ready)."""
         from picluster.slave.runner import TaskRunner
 
-        runner = TaskRunner(tasks, slots=1, clock=self.reactor, reactor=self.reactor)
+        runner = TaskRunner(tasks, slots=1, prefetch=1, clock=self.reactor, reactor=self.reactor)
         return SlaveFactory(
             master, vitals_interval=VITALS_INTERVAL, keepalive=KEEPALIVE,
             initial_delay=0.2, max_delay=2.0, computer_details={**facts, "hostname": hostname},

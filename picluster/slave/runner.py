@@ -26,6 +26,7 @@ from twisted.python.threadpool import ThreadPool
 from picluster import wire
 from picluster.logbudget import LogBudget
 from picluster.slave.pool import RECYCLE_AFTER, WorkerPool
+from picluster.slave.ready import ReadyRuns
 from picluster.slave.results import (
     DEFAULT_MAX_RESULT,
     MAX_WAITING_BYTES,
@@ -84,7 +85,8 @@ class _TaskThread(threading.Thread):
 
 class TaskRunner:
     """
-    Runs tasks for the master in at most C{slots} runs at a time.
+    Runs tasks for the master in at most C{slots} runs at a time, and holds
+    at most C{prefetch} more ready (L{ReadyRuns}), to start as slots free.
 
     Thread runs cannot be stopped: a thread run that times out or is cancelled
     keeps its pool thread until its function returns, and what it returns is
@@ -106,6 +108,7 @@ class TaskRunner:
         registry: TaskCatalog,
         *,
         slots: int,
+        prefetch: int = 0,
         clock: Any,
         reactor: Any,
         allow_admin: bool = False,
@@ -124,6 +127,8 @@ class TaskRunner:
             raise ValueError("slots must not be negative")
         self.registry = registry
         self.slots = slots
+        #: The runs handed out beyond the slots, started oldest first.
+        self.ready = ReadyRuns(prefetch)
         self.allow_admin = allow_admin
         #: The largest task_result payload, in bytes of JSON.
         self.max_result_bytes = max_result_bytes
@@ -132,15 +137,17 @@ class TaskRunner:
         self.task_memory = task_memory or None
         self.task_cpu = task_cpu or None
         #: The results not yet acknowledged: a master acknowledges one at a
-        #: time, and a busy slave holds many (room for one per slot, at least).
+        #: time, and a busy slave holds many (room for one per run it holds,
+        #: at least: all of them may end while the master is away).
         self.waiting = WaitingResults(clock, max_result_bytes=max_result_bytes,
-                                      max_count=max(max_waiting_results, slots),
+                                      max_count=max(max_waiting_results, slots + prefetch),
                                       max_bytes=max_waiting_bytes)
         self.on_result: Callable[[dict[str, Any]], Any] | None = None
         self.soon: Callable[[Callable[[], Any]], Any] = lambda call: clock.callLater(0, call)
         self._clock = clock
         self._reactor = reactor
         self._running: dict[int, _Run] = {}
+        self._starting_ready = False
         #: Where thread runs run: our own pool unless one is given (tests).
         self._threads: Any = thread_pool
         self._own_threads = thread_pool is None
@@ -174,6 +181,11 @@ class TaskRunner:
     # -- what the slave tells the master ----------------------------------
 
     @property
+    def prefetch(self) -> int:
+        """How many runs this slave holds ready beyond its slots, at most."""
+        return self.ready.room
+
+    @property
     def results(self) -> list[dict[str, Any]]:
         """The task_result payloads not yet acknowledged, oldest first."""
         return list(self.waiting)
@@ -192,8 +204,8 @@ class TaskRunner:
         return refused
 
     def holding(self) -> list[Run]:
-        """The runs in progress."""
-        return [Run(r.task_id, r.attempt) for r in self._running.values()]
+        """The runs in progress, then the ready ones in the order they will start."""
+        return [Run(r.task_id, r.attempt) for r in self._running.values()] + self.ready.holding()
 
     def _refusal(self, task: Task) -> str | None:
         if task.admin and not self.allow_admin:
@@ -206,23 +218,31 @@ class TaskRunner:
 
     def start(self, run: RunTask) -> None:
         """
-        Start the run a run_task payload describes.
+        Start the run a run_task payload describes, or hold it ready if every
+        slot is busy.
 
         A run this slave refuses by policy (admin, shell allow-list, bad
         arguments) or cannot run at all (a task it does not have) starts and
         fails at once, so that the master records why.
 
-        @raise wire.BadMessage: for a run of a task already running, or no
-            free slot (the L{BUSY_REFUSALS}); the master re-queues.
+        @raise wire.BadMessage: for a run of a task already running or ready,
+            or no room in the slots or among the ready runs (the
+            L{BUSY_REFUSALS}); the master re-queues.
         """
+        held = self._running.get(run.id) or self.ready.get(run.id)
+        if held is not None:
+            raise wire.BadMessage(TASK_ALREADY_RUNNING, id=run.id, attempt=held.attempt)
+        if len(self._running) < self.slots:
+            self._begin(run)
+        elif not self.ready.full:
+            self.ready.add(run)
+        else:
+            raise wire.BadMessage(NO_FREE_SLOT, slots=self.slots, prefetch=self.prefetch)
+
+    def _begin(self, run: RunTask) -> None:
+        """Start a run in a free slot; its timeout counts from now."""
         task_id, attempt, name, timeout = run.id, run.attempt, run.name, run.timeout
         args = run.args or {}
-        if task_id in self._running:
-            raise wire.BadMessage(
-                TASK_ALREADY_RUNNING, id=task_id, attempt=self._running[task_id].attempt
-            )
-        if len(self._running) >= self.slots:
-            raise wire.BadMessage(NO_FREE_SLOT, slots=self.slots)
         entry = _Run(task_id, attempt, clip(name) or "", self._clock.seconds())
         self._running[task_id] = entry
         task = self.registry.get(name)
@@ -240,10 +260,14 @@ class TaskRunner:
                                     callbackArgs=(entry,), errbackArgs=(entry,))
 
     def cancel(self, task_id: int, attempt: int) -> None:
-        """Stop a run and forget it, and any result it left, without reporting."""
+        """
+        Stop a run and forget it, and any result it left, without reporting.
+        A ready run is only forgotten: it held no slot, so nothing starts.
+        """
         entry = self._running.get(task_id)
         if entry is not None and entry.attempt == attempt:
             self._end(entry, None, "cancelled")
+        self.ready.drop(task_id, attempt)
         self.acknowledged(task_id, attempt)
 
     def acknowledged(self, task_id: int, attempt: int) -> None:
@@ -252,6 +276,8 @@ class TaskRunner:
 
     def stop(self) -> defer.Deferred[None]:
         """Stop every run without reporting it; fires once every child process is gone."""
+        # First: ending the running runs frees slots, and no ready run may start in them.
+        self.ready.clear()
         for entry in list(self._running.values()):
             self._end(entry, None, "stopped")
         self.run_log.flush()
@@ -350,7 +376,12 @@ class TaskRunner:
         self._end(entry, {"outcome": "failed", "result": None, "error": error}, "timed out")
 
     def _end(self, entry: _Run, outcome: dict[str, Any] | None, how: str) -> None:
-        """Finish a run once: free its slot, stop what is left of it, keep its result."""
+        """
+        Finish a run once: free its slot, stop what is left of it, keep its
+        result, and start the oldest ready run in the slot.  That run starts
+        before this result is handed on (L{soon} comes later), as the master
+        counts on; its own result, if it ends at once, is handed on after.
+        """
         if entry.finished:
             return
         entry.finished = True
@@ -369,10 +400,26 @@ class TaskRunner:
         )
         if entry.deferred is not None and not entry.deferred.called:
             entry.deferred.cancel()
-        if outcome is None:
+        if outcome is not None:
+            self.waiting.keep(payload, size)
+            self.soon(lambda: self._notify(payload))
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        """
+        Start the oldest ready runs while slots are free.  A loop, not a
+        recursion: a run that ends as it starts (a reactor task) ends in
+        L{_begin}, and its L{_end} leaves the next run to this loop, so a
+        thousand instant runs ready take no thousand frames of stack.
+        """
+        if self._starting_ready:
             return
-        self.waiting.keep(payload, size)
-        self.soon(lambda: self._notify(payload))
+        self._starting_ready = True
+        try:
+            while self.ready and len(self._running) < self.slots:
+                self._begin(self.ready.pop_oldest())
+        finally:
+            self._starting_ready = False
 
     def _notify(self, payload: dict[str, Any]) -> None:
         run = (payload["id"], payload["attempt"])

@@ -178,7 +178,7 @@ class SlaveSession(PeerHandler):
             return None
         offer = WorkerOffer(
             slots=runner.slots, tasks=runner.offers(), refused=runner.refusals(),
-            tags=list(self.slave.tags), holding=runner.holding(),
+            tags=list(self.slave.tags), holding=runner.holding(), prefetch=runner.prefetch,
         )
         offered = self.protocol.request("worker", offer)
         offered.addCallbacks(self._work_accepted, self._work_refused)

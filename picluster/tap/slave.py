@@ -14,6 +14,7 @@ from picluster.slave.results import RESULT_ENVELOPE_ROOM
 from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.tasks.child import TASK_CPU, TASK_MEMORY
 from picluster.trust.token import SLAVE
+from picluster.wire.messages import MAX_PREFETCH
 
 #: The smallest C{--max-result}: room for a small result and any failure.
 SMALLEST_MAX_RESULT = 512
@@ -85,6 +86,11 @@ class Options(config.Options):
         config.Setting(
             "slots", config.whole_number(1, 1024), None,
             "Tasks this slave runs at once (this machine's core count when unset)",
+        ),
+        config.Setting(
+            "prefetch", config.whole_number(0, MAX_PREFETCH), None,
+            "Tasks this slave holds ready beyond its slots, to start as slots free without"
+            " waiting for the master (--slots when unset; 0: none)",
         ),
         config.Setting(
             "tags", config.word_list, (), "Comma-separated tags that task requirements can ask for"
@@ -165,8 +171,10 @@ def makeService(options: Options) -> SlaveService:
     from picluster.tasks.installed import installed_tasks
 
     slots = options["slots"] or psutil.cpu_count() or 1
+    # One run ready a slot: a freed slot starts its next run without a round trip.
+    prefetch = min(slots, MAX_PREFETCH) if options["prefetch"] is None else options["prefetch"]
     runner = TaskRunner(
-        installed_tasks(), slots=slots, clock=reactor, reactor=reactor,
+        installed_tasks(), slots=slots, prefetch=prefetch, clock=reactor, reactor=reactor,
         allow_admin=options["allow-admin"], allowed_commands=options["allow-shell"],
         max_result_bytes=options["max-result"], task_memory=options["task-memory"],
         task_cpu=options["task-cpu"], recycle_after=options["workers-recycle-after"],
