@@ -95,6 +95,61 @@ class TaskLoopbackTests(unittest.TestCase):
         self.assertEqual({r["attempts"] for r in records.values()}, {2})
 
     @defer.inlineCallbacks
+    def test_prefetchBooksAgree(self) -> Any:
+        """The master's count of a slave's running and ready runs is the slave's own, as they go."""
+        master, port = yield self.start_master()
+        slave = self.start_slave(port, slots=1, prefetch=3)
+        runner = slave.factory.runner
+        yield wait_until(lambda: len(master.scheduler.workers) == 1, "the slave offers work")
+        (worker,) = master.scheduler.workers.values()
+        client = self.client(port)
+        # Each stage is ended by a cancel (the slave starts the next ready
+        # run) or by the result of a run that ends at once (the slave
+        # starts the next before it reports; the master counts it started
+        # when it reads the result).
+        seconds = [30, 30, 0, 30]
+        submitted = yield client.submit([{"name": "sleep", "args": {"seconds": s}} for s in seconds])
+        ids = [t["id"] for t in submitted["tasks"]]
+
+        def books() -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+            held = [run.id for run in runner.holding()]
+            slave_books = (held[:min(len(held), runner.slots)], held[runner.slots:])
+            return slave_books, (list(worker.running), list(worker.ready))
+
+        for expected, then in (
+            (([ids[0]], ids[1:]), ids[0]),
+            (([ids[1]], ids[2:]), ids[1]),
+            (([ids[3]], []), ids[3]),
+        ):
+            yield wait_until(lambda: books() == (expected, expected),
+                             f"both sides count {expected} running and ready")
+            yield client.cancel(then)
+        records = yield client.wait(ids)
+        self.assertEqual([records[i]["state"] for i in ids], ["cancelled"] * 2 + ["done", "cancelled"])
+        self.assertEqual(records[ids[2]]["attempts"], 1)
+        yield wait_until(lambda: books() == (([], []), ([], [])), "nothing is held on either side")
+        self.assertEqual(master.scheduler._ready_runs, 0)
+
+    @defer.inlineCallbacks
+    def test_readyRunsMoveToAnIdleSlave(self) -> Any:
+        """Runs held ready behind a long one go to a slave that joins idle, and run there."""
+        master, port = yield self.start_master()
+        busy = self.start_slave(port, slots=1, prefetch=2)
+        yield wait_until(lambda: len(master.scheduler.workers) == 1, "the first slave offers work")
+        client = self.client(port)
+        submitted = yield client.submit([{"name": "sleep", "args": {"seconds": 30}}]
+                                        + [{"name": "sleep", "args": {"seconds": 0}}] * 2)
+        long_id, *quick_ids = [t["id"] for t in submitted["tasks"]]
+        yield wait_until(lambda: len(busy.factory.runner.holding()) == 3,
+                         "the first slave runs one and holds two ready")
+        idle = self.start_slave(port, slots=1, prefetch=0)
+        records = yield client.wait(quick_ids)
+        self.assertEqual({records[i]["state"] for i in quick_ids}, {"done"})
+        self.assertEqual({records[i]["slave"] for i in quick_ids}, {idle.factory.uuid})
+        self.assertEqual([run.id for run in busy.factory.runner.holding()], [long_id])
+        yield client.cancel(long_id)
+
+    @defer.inlineCallbacks
     def test_badArgumentsFailWithoutRetry(self) -> Any:
         """Arguments of the wrong shape fail the task once, with a clear error."""
         master, port = yield self.start_master()
