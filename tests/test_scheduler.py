@@ -371,9 +371,13 @@ class PrefetchTests(Cluster):
         self.submit(count=4)
         self.assertEqual([r["id"] for r in busy.runs()], [1, 3, 4])
         (run,) = quick.runs()
-        quick.finish(run, 25)
+        with capturedLogs() as events:
+            quick.finish(run, 25)
         self.assertEqual([(r["id"], r["attempt"]) for r in quick.runs()], [(4, 2)])
         self.assertEqual(busy.cancels(), [{"id": 4, "attempt": 1}])
+        # Why task 4 was handed out twice, in the log.
+        self.assertIn("Task 4 (primes) held ready by pi-one moved to idle slave pi-two",
+                      [formatEvent(event) for event in events])
 
     def test_movedRunFinishedFirstByItsSlave(self) -> None:
         """A ready run moved away that its slave ran meanwhile ends the task; the new run is called off."""

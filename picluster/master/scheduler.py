@@ -109,6 +109,11 @@ class Scheduler:
         self.worker_log = LogBudget(
             log, clock, "Left out of the log in the last {seconds:g} s: {kinds}", lines=100,
         )
+        #: Lines about runs moved to idle slaves: few, and each explains a
+        #: task handed out twice, so not lost among a busy queue's results.
+        self.move_log = LogBudget(
+            log, clock, "Left out of the log in the last {seconds:g} s: {kinds}", lines=100,
+        )
         self._ready: defer.Deferred[None] = defer.Deferred()
         self._unavailable: str | None = "the task queue is still loading"
         self._dispatch_call: Any = None
@@ -210,6 +215,7 @@ class Scheduler:
             task.cancel_deadline()
         self.task_log.flush()
         self.worker_log.flush()
+        self.move_log.flush()
         if self.store is None:
             return defer.succeed(None)
         return self.store.close()
@@ -625,13 +631,16 @@ class Scheduler:
                     break
                 holder = task.worker
                 assert holder is not None
-                self._run_lost(task, f"moved to idle slave {worker.hostname or worker.uuid}")
+                self._release(task)
+                task.unstarted += 1
                 holder.cancel(task.id, task.attempts)
                 if not holder.ready:
                     holders.remove(holder)
-                # _run_lost queued it again; it goes to the idle slot instead
-                # (its entry in the queue goes stale, and is skipped).
-                task.queued = False
+                self.move_log.info(
+                    "moved to idle slaves", "Task {id} ({name}) held ready by {holder} moved to"
+                    " idle slave {idle}", id=task.id, name=task.name,
+                    holder=holder.hostname or holder.uuid, idle=worker.hostname or worker.uuid,
+                )
                 self._assign(task, worker)
 
     def _refill(self, worker: Worker) -> None:
