@@ -9,10 +9,12 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from picluster.master.connection import MasterFactory
+from picluster.master.registry import SlaveRegistry
 from picluster.master.scheduler import Scheduler
 from picluster.master.store import StoreError, TaskStore
 from picluster.wire.errors import ServiceError
-from tests.helpers import frame, sent
+from tests.helpers import MASTER_FACTS, frame, sent
 from tests.taskhelpers import FakeClient, FakeSlave, Peer, SynchronousPool, task_master
 
 PRIMES = {"name": "primes", "args": {"start": 0, "stop": 100}}
@@ -762,6 +764,36 @@ class ReadyTests(unittest.TestCase):
         self.successResultOf(scheduler.start(store))
         self.successResultOf(waiting)
         self.successResultOf(scheduler.when_ready())
+
+    def _master_loading(self) -> tuple[Clock, Scheduler, Peer]:
+        """A master whose queue has not loaded, and a client that said hello to it."""
+        clock = Clock()
+        scheduler = Scheduler(clock)
+        master = MasterFactory(SlaveRegistry(), scheduler=scheduler,
+                               computer_details=dict(MASTER_FACTS), clock=clock)
+        client = Peer(master, clock, "10.0.0.50")
+        client.request("hello", {"version": 1, "uuid": None, "role": "client"})
+        return clock, scheduler, client
+
+    def test_messageWaitsForTheQueue(self) -> None:
+        """A submit that comes while the queue loads is answered once it has loaded."""
+        clock, scheduler, client = self._master_loading()
+        client.send("submit", {"tasks": [PRIMES]}, id=7)
+        self.assertEqual(sent(client.transport), [])
+        store = self.successResultOf(TaskStore.open(":memory:", clock, pool=SynchronousPool()))
+        self.successResultOf(scheduler.start(store))
+        clock.advance(0)
+        (reply,) = sent(client.transport)
+        self.assertEqual((reply["type"], reply["reply_to"]), ("submitted", 7))
+        self.assertEqual([task["id"] for task in reply["payload"]["tasks"]], [1])
+
+    def test_messageToAnUnavailableQueue(self) -> None:
+        """A submit to a queue that could not load is answered with the reason."""
+        clock, scheduler, client = self._master_loading()
+        scheduler.failed_to_start(Failure(StoreError("disk on fire")))
+        reply = client.request("submit", {"tasks": [PRIMES]})
+        self.assertEqual(reply["type"], "error")
+        self.assertEqual(reply["payload"]["error"], "the task queue is unavailable: disk on fire")
 
     def test_unavailable(self) -> None:
         """A queue that could not load fails every later wait with its reason."""

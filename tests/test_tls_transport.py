@@ -1,7 +1,8 @@
 """
 Tests for L{picluster.trust.channel.BoundedTLSTransport}'s writes: the
 answers to a read leave at its end, what is written outside a read leaves
-on the next turn with every other connection's, from one reactor call.
+on the next turn with every other connection's, from one reactor call; and
+for its reads: every record of a read is handed on in that read.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ class Receiving(protocol.Protocol):
         self.lost = True
 
 
-class GatheredWritesTests(TrustDirectory):
-    """Small writes are gathered, and sent without a timer per connection."""
+class TLSPair(TrustDirectory):
+    """A master side that answers each read (C{answering}), and nodes connected to it over TLS."""
+
+    answering: type[protocol.Protocol] = Answering
 
     def setUp(self) -> None:
         super().setUp()
@@ -48,7 +51,8 @@ class GatheredWritesTests(TrustDirectory):
         self.master_clock = Clock()
         self.node_clock = Clock()
         self.masters = TLSFactory(self.trust.server_options(), False,
-                                  protocol.Factory.forProtocol(Answering), clock=self.master_clock)
+                                  protocol.Factory.forProtocol(self.answering),
+                                  clock=self.master_clock)
 
     def connect(self) -> tuple[Any, Receiving, iosim.IOPump]:
         """A node connected to the master side over TLS in memory, its handshake done."""
@@ -68,6 +72,10 @@ class GatheredWritesTests(TrustDirectory):
             self.node_clock.advance(0)
             if not pump.pump(advanceClock=False):
                 break
+
+
+class GatheredWritesTests(TLSPair):
+    """Small writes are gathered, and sent without a timer per connection."""
 
     def test_answersLeaveAtTheReadsEnd(self) -> None:
         """The writes made while a read is handled leave when it ends, with no reactor call scheduled."""
@@ -142,3 +150,50 @@ class GatheredWritesTests(TrustDirectory):
         self.pump(second_pump)
         self.assertEqual(second_node.received, b"fine")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class AnsweringReceiving(Receiving):
+    """Answers each read as L{Answering} does, keeping what arrived and whether the connection went."""
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        Answering.dataReceived(self, data)  # type: ignore[arg-type]
+
+
+class ReadLoopTests(TLSPair):
+    """Every record of a read is handed on in that read, and a record split across reads once whole."""
+
+    answering = AnsweringReceiving
+
+    def test_recordsOfOneReadAllDelivered(self) -> None:
+        """Several records arriving in one read are each handed on, in that read."""
+        server, node, pump = self.connect()
+        for piece in (b"one", b"two", b"three"):
+            pump.client.write(piece)
+            pump.client.send_gathered()
+        self.pump(pump)
+        self.assertEqual(node.received, b"<one><two><three>")
+
+    def test_partialRecordWaitsForItsRest(self) -> None:
+        """A record split across reads is handed on whole, once its last byte comes."""
+        server, node, pump = self.connect()
+        pump.client.write(b"split")
+        pump.client.send_gathered()
+        record = b"".join(pump.clientIO.stream)
+        pump.clientIO.stream = []
+        server.dataReceived(record[:7])
+        self.assertEqual(server.wrappedProtocol.received, b"")
+        server.dataReceived(record[7:])
+        self.assertEqual(server.wrappedProtocol.received, b"split")
+        self.pump(pump)
+        self.assertEqual(node.received, b"<split>")
+
+    def test_closeAfterDataInOneRead(self) -> None:
+        """Data and the peer's close in the same read: the data is handed on, then the close."""
+        server, node, pump = self.connect()
+        master_side = server.wrappedProtocol
+        pump.client.write(b"bye")
+        pump.client.loseConnection()
+        self.pump(pump)
+        self.assertEqual(master_side.received, b"bye")
+        self.assertTrue(master_side.lost)

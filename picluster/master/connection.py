@@ -80,6 +80,9 @@ from picluster.wire.messages import (
 )
 from picluster.wire.protocol import PeerHandler, PiClusterFactory, PiClusterProtocol
 
+#: Who may offer to work and report results: slaves alone.
+_SLAVE = ("slave",)
+
 _UUID = re.compile(r"[0-9a-fA-F]{32}")
 
 log = Logger()
@@ -482,36 +485,45 @@ class PeerConnection(PeerHandler):
 
     # -- tasks -------------------------------------------------------------
 
-    def _when_ready(self, *roles: str) -> defer.Deferred[Scheduler]:
-        """The scheduler, once loaded, for a connection that said hello."""
+    def _when_ready(self, roles: tuple[str, ...], call: Callable[[Scheduler], Any]) -> Any:
+        """
+        C{call(scheduler)} for a connection that said hello, once the queue
+        has loaded: at once when it has (as nearly always), its answer
+        handed straight back; else a Deferred of it.  Every task message
+        asks this, and a Deferred in between (fired already, chained to
+        the answer's) cost the master's task path more than its own
+        bookkeeping.
+        """
         if self.role not in roles:
             raise BadMessage(SAY_HELLO_FIRST if self.role is None else f"not served to a {self.role}")
         scheduler = self.master.scheduler
-        return scheduler.when_ready().addCallback(lambda _: scheduler)
+        ready = scheduler.when_ready()
+        if ready.called and not isinstance(ready.result, Failure):
+            return call(scheduler)
+        return ready.addCallback(lambda _: call(scheduler))
 
-    def msg_worker(self, offer: WorkerOffer) -> defer.Deferred[Any]:
-        return self._when_ready("slave").addCallback(lambda s: s.worker_joined(self, offer))
+    def msg_worker(self, offer: WorkerOffer) -> Any:
+        return self._when_ready(_SLAVE, lambda s: s.worker_joined(self, offer))
 
-    def msg_task_result(self, result: TaskResult) -> defer.Deferred[Any]:
-        return self._when_ready("slave").addCallback(lambda s: s.task_result(self, result))
+    def msg_task_result(self, result: TaskResult) -> Any:
+        return self._when_ready(_SLAVE, lambda s: s.task_result(self, result))
 
-    def msg_submit(self, submission: Submit) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(
-            lambda s: s.submit(submission.tasks, self.submitter()))
+    def msg_submit(self, submission: Submit) -> Any:
+        return self._when_ready(ROLES, lambda s: s.submit(submission.tasks, self.submitter()))
 
     def submitter(self) -> str:
         """Who submits on this connection, as the task's record keeps it."""
         credential = self.credential or f"plain {self.role}"
         return f"{credential} at {self.address}"
 
-    def msg_tasks(self, query: TasksQuery | None) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.view.tasks(query or TasksQuery()))
+    def msg_tasks(self, query: TasksQuery | None) -> Any:
+        return self._when_ready(ROLES, lambda s: s.view.tasks(query or TasksQuery()))
 
-    def msg_cancel(self, task: TaskRef) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.cancel(task.id))
+    def msg_cancel(self, task: TaskRef) -> Any:
+        return self._when_ready(ROLES, lambda s: s.cancel(task.id))
 
-    def msg_watch(self, watch: Watch) -> defer.Deferred[Any]:
-        return self._when_ready(*ROLES).addCallback(lambda s: s.view.watch(self, watch.ids))
+    def msg_watch(self, watch: Watch) -> Any:
+        return self._when_ready(ROLES, lambda s: s.view.watch(self, watch.ids))
 
 
 class Keepalives:

@@ -701,9 +701,7 @@ class PiClusterProtocol(FrameReceiver):
                 # Counted until answered (not until called: a Deferred
                 # waiting on another, as a database query, is called).
                 self.in_flight += 1
-                result.addCallback(self._answer, msg_id)
-                result.addErrback(self._answer_failure, message_type, msg_id)
-                result.addBoth(self._answered)
+                result.addBoth(self._answer_later, message_type, msg_id)
                 if self.in_flight >= self.factory.max_in_flight:
                     self.hold("requests in flight")
             else:
@@ -713,11 +711,24 @@ class PiClusterProtocol(FrameReceiver):
         except Exception:
             self._fail(Failure(), message_type, msg_id)
 
-    def _answered(self, result: Any) -> Any:
-        self.in_flight -= 1
-        if self.in_flight < self.factory.max_in_flight:
-            self.release("requests in flight")
-        return result
+    def _answer_later(self, result: Any, message_type: str, msg_id: int | None) -> None:
+        """
+        Answer with what a handler's Deferred gave (its failure refused or
+        reported), then count the request answered.  One callback, not one
+        for each step: every task result a master reads comes this way.
+        """
+        try:
+            if isinstance(result, Failure):
+                self._answer_failure(result, message_type, msg_id)
+            else:
+                try:
+                    self._answer(result, msg_id)
+                except Exception:
+                    self._answer_failure(Failure(), message_type, msg_id)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight < self.factory.max_in_flight:
+                self.release("requests in flight")
 
     def _answer(self, result: tuple[str, Any] | None, msg_id: int | None) -> None:
         if result is None:
