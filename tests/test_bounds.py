@@ -24,7 +24,7 @@ from twisted.trial import unittest
 
 from picluster.master import admission
 from picluster.master.admission import Admission, connection_cap
-from picluster.master.connection import MasterFactory
+from picluster.master.connection import MasterFactory, PeerConnection
 from picluster.master.registry import SlaveRegistry
 from picluster.text import MAX_TEXT
 from picluster.trust.cluster import ClusterTrust
@@ -42,7 +42,9 @@ from .taskhelpers import FakeClient, FakeSlave, task_master
 
 
 class Handler(PeerHandler):
-    """Answers C{slow} later, when the test says so; stores C{store}."""
+    """Answers C{slow} and C{saved} later, when the test says so; stores C{store}."""
+
+    stored_answers = frozenset({"saved"})
 
     def __init__(self, protocol: Any) -> None:
         super().__init__(protocol)
@@ -56,6 +58,10 @@ class Handler(PeerHandler):
         answer: defer.Deferred[Any] = defer.Deferred()
         self.later.append(answer)
         return answer
+
+    def msg_saved(self, payload: Any) -> defer.Deferred[Any]:
+        # As a master's task_result: answered once what it carries is on disk.
+        return self.msg_slow(payload)
 
     def msg_chained(self, payload: Any) -> defer.Deferred[Any]:
         # Called already, but waiting on another Deferred (a database query).
@@ -216,6 +222,45 @@ class InFlightTests(ConnectionTestCase):
         self.assertEqual(self.transport.producerState, "paused")
         self.protocol.resumeProducing()
         self.assertEqual(self.transport.producerState, "producing")
+
+
+class StoringTests(ConnectionTestCase):
+    """Requests that wait to be stored have a bound of their own, beside the requests in flight."""
+
+    def test_stopReadingAtCap(self) -> None:
+        """Past max_in_flight they are still read; at max_storing reading stops, and resumes below it."""
+        limit = self.factory.max_storing
+        self.assertGreater(limit, self.factory.max_in_flight)
+        self.protocol.dataReceived(b"".join(frame({"type": "saved", "id": n}) for n in range(limit + 3)))
+        self.assertEqual((len(self.handler.later), self.protocol.storing, self.protocol.in_flight),
+                         (limit, limit, 0))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.handler.later[0].callback(("stored", 0))
+        self.assertEqual(len(self.handler.later), limit + 1)
+        for answer in self.handler.later:
+            if not answer.called:
+                answer.callback(("stored", 0))
+        self.assertEqual(len(self.handler.later), limit + 3)
+        self.assertEqual(self.protocol.storing, 0)
+        self.assertEqual(self.transport.producerState, "producing")
+
+    def test_eachBoundHoldsItsOwn(self) -> None:
+        """Requests in flight at their cap stop the reading, whatever waits to be stored; and back."""
+        cap = self.factory.max_in_flight
+        self.protocol.dataReceived(frame({"type": "saved", "id": 0})
+                                   + b"".join(frame({"type": "slow", "id": n}) for n in range(1, cap + 1)))
+        self.assertEqual((self.protocol.storing, self.protocol.in_flight), (1, cap))
+        self.assertEqual(self.transport.producerState, "paused")
+        # Storing one does not resume a peer held by its requests in flight.
+        self.handler.later[0].callback(("stored", 0))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.handler.later[1].callback(("done", 0))
+        self.assertEqual(self.transport.producerState, "producing")
+        self.assertEqual((self.protocol.storing, self.protocol.in_flight), (0, cap - 1))
+
+    def test_masterStoresTaskResults(self) -> None:
+        """A master counts a slave's task results, answered once on disk, as waiting to be stored."""
+        self.assertIn("task_result", PeerConnection.stored_answers)
 
 
 class UnreadTests(ConnectionTestCase):

@@ -165,6 +165,10 @@ class PeerConnection(PeerHandler):
 
     log = log
     role: str | None = None
+    #: A task result is answered once its task's row is on disk (so that
+    #: the slave may forget it): a slave busy with small tasks has a commit's
+    #: worth of them waiting at any time, under a bound of their own.
+    stored_answers = frozenset({"task_result"})
     #: The credential whose token the hello proved; C{None} before, and always
     #: on a plain (C{--insecure}) master.
     credential: str | None = None

@@ -81,6 +81,10 @@ class PeerHandler:
     log = Logger()
     #: The message types served now; C{None} for all the handler has.
     serves: frozenset[str] | None = None
+    #: The message types whose Deferred answers wait only for what the
+    #: message carries to be stored: bounded by the factory's
+    #: C{max_storing}, not its C{max_in_flight}.
+    stored_answers: frozenset[str] = frozenset()
 
     def __init__(self, protocol: Connection):
         self.protocol = protocol

@@ -53,6 +53,15 @@ DEFAULT_FRAME_DEADLINE = 30.0
 #: above this, we stop reading the peer until some are answered.
 DEFAULT_MAX_IN_FLIGHT = 8
 
+#: Requests from one peer that wait only for what they carry to be stored
+#: (L{PeerHandler.stored_answers}: a slave's task results, answered once on
+#: disk), waiting at once: above this, we stop reading the peer until some
+#: are stored.  A bound of their own: they load no reply, and a slave busy
+#: with small tasks has a commit or two of results waiting all the time,
+#: which the cap of requests in flight held to eight, and the master's
+#: throughput with it.
+DEFAULT_MAX_STORING = 32
+
 #: The largest frame a stranger may send before its handshake is done: a
 #: hello is a few hundred bytes.
 STRANGER_MAX_FRAME = 4096
@@ -97,7 +106,8 @@ class PiClusterProtocol(FrameReceiver):
     What a peer can make this side hold is bounded here, for every role
     (docs: security, "Bounds"): a frame's size (C{max_frame}) and the time
     it takes to arrive (C{frame_deadline}); its requests being answered at
-    once (C{max_in_flight}: above it we stop reading); the bytes queued for
+    once (C{max_in_flight}), and those waiting for what they carry to be
+    stored (C{max_storing}): above either we stop reading; the bytes queued for
     it while it does not read (C{max_queued}: above it the connection is
     dropped); and, on a factory with a C{handshake_timeout}, a stranger's
     frames (L{STRANGER_MAX_FRAME}) and time to prove itself.
@@ -119,7 +129,7 @@ class PiClusterProtocol(FrameReceiver):
 
     __slots__ = (
         "clock", "handler", "peer_address", "last_received", "rtt_ms", "lost", "bad_messages",
-        "frames_in", "frames_out", "in_flight", "admitted_host", "_close_cause", "_producing",
+        "frames_in", "frames_out", "in_flight", "storing", "admitted_host", "_close_cause", "_producing",
         "_aborted", "_unread", "_frame_since", "_probation", "_outbox", "_outbox_bytes",
         "_write_now", "_after_answers", "_requests", "_keepalive", "_lost_waiters",
     )
@@ -135,6 +145,8 @@ class PiClusterProtocol(FrameReceiver):
         self.frames_out = 0
         #: Requests of the peer whose replies are still to come.
         self.in_flight = 0
+        #: Those of them that wait for what they carry to be stored.
+        self.storing = 0
         #: The host its factory let it in from, where a factory counts them.
         self.admitted_host: str | None = None
         self._close_cause: str | None = None
@@ -700,10 +712,16 @@ class PiClusterProtocol(FrameReceiver):
             elif isinstance(result, defer.Deferred):
                 # Counted until answered (not until called: a Deferred
                 # waiting on another, as a database query, is called).
-                self.in_flight += 1
-                result.addBoth(self._answer_later, message_type, msg_id)
-                if self.in_flight >= self.factory.max_in_flight:
-                    self.hold("requests in flight")
+                stored = message_type in self.handler.stored_answers
+                if stored:
+                    self.storing += 1
+                    if self.storing >= self.factory.max_storing:
+                        self.hold("answers waiting to be stored")
+                else:
+                    self.in_flight += 1
+                    if self.in_flight >= self.factory.max_in_flight:
+                        self.hold("requests in flight")
+                result.addBoth(self._answer_later, message_type, msg_id, stored)
             else:
                 self._answer(result, msg_id)
         except wire.BadMessage as bad:
@@ -711,7 +729,8 @@ class PiClusterProtocol(FrameReceiver):
         except Exception:
             self._fail(Failure(), message_type, msg_id)
 
-    def _answer_later(self, result: Any, message_type: str, msg_id: int | None) -> None:
+    def _answer_later(self, result: Any, message_type: str, msg_id: int | None,
+                      stored: bool) -> None:
         """
         Answer with what a handler's Deferred gave (its failure refused or
         reported), then count the request answered.  One callback, not one
@@ -726,9 +745,14 @@ class PiClusterProtocol(FrameReceiver):
                 except Exception:
                     self._answer_failure(Failure(), message_type, msg_id)
         finally:
-            self.in_flight -= 1
-            if self.in_flight < self.factory.max_in_flight:
-                self.release("requests in flight")
+            if stored:
+                self.storing -= 1
+                if self.storing < self.factory.max_storing:
+                    self.release("answers waiting to be stored")
+            else:
+                self.in_flight -= 1
+                if self.in_flight < self.factory.max_in_flight:
+                    self.release("requests in flight")
 
     def _answer(self, result: tuple[str, Any] | None, msg_id: int | None) -> None:
         if result is None:
@@ -825,6 +849,8 @@ class PiClusterFactory(protocol.Factory):
     @ivar frame_deadline: Seconds a frame may take to arrive.
     @ivar max_in_flight: A peer's requests answered at once before we stop
         reading it.
+    @ivar max_storing: A peer's requests waiting to be stored (see
+        L{PeerHandler.stored_answers}) before we stop reading it.
     @ivar max_queued: Bytes that may wait for a peer that does not read
         before it is dropped (by default, eight frames).
     @ivar handshake_timeout: Seconds a new peer has to prove itself
@@ -854,6 +880,7 @@ class PiClusterFactory(protocol.Factory):
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         frame_deadline: float = DEFAULT_FRAME_DEADLINE,
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        max_storing: int = DEFAULT_MAX_STORING,
         handshake_timeout: float | None = None,
         max_queued: int | None = None,
         clock: interfaces.IReactorTime | None = None,
@@ -867,6 +894,7 @@ class PiClusterFactory(protocol.Factory):
         self.request_timeout = request_timeout
         self.frame_deadline = frame_deadline
         self.max_in_flight = max_in_flight
+        self.max_storing = max_storing
         self.max_queued = max_queued if max_queued is not None else 8 * self.max_frame
         self.handshake_timeout = handshake_timeout
         self.clock = clock
