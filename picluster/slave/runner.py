@@ -1,9 +1,10 @@
 """
 The slave's task runner: runs what the master hands it and keeps the results.
 
-L{TaskRunner} is the seam of docs/tasks-contract.md.  It lives on the slave's
-factory, not on a connection, so that a run outlives a lost connection and its
-result waits (in L{TaskRunner.results}) until a master acknowledges it.  The
+L{TaskRunner} keeps the slave's side of docs/protocol.rst, "Tasks".  It
+lives on the slave's factory, not on a connection, so that a run outlives a
+lost connection and its result waits (in L{TaskRunner.results}) until a
+master acknowledges it.  The
 runner knows nothing of the wire beyond the payloads: the slave's connection
 handler feeds it C{run_task} and C{cancel_task} payloads and sends the
 C{task_result} payloads it produces.
