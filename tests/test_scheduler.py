@@ -366,6 +366,19 @@ class PrefetchTests(Cluster):
         self.assertEqual(self.client.record(2)["state"], "running")
         self.assertEqual(busy.runs(), [])
 
+    def test_idleSlotTakesOnlyWhatItMayRun(self) -> None:
+        """An idle slave is not handed a ready run it does not offer; a task it offers, it runs."""
+        busy = FakeSlave(self.master, self.clock, slots=1, prefetch=2)
+        self.submit(count=3)
+        self.assertEqual(len(busy.runs()), 3)
+        sleeper = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=1,
+                            tasks=("sleep",))
+        self.clock.advance(0)
+        self.assertEqual((sleeper.runs(), busy.cancels()), ([], []))
+        self.submit({"name": "sleep", "args": {"seconds": 1}})
+        self.clock.advance(0)
+        self.assertEqual([r["id"] for r in sleeper.runs()], [4])
+
     def test_slotFreedByAResultTakesAReadyRun(self) -> None:
         """A slave whose result leaves it idle, with nothing queued, takes a run held ready elsewhere."""
         busy = FakeSlave(self.master, self.clock, slots=1, prefetch=2)

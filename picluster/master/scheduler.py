@@ -41,7 +41,7 @@ from picluster.master.quotas import Charge, Quotas, submitter_key
 from picluster.master.retention import Retention
 from picluster.master.space import DEFAULT_MAX_DB
 from picluster.master.store import FINAL_STATES, KeyConflict, StoreError, TaskStore
-from picluster.master.taskqueue import TaskQueue
+from picluster.master.taskqueue import Kind, TaskQueue
 from picluster.master.taskspec import DEFAULT_MAX_ARGS, TaskSpec, parse_submission
 from picluster.master.taskview import TaskView, store_failed
 from picluster.master.workers import OpenTask, Worker
@@ -624,9 +624,17 @@ class Scheduler:
         if not self._ready_runs:
             return
         holders = [w for w in self.workers.values() if w.ready and not w.closing]
+        # A task of each kind held ready: a slave that can run none of the
+        # kinds (a few, however many runs) is passed over at once, not
+        # after a look at every run.
+        kinds: dict[Kind, OpenTask] = {}
+        for holder in holders:
+            for task in holder.ready.values():
+                kinds.setdefault(task.kind, task)
         for worker in idle:
-            while worker.free_slots > 0:
-                task = _newest_ready_for(worker, holders)
+            runnable = {kind for kind, example in kinds.items() if worker.may_run(example)}
+            while runnable and worker.free_slots > 0:
+                task = _newest_ready_for(worker, holders, runnable)
                 if task is None:
                     break
                 holder = task.worker
@@ -730,13 +738,13 @@ class Scheduler:
         self.usable_store().write(dict(record))
 
 
-def _newest_ready_for(worker: Worker, holders: list[Worker]) -> OpenTask | None:
-    """The run held ready longest to go that C{worker} may run, from the slave holding most."""
+def _newest_ready_for(worker: Worker, holders: list[Worker], kinds: set[Kind]) -> OpenTask | None:
+    """The run of one of C{kinds} held ready longest to go, from the slave holding most."""
     for holder in sorted(holders, key=lambda each: len(each.ready), reverse=True):
         if holder is worker:
             continue
         for task in reversed(holder.ready.values()):
-            if worker.may_run(task):
+            if task.kind in kinds:
                 return task
     return None
 
