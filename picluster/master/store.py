@@ -26,12 +26,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from picluster import wire
 from picluster.master.space import (
     INCREMENTAL,
     WAL_SIZE_LIMIT,
@@ -190,12 +190,9 @@ CHANGING = (
 )
 
 
-_encode_json = msgspec.json.Encoder().encode
-
-
 def _json_text(value: Any) -> str:
-    """A JSON value (one that came as JSON, so free of NaNs) as compact JSON text."""
-    return _encode_json(value).decode()
+    """A JSON value (one that came as JSON, so free of NaNs) as compact JSON text, as frames carry it."""
+    return wire.encode(value).decode()
 
 
 def _changing_values(record: dict[str, Any]) -> tuple[Any, ...]:

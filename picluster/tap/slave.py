@@ -14,7 +14,7 @@ from picluster.slave.results import RESULT_ENVELOPE_ROOM
 from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.tasks.child import TASK_CPU, TASK_MEMORY
 from picluster.trust.token import SLAVE
-from picluster.wire.messages import MAX_PREFETCH
+from picluster.wire.messages import MAX_PREFETCH, MAX_SLOTS
 
 #: The smallest C{--max-result}: room for a small result and any failure.
 SMALLEST_MAX_RESULT = 512
@@ -84,7 +84,7 @@ class Options(config.Options):
             " the master turns us away)",
         ),
         config.Setting(
-            "slots", config.whole_number(1, 1024), None,
+            "slots", config.whole_number(1, MAX_SLOTS), None,
             "Tasks this slave runs at once (this machine's core count when unset)",
         ),
         config.Setting(
@@ -170,7 +170,8 @@ def makeService(options: Options) -> SlaveService:
     from picluster.slave.runner import TaskRunner
     from picluster.tasks.installed import installed_tasks
 
-    slots = options["slots"] or psutil.cpu_count() or 1
+    # The core count, when unset, held to what an offer may say.
+    slots = options["slots"] or min(psutil.cpu_count() or 1, MAX_SLOTS)
     # One run ready a slot: a freed slot starts its next run without a round trip.
     prefetch = min(slots, MAX_PREFETCH) if options["prefetch"] is None else options["prefetch"]
     runner = TaskRunner(

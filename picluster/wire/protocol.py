@@ -371,13 +371,15 @@ class PiClusterProtocol(FrameReceiver):
 
     def _run_after_answers(self) -> None:
         waiting = self._after_answers
-        while waiting:
-            call = waiting.pop(0)
+        assert waiting is not None
+        # In order, those a call adds included (iterating sees what is appended).
+        for call in waiting:
             try:
                 call()
             except Exception:
                 self.factory.failures.failure("Error after answering {peer}", Failure(),
                                               **self.handler.log_fields())
+        waiting.clear()
 
     def frameIncomplete(self, new: bool) -> None:
         if new or self._frame_since is None:
