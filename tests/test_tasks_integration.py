@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.logger import capturedLogs
 from twisted.trial import unittest
 
 from picluster.address import MasterAddress
@@ -148,6 +149,29 @@ class TaskLoopbackTests(unittest.TestCase):
         self.assertEqual({records[i]["slave"] for i in quick_ids}, {idle.factory.uuid})
         self.assertEqual([run.id for run in busy.factory.runner.holding()], [long_id])
         yield client.cancel(long_id)
+
+    @defer.inlineCallbacks
+    def test_readyBytesRefusedThenRun(self) -> Any:
+        """
+        A slave whose ready runs would hold more bytes of arguments than it
+        allows refuses the rest; the master queues them again, spending
+        none of their retries, and every one runs there in the end.
+        """
+        master, port = yield self.start_master()
+        self.start_slave(port, slots=1, prefetch=4, max_ready_bytes=3000)
+        yield wait_until(lambda: len(master.scheduler.workers) == 1, "the slave offers work")
+        client = self.client(port)
+        blobs = [{"name": "echo", "args": {"n": n, "blob": "x" * 2000}, "retries": 0}
+                 for n in range(6)]
+        submitted = yield client.submit([{"name": "sleep", "args": {"seconds": 0.3}}, *blobs])
+        ids = [t["id"] for t in submitted["tasks"]]
+        with capturedLogs() as events:
+            records = yield client.wait(ids)
+        self.assertEqual([records[i]["state"] for i in ids], ["done"] * 7)
+        self.assertEqual([records[i]["result"]["n"] for i in ids[1:]], list(range(6)))
+        refusals = [e for e in events if "did not take task" in e.get("log_format", "")
+                    and "no free slot" in e.get("problem", "")]
+        self.assertTrue(refusals, "the slave refused a run for its ready runs' bytes")
 
     @defer.inlineCallbacks
     def test_badArgumentsFailWithoutRetry(self) -> Any:

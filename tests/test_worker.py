@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from picluster import wire
+from picluster.slave.ready import MAX_READY_BYTES
 from picluster.slave.results import (
     DEFAULT_MAX_RESULT,
     MAX_WAITING_BYTES,
@@ -288,7 +289,8 @@ class StartTests(RunnerTestCase):
         runner = self.make_runner(slots=1)
         runner.start(run(1, "pending"))
         e = self.assertRaises(BadMessage, runner.start, run(2, "answer"))
-        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1, "prefetch": 0})
+        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1, "prefetch": 0,
+                                       "ready_bytes": 0, "max_ready_bytes": MAX_READY_BYTES})
         self.pending.deferreds[0].callback("ok")
         runner.start(run(2, "answer"))
 
@@ -880,7 +882,11 @@ class PrefetchTests(RunnerTestCase):
             self.events.append(("started", tag))
             return tag
 
-        runner = super().make_runner(Task("note", note, "reactor"), *tasks, slots=slots, **settings)
+        def hold(**args: Any) -> defer.Deferred[Any]:
+            return self.pending()
+
+        runner = super().make_runner(Task("note", note, "reactor"), Task("hold", hold, "reactor"),
+                                     *tasks, slots=slots, **settings)
         runner.on_result = lambda payload: self.events.append(("result", payload["id"]))
         return runner
 
@@ -947,8 +953,53 @@ class PrefetchTests(RunnerTestCase):
         runner.start(run(1, "pending"))
         runner.start(run(2, "pending"))
         e = self.assertRaises(BadMessage, runner.start, run(3, "answer"))
-        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1, "prefetch": 1})
+        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1, "prefetch": 1,
+                                       "ready_bytes": 0, "max_ready_bytes": MAX_READY_BYTES})
         self.assertEqual(runner.holding(), [Run(1, 1), Run(2, 1)])
+
+    def test_readyBytesBounded(self) -> None:
+        """
+        Past their bound in bytes of arguments, a run is refused however much
+        room the prefetch leaves, naming what is held; room comes back as
+        ready runs start, and a run of no arguments always fits.
+        """
+        blob = {"blob": "x" * 589}
+        size = len(wire.encode(blob))
+        self.assertEqual(size, 600)
+        runner = self.make_runner(prefetch=10, max_ready_bytes=1000)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "hold", blob))
+        self.assertEqual(runner.ready.bytes, 600)
+        e = self.assertRaises(BadMessage, runner.start, run(3, "hold", blob))
+        self.assertEqual(e.payload(), {"error": "no free slot", "slots": 1, "prefetch": 10,
+                                       "ready_bytes": 600, "max_ready_bytes": 1000})
+        runner.start(run(4, "hold", {"blob": "x" * 389}))
+        runner.start(run(5, "pending"))
+        self.assertEqual((runner.ready.bytes, [r.id for r in runner.holding()]), (1000, [1, 2, 4, 5]))
+        self.pending.deferreds[0].callback("ok")
+        self.assertEqual(runner.ready.bytes, 400)
+        runner.start(run(3, "hold", blob))
+        self.assertEqual(runner.ready.bytes, 1000)
+
+    def test_oneReadyRunWhateverItsSize(self) -> None:
+        """A run bigger than the whole bound is still held, alone, so that such a task runs at all."""
+        runner = self.make_runner(prefetch=2, max_ready_bytes=100)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "hold", {"blob": "x" * 500}))
+        self.assertEqual([r.id for r in runner.holding()], [1, 2])
+        self.assertRaises(BadMessage, runner.start, run(3, "pending", {"n": 1}))
+
+    def test_readyBytesGoBack(self) -> None:
+        """What a ready run held is given back however it leaves: started, cancelled or stopped."""
+        runner = self.make_runner(prefetch=3)
+        runner.start(run(1, "pending"))
+        for task_id in (2, 3, 4):
+            runner.start(run(task_id, "hold", {"blob": "x" * 100 * task_id}))
+        self.pending.deferreds[0].callback("ok")
+        runner.cancel(3, 1)
+        self.assertEqual(runner.ready.bytes, len(wire.encode({"blob": "x" * 400})))
+        self.successResultOf(runner.stop())
+        self.assertEqual((runner.ready.bytes, len(runner.ready)), (0, 0))
 
     def test_alreadyReady(self) -> None:
         """A run of a task held ready is refused, whatever the attempt."""

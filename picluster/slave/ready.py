@@ -8,30 +8,54 @@ may hand a slave a few runs more: L{ReadyRuns} keeps them, in the order they
 came, and the L{TaskRunner<picluster.slave.runner.TaskRunner>} starts the
 oldest whenever a slot frees.  The master counts on that order: when it reads
 the result of a running run, it counts the oldest ready run as started.
+
+A ready run holds no slot, thread or process, only its arguments: up to a
+frame each, chosen by the master and whoever submitted the task.  So the
+runs held are bounded in bytes as well as in number (L{MAX_READY_BYTES}): a
+master that hands a slave more is refused C{no free slot}, as when the runs
+are too many, and queues the run again, spending none of its retries.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from picluster import wire
 from picluster.wire.messages import Run, RunTask
+
+#: Bytes of arguments (as JSON) the ready runs may hold together.  One run is
+#: held whatever its size (a frame at most), so that a task with arguments
+#: past this bound still runs, one at a time.  A Pi 3 has 1 GiB of memory;
+#: 1,024 ready runs (C{MAX_PREFETCH}) of a 1 MiB frame each would take it all.
+MAX_READY_BYTES = 16 * 1024 * 1024
+
+
+def argument_bytes(run: RunTask) -> int:
+    """What C{run}'s arguments weigh against L{MAX_READY_BYTES}: their size as JSON."""
+    return len(wire.encode(run.args)) if run.args else 0
 
 
 class ReadyRuns:
     """
-    At most C{room} runs waiting for a slot, oldest first, by task id.
+    At most C{room} runs waiting for a slot, oldest first, by task id, and
+    at most C{max_bytes} of their arguments.
 
     @ivar room: How many runs may wait: the slave's C{--prefetch}, which it
         tells the master in its offer.  The master chooses what to hand out;
         this is the bound on what it may make the slave hold.
+    @ivar max_bytes: How many bytes of arguments (as JSON) they may hold
+        together, beyond the first run's.
+    @ivar bytes: How many they hold.
     """
 
-    def __init__(self, room: int):
+    def __init__(self, room: int, max_bytes: int = MAX_READY_BYTES):
         if room < 0:
             raise ValueError("prefetch must not be negative")
         self.room = room
+        self.max_bytes = max_bytes
+        self.bytes = 0
         # popitem(last=False) takes the oldest at once, however many came and went.
-        self._runs: OrderedDict[int, RunTask] = OrderedDict()
+        self._runs: OrderedDict[int, tuple[RunTask, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -41,32 +65,42 @@ class ReadyRuns:
         """Whether another run would be one too many."""
         return len(self._runs) >= self.room
 
+    def fits(self, size: int) -> bool:
+        """Whether a run of C{size} bytes of arguments may wait here too."""
+        return not self.full and (not self._runs or self.bytes + size <= self.max_bytes)
+
     def get(self, task_id: int) -> RunTask | None:
         """The run of this task waiting here, if any."""
-        return self._runs.get(task_id)
+        held = self._runs.get(task_id)
+        return held[0] if held is not None else None
 
-    def add(self, run: RunTask) -> None:
-        """Keep a run until a slot frees, after those already waiting."""
-        if self.full or run.id in self._runs:
+    def add(self, run: RunTask, size: int) -> None:
+        """Keep a run of C{size} bytes of arguments until a slot frees, after those already waiting."""
+        if not self.fits(size) or run.id in self._runs:
             raise ValueError(f"no room for task {run.id} among the ready runs")
-        self._runs[run.id] = run
+        self._runs[run.id] = (run, size)
+        self.bytes += size
 
     def pop_oldest(self) -> RunTask:
         """Take the run that has waited longest, to start it."""
-        return self._runs.popitem(last=False)[1]
+        run, size = self._runs.popitem(last=False)[1]
+        self.bytes -= size
+        return run
 
     def drop(self, task_id: int, attempt: int) -> bool:
         """Forget a run (cancelled: it held no slot, so nothing else starts); whether it was here."""
-        run = self._runs.get(task_id)
-        if run is None or run.attempt != attempt:
+        held = self._runs.get(task_id)
+        if held is None or held[0].attempt != attempt:
             return False
         del self._runs[task_id]
+        self.bytes -= held[1]
         return True
 
     def clear(self) -> None:
         """Forget every run, as a stopping slave does."""
         self._runs.clear()
+        self.bytes = 0
 
     def holding(self) -> list[Run]:
         """The runs waiting, in the order they will start."""
-        return [Run(run.id, run.attempt) for run in self._runs.values()]
+        return [Run(run.id, run.attempt) for run, _ in self._runs.values()]

@@ -27,7 +27,7 @@ from twisted.python.threadpool import ThreadPool
 from picluster import wire
 from picluster.logbudget import LogBudget
 from picluster.slave.pool import RECYCLE_AFTER, WorkerPool
-from picluster.slave.ready import ReadyRuns
+from picluster.slave.ready import MAX_READY_BYTES, ReadyRuns, argument_bytes
 from picluster.slave.results import (
     DEFAULT_MAX_RESULT,
     MAX_WAITING_BYTES,
@@ -110,6 +110,7 @@ class TaskRunner:
         *,
         slots: int,
         prefetch: int = 0,
+        max_ready_bytes: int = MAX_READY_BYTES,
         clock: Any,
         reactor: Any,
         allow_admin: bool = False,
@@ -129,7 +130,7 @@ class TaskRunner:
         self.registry = registry
         self.slots = slots
         #: The runs handed out beyond the slots, started oldest first.
-        self.ready = ReadyRuns(prefetch)
+        self.ready = ReadyRuns(prefetch, max_ready_bytes)
         self.allow_admin = allow_admin
         #: The largest task_result payload, in bytes of JSON.
         self.max_result_bytes = max_result_bytes
@@ -227,18 +228,20 @@ class TaskRunner:
         fails at once, so that the master records why.
 
         @raise wire.BadMessage: for a run of a task already running or ready,
-            or no room in the slots or among the ready runs (the
-            L{BUSY_REFUSALS}); the master re-queues.
+            or no room in the slots or among the ready runs, in number or in
+            bytes of arguments (the L{BUSY_REFUSALS}); the master re-queues.
         """
         held = self._running.get(run.id) or self.ready.get(run.id)
         if held is not None:
             raise wire.BadMessage(TASK_ALREADY_RUNNING, id=run.id, attempt=held.attempt)
         if len(self._running) < self.slots:
             self._begin(run)
-        elif not self.ready.full:
-            self.ready.add(run)
-        else:
-            raise wire.BadMessage(NO_FREE_SLOT, slots=self.slots, prefetch=self.prefetch)
+            return
+        size = argument_bytes(run) if not self.ready.full else 0
+        if not self.ready.fits(size):
+            raise wire.BadMessage(NO_FREE_SLOT, slots=self.slots, prefetch=self.prefetch,
+                                  ready_bytes=self.ready.bytes, max_ready_bytes=self.ready.max_bytes)
+        self.ready.add(run, size)
 
     def _begin(self, run: RunTask) -> None:
         """Start a run in a free slot; its timeout counts from now."""

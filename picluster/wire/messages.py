@@ -154,7 +154,8 @@ REFUSAL_TEXTS: tuple[tuple[str, str], ...] = (
     ("worker already sent on this connection", "a second worker on one connection"),
     ("a failed task_result needs an error with a message", "a failed result without its error"),
     (NO_FREE_SLOT, "a slave refuses a run_task: all its slots are busy and it holds as many ready"
-                   " as it may (details: slots, prefetch)"),
+                   " as it may, or their arguments would pass its bound (details: slots,"
+                   " prefetch, ready_bytes, max_ready_bytes)"),
     (TASK_ALREADY_RUNNING, "a slave refuses a run_task of a task it runs (details: id, attempt)"),
     ("this slave runs no tasks on this connection", "a run_task before the worker was accepted"),
 )
