@@ -15,8 +15,9 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from picluster.master.connection import SHARED_TEXT, Keepalives, SharedTexts
+from picluster.master.keepalives import Keepalives
 from picluster.master.service import DEFAULT_BACKLOG, with_default_backlog
+from picluster.master.sharedtexts import SHARED_TEXT, SharedTexts
 from picluster.master.slavelist import silent_after
 from picluster.wire.messages import ComputerDetails, Vitals
 

@@ -262,7 +262,7 @@ class PrefetchTests(Cluster):
     def tearDown(self) -> None:
         # The count that spares a freed slot its search when nothing is ready.
         workers = self.scheduler.workers.values()
-        self.assertEqual(self.scheduler._ready_runs, sum(len(w.ready) for w in workers))
+        self.assertEqual(self.scheduler.dispatcher.ready_runs, sum(len(w.ready) for w in workers))
 
     def test_freeSlotsFirst(self) -> None:
         """Every free slot is filled before any slave is handed a run to hold ready."""

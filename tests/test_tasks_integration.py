@@ -129,7 +129,7 @@ class TaskLoopbackTests(unittest.TestCase):
         self.assertEqual([records[i]["state"] for i in ids], ["cancelled"] * 2 + ["done", "cancelled"])
         self.assertEqual(records[ids[2]]["attempts"], 1)
         yield wait_until(lambda: books() == (([], []), ([], [])), "nothing is held on either side")
-        self.assertEqual(master.scheduler._ready_runs, 0)
+        self.assertEqual(master.scheduler.dispatcher.ready_runs, 0)
 
     @defer.inlineCallbacks
     def test_readyRunsMoveToAnIdleSlave(self) -> Any:

@@ -1,11 +1,12 @@
 """
-The master's scheduler: which slave runs which task, and what happens when
-one of them goes away.
+The master's scheduler: the life of every task, from its submission to its
+outcome, and what happens when a slave that runs tasks goes away.
 
 It holds every open task (queued or running) in memory and saves each
 change through the L{TaskStore}.  Slaves that said C{worker} are
-L{Worker}s with slots; queued tasks wait in the L{TaskQueue}, which says
-which free slot takes which task.  A slave lost under running tasks puts them
+L{Worker}s with slots; queued tasks wait in the L{TaskQueue}, and the
+L{Dispatcher} it owns hands them to the slaves (L{picluster.master.dispatch}
+says how).  A slave lost under running tasks puts them
 back in the queue until their retries are spent; a result that comes late
 is kept only if the task is still open, so it is recorded once.
 
@@ -13,13 +14,9 @@ Each open task is in exactly one of four places: a queue (waiting), the
 C{held} map (found running at start, waiting for its slave to rejoin), a
 worker's C{running} map, or a worker's C{ready} map (handed to a slave
 beyond its slots, to start there as a slot frees, with no round trip to the
-master: a slave's C{prefetch}).  Free slots are filled first, anywhere;
-ready places only once no free slot can take the task; and a slot left
-idle while nothing queued suits it takes a run another slave holds ready.
-A ready run counts as started (its row says C{running}, its deadline runs)
-once the master reads the result that freed its slot.
+master: a slave's C{prefetch}).
 
-The scheduler only decides and records; how tasks are listed, watched and
+The scheduler and its dispatcher only decide and record; how tasks are listed, watched and
 counted for clients and the dashboard is L{picluster.master.taskview}'s,
 which reads the scheduler through the narrow L{picluster.master.taskview.TaskBook} interface.  The
 slaves are reached through their connections' own C{request}, never their
@@ -37,17 +34,17 @@ from twisted.python.failure import Failure
 
 from picluster import wire
 from picluster.logbudget import LogBudget
+from picluster.master.dispatch import Dispatcher
 from picluster.master.quotas import Charge, Quotas, submitter_key
 from picluster.master.retention import Retention
 from picluster.master.space import DEFAULT_MAX_DB
 from picluster.master.store import FINAL_STATES, KeyConflict, StoreError, TaskStore
-from picluster.master.taskqueue import Kind, TaskQueue
+from picluster.master.taskqueue import TaskQueue
 from picluster.master.taskspec import DEFAULT_MAX_ARGS, TaskSpec, parse_submission
 from picluster.master.taskview import TaskView, store_failed
 from picluster.master.workers import OpenTask, Worker
 from picluster.wire import messages
-from picluster.wire.errors import DisconnectionException, RemoteError, ServiceError
-from picluster.wire.messages import BUSY_REFUSALS
+from picluster.wire.errors import ServiceError
 
 log = Logger()
 
@@ -109,19 +106,12 @@ class Scheduler:
         self.worker_log = LogBudget(
             log, clock, "Left out of the log in the last {seconds:g} s: {kinds}", lines=100,
         )
-        #: Lines about runs moved to idle slaves: few, and each explains a
-        #: task handed out twice, so not lost among a busy queue's results.
-        self.move_log = LogBudget(
-            log, clock, "Left out of the log in the last {seconds:g} s: {kinds}", lines=100,
-        )
         self._ready: defer.Deferred[None] = defer.Deferred()
         self._unavailable: str | None = "the task queue is still loading"
-        self._dispatch_call: Any = None
         self._release_call: Any = None
-        self._assignments = 0
-        #: Runs held ready on all slaves, so that a freed slot looks for one
-        #: to take only when there is one.
-        self._ready_runs = 0
+        #: Who gets which queued task, and which ready run moves.
+        self.dispatcher = Dispatcher(clock, self.workers, self.queue, started=self._started,
+                                     lost=self._run_lost, give_up=self._refused_everywhere)
         #: Tasks in each final state, from the store at start, then counted.
         self.finished_counts: dict[str, int] = dict.fromkeys(sorted(FINAL_STATES), 0)
 
@@ -183,8 +173,9 @@ class Scheduler:
             )
         log.info("Task queue loaded: {count} open tasks", count=len(self.open))
         self._unavailable = None
+        self.dispatcher.serving = True
         self._ready.callback(None)
-        self._schedule_dispatch()
+        self.dispatcher.soon()
         assert self.store is not None
         self.retention.start(self.store)
 
@@ -208,14 +199,13 @@ class Scheduler:
 
     def stop(self) -> defer.Deferred[None]:
         self.retention.stop()
-        for call in (self._dispatch_call, self._release_call):
-            if call is not None and call.active():
-                call.cancel()
+        if self._release_call is not None and self._release_call.active():
+            self._release_call.cancel()
         for task in self.open.values():
             task.cancel_deadline()
         self.task_log.flush()
         self.worker_log.flush()
-        self.move_log.flush()
+        self.dispatcher.stop()
         if self.store is None:
             return defer.succeed(None)
         return self.store.close()
@@ -289,7 +279,7 @@ class Scheduler:
         self.task_log.info("submissions", "{count} tasks submitted ({names}){ids}", count=len(new),
                            names=", ".join(sorted(names)) or "none new",
                            ids=f", ids {new[0]} to {new[-1]}" if new else "")
-        self._schedule_dispatch()
+        self.dispatcher.soon()
         return ("submitted", {"tasks": answers, "warnings": warnings})
 
     def _not_submitted(self, failure: Failure, charge: Charge) -> None:
@@ -346,7 +336,7 @@ class Scheduler:
             uuid=worker.uuid, hostname=worker.hostname, count=len(offers), slots=slots,
             prefetch=offer.prefetch, held=len(worker.running) + len(worker.ready), dropped=len(drop),
         )
-        self._schedule_dispatch()
+        self.dispatcher.soon()
         return ("worker_accepted", messages.WorkerAccepted(drop))
 
     def _reclaim(self, worker: Worker, task_id: int, attempt: int) -> bool:
@@ -358,12 +348,12 @@ class Scheduler:
             # Still counted on this slave's older connection, not yet seen to close.
             if task.worker.uuid != worker.uuid:
                 return False
-            self._release(task)
+            self.dispatcher.release(task)
         elif task.last_run != (worker.uuid, attempt):
             return False
         self.held.pop(task.id, None)
         task.queued = False
-        self._hand(task, worker, attempt, reclaimed=True)
+        self.dispatcher.hand(task, worker, attempt, reclaimed=True)
         return True
 
     def task_result(self, connection: Any, report: messages.TaskResult) -> defer.Deferred[None] | None:
@@ -379,7 +369,7 @@ class Scheduler:
         reporter = self.workers.get(connection)
         if reporter is not None and reporter.full:
             reporter.full = False
-            self._schedule_dispatch()
+            self.dispatcher.soon()
         current = (task.worker is not None and task.worker is reporter
                    and task.attempts == attempt)
         if not current:
@@ -405,7 +395,7 @@ class Scheduler:
         self.task_log.info(outcome, "Task {id} ({name}) {outcome} on {hostname}", id=task_id,
                            name=task.name, outcome=outcome, hostname=hostname)
         if current:
-            self._refill(reporter)
+            self.dispatcher.refill(reporter)
         return self._saved(task_id)
 
     def _saved(self, task_id: int) -> defer.Deferred[None] | None:
@@ -436,16 +426,6 @@ class Scheduler:
     def _requeue_record(self, task: OpenTask) -> None:
         task.record.update(state="queued", slave=None, slave_hostname=None, started_at=None)
 
-    def _hand(self, task: OpenTask, worker: Worker, attempt: int, reclaimed: bool = False) -> None:
-        """Count run C{attempt} of C{task} as C{worker}'s: started, or ready behind its slots."""
-        task.worker = worker
-        task.ran_by[attempt] = worker.uuid
-        task.record["attempts"] = attempt
-        if worker.take(task):
-            self._started(task, worker, reclaimed)
-        else:
-            self._ready_runs += 1
-
     def _started(self, task: OpenTask, worker: Worker, reclaimed: bool = False) -> None:
         """A run has a slot: it is C{running}, and its deadline starts now."""
         task.record.update(state="running", slave=worker.uuid, slave_hostname=worker.hostname)
@@ -458,52 +438,6 @@ class Scheduler:
                 task.timeout + self.overdue_grace, self._overdue, task, worker, task.attempts
             )
 
-    def _release(self, task: OpenTask) -> bool:
-        """
-        Take a run off its slave's books, as the slave does when it ends
-        or drops it: the oldest run it held ready starts in a freed slot.
-        True if the run had started.
-        """
-        worker = task.worker
-        assert worker is not None
-        was_running = task.id in worker.running
-        holding = len(worker.ready)
-        promoted = worker.drop(task)
-        self._ready_runs -= holding - len(worker.ready)
-        if promoted is not None:
-            self._started(promoted, worker)
-        return was_running
-
-    def _assign(self, task: OpenTask, worker: Worker) -> None:
-        attempt = task.attempts + 1
-        self._assignments += 1
-        worker.last_assigned = self._assignments
-        self._hand(task, worker, attempt)
-        run = messages.RunTask(task.id, attempt, task.name, task.record["args"], task.timeout)
-        sent = worker.connection.request("run_task", run)
-        sent.addErrback(self._run_refused, task, worker, attempt)
-        sent.addErrback(lambda failure: log.failure("Handing out task {id} failed", failure, id=task.id))
-
-    def _run_refused(self, failure: Failure, task: OpenTask, worker: Worker, attempt: int) -> None:
-        if failure.check(DisconnectionException):
-            return  # forget() puts it back in the queue.
-        if task.worker is not worker or task.attempts != attempt:
-            return
-        log.warn("Slave {uuid} ({hostname}) did not take task {id}: {problem}",
-                 uuid=worker.uuid, hostname=worker.hostname, id=task.id,
-                 problem=failure.getErrorMessage())
-        busy = failure.check(RemoteError) is not None and _refusal(failure) in BUSY_REFUSALS
-        if busy:
-            # Our count of its runs is off (it still runs something we gave
-            # up on).  Not the task's fault: the run does not count, and
-            # the slave gets nothing more until it next reports a result,
-            # rather than refusing run after run in a tight loop.
-            worker.full = True
-        # Any other refusal counts, wherever the run was on our books, or a
-        # slave refusing it for good would be handed it for ever.
-        self._run_lost(task, f"slave {worker.hostname or worker.uuid} did not take it:"
-                             f" {failure.getErrorMessage()}", started=not busy)
-
     def _run_lost(self, task: OpenTask, why: str, started: bool | None = None) -> None:
         """
         A run ended without a result: run it again, or give up.
@@ -513,7 +447,7 @@ class Scheduler:
         """
         worker = task.worker
         if worker is not None:
-            had_started = self._release(task)
+            had_started = self.dispatcher.release(task)
             if not (had_started if started is None else started):
                 task.unstarted += 1
             task.last_run = (worker.uuid, task.attempts)
@@ -532,7 +466,7 @@ class Scheduler:
             self.task_log.info("queued again", "Task {id} ({name}) queued again after attempt"
                                " {attempts}: {why}", id=task.id, name=task.name,
                                attempts=task.attempts, why=why)
-        self._schedule_dispatch()
+        self.dispatcher.soon()
 
     def _overdue(self, task: OpenTask, worker: Worker, attempt: int) -> None:
         task.deadline = None
@@ -557,7 +491,7 @@ class Scheduler:
         task.cancel_deadline()
         worker = task.worker
         if worker is not None:
-            self._release(task)
+            self.dispatcher.release(task)
             if stop_run:
                 # Even on the slave that sent the result: an earlier run's
                 # result may come from the slave now running a later one.
@@ -577,107 +511,13 @@ class Scheduler:
         self._finishing[task.id] = (record, [])
         self._save(record).addCallback(self._finished, task.id, record)
         if dispatch:
-            self._schedule_dispatch()
+            self.dispatcher.soon()
 
     def _finished(self, _: Any, task_id: int, record: dict[str, Any]) -> None:
         _, waiters = self._finishing.pop(task_id, (None, []))
         for waiter in waiters:
             waiter.callback(None)
         self.view.ended(task_id, record)
-
-    # -- handing out work ------------------------------------------------------
-
-    def _schedule_dispatch(self) -> None:
-        """Hand out work soon, once for everything that changed in this turn."""
-        if self._dispatch_call is None and self._unavailable is None:
-            self._dispatch_call = self.clock.callLater(0, self._dispatch)
-
-    def _dispatch(self) -> None:
-        """
-        Fill the free slots, then the ready places, one task at a time
-        (the least loaded slave first: one with a free slot is below any
-        without); then give a slot still idle a run held ready elsewhere.
-        """
-        self._dispatch_call = None
-        room = [w for w in self.workers.values() if w.room > 0 and not w.closing]
-        while room and self.queue:
-            assignment = self.queue.next_assignment(room, self._refused_everywhere)
-            if assignment is None:
-                break
-            task, worker = assignment
-            self._assign(task, worker)
-            if worker.room <= 0:
-                room.remove(worker)
-        idle = [w for w in room if w.free_slots > 0]
-        if idle:
-            self._move_ready(idle)
-
-    def _move_ready(self, idle: list[Worker]) -> None:
-        """
-        Hand slots that nothing queued can fill the runs other slaves hold
-        ready, newest first from the slave holding most: a ready run waits
-        on its slave's running ones, which may take hours, while a slot
-        here sits idle.  Its slave is told to drop it; if it has started it
-        meanwhile, whichever run reports first ends the task and the other
-        is called off (L{task_result}).
-        """
-        if not self._ready_runs:
-            return
-        holders = [w for w in self.workers.values() if w.ready and not w.closing]
-        # A task of each kind held ready: a slave that can run none of the
-        # kinds (a few, however many runs) is passed over at once, not
-        # after a look at every run.
-        kinds: dict[Kind, OpenTask] = {}
-        for holder in holders:
-            for task in holder.ready.values():
-                kinds.setdefault(task.kind, task)
-        for worker in idle:
-            runnable = {kind for kind, example in kinds.items() if worker.may_run(example)}
-            while runnable and worker.free_slots > 0:
-                task = _newest_ready_for(worker, holders, runnable)
-                if task is None:
-                    break
-                holder = task.worker
-                assert holder is not None
-                self._release(task)
-                task.unstarted += 1
-                holder.cancel(task.id, task.attempts)
-                if not holder.ready:
-                    holders.remove(holder)
-                self.move_log.info(
-                    "moved to idle slaves", "Task {id} ({name}) held ready by {holder} moved to"
-                    " idle slave {idle}", id=task.id, name=task.name,
-                    holder=holder.hostname or holder.uuid, idle=worker.hostname or worker.uuid,
-                )
-                self._assign(task, worker)
-
-    def _refill(self, worker: Worker) -> None:
-        """
-        Hand the room a slave's result has just made (its slot, or the
-        ready place of the run that took the slot) its next tasks at once:
-        they leave in the same write as the answers to the read that
-        brought the result, rather than two reactor turns later (the next
-        dispatch, then the transport's next write), and a slave running
-        tiny tasks waits on the master that much less.  A slot that nothing
-        queued can fill takes a run held ready elsewhere.
-
-        Only while no dispatch is due: every change that may let another
-        slave with room take a queued task calls for one, so with none due
-        no other slave with room can run a queued head, and this slave is
-        the one the dispatch would choose.  Heads it cannot run are left to
-        the dispatch, to give up on or hand out.
-        """
-        if self._dispatch_call is not None or self._unavailable is not None or worker.closing:
-            return
-        only = [worker]
-        while worker.room > 0 and self.queue:
-            assignment = self.queue.next_assignment(only, _keep)
-            if assignment is None:
-                break
-            self._assign(*assignment)
-        if worker.free_slots > 0:
-            # Nothing queued for it: its slot may take a run held ready elsewhere.
-            self._move_ready([worker])
 
     def _refused_everywhere(self, task: OpenTask) -> bool:
         """
@@ -705,7 +545,7 @@ class Scheduler:
         if held:
             log.info("{count} tasks unclaimed after the master restart are queued again",
                      count=len(held))
-        self._schedule_dispatch()
+        self.dispatcher.soon()
 
     def _pruned(self, counts: dict[str, int]) -> None:
         """Finished tasks were pruned from the database: they are counted no more."""
@@ -737,24 +577,3 @@ class Scheduler:
         """L{_save}, when nobody waits for the row to be committed."""
         self.usable_store().write(dict(record))
 
-
-def _newest_ready_for(worker: Worker, holders: list[Worker], kinds: set[Kind]) -> OpenTask | None:
-    """The run of one of C{kinds} held ready longest to go, from the slave holding most."""
-    for holder in sorted(holders, key=lambda each: len(each.ready), reverse=True):
-        if holder is worker:
-            continue
-        for task in reversed(holder.ready.values()):
-            if task.kind in kinds:
-                return task
-    return None
-
-
-def _keep(task: OpenTask) -> bool:
-    """A head no slave given may run is kept, for the dispatch to judge."""
-    return False
-
-
-def _refusal(failure: Failure) -> Any:
-    """The C{error} a slave gave for refusing a request."""
-    payload = failure.value.reply.get("payload")
-    return payload.get("error") if isinstance(payload, dict) else None

@@ -55,7 +55,7 @@ HOT_CELSIUS = 80.0
 #: Keepalive intervals without a word after which a connected slave is
 #: silent.  A quiet link makes one exchange an interval, started by either
 #: side, and while it changes hands a slave may go just under two intervals
-#: unheard (L{picluster.master.connection.Keepalives}): past two and a half,
+#: unheard (L{picluster.master.keepalives.Keepalives}): past two and a half,
 #: something is wrong, well before the master gives up on it (its
 #: C{dead_after}, three by default).
 SILENT_AFTER_KEEPALIVES = 2.5

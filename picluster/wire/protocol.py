@@ -425,7 +425,7 @@ class PiClusterProtocol(FrameReceiver):
 
         Anything the peer sends is a sign of life, its ping above all (we
         answer it): a master spares the connections it has heard from
-        (L{picluster.master.connection.Keepalives}) and we spare ours, so a
+        (L{picluster.master.keepalives.Keepalives}) and we spare ours, so a
         quiet link settles on one exchange an interval, whoever starts it,
         where it had one from each side.  Each side still hears from the
         other within about an interval, far inside C{dead_after}.
