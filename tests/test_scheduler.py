@@ -561,6 +561,27 @@ class TaskLogTests(Cluster):
         self.assertIn("Left out of the log in the last 10 s: 21 done"
                       " (the task database has every task)", lines)
 
+    def test_busyRefusalsOnABudget(self) -> None:
+        """
+        Runs refused by busy slaves (flow, not failure) are logged on a
+        budget; any other refusal is logged every time.
+        """
+        handouts = self.scheduler.dispatcher.handout_log
+        handouts.lines = 2
+        slave = FakeSlave(self.master, self.clock, slots=4)
+        with capturedLogs() as events:
+            self.submit(count=4)
+            runs = slave.take("run_task")
+            for envelope in runs[:3]:
+                slave.send("bad_message", {"error": "no free slot", "slots": 4}, reply_to=envelope["id"])
+            slave.send("bad_message", {"error": "unknown task", "name": "primes"}, reply_to=runs[3]["id"])
+            self.clock.advance(handouts.interval)
+        lines = [formatEvent(event) for event in events]
+        refused = [line for line in lines if " did not take task " in line]
+        self.assertEqual([line.rpartition(": ")[2] for line in refused],
+                         ["no free slot", "no free slot", "unknown task"])
+        self.assertIn("Left out of the log in the last 10 s: 1 refused by busy slaves", lines)
+
     def test_flushedOnStop(self) -> None:
         """What was left out is said when the scheduler stops."""
         self.scheduler.task_log.lines = 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from picluster.logbudget import LogBudget
@@ -33,6 +33,8 @@ from picluster.wire.errors import DisconnectionException, RemoteError
 from picluster.wire.messages import BUSY_REFUSALS
 
 log = Logger()
+
+_NOT_TAKEN = "Slave {uuid} ({hostname}) did not take task {id}: {problem}"
 
 
 class Dispatcher:
@@ -63,9 +65,12 @@ class Dispatcher:
         self.give_up = give_up
         self.serving = False
         self.ready_runs = 0
-        #: Lines about runs moved to idle slaves: few, and each explains a
-        #: task handed out twice, so not lost among a busy queue's results.
-        self.move_log = LogBudget(
+        #: Lines about handouts that did not go as planned: runs moved to
+        #: idle slaves (each explains a task handed out twice) and runs a
+        #: busy slave refused (one a result at most, but a slave whose ready
+        #: runs are full of large arguments refuses one for each), on a
+        #: budget of their own, not lost among a busy queue's results.
+        self.handout_log = LogBudget(
             log, clock, "Left out of the log in the last {seconds:g} s: {kinds}", lines=100,
         )
         self._dispatch_call: Any = None
@@ -75,7 +80,7 @@ class Dispatcher:
         """Hand out nothing more, and say what the log's budget left out."""
         if self._dispatch_call is not None and self._dispatch_call.active():
             self._dispatch_call.cancel()
-        self.move_log.flush()
+        self.handout_log.flush()
 
     def soon(self) -> None:
         """Hand out work soon, once for everything that changed in this turn."""
@@ -134,7 +139,7 @@ class Dispatcher:
                 holder.cancel(task.id, task.attempts)
                 if not holder.ready:
                     holders.remove(holder)
-                self.move_log.info(
+                self.handout_log.info(
                     "moved to idle slaves", "Task {id} ({name}) held ready by {holder} moved to"
                     " idle slave {idle}", id=task.id, name=task.name,
                     holder=holder.hostname or holder.uuid, idle=worker.hostname or worker.uuid,
@@ -212,20 +217,24 @@ class Dispatcher:
             return  # The scheduler's forget() puts it back in the queue.
         if task.worker is not worker or task.attempts != attempt:
             return
-        log.warn("Slave {uuid} ({hostname}) did not take task {id}: {problem}",
-                 uuid=worker.uuid, hostname=worker.hostname, id=task.id,
-                 problem=failure.getErrorMessage())
         busy = failure.check(RemoteError) is not None and _refusal(failure) in BUSY_REFUSALS
+        problem = failure.getErrorMessage()
         if busy:
             # Our count of its runs is off (it still runs something we gave
-            # up on).  Not the task's fault: the run does not count, and
+            # up on), or its ready runs hold all the bytes of arguments it
+            # allows.  Not the task's fault: the run does not count, and
             # the slave gets nothing more until it next reports a result,
             # rather than refusing run after run in a tight loop.
             worker.full = True
+            self.handout_log.emit(LogLevel.warn, "refused by busy slaves", _NOT_TAKEN,
+                                  uuid=worker.uuid, hostname=worker.hostname, id=task.id,
+                                  problem=problem)
+        else:
+            log.warn(_NOT_TAKEN, uuid=worker.uuid, hostname=worker.hostname, id=task.id,
+                     problem=problem)
         # Any other refusal counts, wherever the run was on our books, or a
         # slave refusing it for good would be handed it for ever.
-        self.lost(task, f"slave {worker.hostname or worker.uuid} did not take it:"
-                        f" {failure.getErrorMessage()}", not busy)
+        self.lost(task, f"slave {worker.hostname or worker.uuid} did not take it: {problem}", not busy)
 
 
 def _newest_ready_for(worker: Worker, holders: list[Worker], kinds: set[Kind]) -> OpenTask | None:
