@@ -182,6 +182,8 @@ class InfoTests(MasterTestCase):
             },
         )
         self.assertEqual(one["last_seen"], 1000.0)
+        # Not a worker: no slots, nothing running or held ready.
+        self.assertEqual((one["slots"], one["running_tasks"], one["ready_tasks"]), (None, 0, 0))
         self.assertEqual(two["uuid"], second.handler.uuid)
         self.assertEqual((two["hostname"], two["vitals"], two["computer_details"]), (None, None, None))
         self.assertEqual(two["last_seen"], 1002.0)

@@ -19,7 +19,7 @@ from picluster.master import slavelist
 from picluster.master.slavelist import BadSlaveQuery, SlaveQuery
 from picluster.wire.messages import MAX_SLAVES_LIMIT
 from tests.taskhelpers import FakeClient
-from tests.webhelpers import PI_VITALS, WebMaster
+from tests.webhelpers import PI_VITALS, WebMaster, hold_ready
 
 
 def names(page: dict[str, Any]) -> list[str]:
@@ -273,7 +273,54 @@ class SummaryTests(unittest.TestCase):
     def test_slotsCounted(self) -> None:
         """The summary adds up the slaves' slots."""
         summary = Cluster(self, 3).ask("summary")["payload"]
-        self.assertEqual((summary["slots"], summary["running_tasks"]), (6, 0))
+        self.assertEqual((summary["slots"], summary["running_tasks"], summary["ready_tasks"]), (6, 0, 0))
+
+
+class ReadyTasksTests(unittest.TestCase):
+    """
+    The runs a slave holds ready beyond its slots (prefetch) are counted
+    beside those it runs, in every list of slaves and in the summary.
+    """
+
+    def setUp(self) -> None:
+        self.cluster = Cluster(self, 0)
+        self.busy, _, self.runs = hold_ready(self.cluster.web)
+
+    def counts(self, slaves: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+        """Each slave's (running_tasks, ready_tasks), by hostname."""
+        return {slave["hostname"]: (slave["running_tasks"], slave["ready_tasks"]) for slave in slaves}
+
+    def test_wireLists(self) -> None:
+        """info slaves, slave_details and status count each slave's ready runs; one with none shows 0."""
+        wanted = {"pi-busy": (1, 2), "pi-idle": (0, 0)}
+        for question in ("slaves", "slave_details", "status"):
+            reply = self.cluster.ask({"question": question})
+            self.assertEqual(self.counts(reply["payload"]["slaves"]), wanted, question)
+        self.assertEqual(self.counts(self.cluster.ask("slave_details")["payload"]), wanted)
+
+    def test_readyRunStarts(self) -> None:
+        """When the running run ends, a ready one takes its slot: one fewer is ready."""
+        self.busy.finish(self.runs[0], {"slept": 60})
+        shown = self.cluster.ask({"question": "slaves"})["payload"]["slaves"]
+        self.assertEqual(self.counts(shown), {"pi-busy": (1, 1), "pi-idle": (0, 0)})
+        summary = self.cluster.ask("summary")["payload"]
+        self.assertEqual((summary["running_tasks"], summary["ready_tasks"]), (1, 1))
+
+    def test_summary(self) -> None:
+        """The summary adds up the ready runs beside the running ones; a slave that left holds none."""
+        summary = self.cluster.ask("summary")["payload"]
+        self.assertEqual((summary["slots"], summary["running_tasks"], summary["ready_tasks"]), (2, 1, 2))
+        self.busy.lose()
+        summary = self.cluster.ask("summary")["payload"]
+        self.assertEqual((summary["slots"], summary["running_tasks"], summary["ready_tasks"]), (1, 0, 0))
+
+    @defer.inlineCallbacks
+    def test_web(self) -> Any:
+        """/api/slaves and /api/summary show the same counts as the wire."""
+        shown = (yield self.cluster.web.get("/api/slaves")).json()
+        self.assertEqual(self.counts(shown["slaves"]), {"pi-busy": (1, 2), "pi-idle": (0, 0)})
+        summary = (yield self.cluster.web.get("/api/summary")).json()
+        self.assertEqual(summary["ready_tasks"], 2)
 
 
 class WebTests(unittest.TestCase):

@@ -25,6 +25,7 @@ from picluster.wire import BadMessage
 
 from . import processes
 from .fakemaster import FakeMaster, FakeMasterConnection
+from .webhelpers import WebMaster, hold_ready
 
 NOW = 1_700_000_000.0
 GIB = 2**30
@@ -91,6 +92,14 @@ class ViewTests(unittest.TestCase):
         self.assertEqual(rows(text)["pi-1"].split(), [
             "pi-1", "192.168.1.21:50412", "Raspberry", "Pi", "4", "Model", "B", "Rev", "1.4",
             "3d02h", "38%", "52.1°C", "3.2G", "21G", "3/4", "1.2s", "ago", "connected"])
+
+    def test_readyTasks(self) -> None:
+        """Runs a slave holds ready follow its running/slots; none held ready, nothing is added."""
+        text = statustable.render(status(summary(ready_tasks=4), summary(hostname="pi-2", uuid="02" * 16,
+                                                                        ready_tasks=0)), NOW)
+        self.assertIn("  3/4 +4 ready  1.2s ago", rows(text)["pi-1"])
+        self.assertIn("  3/4  1.2s ago", rows(text)["pi-2"])
+        self.assertNotIn("ready", rows(text)["pi-2"])
 
     def test_nullReadings(self) -> None:
         """Readings a slave has not sent (or cannot take) show as '-'."""
@@ -207,10 +216,37 @@ class ViewTests(unittest.TestCase):
         listed = statustable.render(payload, NOW, rows=[summary(troubles=[]), hot]).splitlines()
         self.assertEqual([line.split()[0] for line in listed[4:]], ["HOST", "pi-1", "pi-hot"])
 
+    def test_summaryReadyTasks(self) -> None:
+        """The summary's ready runs follow its running ones, only when there are some."""
+        counts = {"slaves": {"connected": 2, "left": 0, "in_trouble": 0}, "slots": 8, "running_tasks": 7}
+        for ready, wanted in [(5, "slots: 8, 7 running, 5 ready"), (0, "slots: 8, 7 running"),
+                              (None, "slots: 8, 7 running")]:
+            payload = dict(status(), summary=dict(counts, ready_tasks=ready))
+            self.assertEqual(statustable.render(payload, NOW).splitlines()[2], wanted)
+
     def test_markupIsText(self) -> None:
         """Square brackets in a name are shown, not read as rich markup."""
         text = statustable.render(status(summary(hostname="[bold]pi[/bold]")), NOW)
         self.assertIn("[bold]pi[/bold]", text)
+
+
+class ReadyTasksTests(unittest.TestCase):
+    """
+    What picluster status prints of the runs slaves hold ready, from the
+    C{info status} answer of a real master (its scheduler and workers),
+    its slaves played over StringTransports.
+    """
+
+    def test_printed(self) -> None:
+        """A slave holding runs ready says how many in its row and the summary; one with none as before."""
+        web = WebMaster(self)
+        _, client, _ = hold_ready(web)
+        payload = client.request("info", {"question": "status"})["payload"]
+        text = statustable.render(payload, web.clock.seconds(), rows=payload["slaves"])
+        self.assertEqual(text.splitlines()[2], "slots: 2, 1 running, 2 ready")
+        self.assertIn(" 1/1 +2 ready ", rows(text)["pi-busy"])
+        self.assertIn(" 0/1 ", rows(text)["pi-idle"])
+        self.assertNotIn("ready", rows(text)["pi-idle"])
 
 
 class ClosingStream(io.StringIO):

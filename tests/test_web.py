@@ -21,7 +21,7 @@ from picluster.master.web import events
 from picluster.master.web.site import MAX_TASKS
 from picluster.wire.messages import Vitals
 from tests import processes
-from tests.webhelpers import PI_VITALS, WebMaster
+from tests.webhelpers import PI_VITALS, WebMaster, hold_ready
 
 
 class ApiTests(unittest.TestCase):
@@ -55,6 +55,7 @@ class ApiTests(unittest.TestCase):
         self.assertIs(one["throttled"], True)
         self.assertEqual(one["slots"], 2)
         self.assertEqual(one["running_tasks"], 0)
+        self.assertEqual(one["ready_tasks"], 0)
         self.assertEqual(one["vitals_at"], web.clock.seconds())
         self.assertIsNone(one["left_at"])
         self.assertNotIn("history", one)
@@ -331,6 +332,20 @@ class MetricsTests(unittest.TestCase):
         self.assertGreater(samples("picluster_frames_received")[()], 6)
         self.assertEqual(samples("picluster_tasks")[(("state", "queued"),)], 0)
         self.assertIn("process_resident_memory_bytes", families)
+
+    @defer.inlineCallbacks
+    def test_readyTasks(self) -> Any:
+        """Each slave's running and ready runs are gauges; a slave that holds none reads 0."""
+        web = WebMaster(self)
+        hold_ready(web)
+        response = yield web.get("/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(response.body.decode())}
+
+        def samples(name: str) -> dict[str, float]:
+            return {s.labels["hostname"]: s.value for s in families[name].samples}
+
+        self.assertEqual(samples("picluster_slave_running_tasks"), {"pi-busy": 1.0, "pi-idle": 0.0})
+        self.assertEqual(samples("picluster_slave_ready_tasks"), {"pi-busy": 2.0, "pi-idle": 0.0})
 
     @defer.inlineCallbacks
     def test_openMetrics(self) -> Any:

@@ -19,7 +19,7 @@ from twisted.web.http_headers import Headers
 from picluster.master.service import MasterService
 from picluster.master.web.site import DashboardSite
 from tests.helpers import MASTER_FACTS
-from tests.taskhelpers import FakeSlave, started_scheduler
+from tests.taskhelpers import FakeClient, FakeSlave, started_scheduler
 
 #: A full vitals report, as a slave on a Pi sends it.
 PI_VITALS = {
@@ -94,3 +94,19 @@ class WebMaster:
                                            allow_redirects=follow)
         body = yield response.content()
         return Response(response.code, response.headers, body)
+
+
+def hold_ready(web: WebMaster) -> tuple[FakeSlave, FakeClient, list[dict[str, Any]]]:
+    """
+    Slaves pi-busy, running one long task and holding two ready (one slot,
+    two ready places), and pi-idle, holding none; the client that
+    submitted the tasks and pi-busy's three runs.  pi-idle offers no
+    C{sleep}, so that its idle slot takes none of pi-busy's ready runs.
+    """
+    busy = web.slave("pi-busy", "10.0.0.2", slots=1, prefetch=2)
+    web.slave("pi-idle", "10.0.0.3", slots=1, prefetch=2, tasks=("primes",))
+    client = FakeClient(web.master.factory, web.clock)
+    client.submit(*[{"name": "sleep", "args": {"seconds": 60}}] * 3)
+    runs = busy.runs()
+    assert len(runs) == 3, runs
+    return busy, client, runs

@@ -128,7 +128,7 @@ def _summary_lines(summary: dict[str, Any]) -> list[Text]:
     slots = summary.get("slots")
     running = summary.get("running_tasks")
     line = Text(f"slots: {slots if type(slots) is int else '-'}, "
-                f"{running if type(running) is int else '-'} running")
+                f"{running if type(running) is int else '-'} running{_ready(summary, ', {} ready')}")
     hottest = [entry for entry in summary.get("hottest") or [] if isinstance(entry, dict)]
     shown = [f"{_name(entry)} {entry['temperature']:.1f}°C" for entry in hottest[:3]
              if _is_number(entry.get("temperature"))]
@@ -244,7 +244,16 @@ def _tasks(slave: dict[str, Any]) -> str:
     running = slave.get("running_tasks")
     slots = slave.get("slots")
     running_text = str(running) if type(running) is int else "-"
-    return f"{running_text}/{slots if type(slots) is int else '-'}"
+    return f"{running_text}/{slots if type(slots) is int else '-'}{_ready(slave, ' +{} ready')}"
+
+
+def _ready(shown: dict[str, Any], form: str) -> str:
+    """
+    The runs held ready beyond the slots (prefetch) in C{form}, or nothing
+    when there are none: a cluster without prefetch reads as it always did.
+    """
+    ready = shown.get("ready_tasks")
+    return form.format(ready) if type(ready) is int and ready > 0 else ""
 
 
 def _ago(at: Any, now: float) -> str:

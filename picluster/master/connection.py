@@ -223,6 +223,7 @@ class PeerConnection(PeerHandler):
         return {
             "slots": worker.slots if worker is not None else None,
             "running_tasks": len(worker.running) if worker is not None else 0,
+            "ready_tasks": len(worker.ready) if worker is not None else 0,
             "uuid": self.uuid,
             "address": self.address,
             "hostname": self.hostname,

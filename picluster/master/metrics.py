@@ -36,6 +36,7 @@ SLAVE_GAUGES = (
     ("under_voltage", "1 while the slave's supply is too low", "under_voltage"),
     ("throttled", "1 while the slave's firmware holds it back", "throttled"),
     ("running_tasks", "Tasks running on the slave", "running_tasks"),
+    ("ready_tasks", "Tasks the slave holds ready beyond its slots (prefetch)", "ready_tasks"),
     ("slots", "Tasks the slave runs at once", "slots"),
     ("last_seen_timestamp_seconds", "When the master last heard from the slave", "last_seen"),
 )

@@ -137,6 +137,8 @@ def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
         "vitals_at": node.vitals_received_at,
         "slots": worker.slots if worker is not None else None,
         "running_tasks": len(worker.running) if worker is not None else 0,
+        # Handed to it beyond its slots (prefetch), to start as they free.
+        "ready_tasks": len(worker.ready) if worker is not None else 0,
         # Two machines hold this node's identity (a cloned SD card).
         "cloned": slavelist.is_cloned(node),
     }
@@ -288,7 +290,7 @@ class SlaveList:
         silent_after = self.silent_after()
         counts = {"connected": 0, "left": 0, "in_trouble": 0}
         by_trouble = dict.fromkeys(slavelist.TROUBLES, 0)
-        slots = running = 0
+        slots = running = ready = 0
         hottest: list[tuple[float, str, Node]] = []
         in_trouble: list[tuple[tuple[int, int, str, str], Node]] = []
         for node in nodes(master):
@@ -309,12 +311,14 @@ class SlaveList:
             if worker is not None:
                 slots += worker.slots
                 running += len(worker.running)
+                ready += len(worker.ready)
         return {
             "now": now,
             "slaves": counts,
             "troubles": by_trouble,
             "slots": slots,
             "running_tasks": running,
+            "ready_tasks": ready,
             "silent_after": silent_after,
             "hottest": [
                 {"uuid": node.uuid, "hostname": clip(node.hostname), "temperature": -negative}

@@ -650,7 +650,8 @@ _declare(
     Message("uuid", _THIS_UUID, (MASTER,), "The asking connection's uuid.", reply_only=True),
     Message("slave_details", _SLAVE_DETAILS, (MASTER,),
             "Slave connections: uuid, address, hostname, connected_at, last_seen, rtt_ms,"
-            " vitals, vitals_received_at, computer_details, slots, running_tasks.",
+            " vitals, vitals_received_at, computer_details, slots, running_tasks,"
+            " ready_tasks.",
             reply_only=True),
     Message("status", _STATUS, (MASTER,),
             "The cluster at a glance, as picluster status shows it: master (as /api/master),"
@@ -663,7 +664,8 @@ _declare(
     Message("summary", _SUMMARY, (MASTER,),
             "The cluster in counts and a few names, the same size for any number of slaves:"
             " slaves (connected, left, in_trouble), troubles (count of each), slots,"
-            " running_tasks, hottest, in_trouble (the worst few, as /api/slaves lists them).",
+            " running_tasks, ready_tasks (held ready beyond the slots), hottest, in_trouble"
+            " (the worst few, as /api/slaves lists them).",
             reply_only=True),
     Message("worker", WorkerOffer, (SLAVE,), "The slave offers to run tasks.",
             replies={"worker_accepted": WorkerAccepted}),

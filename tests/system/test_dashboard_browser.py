@@ -2,8 +2,9 @@
 The dashboard in a real headless Chromium, against a real master and slaves.
 
 Only this shows that the page, the JSON API and the event stream fit
-together: rows appear for live slaves, and a slave killed outright turns
-into a greyed "left" row while the other stays connected.
+together: rows appear for live slaves, a slave killed outright turns
+into a greyed "left" row while the other stays connected, and the runs a
+slave holds ready beyond its slots show beside those it runs.
 """
 
 from __future__ import annotations
@@ -61,14 +62,15 @@ class DashboardBrowserTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_killedSlaveTurnsLeft(self) -> Any:
-        """Two slaves show as connected rows; a SIGKILLed one turns left, the other stays."""
+        """Two slaves show as connected rows; a SIGKILLed one turns left, the other stays, then holds runs ready."""
         cluster = Cluster(self)
         web_port = free_port()
         cluster.master(
             "master", "--web", f"tcp:{web_port}:interface=127.0.0.1",
             "--db", os.path.join(cluster.cwd, "m.db"),
         )
-        staying = cluster.slave("slave-staying")
+        # One slot and two ready places: three long tasks show prefetch at work.
+        staying = cluster.slave("slave-staying", "--slots", "1", "--prefetch", "2")
         leaving = cluster.slave("slave-leaving")
         staying_uuid = yield cluster.wait_until(lambda: joined_uuid(staying), "slave-staying joined")
         leaving_uuid = yield cluster.wait_until(lambda: joined_uuid(leaving), "slave-leaving joined")
@@ -114,6 +116,26 @@ class DashboardBrowserTests(unittest.TestCase):
         )
         left_text = yield browser.call(dashboard.text, f'[data-uuid="{leaving_uuid}"]')
         self.assertIn("left", left_text)
+
+        tasks_cell = f'[data-uuid="{staying_uuid}"] .tasks-cell'
+        idle_text = yield browser.call(dashboard.text, tasks_cell)
+        self.assertEqual(idle_text.split(), ["0", "/", "1", "running", "/", "slots"])
+        client = cluster.client()
+        yield client.connect()
+        try:
+            yield client.submit([{"name": "sleep", "args": {"seconds": 600}}] * 3)
+        finally:
+            yield client.close()
+        yield cluster.wait_until(
+            lambda: browser.call(dashboard.text, tasks_cell).addCallback(
+                lambda text: text.split() == ["1", "/", "1", "+2", "running", "/", "slots", "+", "ready"]),
+            "the staying slave's row to show one run and two held ready",
+        )
+        yield cluster.wait_until(
+            lambda: browser.call(dashboard.text, "#cluster-notes").addCallback(
+                lambda text: "1 of 1 slots busy, 2 ready" in text),
+            "the cluster's notes to count the ready runs",
+        )
 
         path = yield browser.call(
             dashboard.screenshot, os.path.join(cluster.cwd, "dashboard.png")

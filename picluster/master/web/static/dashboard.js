@@ -444,7 +444,14 @@
     setText(r.diskTotal, isNumber(s.disk_total) ? `of ${formatBytes(s.disk_total)}` : "");
 
     const slots = isNumber(s.slots) ? s.slots : "–";
-    setText(r.tasks, `${isNumber(s.running_tasks) ? s.running_tasks : 0} / ${slots}`);
+    // Runs handed over beyond the slots (prefetch), shown only when there
+    // are some: "3 / 4 +4" under "running / slots + ready".
+    const ready = isNumber(s.ready_tasks) && s.ready_tasks > 0 ? s.ready_tasks : 0;
+    setText(r.tasks, `${isNumber(s.running_tasks) ? s.running_tasks : 0} / ${slots}${
+      ready ? ` +${ready}` : ""}`);
+    setText(r.tasksSub, ready ? "running / slots + ready" : "running / slots");
+    const readyNote = ready ? `${ready} more held ready, to start as slots free` : "";
+    if (r.tasks.title !== readyNote) r.tasks.title = readyNote;
 
     const h = record.history;
     drawSparkline(r.cpuSpark, h.t, h.cpu_percent, { min: 0, max: 100 }, "CPU", formatPercent);
@@ -646,8 +653,10 @@
       .map(([kind, n]) => `${n.toLocaleString()} ${kind}`);
     if (kinds.length) parts.push(el("span", "trouble", kinds.join(" · ")));
     if (isNumber(summary.slots) && summary.slots > 0) {
+      const ready = isNumber(summary.ready_tasks) && summary.ready_tasks > 0
+        ? `, ${summary.ready_tasks.toLocaleString()} ready` : "";
       parts.push(el("span", "", `${(summary.running_tasks || 0).toLocaleString()} of ${
-        summary.slots.toLocaleString()} slots busy`));
+        summary.slots.toLocaleString()} slots busy${ready}`));
     }
     const hottest = (Array.isArray(summary.hottest) ? summary.hottest : [])
       .filter((node) => node && isNumber(node.temperature)).slice(0, 3)
