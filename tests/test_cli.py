@@ -500,6 +500,14 @@ class FormatTests(unittest.TestCase):
         self.assertEqual([formatting.duration(s) for s in (4.25, 42, 185, 7380, 93600)],
                          ["4.2s", "42s", "3m05s", "2h03m", "1d02h"])
 
+    def test_attemptsNeverStarted(self) -> None:
+        """A task's details say how many of its attempts never started, only when some did not."""
+        record = {"id": 7, "name": "primes", "state": "queued", "retries": 3, "attempts": 3}
+        lines = formatting.details(dict(record, unstarted=1), 0.0).splitlines()
+        self.assertIn("attempts:     3 (1 never started)", lines)
+        for plain in (record, dict(record, unstarted=0)):
+            self.assertIn("attempts:     3", formatting.details(plain, 0.0).splitlines())
+
 
 
 ESC = "\x1b"

@@ -736,6 +736,31 @@ class RestartTests(unittest.TestCase):
         self.assertEqual([records[i]["state"] for i in (1, 2, 3)], ["running"] * 3)
         self.assertEqual(records[1]["slave"], one.uuid)
 
+    def test_unstartedRunsSurviveARestart(self) -> None:
+        """
+        A handout taken back before it started still spends no retry after
+        a restart: the row keeps the count, so the new master counts the
+        task's runs as the old one did.
+        """
+        clock = Clock()
+        pool = SynchronousPool()
+        master = task_master(clock, pool)
+        client = FakeClient(master, clock)
+        client.submit(PRIMES, dict(PRIMES, retries=1))
+        busy = FakeSlave(master, clock, slots=1, prefetch=1)
+        self.assertEqual([r["id"] for r in busy.runs()], [1, 2])
+        busy.lose()
+        self.assertEqual(client.record(2)["unstarted"], 1)
+        restarted = task_master(clock, pool)
+        client = FakeClient(restarted, clock)
+        self.assertEqual((client.record(2)["attempts"], client.record(2)["unstarted"]), (1, 1))
+        other = FakeSlave(restarted, clock, "10.0.0.3", hostname="pi-two", slots=2)
+        self.assertEqual(sorted((r["id"], r["attempt"]) for r in other.runs()), [(1, 2), (2, 2)])
+        # Its first run that started is lost: one retry left, so it runs again.
+        other.lose()
+        record = client.record(2)
+        self.assertEqual((record["state"], record["attempts"], record["unstarted"]), ("queued", 2, 1))
+
     def test_submittedTasksSurvive(self) -> None:
         """Every acknowledged submission is in the database a new master opens."""
         clock = Clock()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
@@ -290,14 +291,14 @@ class CheckDatabaseTests(unittest.TestCase):
                 " VALUES ('primes', '{}', '{}', 3, 'done', 1.0)")
             connection.execute("PRAGMA user_version = 1")
         connection.close()
-        check_database(path)
-        with sqlite3.connect(path) as connection:
-            (version,) = connection.execute("PRAGMA user_version").fetchone()
-            row = connection.execute("SELECT * FROM tasks").fetchone()
-        connection.close()
-        self.assertEqual(version, SCHEMA_VERSION)
-        record = row_to_record(row)
-        self.assertEqual((record["name"], record["state"], record["submitted_by"]), ("primes", "done", None))
+        record = upgraded(self, path)
+        self.assertEqual((record["name"], record["state"], record["submitted_by"], record["unstarted"]),
+                         ("primes", "done", None, 0))
+
+    def test_versionTwoGainsUnstarted(self) -> None:
+        """A version 2 database (before unstarted) is upgraded in place, its tasks kept."""
+        record = upgraded(self, version_two_database(self))
+        self.assertEqual((record["state"], record["unstarted"]), ("queued", 0))
 
     def test_missingDirectory(self) -> None:
         """A path in a directory that does not exist is refused, naming it."""
@@ -392,26 +393,42 @@ class PruneTests(unittest.TestCase):
         self.assertLess(os.path.getsize(self.path), 100_000)
 
 
+def upgraded(case: unittest.TestCase, path: str) -> dict[str, Any]:
+    """Open the older database at C{path} as a master does; its one task, as now recorded."""
+    check_database(path)
+    with sqlite3.connect(path) as connection:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        row = connection.execute("SELECT * FROM tasks").fetchone()
+    connection.close()
+    case.assertEqual(version, SCHEMA_VERSION)
+    return row_to_record(row)
+
+
+def version_two_database(case: unittest.TestCase) -> str:
+    """A version 2 database (before unstarted and incremental vacuum) of one queued task."""
+    path = os.path.join(temp_dir(case), "old.db")
+    connection = sqlite3.connect(path)
+    connection.execute("PRAGMA auto_vacuum = NONE")
+    connection.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE,"
+                       " name TEXT NOT NULL, args TEXT NOT NULL, requirements TEXT NOT NULL,"
+                       " timeout REAL, retries INTEGER NOT NULL, state TEXT NOT NULL, slave TEXT,"
+                       " slave_hostname TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
+                       " submitted_at REAL NOT NULL, started_at REAL, finished_at REAL,"
+                       " result TEXT, error TEXT, submitted_by TEXT)")
+    connection.execute("INSERT INTO tasks (name, args, requirements, retries, state, submitted_at)"
+                       " VALUES ('primes', '{}', '{}', 3, 'queued', 1.0)")
+    connection.execute("PRAGMA user_version = 2")
+    connection.commit()
+    connection.close()
+    case.assertEqual(_pragma(path, "auto_vacuum"), 0)
+    return path
+
+
 class ConversionTests(unittest.TestCase):
     """A database from before pruning is converted to give space back, once and carefully."""
 
     def old_database(self) -> str:
-        path = os.path.join(temp_dir(self), "old.db")
-        connection = sqlite3.connect(path)
-        connection.execute("PRAGMA auto_vacuum = NONE")
-        connection.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT UNIQUE,"
-                           " name TEXT NOT NULL, args TEXT NOT NULL, requirements TEXT NOT NULL,"
-                           " timeout REAL, retries INTEGER NOT NULL, state TEXT NOT NULL, slave TEXT,"
-                           " slave_hostname TEXT, attempts INTEGER NOT NULL DEFAULT 0,"
-                           " submitted_at REAL NOT NULL, started_at REAL, finished_at REAL,"
-                           " result TEXT, error TEXT, submitted_by TEXT)")
-        connection.execute("INSERT INTO tasks (name, args, requirements, retries, state, submitted_at)"
-                           " VALUES ('primes', '{}', '{}', 3, 'queued', 1.0)")
-        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.commit()
-        connection.close()
-        self.assertEqual(_pragma(path, "auto_vacuum"), 0)
-        return path
+        return version_two_database(self)
 
     def test_converted(self) -> None:
         """An older file becomes incremental at start, its tasks kept."""

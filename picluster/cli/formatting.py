@@ -154,7 +154,7 @@ def details(record: Record, now: float) -> str:
         ("requirements", to_json(record.get("requirements") or {})),
         ("timeout", f"{timeout:g} s" if isinstance(timeout, (int, float)) else "none"),
         ("retries", str(record.get("retries"))),
-        ("attempts", str(record.get("attempts"))),
+        ("attempts", _attempts(record)),
         ("slave", slave),
         ("submitted", _moment(record.get("submitted_at"), now)
          + (f" by {record['submitted_by']}" if record.get("submitted_by") else "")),
@@ -166,6 +166,13 @@ def details(record: Record, now: float) -> str:
         fields.append(("waiting", str(record["waiting"])))
     fields += _outcome_lines(record)
     return "\n".join(_field_lines(fields) + _traceback(record)) + "\n"
+
+
+def _attempts(record: Record) -> str:
+    """Its handouts, and how many of them never started (those spent none of its retries)."""
+    unstarted = record.get("unstarted")
+    never = f" ({unstarted} never started)" if type(unstarted) is int and unstarted > 0 else ""
+    return f"{record.get('attempts')}{never}"
 
 
 def outcome(record: Record) -> str:

@@ -45,8 +45,9 @@ from picluster.wire.messages import TASK_STATES
 log = Logger()
 
 #: Version of the schema below, kept in SQLite's C{user_version}.  Version 2
-#: added C{submitted_by}; a version 1 database gains the column on opening.
-SCHEMA_VERSION = 2
+#: added C{submitted_by}, version 3 C{unstarted}; an older database gains
+#: the columns on opening.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL,
     result TEXT,
     error TEXT,
-    submitted_by TEXT
+    submitted_by TEXT,
+    unstarted INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
 CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks (finished_at, id) WHERE finished_at IS NOT NULL;
@@ -76,7 +78,7 @@ CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks (finished_at, id) WHERE fini
 COLUMNS = (
     "id", "key", "name", "args", "requirements", "timeout", "retries", "state", "slave",
     "slave_hostname", "attempts", "submitted_at", "started_at", "finished_at", "result", "error",
-    "submitted_by",
+    "submitted_by", "unstarted",
 )
 
 #: Columns holding JSON text in the table and JSON values in a row dict.
@@ -136,6 +138,8 @@ def _create_schema(txn: Any) -> None:
         )
     if version == 1:
         txn.execute("ALTER TABLE tasks ADD COLUMN submitted_by TEXT")
+    if 1 <= version < 3:
+        txn.execute("ALTER TABLE tasks ADD COLUMN unstarted INTEGER NOT NULL DEFAULT 0")
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             txn.execute(statement)
@@ -186,7 +190,8 @@ def row_to_record(row: Iterable[Any]) -> dict[str, Any]:
 #: requirements, timeout, retries and submission time) are written once, when
 #: it is submitted, and a save leaves them be.
 CHANGING = (
-    "state", "slave", "slave_hostname", "attempts", "started_at", "finished_at", "result", "error",
+    "state", "slave", "slave_hostname", "attempts", "unstarted", "started_at", "finished_at",
+    "result", "error",
 )
 
 
@@ -200,7 +205,8 @@ def _changing_values(record: dict[str, Any]) -> tuple[Any, ...]:
     result, error = record.get("result"), record.get("error")
     return (
         record.get("state"), record.get("slave"), record.get("slave_hostname"),
-        record.get("attempts"), record.get("started_at"), record.get("finished_at"),
+        record.get("attempts"), record.get("unstarted", 0), record.get("started_at"),
+        record.get("finished_at"),
         None if result is None else _json_text(result),
         None if error is None else _json_text(error),
         record["id"],
@@ -520,7 +526,7 @@ def _insert(txn: Any, specs: list[TaskSpec], now: float,
             "requirements": required, "timeout": spec.timeout, "retries": spec.retries,
             "state": "queued", "slave": None, "slave_hostname": None, "attempts": 0,
             "submitted_at": now, "started_at": None, "finished_at": None, "result": None,
-            "error": None, "submitted_by": submitted_by,
+            "error": None, "submitted_by": submitted_by, "unstarted": 0,
         }, False))
     return stored
 

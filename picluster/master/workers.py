@@ -32,10 +32,6 @@ class OpenTask:
     @ivar last_run: (slave uuid, attempt) of the run last lost, so that the
         slave may claim it back when it rejoins.
     @ivar deadline: The call that fails it if no result comes in time.
-    @ivar unstarted: Handouts taken back before they started (held ready
-        by a slave that was lost, or moved to an idle slave): counted in its
-        attempts, since each handout has its own attempt number, but not
-        against its retries.
     """
 
     def __init__(self, record: dict[str, Any]):
@@ -52,7 +48,6 @@ class OpenTask:
         self.deadline: Any = None
         #: What it counts against its submitter's quotas, given back when it ends.
         self.charge: Any = None
-        self.unstarted = 0
 
     @property
     def id(self) -> int:
@@ -73,6 +68,21 @@ class OpenTask:
     @property
     def timeout(self) -> float | None:
         return self.record["timeout"]
+
+    @property
+    def unstarted(self) -> int:
+        """
+        Handouts taken back before they started (held ready by a slave that
+        was lost or busy, or moved to an idle slave): counted in its
+        attempts, since each handout has its own attempt number, but not
+        against its retries.  Kept in its row, so that a master restarted
+        counts its retries as the one before did.
+        """
+        return self.record.get("unstarted") or 0
+
+    @unstarted.setter
+    def unstarted(self, count: int) -> None:
+        self.record["unstarted"] = count
 
     @property
     def runs(self) -> int:

@@ -379,6 +379,10 @@ class TaskRecord(Payload):
     slave: _described(str | None, "the uuid of the slave running it, or that ran it last") = None
     slave_hostname: str | None = None
     attempts: _described(int, "runs handed to slaves") = 0
+    unstarted: _described(
+        int, "of its attempts, those taken back before they started (held ready by a slave"
+        " that was lost or busy, or moved to an idle one): not counted against its retries"
+    ) = 0
     submitted_at: EpochSeconds | None = None
     submitted_by: _described(
         str | None, "the credential and address that submitted it: client at 10.0.0.5:40312"
