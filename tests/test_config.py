@@ -18,6 +18,7 @@ from twisted.trial import unittest
 
 from picluster import address, config
 from picluster.address import MasterAddress, parse_master
+from picluster.clockwatch import ClockWatch
 from picluster.master.service import DEFAULT_BACKLOG, MasterService, with_default_backlog
 from picluster.slave.results import DEFAULT_MAX_RESULT
 from picluster.slave.session import SlaveService
@@ -236,6 +237,11 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
                          min(admission.DEFAULT_MAX_CONNECTIONS, soft - admission.RESERVED_DESCRIPTORS))
         self.assertEqual(service.factory.max_queued, 8 * 1024 * 1024)
 
+    def test_clockWatched(self):
+        """The master says in its log when the system clock is stepped."""
+        service = master_tap.makeService(self.parse("--web", "none"))
+        self.assertEqual(len([child for child in service if isinstance(child, ClockWatch)]), 1)
+
     def test_peerBoundsChecked(self):
         """Nonsense bounds are refused with a clear message."""
         for argv, expected in [
@@ -436,6 +442,7 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         service = slave_tap.makeService(options)
         self.assertIsInstance(service, SlaveService)
         self.assertFalse(service.running)
+        self.assertIsInstance(service.clock_watch, ClockWatch)
         factory = service.factory
         self.assertEqual(factory.master, MasterAddress("pi0", 2000, 4.0))
         self.assertEqual(factory.keepalive, 2.0)

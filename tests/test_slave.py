@@ -19,6 +19,7 @@ from twisted.trial import unittest
 
 from picluster import wire
 from picluster.address import MasterAddress
+from picluster.clockwatch import ClockWatch
 from picluster.slave.backoff import BUSY_DELAY
 from picluster.slave.results import RESULT_ENVELOPE_ROOM, WaitingResults
 from picluster.slave.runner import TaskRunner
@@ -385,6 +386,18 @@ class ServiceTests(unittest.TestCase):
         service.stopService()
         self.assertEqual(reactor.getDelayedCalls(), [])
         self.assertFalse(factory.continueTrying)
+
+    def test_clockWatchedWhileRunning(self) -> None:
+        """A clock watch given to the service runs while it does, and leaves no timer behind."""
+        reactor = MemoryReactorClock()
+        watch = ClockWatch(reactor)
+        service = SlaveService(slave_factory(reactor), reactor=reactor, clock_watch=watch)
+        service.startService()
+        self.assertTrue(watch.running)
+        self.assertEqual(len(reactor.getDelayedCalls()), 1)
+        service.stopService()
+        self.assertFalse(watch.running)
+        self.assertEqual(reactor.getDelayedCalls(), [])
 
     def test_stopClosesConnection(self) -> None:
         """Stopping the service closes a live connection and waits for it."""

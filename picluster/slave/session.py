@@ -439,21 +439,28 @@ class SlaveFactory(PiClusterFactory, Backoff):
 class SlaveService(service.Service):
     """A picluster slave: keeps one connection to the master, come what may."""
 
-    def __init__(self, factory: SlaveFactory, *, reactor: Any = None):
+    def __init__(self, factory: SlaveFactory, *, reactor: Any = None,
+                 clock_watch: service.IService | None = None):
         if reactor is None:
             from twisted.internet import reactor
         self.factory = factory
         self.reactor = reactor
         self.connector: Any = None
+        #: Says in the log when the system clock is stepped (L{picluster.clockwatch}).
+        self.clock_watch = clock_watch
 
     def startService(self) -> None:
         super().startService()
+        if self.clock_watch is not None:
+            self.clock_watch.startService()
         self.factory.continueTrying = True
         self.connector = dial(self.reactor, self.factory.master, self.factory, self.factory.token)
 
     def stopService(self) -> defer.Deferred[Any] | None:
         """Stop reconnecting, close the connection, and stop the running tasks."""
         super().stopService()
+        if self.clock_watch is not None:
+            self.clock_watch.stopService()
         self.factory.stopTrying()
         waits = []
         if self.factory.runner is not None:

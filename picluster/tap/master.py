@@ -7,6 +7,7 @@ from __future__ import annotations
 from twisted.python import usage
 
 from picluster import config
+from picluster.clockwatch import ClockWatch
 from picluster.config import server_endpoint
 from picluster.master import admission, quotas, retention
 from picluster.master.service import MasterService
@@ -266,4 +267,6 @@ def _master_service(options: Options) -> MasterService:
             name: f"{name} is refused by a master in plain mode (--insecure): anyone can reach it"
             for name in COMMAND_TASKS
         }
+    # Said in the log: a step of the system clock moves every timer (a Pi's first NTP sync).
+    ClockWatch(master.reactor).setServiceParent(master)
     return master

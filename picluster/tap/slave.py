@@ -8,6 +8,7 @@ import psutil
 from twisted.python import usage
 
 from picluster import address, config
+from picluster.clockwatch import ClockWatch
 from picluster.slave.identity import IdentityError, NodeIdentity
 from picluster.slave.pool import RECYCLE_AFTER
 from picluster.slave.results import RESULT_ENVELOPE_ROOM
@@ -201,4 +202,5 @@ def makeService(options: Options) -> SlaveService:
         token=token,
         identity=identity,
     )
-    return SlaveService(factory)
+    # Said in the log: a step of the system clock moves every timer (a Pi's first NTP sync).
+    return SlaveService(factory, clock_watch=ClockWatch(reactor))
