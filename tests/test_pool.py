@@ -20,6 +20,7 @@ import threading
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from picluster.slave.pool import IDLE_AFTER
@@ -107,6 +108,19 @@ class PoolTests(RunnerTestCase):
         self.assertEqual(runner.results, [])
         self.assertTrue(child.transport.stdin_closed)
         self.assertIsNot(self.start_primes(runner, 2), child)
+
+    def test_goneSaidInTheLog(self) -> None:
+        """A worker that goes says why in the slave's log, with how many tasks it ran."""
+        runner = self.make_runner(recycle_after=2)
+        child = self.start_primes(runner, 1)
+        self.finish(runner, child, 1, {"outcome": "done", "result": 1})
+        self.start_primes(runner, 2)
+        self.finish(runner, child, 2, {"outcome": "done", "result": 1})
+        with capturedLogs() as events:
+            child.end(0)
+        lines = [formatEvent(event) for event in events]
+        [line] = [line for line in lines if line.startswith("Task worker ")]
+        self.assertRegex(line, r"^Task worker \S+ gone after 2 tasks: it ran 2 tasks$")
 
     def test_recycledAfter(self) -> None:
         """A worker retires after recycle_after tasks."""

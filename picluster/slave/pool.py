@@ -23,11 +23,15 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from picluster.logbudget import LogBudget
 from picluster.tasks import child
 from picluster.tasks.childmain import HEADER, frame
 from picluster.tasks.errors import TRACEBACK_LIMIT, TaskFailed, error_payload
+
+log = Logger()
 
 #: Tasks a worker runs before it is replaced, unless told otherwise.
 RECYCLE_AFTER = 1000
@@ -178,6 +182,12 @@ class WorkerPool:
         self._idle: list[Worker] = []
         #: Every worker not yet gone, idle, busy or retiring.
         self.workers: set[Worker] = set()
+        #: Lines about workers that went, and why: few, unless tasks keep
+        #: failing (each failure retires its worker), then counted.
+        self.gone_log = LogBudget(
+            log, clock, "Left out of the log in the last {seconds:g} s: {count:,} task workers gone",
+            lines=20,
+        )
 
     def run(self, request: bytes) -> defer.Deferred[Any]:
         """
@@ -202,7 +212,7 @@ class WorkerPool:
             worker.kill()
             worker.abandon()
         gone = defer.DeferredList([worker.gone for worker in workers], consumeErrors=True)
-        return gone.addCallback(lambda _: None)
+        return gone.addCallback(lambda _: self.gone_log.flush())
 
     def _start(self) -> Worker:
         if self._env is None:
@@ -235,6 +245,9 @@ class WorkerPool:
         worker.retire(f"idle for {IDLE_AFTER:g} s")
 
     def _gone(self, _: None, worker: Worker) -> None:
+        why = worker.retiring or "exited"
+        self.gone_log.info("gone", "Task worker {pid} gone after {count} tasks: {why}",
+                           pid=worker.pgid, count=worker.tasks_run, why=why)
         self.workers.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
