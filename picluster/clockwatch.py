@@ -84,10 +84,11 @@ class ClockWatch(service.Service):
         self.steps += 1
         if stepped > 0:
             log.warn(
-                "The system clock was stepped forward by {seconds:,.0f} s: timers set before it came"
-                " early, so slaves may have been dropped as silent and running tasks timed"
-                " out before their time. Start picluster once the clock is synchronised"
-                " (the systemd units wait for time-sync.target)",
+                "The system clock was stepped forward by {seconds:,.0f} s (set by NTP or by hand, or"
+                " the machine was suspended): timers set before it came early, so slaves may have"
+                " been dropped as silent and running tasks timed out before their time. Start"
+                " picluster once the clock is synchronised (the systemd units wait for"
+                " time-sync.target)",
                 seconds=stepped,
             )
         else:
