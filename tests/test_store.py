@@ -427,12 +427,9 @@ def version_two_database(case: unittest.TestCase) -> str:
 class ConversionTests(unittest.TestCase):
     """A database from before pruning is converted to give space back, once and carefully."""
 
-    def old_database(self) -> str:
-        return version_two_database(self)
-
     def test_converted(self) -> None:
         """An older file becomes incremental at start, its tasks kept."""
-        path = self.old_database()
+        path = version_two_database(self)
         with capturedLogs() as events:
             check_database(path)
         self.assertEqual(_pragma(path, "auto_vacuum"), 2)
@@ -448,7 +445,7 @@ class ConversionTests(unittest.TestCase):
         """Without room for the copy a VACUUM makes, the file is left as it is, and says so."""
         from picluster.master import space
 
-        path = self.old_database()
+        path = version_two_database(self)
         self.patch(space, "_free_bytes", lambda path: 1000)
         with capturedLogs() as events:
             check_database(path)
@@ -460,7 +457,7 @@ class ConversionTests(unittest.TestCase):
         """A VACUUM that fails (the disk filled meanwhile) leaves a database that still works."""
         from picluster.master import space, store
 
-        path = self.old_database()
+        path = version_two_database(self)
 
         def no_vacuum(connection: sqlite3.Connection, path: str) -> None:
             real(_Refusing(connection), path)

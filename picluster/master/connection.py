@@ -455,10 +455,9 @@ class PeerConnection(PeerHandler):
         if self.role not in roles:
             raise BadMessage(SAY_HELLO_FIRST if self.role is None else f"not served to a {self.role}")
         scheduler = self.master.scheduler
-        ready = scheduler.when_ready()
-        if ready.called and not isinstance(ready.result, Failure):
+        if scheduler.serving:
             return call(scheduler)
-        return ready.addCallback(lambda _: call(scheduler))
+        return scheduler.when_ready().addCallback(lambda _: call(scheduler))
 
     def msg_worker(self, offer: WorkerOffer) -> Any:
         return self._when_ready(_SLAVE, lambda s: s.worker_joined(self, offer))

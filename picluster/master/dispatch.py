@@ -43,7 +43,7 @@ class Dispatcher:
     changed in a reactor turn, and keeps each slave's books of its runs.
 
     @ivar serving: Whether work is handed out at all: from when the task
-        queue has loaded.
+        queue has loaded until the dispatcher is stopped.
     @ivar ready_runs: Runs held ready on all slaves, so that a freed slot
         looks for one to take only when there is one.
     """
@@ -78,6 +78,7 @@ class Dispatcher:
 
     def stop(self) -> None:
         """Hand out nothing more, and say what the log's budget left out."""
+        self.serving = False
         if self._dispatch_call is not None and self._dispatch_call.active():
             self._dispatch_call.cancel()
         self.handout_log.flush()

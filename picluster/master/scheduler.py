@@ -179,6 +179,11 @@ class Scheduler:
         assert self.store is not None
         self.retention.start(self.store)
 
+    @property
+    def serving(self) -> bool:
+        """Whether the queue has loaded and serves: task messages are then handled at once."""
+        return self._unavailable is None
+
     def when_ready(self) -> defer.Deferred[None]:
         """Fires once the queue has loaded; errbacks with L{ServiceError} if it cannot serve."""
         if self._ready.called:
