@@ -20,6 +20,7 @@ BENCHMARKS = {
     "scale": "bench.scale",
     "tasks": "bench.tasks",
     "durability": "bench.durability",
+    "arguments": "bench.arguments",
 }
 
 

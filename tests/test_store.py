@@ -8,6 +8,7 @@ import os
 import sqlite3
 from typing import Any
 
+import msgspec
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -110,6 +111,34 @@ class GroupCommitTests(unittest.TestCase):
         self.successResultOf(self.store.save(changed))
         (found,) = self.successResultOf(self.store.query(ids=[record["id"]]))
         self.assertEqual(found, dict(changed, name="primes", args=record["args"]))
+
+    def test_argumentsHeldAsJSON(self) -> None:
+        """
+        A task's arguments stay the JSON they were submitted as, in the
+        record the master keeps for an open task and in one read back: the
+        bytes counted against a quota are the bytes held, and they decode to
+        what was submitted.
+        """
+        args = {"words": ["ab", "cd", "\u2603"], "n": 2**70, "x": -1.5}
+        submitted = spec(args=args)
+        (stored,) = self.successResultOf(self.store.submit([submitted], 1.0))
+        (found,) = self.successResultOf(self.store.query(ids=[stored[0]["id"]]))
+        for record in (stored[0], found):
+            self.assertIsInstance(record["args"], msgspec.Raw)
+            self.assertEqual((len(record["args"]), msgspec.json.decode(record["args"])),
+                             (submitted.args_size, args))
+
+    def test_sameKeyOtherArgumentsRefused(self) -> None:
+        """
+        A key already taken is the same task only with the same arguments,
+        compared as values (key order does not matter), not as text.
+        """
+        self.successResultOf(self.store.submit([spec(key="k", args={"a": 1, "b": [2]})], 1.0))
+        ((again, duplicate),) = self.successResultOf(
+            self.store.submit([spec(key="k", args={"b": [2], "a": 1})], 2.0))
+        self.assertEqual((again["id"], duplicate), (1, True))
+        self.failureResultOf(self.store.submit([spec(key="k", args={"a": 2, "b": [2]})], 3.0),
+                             KeyConflict)
 
     def test_failedSaveIsRetried(self) -> None:
         """A save the disk refuses stays pending and is written once it can be."""

@@ -1001,6 +1001,22 @@ class PrefetchTests(RunnerTestCase):
         self.successResultOf(runner.stop())
         self.assertEqual((runner.ready.bytes, len(runner.ready)), (0, 0))
 
+    def test_readyRunsWaitAsJSON(self) -> None:
+        """
+        A ready run holds its arguments as the JSON it is counted by (not
+        as the Python objects, up to a dozen times the size), and starts
+        with them as they came.
+        """
+        given: list[dict[str, Any]] = []
+        args = {"words": ["ab", "é", "\u2603"], "nested": {"x": [1.5, -2, None, True]}, "n": 2**60}
+        runner = self.make_runner(Task("keep", lambda **a: given.append(a), "reactor"), prefetch=1)
+        runner.start(run(1, "pending"))
+        runner.start(run(2, "keep", args))
+        self.assertEqual((runner.ready.get(2).args, runner.ready.bytes),
+                         (None, len(wire.encode(args))))
+        self.pending.deferreds[0].callback("ok")
+        self.assertEqual((given, runner.ready.bytes), ([args], 0))
+
     def test_alreadyReady(self) -> None:
         """A run of a task held ready is refused, whatever the attempt."""
         runner = self.make_runner(prefetch=2)

@@ -208,6 +208,8 @@ class Dispatcher:
         self._assignments += 1
         worker.last_assigned = self._assignments
         self.hand(task, worker, attempt)
+        # The arguments are the JSON the task was submitted with (a
+        # msgspec.Raw, see store.held_arguments), sent on as they are.
         run = messages.RunTask(task.id, attempt, task.name, task.record["args"], task.timeout)
         sent = worker.connection.request("run_task", run)
         sent.addErrback(self._run_refused, task, worker, attempt)

@@ -154,8 +154,7 @@ class Scheduler:
         for record in records:
             task = OpenTask(record)
             self.open[task.id] = task
-            task.charge = self.quotas.hold(submitter_key(record["submitted_by"]),
-                                           len(wire.strict_json(record["args"]).encode("utf-8")))
+            task.charge = self.quotas.hold(submitter_key(record["submitted_by"]), len(record["args"]))
             if record["state"] == "running":
                 # Its slave may still be at it: give the slave time to rejoin
                 # and claim it before anyone else is given it.

@@ -14,11 +14,18 @@ frame each, chosen by the master and whoever submitted the task.  So the
 runs held are bounded in bytes as well as in number (L{MAX_READY_BYTES}): a
 master that hands a slave more is refused C{no free slot}, as when the runs
 are too many, and queues the run again, spending none of its retries.
+
+The arguments wait as their JSON, decoded again when the run starts: as
+Python objects the same arguments take up to a dozen times the room (a list
+of short strings: some 60 bytes an item against 5), so the bytes counted
+are the bytes held.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+
+import msgspec
 
 from picluster import wire
 from picluster.wire.messages import Run, RunTask
@@ -30,9 +37,22 @@ from picluster.wire.messages import Run, RunTask
 MAX_READY_BYTES = 16 * 1024 * 1024
 
 
-def argument_bytes(run: RunTask) -> int:
-    """What C{run}'s arguments weigh against L{MAX_READY_BYTES}: their size as JSON."""
-    return len(wire.encode(run.args)) if run.args else 0
+def packed(run: RunTask) -> tuple[RunTask, bytes]:
+    """
+    C{run} as it waits among the ready runs: without its arguments, and
+    those as JSON (empty for none), whose size is what they weigh against
+    L{MAX_READY_BYTES}.
+    """
+    if not run.args:
+        return run, b""
+    return msgspec.structs.replace(run, args=None), wire.encode(run.args)
+
+
+def unpacked(run: RunTask, arguments: bytes) -> RunTask:
+    """A run that waited, with its arguments back as L{packed} took them."""
+    if not arguments:
+        return run
+    return msgspec.structs.replace(run, args=msgspec.json.decode(arguments))
 
 
 class ReadyRuns:
@@ -45,7 +65,8 @@ class ReadyRuns:
         this is the bound on what it may make the slave hold.
     @ivar max_bytes: How many bytes of arguments (as JSON) they may hold
         together, beyond the first run's.
-    @ivar bytes: How many they hold.
+    @ivar bytes: How many they hold: the runs' arguments wait as JSON
+        (L{packed}), so these are the bytes held.
     """
 
     def __init__(self, room: int, max_bytes: int = MAX_READY_BYTES):
@@ -55,7 +76,7 @@ class ReadyRuns:
         self.max_bytes = max_bytes
         self.bytes = 0
         # popitem(last=False) takes the oldest at once, however many came and went.
-        self._runs: OrderedDict[int, tuple[RunTask, int]] = OrderedDict()
+        self._runs: OrderedDict[int, tuple[RunTask, bytes]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._runs)
@@ -74,18 +95,21 @@ class ReadyRuns:
         held = self._runs.get(task_id)
         return held[0] if held is not None else None
 
-    def add(self, run: RunTask, size: int) -> None:
-        """Keep a run of C{size} bytes of arguments until a slot frees, after those already waiting."""
-        if not self.fits(size) or run.id in self._runs:
+    def add(self, run: RunTask, arguments: bytes) -> None:
+        """
+        Keep a run, as L{packed} gave it (C{run} and its C{arguments} as
+        JSON), until a slot frees, after those already waiting.
+        """
+        if not self.fits(len(arguments)) or run.id in self._runs:
             raise ValueError(f"no room for task {run.id} among the ready runs")
-        self._runs[run.id] = (run, size)
-        self.bytes += size
+        self._runs[run.id] = (run, arguments)
+        self.bytes += len(arguments)
 
     def pop_oldest(self) -> RunTask:
-        """Take the run that has waited longest, to start it."""
-        run, size = self._runs.popitem(last=False)[1]
-        self.bytes -= size
-        return run
+        """Take the run that has waited longest, its arguments back, to start it."""
+        run, arguments = self._runs.popitem(last=False)[1]
+        self.bytes -= len(arguments)
+        return unpacked(run, arguments)
 
     def drop(self, task_id: int, attempt: int) -> bool:
         """Forget a run (cancelled: it held no slot, so nothing else starts); whether it was here."""
@@ -93,7 +117,7 @@ class ReadyRuns:
         if held is None or held[0].attempt != attempt:
             return False
         del self._runs[task_id]
-        self.bytes -= held[1]
+        self.bytes -= len(held[1])
         return True
 
     def clear(self) -> None:

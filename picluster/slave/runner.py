@@ -27,7 +27,7 @@ from twisted.python.threadpool import ThreadPool
 from picluster import wire
 from picluster.logbudget import LogBudget
 from picluster.slave.pool import RECYCLE_AFTER, WorkerPool
-from picluster.slave.ready import MAX_READY_BYTES, ReadyRuns, argument_bytes
+from picluster.slave.ready import MAX_READY_BYTES, ReadyRuns, packed
 from picluster.slave.results import (
     DEFAULT_MAX_RESULT,
     MAX_WAITING_BYTES,
@@ -237,11 +237,16 @@ class TaskRunner:
         if len(self._running) < self.slots:
             self._begin(run)
             return
-        size = argument_bytes(run) if not self.ready.full else 0
-        if not self.ready.fits(size):
-            raise wire.BadMessage(NO_FREE_SLOT, slots=self.slots, prefetch=self.prefetch,
-                                  ready_bytes=self.ready.bytes, max_ready_bytes=self.ready.max_bytes)
-        self.ready.add(run, size)
+        if self.ready.full:
+            raise self._no_free_slot()
+        run, arguments = packed(run)
+        if not self.ready.fits(len(arguments)):
+            raise self._no_free_slot()
+        self.ready.add(run, arguments)
+
+    def _no_free_slot(self) -> wire.BadMessage:
+        return wire.BadMessage(NO_FREE_SLOT, slots=self.slots, prefetch=self.prefetch,
+                               ready_bytes=self.ready.bytes, max_ready_bytes=self.ready.max_bytes)
 
     def _begin(self, run: RunTask) -> None:
         """Start a run in a free slot; its timeout counts from now."""

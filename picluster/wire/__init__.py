@@ -17,10 +17,11 @@ from picluster.wire.envelope import (
     encode,
     loads,
     strict_json,
+    to_builtins,
 )
 from picluster.wire.messages import PROTOCOL_VERSION
 
 __all__ = [
     "DEFAULT_MAX_FRAME", "LARGEST_FRAME", "PROTOCOL_VERSION", "BadMessage", "Envelope", "decode",
-    "encode", "loads", "strict_json",
+    "encode", "loads", "strict_json", "to_builtins",
 ]

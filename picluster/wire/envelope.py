@@ -183,6 +183,18 @@ def strict_json(value: Any) -> str:
     return _strict_encoder.encode(value)
 
 
+def to_builtins(value: Any) -> Any:
+    """
+    For C{json.dumps(..., default=to_builtins)}: a declared message as
+    plain values, and JSON kept undecoded (L{msgspec.Raw}, as the master
+    keeps a task's arguments) decoded.  The frame encoder needs neither: it
+    writes both as they are.
+    """
+    if isinstance(value, msgspec.Raw):
+        return msgspec.json.decode(value)
+    return msgspec.to_builtins(value)
+
+
 def encode(envelope: Any) -> bytes:
     """
     Serialise an envelope (or any payload) to frame bytes.

@@ -88,6 +88,9 @@ class QuickRunTests(unittest.TestCase):
     def test_durability(self) -> defer.Deferred[None]:
         return self.run_benchmark("durability")
 
+    def test_arguments(self) -> defer.Deferred[None]:
+        return self.run_benchmark("arguments")
+
     def test_every_benchmark_is_tested(self) -> None:
         tested = {name[len("test_"):] for name in dir(self) if name.startswith("test_")}
         self.assertEqual(set(BENCHMARKS) - tested, set())

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import LoopingCall
@@ -24,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 from zope.interface import implementer
 
+from picluster import wire
 from picluster.master import views
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class ClusterEvents(resource.Resource):
 
     def _event(self, tasks: list[dict[str, Any]]) -> bytes:
         event = views.cluster_event(self.master, tasks)
-        data = json.dumps(event, separators=(",", ":"), allow_nan=False, default=msgspec.to_builtins)
+        data = json.dumps(event, separators=(",", ":"), allow_nan=False, default=wire.to_builtins)
         return b"event: cluster\ndata: " + data.encode() + b"\n\n"
 
     def _write(self, frame: bytes, subscribers: list[_Subscriber]) -> None:

@@ -25,13 +25,13 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from prometheus_client import exposition
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import pages, resource, server, static
 
+from picluster import wire
 from picluster.master import views
 from picluster.master.metrics import collector_registry
 from picluster.master.slavelist import MAX_HISTORY_LIMIT, BadSlaveQuery, SlaveQuery
@@ -77,7 +77,7 @@ def _json(request: server.Request, code: int, body: Any) -> bytes:
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(
-        body, separators=(",", ":"), allow_nan=False, default=msgspec.to_builtins
+        body, separators=(",", ":"), allow_nan=False, default=wire.to_builtins
     ).encode() + b"\n"
 
 
