@@ -30,7 +30,7 @@ from picluster.tasks.builtin import BUILTIN_TASKS
 from picluster.tasks.child import KILL_AFTER, task_environment
 from picluster.tasks.childmain import HEADER, Limits, frame, serve
 from tests.processes import wait_until
-from tests.test_worker import RunnerTestCase, Spawned, run
+from tests.test_worker import RunnerTestCase, Spawned, as_sent, run
 from tests.workertasks import (
     burn,
     count_runs,
@@ -324,7 +324,7 @@ class RealWorkerTests(unittest.TestCase):
         self.runner.start(run(self.next_id, name, args, timeout=timeout))
         result = yield d.addTimeout(15, self.reactor)
         self.runner.acknowledged(self.next_id, 1)
-        return result
+        return as_sent(result)
 
     @defer.inlineCallbacks
     def test_reusedAndIsolated(self) -> None:

@@ -15,6 +15,7 @@ from picluster.tasks.catalog import Node, NodeBound, check_arguments, node_bound
 from picluster.tasks.errors import ChildCrashed, CommandFailed, error_kind
 from picluster.tasks.installed import installed_tasks
 from picluster.wire.messages import RunTask
+from tests.test_worker import as_sent
 
 
 def add(a: int, b: int = 1) -> int:
@@ -322,4 +323,4 @@ class InstalledPackageTests(unittest.TestCase):
         def check(result: dict[str, Any]) -> None:
             self.assertEqual((result["outcome"], result["result"]), ("done", 42), result)
 
-        return finished.addCallback(check)
+        return finished.addCallback(as_sent).addCallback(check)

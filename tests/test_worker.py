@@ -206,6 +206,14 @@ def run(task_id: int, name: str, args: dict[str, Any] | None = None,
     return RunTask(task_id, attempt, name, args or {}, timeout)
 
 
+def as_sent(payload: dict[str, Any]) -> dict[str, Any]:
+    """
+    A task_result payload as the master reads it: a waiting result keeps
+    its result as JSON (a msgspec.Raw), written into the frame as it is.
+    """
+    return msgspec.json.decode(wire.encode(payload))
+
+
 class Pending:
     """A reactor task whose Deferreds the test fires, noting cancellations."""
 
@@ -244,11 +252,11 @@ class RunnerTestCase(unittest.TestCase):
         return runner
 
     def only_result(self, runner: TaskRunner) -> dict[str, Any]:
-        """The one result, once it has been handed on."""
+        """The one result, once it has been handed on, as the master reads it."""
         self.reactor.advance(0)
         [result] = runner.results
         self.assertEqual(self.notified, [result])
-        return result
+        return as_sent(result)
 
 
 class StartTests(RunnerTestCase):
@@ -426,6 +434,21 @@ class ResultTests(RunnerTestCase):
             self.reactor.advance(0)
             [result] = runner.results
             self.assertEqual(result["outcome"], outcome)
+
+    def test_waitsAsJSON(self) -> None:
+        """
+        A result waits as its JSON, in the frame's own encoding (not as the
+        Python objects, up to a dozen times the size), counted as it is
+        held, and reads back as JSON says: tuples as lists, keys as text.
+        """
+        runner = self.make_runner()
+        runner.start(run(1, "pending"))
+        self.pending.deferreds[0].callback({"words": ("ab", "é"), 1: [2.5, None]})
+        self.reactor.advance(0)
+        [result] = runner.results
+        self.assertIsInstance(result["result"], msgspec.Raw)
+        self.assertEqual(bytes(result["result"]), '{"words":["ab","é"],"1":[2.5,null]}'.encode())
+        self.assertEqual(runner.waiting.bytes, len(wire.encode(result)))
 
     def test_defaultLimitFitsAFrame(self) -> None:
         """By default the largest result still fits, with its envelope, in a default frame."""
@@ -1068,7 +1091,7 @@ class PrefetchTests(RunnerTestCase):
         self.pending.deferreds[0].callback("ok")
         self.reactor.advance(0)
         self.assertEqual([r["id"] for r in runner.results], list(range(1001)))
-        self.assertEqual(runner.results[-1]["result"], {"n": 1000})
+        self.assertEqual(as_sent(runner.results[-1])["result"], {"n": 1000})
         self.assertEqual(runner.holding(), [])
 
     def test_roomForTheirResults(self) -> None:
@@ -1110,7 +1133,7 @@ class RealProcessTests(unittest.TestCase):
         d: defer.Deferred[dict[str, Any]] = defer.Deferred()
         self.runner.on_result = d.callback
         self.runner.start(payload)
-        return d.addTimeout(15, self.reactor)
+        return d.addTimeout(15, self.reactor).addCallback(as_sent)
 
     @defer.inlineCallbacks
     def test_primes(self) -> Any:

@@ -5,7 +5,10 @@ A result waits here from the end of its run until the master has it on
 disk, across lost connections.  Every result is made sendable first (one
 frame carries it), and what waits is bounded, in count and in bytes: a
 master that never acknowledges (a broken or hostile one) costs the slave
-the newest results, not its memory.
+the newest results, not its memory.  A result waits as its JSON (a
+L{msgspec.Raw}, which the frame encoder writes as it is), so the bytes
+counted are the bytes held: as Python objects the same result could take a
+dozen times the room.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 from twisted.logger import Logger, LogLevel
 
 from picluster import wire
@@ -79,26 +83,35 @@ class WaitingResults:
 
     def sendable(self, payload: dict[str, Any]) -> tuple[dict[str, Any], int]:
         """
-        The payload as a frame carries it, and its size in bytes; a failure
-        saying why instead, if it is not JSON or larger than L{max_result_bytes}.
+        The payload as a frame carries it, its result as JSON (see the
+        module's docstring), and its size in bytes; a failure saying why
+        instead, if it is not JSON or larger than L{max_result_bytes}.
         """
         try:
             # What the master stores is what JSON says: a tuple is a list, a
-            # key 1 is "1", whatever the task returned.
-            payload = wire.loads(wire.strict_json(payload))
-            # The frame's own encoder: it refuses what UTF-8 cannot say (a lone surrogate).
+            # key 1 is "1", a NaN refused, whatever the task returned; and
+            # the frame's own codec refuses what UTF-8 cannot say (a lone
+            # surrogate), then writes the result as a frame carries it.
+            result = payload.get("result")
+            if result is not None:
+                result = msgspec.json.decode(wire.strict_json(result))
+                payload = {**payload, "result": msgspec.Raw(wire.encode(result))}
             size = len(wire.encode(payload))
         except (TypeError, ValueError, RecursionError) as e:
             problem = str(e).encode("ascii", "backslashreplace").decode("ascii")
-            error = error_payload("ResultNotJSON", f"the result is not JSON: {clip(problem)}")
-        else:
-            if size <= self.max_result_bytes:
-                return payload, size
-            error = error_payload("ResultTooLarge", f"the result is {size} bytes of JSON;"
-                                                    f" the limit is {self.max_result_bytes}")
+            return self._failed(payload, "ResultNotJSON", f"the result is not JSON: {clip(problem)}")
+        if size > self.max_result_bytes:
+            return self._too_large(payload, size)
+        return payload, size
+
+    def _too_large(self, payload: dict[str, Any], size: int) -> tuple[dict[str, Any], int]:
+        return self._failed(payload, "ResultTooLarge", f"the result is {size} bytes of JSON;"
+                                                       f" the limit is {self.max_result_bytes}")
+
+    def _failed(self, payload: dict[str, Any], kind: str, why: str) -> tuple[dict[str, Any], int]:
         # Small, and made of our own words: it fits any frame.
         failed = {"id": payload["id"], "attempt": payload["attempt"], "outcome": "failed",
-                  "result": None, "error": error}
+                  "result": None, "error": error_payload(kind, why)}
         return failed, len(wire.encode(failed))
 
     def fit_frame(self, max_frame: int) -> None:
@@ -112,7 +125,7 @@ class WaitingResults:
         self.max_result_bytes = min(self.own_max_result, max(0, max_frame - RESULT_ENVELOPE_ROOM))
         for run, (payload, size) in list(self._waiting.items()):
             if size > self.max_result_bytes:
-                failed, failed_size = self.sendable(payload)
+                failed, failed_size = self._too_large(payload, size)
                 self._waiting[run] = (failed, failed_size)
                 self.bytes += failed_size - size
 
