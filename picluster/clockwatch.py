@@ -1,22 +1,19 @@
 """
 Steps of the system clock, said in the log.
 
-Twisted times every timer by the wall clock (C{time.time}; Twisted issue
-#2424), so when the system clock is stepped, timers set before the step come
-early or late.  On a Raspberry Pi this is the common case, not the odd one:
-a Pi has no battery-backed clock, boots at the time it last shut down
-(C{fake-hwclock}), and is stepped forward once NTP answers, by as long as it
-was off.  A node running across such a step sees every timer set before it
-come at once: keepalive checks find every peer silent and drop it (slaves
-rejoin), and task timeouts fail runs that had time left; a step back holds
-every timer back by as long.  The log is then full of dropped slaves and
-timed-out tasks, with no cause in sight.
+A Raspberry Pi has no battery-backed clock: it boots at the time it last
+shut down (C{fake-hwclock}) and is stepped forward once NTP answers, by as
+long as it was off.  A node's timers keep to the monotonic clock
+(L{picluster.timebase}), so a step moves none of them; but every time of
+day a node shows or stores from then on (when a task was submitted, when a
+slave was last seen, the points sent to InfluxDB) jumps with it, and an
+operator reading the dashboard or the task list deserves to know why.
 
 A L{ClockWatch} compares, once a second, how far the wall clock moved with
 how far the monotonic clock did, and says when they part by more than
-L{STEP}, next to what the step caused.  The systemd units start a node only
-once the clock is synchronised (C{time-sync.target}), which takes the
-boot-time step out of its life (docs/operating.rst).
+L{STEP}.  The systemd units start a node only once the clock is
+synchronised (C{time-sync.target}), which takes the boot-time step out of
+its life (docs/operating.rst).
 """
 
 from __future__ import annotations
@@ -28,6 +25,8 @@ from typing import Any
 from twisted.application import service
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+
+from picluster.timebase import wall_time
 
 log = Logger()
 
@@ -42,7 +41,7 @@ INTERVAL = 1.0
 
 class ClockWatch(service.Service):
     """
-    Logs a warning whenever the wall clock C{reactor.seconds} is stepped.
+    Logs a warning whenever the wall clock (L{wall_time} of C{reactor}) is stepped.
 
     @ivar steps: How many steps were seen, for tests and the curious.
     """
@@ -74,7 +73,7 @@ class ClockWatch(service.Service):
 
     def look(self) -> None:
         """Compare both clocks' moves since the last look; warn of a step."""
-        now = (self.reactor.seconds(), self.monotonic())
+        now = (wall_time(self.reactor), self.monotonic())
         last, self._last = self._last, now
         if last is None:
             return
@@ -85,16 +84,18 @@ class ClockWatch(service.Service):
         if stepped > 0:
             log.warn(
                 "The system clock was stepped forward by {seconds:,.0f} s (set by NTP or by hand, or"
-                " the machine was suspended): timers set before it came early, so slaves may have"
-                " been dropped as silent and running tasks timed out before their time. Start"
-                " picluster once the clock is synchronised (the systemd units wait for"
-                " time-sync.target)",
+                " the machine was suspended). Timers keep to the monotonic clock and are not moved;"
+                " times of day shown and stored from now on (tasks, slaves last seen, InfluxDB"
+                " points) follow the new clock. Start picluster once the clock is synchronised"
+                " (the systemd units wait for time-sync.target)",
                 seconds=stepped,
             )
         else:
             log.warn(
-                "The system clock was stepped back by {back:,.0f} s: timers set before it come that"
-                " much late (keepalives, task timeouts). Start picluster once the clock is"
-                " synchronised (the systemd units wait for time-sync.target)",
+                "The system clock was stepped back by {back:,.0f} s. Timers keep to the monotonic"
+                " clock and are not moved; times of day shown and stored from now on (tasks,"
+                " slaves last seen, InfluxDB points) follow the new clock, and may come before"
+                " earlier ones. Start picluster once the clock is synchronised (the systemd units"
+                " wait for time-sync.target)",
                 back=-stepped, seconds=stepped,
             )

@@ -29,6 +29,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
 
 from picluster._version import __version__
+from picluster.timebase import wall_time
 
 log = Logger()
 
@@ -259,7 +260,7 @@ class VitalsSampler:
             "disk_free": int(disk.free) if disk else None,
             "disk_total": int(disk.total) if disk else None,
             "uptime": _attempt(
-                "uptime", lambda: float(self._reactor.seconds() - psutil.boot_time())
+                "uptime", lambda: float(wall_time(self._reactor) - psutil.boot_time())
             ),
             "process_rss": _attempt(
                 "process_rss", lambda: int(self._process.memory_info().rss)

@@ -64,6 +64,16 @@ def connect(
     return protocol, transport
 
 
+class SetTime:
+    """A clock (C{time.monotonic}, C{time.time}) that reads what the test sets in C{now}."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class FakeSampler:
     """Vitals that never change, counting how often they were asked for."""
 

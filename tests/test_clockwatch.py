@@ -9,23 +9,14 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial import unittest
 
 from picluster.clockwatch import INTERVAL, STEP, ClockWatch
-
-
-class Monotonic:
-    """A monotonic clock the test moves, apart from the wall clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.helpers import SetTime
 
 
 class ClockWatchTests(unittest.TestCase):
     def setUp(self) -> None:
         self.wall = Clock()
         self.wall.advance(1_700_000_000)
-        self.monotonic = Monotonic()
+        self.monotonic = SetTime(1000.0)
         self.watch = ClockWatch(self.wall, monotonic=self.monotonic)
         self.watch.startService()
         self.addCleanup(lambda: self.watch.running and self.watch.stopService())
@@ -53,12 +44,13 @@ class ClockWatchTests(unittest.TestCase):
         warnings = self.tick(3600 + INTERVAL, INTERVAL)
         self.assertEqual(len(warnings), 1)
         self.assertIn("stepped forward by 3,600 s", warnings[0])
+        self.assertIn("Timers keep to the monotonic clock and are not moved", warnings[0])
         self.assertIn("time-sync.target", warnings[0])
         self.assertEqual(self.tick(INTERVAL), [])
         self.assertEqual(self.watch.steps, 1)
 
     def test_steppedBack(self) -> None:
-        """A clock set back is said too: every timer set before it comes that much late."""
+        """A clock set back is said too: times of day shown from now on may come before earlier ones."""
         self.wall.rightNow -= 120
         self.monotonic.now += INTERVAL
         with capturedLogs() as events:

@@ -24,6 +24,7 @@ from picluster.slave.results import DEFAULT_MAX_RESULT
 from picluster.slave.session import SlaveService
 from picluster.tap import master as master_tap
 from picluster.tap import slave as slave_tap
+from picluster.timebase import has_monotonic_timers
 from picluster.trust.token import JoinToken, new_secret
 from picluster.wire.messages import COMMAND_TASKS
 from tests.processes import REPO_ROOT, temp_dir, temp_path
@@ -238,9 +239,13 @@ class MasterOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertEqual(service.factory.max_queued, 8 * 1024 * 1024)
 
     def test_clockWatched(self):
-        """The master says in its log when the system clock is stepped."""
+        """
+        The master's timers keep to the monotonic clock, and it says in its
+        log when the system clock is stepped.
+        """
         service = master_tap.makeService(self.parse("--web", "none"))
         self.assertEqual(len([child for child in service if isinstance(child, ClockWatch)]), 1)
+        self.assertTrue(has_monotonic_timers(service.reactor))
 
     def test_peerBoundsChecked(self):
         """Nonsense bounds are refused with a clear message."""
@@ -443,6 +448,7 @@ class SlaveOptionsTests(CommonOptionsMixin, unittest.TestCase):
         self.assertIsInstance(service, SlaveService)
         self.assertFalse(service.running)
         self.assertIsInstance(service.clock_watch, ClockWatch)
+        self.assertTrue(has_monotonic_timers(service.clock_watch.reactor))
         factory = service.factory
         self.assertEqual(factory.master, MasterAddress("pi0", 2000, 4.0))
         self.assertEqual(factory.keepalive, 2.0)

@@ -19,6 +19,7 @@ from picluster.master.keepalives import Keepalives
 from picluster.master.service import DEFAULT_BACKLOG, with_default_backlog
 from picluster.master.sharedtexts import SHARED_TEXT, SharedTexts
 from picluster.master.slavelist import silent_after
+from picluster.timebase import monotonic_timers
 from picluster.wire.messages import ComputerDetails, Vitals
 
 from .helpers import (
@@ -565,6 +566,51 @@ class DepartureTests(MasterTestCase):
         protocol.connectionLost(Failure(ConnectionLost()))
         self.assertEqual(len(self.registry), 0)
         self.assertEqual(protocol.lost.cause, "no sign of life for 15 s")
+
+
+class ClockStepTests(MasterTestCase):
+    """
+    A step of the system clock (a Pi's first NTP sync) moves no timer of the
+    master, and every time of day it shows follows the new clock.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        #: How far the test has stepped the wall clock from the timers' one.
+        self.stepped = 0.0
+        monotonic_timers(self.clock, monotonic=lambda: self.clock.rightNow,
+                         wall=lambda: self.clock.rightNow + self.stepped)
+
+    def details(self, protocol: Any, transport: Any) -> dict[str, Any]:
+        [reply] = self.ask(transport, protocol, {"type": "info", "payload": "slave_details"})
+        [shown] = reply["payload"]
+        return shown
+
+    def test_steppedForward(self) -> None:
+        """An hour forward drops no slave early and none late; its times are the new clock's."""
+        protocol, transport = self.slave()
+        self.ask(transport, protocol, {"type": "hello", "payload": {"uuid": None, "version": 1}, "id": 1})
+        protocol.dataReceived(frame({"type": "vitals", "payload": VITALS}))
+        self.stepped = 3600.0
+        self.clock.advance(10)
+        self.assertFalse(transport.disconnecting)
+        shown = self.details(protocol, transport)
+        # Heard from as it asked, on the new clock; joined on the old one.
+        self.assertEqual((shown["last_seen"], shown["connected_at"]), (4610.0, 1000.0))
+        self.clock.advance(15)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionLost()))
+        [left] = self.registry.departures(self.clock.rightNow + self.stepped)
+        self.assertEqual((left.left_at, protocol.lost.cause), (4625.0, "no sign of life for 15 s"))
+
+    def test_steppedBack(self) -> None:
+        """A day back holds no timer back: a silent slave still goes after dead_after."""
+        protocol, transport = self.slave()
+        self.stepped = -86400.0
+        self.clock.advance(14)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
 
 
 class BacklogTests(unittest.TestCase):

@@ -44,6 +44,7 @@ from picluster.master.scheduler import Scheduler
 from picluster.master.sharedtexts import SharedTexts
 from picluster.master.slavelist import BadSlaveQuery, SlaveQuery
 from picluster.text import clip
+from picluster.timebase import wall_time
 from picluster.trust.channel import channel_binding, node_proof_holds, proof_holds
 from picluster.trust.cluster import ClusterTrust, TrustError
 from picluster.trust.token import ROLE_OF
@@ -139,7 +140,7 @@ class PeerConnection(PeerHandler):
         #: The peer's host, as the master's admission counts it.
         self.host = host
         self.uuid = new_uuid()
-        self.connected_at = master.clock.seconds()
+        self.connected_at = wall_time(master.clock)
         self.computer_details: ComputerDetails | None = None
         self.vitals: Vitals | None = None
         self.vitals_received_at: float | None = None
@@ -158,7 +159,13 @@ class PeerConnection(PeerHandler):
 
     @property
     def last_seen(self) -> float:
-        return self.protocol.last_received
+        """
+        When the master last heard from the peer, as a time of day: the
+        protocol keeps it on the timers' monotonic clock, which a step of
+        the system clock leaves behind.
+        """
+        clock = self.master.clock
+        return wall_time(clock) - (clock.seconds() - self.protocol.last_received)
 
     @property
     def rtt_ms(self) -> float | None:
@@ -399,7 +406,7 @@ class PeerConnection(PeerHandler):
 
     def msg_vitals(self, vitals: Vitals) -> None:
         self.vitals = vitals
-        self.vitals_received_at = now = self.master.clock.seconds()
+        self.vitals_received_at = now = wall_time(self.master.clock)
         self.history.record(now, vitals)
 
     def msg_info(self, asked: str | InfoQuery) -> tuple[str, Any]:
@@ -416,7 +423,7 @@ class PeerConnection(PeerHandler):
         room = self.master.max_frame - REPLY_OVERHEAD
         if question == "slave_details":
             nodes = slavelist.matching(
-                self.master.registry, query, self.master.clock.seconds(),
+                self.master.registry, query, wall_time(self.master.clock),
                 slavelist.silent_after(self.master.keepalive),
             )
             page = slavelist.page(nodes, query, PeerConnection.describe, room)
@@ -589,7 +596,7 @@ class MasterFactory(PiClusterFactory):
         self.admission.closed(slave.host, slave.stranger)
         if self.registry.remove(slave) and slave.role == "slave":
             self.registry.departed(
-                Departure.of(slave, self.clock.seconds(), disconnection.cause)
+                Departure.of(slave, wall_time(self.clock), disconnection.cause)
             )
         self.scheduler.forget(slave)
         if self.trust is not None and slave.credential is None:

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from picluster.master.store import TaskStore
+from picluster.timebase import wall_time
 
 log = Logger()
 
@@ -84,7 +85,7 @@ class Retention:
     def _prune_batch(self) -> None:
         self._next_batch = None
         assert self.store is not None
-        before = self.clock.seconds() - self.keep_days * 86400.0
+        before = wall_time(self.clock) - self.keep_days * 86400.0
         pruning = self.store.prune(before, self.keep, self.batch)
         pruning.addCallbacks(self._batch_pruned, self._batch_failed)
         pruning.addErrback(lambda failure: log.failure("Pruning finished tasks broke", failure))

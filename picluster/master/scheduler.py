@@ -43,6 +43,7 @@ from picluster.master.taskqueue import TaskQueue
 from picluster.master.taskspec import DEFAULT_MAX_ARGS, TaskSpec, parse_submission
 from picluster.master.taskview import TaskView, store_failed
 from picluster.master.workers import OpenTask, Worker
+from picluster.timebase import wall_time
 from picluster.wire import messages
 from picluster.wire.errors import ServiceError
 
@@ -248,7 +249,7 @@ class Scheduler:
         # to the disk count too; given back for what is not stored.
         key = submitter_key(submitted_by)
         charge = self.quotas.charge(key, len(specs), sum(spec.args_size for spec in specs))
-        stored = store.submit(specs, self.clock.seconds(), submitted_by)
+        stored = store.submit(specs, wall_time(self.clock), submitted_by)
         stored.addCallbacks(self._submitted, self._not_submitted,
                             callbackArgs=(specs, key), errbackArgs=(charge,))
         return stored
@@ -434,7 +435,7 @@ class Scheduler:
         """A run has a slot: it is C{running}, and its deadline starts now."""
         task.record.update(state="running", slave=worker.uuid, slave_hostname=worker.hostname)
         if not reclaimed or task.record["started_at"] is None:
-            task.record["started_at"] = self.clock.seconds()
+            task.record["started_at"] = wall_time(self.clock)
         self._write(task.record)
         task.cancel_deadline()
         if task.timeout is not None:
@@ -509,7 +510,7 @@ class Scheduler:
             task.charge = None
         self.finished_counts[state] += 1
         record = task.record
-        record.update(state=state, result=result, error=error, finished_at=self.clock.seconds())
+        record.update(state=state, result=result, error=error, finished_at=wall_time(self.clock))
         if slave is not None:
             record.update(slave=slave, slave_hostname=hostname)
         self._finishing[task.id] = (record, [])

@@ -23,6 +23,7 @@ from picluster.master.connection import MasterFactory
 from picluster.master.registry import DEFAULT_FORGET_AFTER, SlaveRegistry
 from picluster.master.store import COMMIT_INTERVAL, StoreError, TaskStore, check_database
 from picluster.master.views import SlaveList
+from picluster.timebase import wall_time
 from picluster.trust.channel import TLSFactory
 from picluster.trust.cluster import ClusterTrust
 
@@ -146,7 +147,7 @@ class MasterService(service.MultiService):
 
     def startService(self) -> None:
         """Listen, and load the task queue; tasks are served once it is loaded."""
-        self.started_at = self.reactor.seconds()
+        self.started_at = wall_time(self.reactor)
         super().startService()
         if self.trust is None:
             log.warn(

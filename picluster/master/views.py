@@ -20,6 +20,7 @@ import msgspec
 from picluster._version import __version__
 from picluster.master import slavelist
 from picluster.text import clip
+from picluster.timebase import wall_time
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -160,19 +161,19 @@ def nodes(master: MasterState) -> Iterator[Node]:
     for slave in master.registry:
         if slave.role == "slave":
             yield slave
-    yield from master.registry.departures(master.reactor.seconds())
+    yield from master.registry.departures(wall_time(master.reactor))
 
 
 def find_node(master: MasterState, uuid: str) -> Node | None:
     slave = master.registry.get(uuid)
     if slave is not None and slave.role == "slave":
         return slave
-    return master.registry.departure(uuid, master.reactor.seconds())
+    return master.registry.departure(uuid, wall_time(master.reactor))
 
 
 def master_summary(master: MasterState, facts: bool = True) -> dict[str, Any]:
     """The master itself, its counts, and what crossed its wire."""
-    now = master.reactor.seconds()
+    now = wall_time(master.reactor)
     factory = master.factory
     connected = sum(1 for slave in master.registry if slave.role == "slave")
     clients = sum(1 for connection in factory.connections if connection.role == "client")
@@ -248,7 +249,7 @@ class SlaveList:
     def page(self, query: slavelist.SlaveQuery, max_bytes: int | None = None,
              history: bool = False) -> dict[str, Any]:
         """A page of slaves as C{/api/slaves} lists them (with C{history}, their vitals' rings)."""
-        now = self.master.reactor.seconds()
+        now = wall_time(self.master.reactor)
 
         def row(node: Node) -> dict[str, Any]:
             shown = self.summary_row(node)
@@ -275,7 +276,7 @@ class SlaveList:
     def summary_row(self, node: Node) -> dict[str, Any]:
         """A node as C{/api/slaves} lists it, with its troubles."""
         shown = slave_summary(node, self.master)
-        shown["troubles"] = slavelist.troubles(node, self.master.reactor.seconds(), self.silent_after(),
+        shown["troubles"] = slavelist.troubles(node, wall_time(self.master.reactor), self.silent_after(),
                                      shown["cloned"])
         return shown
 
@@ -286,7 +287,7 @@ class SlaveList:
         hottest; and the first L{slavelist.MAX_TROUBLE_SHOWN} in trouble, worst first.
         """
         master = self.master
-        now = master.reactor.seconds()
+        now = wall_time(master.reactor)
         silent_after = self.silent_after()
         counts = {"connected": 0, "left": 0, "in_trouble": 0}
         by_trouble = dict.fromkeys(slavelist.TROUBLES, 0)

@@ -13,6 +13,7 @@ from picluster.master import admission, quotas, retention
 from picluster.master.service import MasterService
 from picluster.master.space import DEFAULT_MAX_DB
 from picluster.master.taskspec import DEFAULT_MAX_ARGS
+from picluster.timebase import monotonic_timers
 from picluster.trust.cluster import ClusterTrust, TrustError
 from picluster.wire.messages import COMMAND_TASKS
 from picluster.wire.protocol import DEFAULT_FRAME_DEADLINE
@@ -225,6 +226,11 @@ def cluster_trust(state_dir: str) -> ClusterTrust:
 
 
 def makeService(options: Options) -> MasterService:
+    from twisted.internet import reactor
+
+    # Timers keep to the monotonic clock: a step of the system clock (a Pi's
+    # first NTP sync) moves no keepalive, deadline or task timeout.
+    monotonic_timers(reactor)
     try:
         return _master_service(options)
     except TrustError as e:
@@ -267,6 +273,6 @@ def _master_service(options: Options) -> MasterService:
             name: f"{name} is refused by a master in plain mode (--insecure): anyone can reach it"
             for name in COMMAND_TASKS
         }
-    # Said in the log: a step of the system clock moves every timer (a Pi's first NTP sync).
+    # Said in the log: a step of the system clock (a Pi's first NTP sync).
     ClockWatch(master.reactor).setServiceParent(master)
     return master

@@ -14,6 +14,7 @@ from picluster.slave.pool import RECYCLE_AFTER
 from picluster.slave.results import RESULT_ENVELOPE_ROOM
 from picluster.slave.session import SlaveFactory, SlaveService
 from picluster.tasks.child import TASK_CPU, TASK_MEMORY
+from picluster.timebase import monotonic_timers
 from picluster.trust.token import SLAVE
 from picluster.wire.messages import MAX_PREFETCH, MAX_SLOTS
 
@@ -171,6 +172,10 @@ def makeService(options: Options) -> SlaveService:
     from picluster.slave.runner import TaskRunner
     from picluster.tasks.installed import installed_tasks
 
+    # Timers keep to the monotonic clock: a step of the system clock (a Pi's
+    # first NTP sync) moves no keepalive, reconnection or task timeout.
+    monotonic_timers(reactor)
+
     # The core count, when unset, held to what an offer may say.
     slots = options["slots"] or min(psutil.cpu_count() or 1, MAX_SLOTS)
     # One run ready a slot: a freed slot starts its next run without a round trip.
@@ -202,5 +207,5 @@ def makeService(options: Options) -> SlaveService:
         token=token,
         identity=identity,
     )
-    # Said in the log: a step of the system clock moves every timer (a Pi's first NTP sync).
+    # Said in the log: a step of the system clock (a Pi's first NTP sync).
     return SlaveService(factory, clock_watch=ClockWatch(reactor))

@@ -25,6 +25,7 @@ import picluster
 from picluster.tasks.catalog import Node, ProcessResult, Task, node_bound
 from picluster.tasks.errors import BadArguments, CommandFailed, NotPermitted, admin_refusal
 from picluster.tasks.primes import primes
+from picluster.timebase import wall_time
 
 log = Logger()
 
@@ -274,7 +275,7 @@ def reboot(node: Node) -> dict[str, Any]:
     twice) can keep a node rebooting.
     """
     if node.booted_at is not None:
-        up = node.clock.seconds() - node.booted_at
+        up = wall_time(node.clock) - node.booted_at
         if up < REBOOT_MIN_UPTIME:
             raise NotPermitted(
                 f"reboot is refused: this node booted {max(up, 0):.0f} s ago, and reboots at most"

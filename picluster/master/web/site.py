@@ -38,6 +38,7 @@ from picluster.master.slavelist import MAX_HISTORY_LIMIT, BadSlaveQuery, SlaveQu
 from picluster.master.store import STATES
 from picluster.master.web.events import ClusterEvents
 from picluster.master.web.gate import WebGate
+from picluster.timebase import wall_time
 from picluster.wire.errors import ServiceError
 from picluster.wire.messages import DEFAULT_SLAVES_LIMIT, MAX_SLAVES_LIMIT
 
@@ -303,7 +304,7 @@ class DashboardSite(server.Site):
         except BadSlaveQuery as refusal:
             raise BadQuery(str(refusal)) from None
         page = self.master.slave_list.page(query, history=history)
-        return {"now": self.master.reactor.seconds(), **page}
+        return {"now": wall_time(self.master.reactor), **page}
 
     def _slave(self, uuid: str) -> dict[str, Any]:
         node = views.find_node(self.master, uuid.lower())
@@ -319,7 +320,7 @@ class DashboardSite(server.Site):
         scheduler = self.master.scheduler
         found = scheduler.when_ready().addCallback(lambda _: scheduler.view.latest(limit, state))
         return found.addCallback(lambda records: {
-            "now": self.master.reactor.seconds(),
+            "now": wall_time(self.master.reactor),
             "counts": scheduler.view.state_counts(),
             "tasks": [views.task_brief(record) for record in records],
         })
