@@ -214,13 +214,15 @@ class Cluster:
         with open(self.slave_token_file, "w", encoding="utf-8") as out:
             out.write(f"{self.trust.token('slave')}\n")
 
-    def twistd(self, name: str, *arguments: str, checkout: bool = True) -> Child:
+    def twistd(self, name: str, *arguments: str, checkout: bool = True,
+               env: dict[str, str] | None = None) -> Child:
+        """A C{twistd -n} child, with C{env} added to its environment."""
         argv = [*twistd_command(), "-n", "--pidfile=", "--logfile=-", *arguments]
-        child = Child(self.case, name, argv, cwd=self.cwd, env=child_env(checkout))
+        child = Child(self.case, name, argv, cwd=self.cwd, env={**child_env(checkout), **(env or {})})
         self.children.append(child)
         return child
 
-    def master(self, name: str = "master", *arguments: str) -> Child:
+    def master(self, name: str = "master", *arguments: str, env: dict[str, str] | None = None) -> Child:
         """
         A master on 127.0.0.1:C{self.port}, pinging every second; without a
         web server unless C{arguments} ask for one (its default port is
@@ -231,7 +233,7 @@ class Cluster:
         state = () if self.insecure or "--state-dir" in arguments else ("--state-dir", self.state_dir)
         return self.twistd(
             name, "picluster-master", "--port", f"tcp:{self.port}:interface=127.0.0.1",
-            "--keepalive", "1", *web, *state, *arguments,
+            "--keepalive", "1", *web, *state, *arguments, env=env,
         )
 
     def slave(self, name: str = "slave", *arguments: str) -> Child:
