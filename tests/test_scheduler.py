@@ -4,6 +4,9 @@ The master's task scheduling, over the wire, with a Clock and real SQLite.
 
 from __future__ import annotations
 
+import struct
+
+import msgspec
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -235,6 +238,43 @@ class DispatchTests(Cluster):
         self.assertEqual(sorted(answered), ["ack", "run_task"])
         self.assertEqual(answered["ack"]["reply_to"], 7)
         self.assertEqual(answered["run_task"]["payload"]["id"], 3)
+
+    def test_resultKeptAsSent(self) -> None:
+        """
+        A result stays the JSON the slave sent until it is stored and shown
+        (decoded, it could take a dozen times the room); a client reads it
+        as it was, and a null result is stored as none.
+        """
+        slave = FakeSlave(self.master, self.clock, slots=2)
+        self.submit(count=2)
+        first, second = slave.runs()
+        store = self.scheduler.store
+        saved: list[dict] = []
+        self.patch(store, "save", lambda record, save=store.save: saved.append(record) or save(record))
+        slave.protocol.dataReceived(frame({"type": "task_result", "id": 7, "payload": {
+            "id": first["id"], "attempt": 1, "outcome": "done",
+            "result": {"words": ["ab", "\u00e9"], "n": 2**70}}}))
+        [record] = saved
+        self.assertIsInstance(record["result"], msgspec.Raw)
+        self.assertEqual(msgspec.json.decode(record["result"]), {"words": ["ab", "\u00e9"], "n": 2**70})
+        slave.finish(second, None)
+        self.clock.advance(1)
+        records = self.client.records(first["id"], second["id"])
+        self.assertEqual(records[first["id"]]["result"], {"words": ["ab", "\u00e9"], "n": 2**70})
+        self.assertIsNone(records[second["id"]]["result"])
+
+    def test_resultNotUTF8Refused(self) -> None:
+        """A result whose text is not UTF-8 (which JSON's grammar alone lets by) is refused, not stored."""
+        slave = FakeSlave(self.master, self.clock, slots=2)
+        self.submit(count=1)
+        (run,) = slave.runs()
+        body = (b'{"type":"task_result","id":7,"payload":{"id":' + str(run["id"]).encode()
+                + b',"attempt":1,"outcome":"done","result":"a\xffb"}}')
+        slave.protocol.dataReceived(struct.pack("!I", len(body)) + body)
+        [refusal] = sent(slave.transport)
+        self.assertEqual((refusal["type"], refusal["reply_to"]), ("bad_message", 7))
+        self.assertIn("not UTF-8", refusal["payload"]["error"])
+        self.assertEqual(self.client.record(run["id"])["state"], "running")
 
     def test_refillLeavesADueDispatchToChoose(self) -> None:
         """While a dispatch is due, a result's slot waits for it: the least loaded slave still goes first."""

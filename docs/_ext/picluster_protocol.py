@@ -76,7 +76,7 @@ def describe(info: Any) -> tuple[str, str]:
         words = "boolean"
     elif isinstance(info, mi.NoneType):
         words = "null"
-    elif isinstance(info, mi.AnyType):
+    elif isinstance(info, (mi.AnyType, mi.RawType)):
         words = "any JSON"
     elif isinstance(info, mi.LiteralType):
         words = " or ".join(f'``"{value}"``' for value in info.values)

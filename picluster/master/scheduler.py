@@ -38,7 +38,7 @@ from picluster.master.dispatch import Dispatcher
 from picluster.master.quotas import Charge, Quotas, submitter_key
 from picluster.master.retention import Retention
 from picluster.master.space import DEFAULT_MAX_DB
-from picluster.master.store import FINAL_STATES, KeyConflict, StoreError, TaskStore
+from picluster.master.store import FINAL_STATES, KeyConflict, StoreError, TaskStore, held_result
 from picluster.master.taskqueue import TaskQueue
 from picluster.master.taskspec import DEFAULT_MAX_ARGS, TaskSpec, parse_submission
 from picluster.master.taskview import TaskView, store_failed
@@ -362,11 +362,10 @@ class Scheduler:
         return True
 
     def task_result(self, connection: Any, report: messages.TaskResult) -> defer.Deferred[None] | None:
-        task_id, attempt, outcome, result, retry = (
-            report.id, report.attempt, report.outcome, report.result, report.retry
-        )
+        task_id, attempt, outcome, retry = report.id, report.attempt, report.outcome, report.retry
         if outcome == "failed" and report.error is None:
             raise wire.BadMessage("a failed task_result needs an error with a message")
+        result = held_result(report.result)
         error = msgspec.structs.asdict(report.error) if report.error is not None else None
         task = self.open.get(task_id)
         if task is None:

@@ -20,6 +20,7 @@ one more operation (L{picluster.master.space} holds how).
 
 from __future__ import annotations
 
+import codecs
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -98,6 +99,25 @@ def held_arguments(text: str) -> msgspec.Raw:
     wire's encoder writes them as they are.
     """
     return msgspec.Raw(text.encode("utf-8"))
+
+def held_result(raw: msgspec.Raw) -> msgspec.Raw | None:
+    """
+    A task's result as its record holds it until stored and shown: the JSON
+    the slave sent (C{None} for C{null}), not decoded, as L{held_arguments}.
+
+    The frame's decoder checked that it is JSON, but not that its strings
+    are UTF-8, which the database's text and every reader need.
+
+    @raise wire.BadMessage: it is not.
+    """
+    try:
+        codecs.decode(memoryview(raw), "utf-8")
+    except UnicodeDecodeError as e:
+        raise wire.BadMessage(f"the result is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    if len(raw) <= 16 and bytes(raw).strip() == b"null":
+        return None
+    return raw
+
 
 #: States after which a task never changes again.
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})

@@ -153,6 +153,8 @@ REFUSAL_TEXTS: tuple[tuple[str, str], ...] = (
     (f"at most {MAX_WATCHED} watched tasks per connection", "watch asks for too many"),
     ("worker already sent on this connection", "a second worker on one connection"),
     ("a failed task_result needs an error with a message", "a failed result without its error"),
+    ("the result is not UTF-8 text: {problem}", "a task_result whose result has strings that"
+                                                " are not UTF-8 (JSON's grammar alone lets them by)"),
     (NO_FREE_SLOT, "a slave refuses a run_task: all its slots are busy and it holds as many ready"
                    " as it may, or their arguments would pass its bound (details: slots,"
                    " prefetch, ready_bytes, max_ready_bytes)"),
@@ -459,7 +461,9 @@ class TaskResult(Payload):
     id: TaskId
     attempt: Attempt
     outcome: Literal["done", "failed"]
-    result: _described(Any, "what the task returned (done)") = None
+    # Kept as the JSON it came as (msgspec.Raw): the master only stores it
+    # and passes it on, and decoded it could take a dozen times the room.
+    result: _described(msgspec.Raw, "what the task returned (done)") = msgspec.Raw(b"null")
     error: _described(TaskError | None, "why it failed (required when failed)") = None
     retry: _described(bool, "asks for another run; only for a crashed one") = False
 
