@@ -25,14 +25,10 @@ time for both, as before.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["has_monotonic_timers", "monotonic_timers", "wall_time"]
-
-#: The wall clock of each reactor whose timers run on a monotonic one.
-_WALL_CLOCKS: weakref.WeakKeyDictionary[Any, Callable[[], float]] = weakref.WeakKeyDictionary()
 
 
 def monotonic_timers(reactor: Any, *, monotonic: Callable[[], float] = time.monotonic,
@@ -46,23 +42,24 @@ def monotonic_timers(reactor: Any, *, monotonic: Callable[[], float] = time.mono
     then on they move with C{monotonic} alone.  Calling it again changes
     nothing.
     """
-    if reactor in _WALL_CLOCKS:
+    if has_monotonic_timers(reactor):
         return
     offset = wall() - monotonic()
 
     def seconds() -> float:
         return monotonic() + offset
 
+    # The wall clock goes with the seconds it stands beside.
+    seconds.wall = wall  # type: ignore[attr-defined]
     # The reactor reads self.seconds() for every callLater, every timeout of
     # its poll and every run of its due calls: an attribute of the instance
     # is all it takes.
     reactor.seconds = seconds
-    _WALL_CLOCKS[reactor] = wall
 
 
 def has_monotonic_timers(reactor: Any) -> bool:
     """Whether L{monotonic_timers} was given C{reactor}."""
-    return reactor in _WALL_CLOCKS
+    return hasattr(reactor.seconds, "wall")
 
 
 def wall_time(clock: Any) -> float:
@@ -71,5 +68,6 @@ def wall_time(clock: Any) -> float:
     reactor made L{monotonic_timers}, or C{clock.seconds()} of any other
     (a test's C{Clock}, a reactor left as Twisted made it).
     """
-    wall = _WALL_CLOCKS.get(clock)
-    return wall() if wall is not None else clock.seconds()
+    seconds = clock.seconds
+    wall = getattr(seconds, "wall", None)
+    return wall() if wall is not None else seconds()

@@ -20,7 +20,6 @@ one more operation (L{picluster.master.space} holds how).
 
 from __future__ import annotations
 
-import codecs
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -110,13 +109,16 @@ def held_result(raw: msgspec.Raw) -> msgspec.Raw | None:
 
     @raise wire.BadMessage: it is not.
     """
+    if raw == _NULL:
+        return None
     try:
-        codecs.decode(memoryview(raw), "utf-8")
+        str(raw, "utf-8")
     except UnicodeDecodeError as e:
         raise wire.BadMessage(f"the result is not UTF-8 text: {e.reason} at byte {e.start}") from None
-    if len(raw) <= 16 and bytes(raw).strip() == b"null":
-        return None
     return raw
+
+
+_NULL = msgspec.Raw(b"null")
 
 
 #: States after which a task never changes again.
