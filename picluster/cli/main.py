@@ -38,6 +38,7 @@ from picluster.cli import formatting, status
 from picluster.cli.options import MASTER_ENV, PiClusterOptions, ShowText, strict_json
 from picluster.client import Client, HandshakeError, UnexpectedReply, UnknownTask
 from picluster.text import printable
+from picluster.timebase import monotonic_timers, wall_time
 from picluster.trust.cluster import TrustError
 from picluster.wire.errors import DisconnectionException, RemoteError, RequestTimeout
 
@@ -135,7 +136,7 @@ class _Session:
         if self.options["json"]:
             self.emit(formatting.to_json(record))
         else:
-            self.emit(formatting.details(record, self.reactor.seconds()))
+            self.emit(formatting.details(record, wall_time(self.reactor)))
 
 
 def _describe(failure: Exception) -> str:
@@ -244,7 +245,7 @@ async def _tasks(session: _Session) -> int:
     if options["json"]:
         session.emit(formatting.to_json(records))
     else:
-        session.emit(formatting.table(records, session.reactor.seconds()))
+        session.emit(formatting.table(records, wall_time(session.reactor)))
     return 0
 
 
@@ -291,7 +292,7 @@ async def _status(session: _Session) -> int:
         # Times in the payload are the master's: compare them with its clock.
         now = cluster["master"].get("now")
         if type(now) not in (int, float):
-            now = session.reactor.seconds()
+            now = wall_time(session.reactor)
         width = _terminal_width(session.stdout)
         shown = status.render(cluster, now, width=width, terminal=width is not None, rows=rows)
         if not options["watch"]:
@@ -424,6 +425,9 @@ def _exit_with(code: int) -> None:
 
 def run() -> None:
     """The console script: run L{main} under L{task.react}, exiting with its status."""
-    from twisted.internet import task
+    from twisted.internet import reactor, task
 
+    # As on the nodes: a step of this machine's clock moves no timer
+    # (C{status --watch}'s refresh, a request's timeout, a reconnection).
+    monotonic_timers(reactor)
     task.react(lambda reactor: main(reactor=reactor).addCallback(_exit_with))
