@@ -10,9 +10,9 @@ off.  A master running across such a step would find every slave silent at
 once and drop it, and fail task runs as timed out that had time left.
 
 So a node's reactor keeps its timers on the monotonic clock
-(L{monotonic_timers}, installed by the twistd plugins): every C{callLater},
-C{LoopingCall}, deadline and interval measured from C{reactor.seconds()}
-is immune to steps.  What is shown or stored as a time of day (when a task
+(L{monotonic_timers}, installed by the twistd plugins and the C{picluster}
+command): every C{callLater}, C{LoopingCall}, deadline and interval
+measured from C{reactor.seconds()} is immune to steps.  What is shown or stored as a time of day (when a task
 was submitted, when a slave's vitals came, when it left) is read from the
 wall clock instead (L{wall_time}), and follows a step as a person would
 expect.  The reactor's monotonic seconds start out equal to the wall

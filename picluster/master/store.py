@@ -99,6 +99,7 @@ def held_arguments(text: str) -> msgspec.Raw:
     """
     return msgspec.Raw(text.encode("utf-8"))
 
+
 def held_result(raw: msgspec.Raw) -> msgspec.Raw | None:
     """
     A task's result as its record holds it until stored and shown: the JSON
