@@ -258,6 +258,31 @@ class StoringTests(ConnectionTestCase):
         self.assertEqual(self.transport.producerState, "producing")
         self.assertEqual((self.protocol.storing, self.protocol.in_flight), (0, cap - 1))
 
+    def test_notSilentWhileWeStore(self) -> None:
+        """
+        A peer we stopped reading while its answers wait for our disk is not
+        dropped as silent meanwhile, however long the disk takes (its pings
+        wait unread in our socket); once we read again, silence counts.
+        """
+        dead_after = self.factory.dead_after
+        self.protocol.dataReceived(b"".join(frame({"type": "saved", "id": n})
+                                            for n in range(self.factory.max_storing)))
+        self.assertEqual(self.transport.producerState, "paused")
+        self.clock.advance(dead_after * 4)
+        self.assertFalse(self.transport.disconnecting)
+        for answer in self.handler.later:
+            answer.callback(("stored", 0))
+        self.assertEqual(self.transport.producerState, "producing")
+        self.clock.advance(dead_after)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_silentWhenItStopsReading(self) -> None:
+        """A peer that stops reading us (we pause in turn) is still dropped when silent: that is its doing."""
+        self.protocol.dataReceived(frame({"type": "saved", "id": 0}))
+        self.protocol.pauseProducing()  # as the transport does when its buffer is full
+        self.clock.advance(self.factory.dead_after)
+        self.assertTrue(self.transport.disconnecting)
+
     def test_masterStoresTaskResults(self) -> None:
         """A master counts a slave's task results, answered once on disk, as waiting to be stored."""
         self.assertIn("task_result", PeerConnection.stored_answers)

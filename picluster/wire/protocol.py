@@ -81,6 +81,11 @@ _TYPED_REPLIES = wire.TYPED_REPLIES
 #: Reply types that make a request's Deferred errback.
 _REFUSALS = frozenset({"bad_message", "error"})
 
+#: Why we may stop reading a peer for our own sake, not for anything it did
+#: (see L{PiClusterProtocol._check_peer_alive}).
+_STORING, _IN_FLIGHT = "answers waiting to be stored", "requests in flight"
+_OUR_CAUSES = frozenset({_STORING, _IN_FLIGHT})
+
 
 #: Bad messages logged per connection; past this they are only counted, so a
 #: peer spamming garbage cannot fill a Pi's SD card with log lines.
@@ -412,6 +417,14 @@ class PiClusterProtocol(FrameReceiver):
         dead_after = self.factory.dead_after
         silent_for = self.clock.seconds() - self.last_received
         if silent_for >= dead_after - _EPSILON:
+            causes = self._pause_causes
+            if self.paused and causes and causes <= _OUR_CAUSES:
+                # We stopped reading it, for our own sake (its answers wait
+                # for our disk or our handlers): its pings wait unread in
+                # our socket, and its silence is ours.  It is judged once we
+                # read again.
+                self.factory.dead_peer_checks.set(self, dead_after)
+                return
             self._warn("Closing connection to {peer}: nothing received for {silent:.1f} s",
                        silent=silent_for)
             self.close(f"no sign of life for {silent_for:.0f} s", abort=True)
@@ -718,11 +731,11 @@ class PiClusterProtocol(FrameReceiver):
                 if stored:
                     self.storing += 1
                     if self.storing >= self.factory.max_storing:
-                        self.hold("answers waiting to be stored")
+                        self.hold(_STORING)
                 else:
                     self.in_flight += 1
                     if self.in_flight >= self.factory.max_in_flight:
-                        self.hold("requests in flight")
+                        self.hold(_IN_FLIGHT)
                 result.addBoth(self._answer_later, message_type, msg_id, stored)
             else:
                 self._answer(result, msg_id)
@@ -750,11 +763,11 @@ class PiClusterProtocol(FrameReceiver):
             if stored:
                 self.storing -= 1
                 if self.storing < self.factory.max_storing:
-                    self.release("answers waiting to be stored")
+                    self.release(_STORING)
             else:
                 self.in_flight -= 1
                 if self.in_flight < self.factory.max_in_flight:
-                    self.release("requests in flight")
+                    self.release(_IN_FLIGHT)
 
     def _answer(self, result: tuple[str, Any] | None, msg_id: int | None) -> None:
         if result is None:
