@@ -38,6 +38,13 @@ STEP = 2.0
 #: Seconds between two looks.
 INTERVAL = 1.0
 
+#: What the warning of a step says, whichever way the clock went.
+_WHAT_A_STEP_DOES = (
+    "Timers keep to the monotonic clock and are not moved; times of day shown and stored from"
+    " now on (tasks, slaves last seen, InfluxDB points) follow the new clock. Start picluster"
+    " once the clock is synchronised (the systemd units wait for time-sync.target)."
+)
+
 
 class ClockWatch(service.Service):
     """
@@ -82,20 +89,8 @@ class ClockWatch(service.Service):
             return
         self.steps += 1
         if stepped > 0:
-            log.warn(
-                "The system clock was stepped forward by {seconds:,.0f} s (set by NTP or by hand, or"
-                " the machine was suspended). Timers keep to the monotonic clock and are not moved;"
-                " times of day shown and stored from now on (tasks, slaves last seen, InfluxDB"
-                " points) follow the new clock. Start picluster once the clock is synchronised"
-                " (the systemd units wait for time-sync.target)",
-                seconds=stepped,
-            )
+            log.warn("The system clock was stepped forward by {seconds:,.0f} s (set by NTP or by"
+                     " hand, or the machine was suspended). " + _WHAT_A_STEP_DOES, seconds=stepped)
         else:
-            log.warn(
-                "The system clock was stepped back by {back:,.0f} s. Timers keep to the monotonic"
-                " clock and are not moved; times of day shown and stored from now on (tasks,"
-                " slaves last seen, InfluxDB points) follow the new clock, and may come before"
-                " earlier ones. Start picluster once the clock is synchronised (the systemd units"
-                " wait for time-sync.target)",
-                back=-stepped, seconds=stepped,
-            )
+            log.warn("The system clock was stepped back by {back:,.0f} s. " + _WHAT_A_STEP_DOES
+                     + " Times of day may now come before earlier ones.", back=-stepped, seconds=stepped)

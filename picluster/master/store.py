@@ -100,6 +100,10 @@ def held_arguments(text: str) -> msgspec.Raw:
     return msgspec.Raw(text.encode("utf-8"))
 
 
+#: A result of C{null}, held as none.
+_NULL = msgspec.Raw(b"null")
+
+
 def held_result(raw: msgspec.Raw) -> msgspec.Raw | None:
     """
     A task's result as its record holds it until stored and shown: the JSON
@@ -117,9 +121,6 @@ def held_result(raw: msgspec.Raw) -> msgspec.Raw | None:
     except UnicodeDecodeError as e:
         raise wire.BadMessage(f"the result is not UTF-8 text: {e.reason} at byte {e.start}") from None
     return raw
-
-
-_NULL = msgspec.Raw(b"null")
 
 
 #: States after which a task never changes again.

@@ -418,7 +418,7 @@ class PiClusterProtocol(FrameReceiver):
         silent_for = self.clock.seconds() - self.last_received
         if silent_for >= dead_after - _EPSILON:
             causes = self._pause_causes
-            if self.paused and causes and causes <= _OUR_CAUSES:
+            if causes and causes <= _OUR_CAUSES:
                 # We stopped reading it, for our own sake (its answers wait
                 # for our disk or our handlers): its pings wait unread in
                 # our socket, and its silence is ours.  It is judged once we
