@@ -16,7 +16,7 @@ untouched.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 from twisted.internet import tcp
 
@@ -31,7 +31,7 @@ _DIRECT = (tcp.Server, tcp.Client)
 _QUEUE_FIELDS = ("_tempDataLen", "dataBuffer", "offset", "socket", "TLS")
 
 
-def writes_directly(transport: Any) -> bool:
+def writes_directly(transport: Any) -> TypeGuard[tcp.Connection]:
     """Whether L{write} may send to C{transport}'s socket itself."""
     return type(transport) in _DIRECT and all(hasattr(transport, name) for name in _QUEUE_FIELDS)
 

@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs of its own; types-psutil is no dependency
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import Logger
@@ -246,6 +246,7 @@ class VitalsSampler:
         memory = _attempt("virtual_memory", psutil.virtual_memory)
         swap = _attempt("swap_memory", psutil.swap_memory)
         disk = _attempt("disk_usage", lambda: psutil.disk_usage(self._disk_path))
+        process = self._process
         return {
             "cpu_percentage": _attempt(
                 "cpu_percentage", lambda: float(psutil.cpu_percent(interval=None))
@@ -262,9 +263,10 @@ class VitalsSampler:
             "uptime": _attempt(
                 "uptime", lambda: float(wall_time(self._reactor) - psutil.boot_time())
             ),
+            # None, not an error, where psutil could not describe this process.
             "process_rss": _attempt(
-                "process_rss", lambda: int(self._process.memory_info().rss)
-            ),
+                "process_rss", lambda: int(process.memory_info().rss)
+            ) if process is not None else None,
         }
 
     def _read_temperature(self) -> float | None:
@@ -275,6 +277,7 @@ class VitalsSampler:
 
     def _read_throttled_file(self) -> dict:
         """Decode the firmware's sysfs get_throttled (hex, 0x optional)."""
+        assert self._throttled_file is not None  # read only where there is one (sample)
         return decode_throttled(int(_read_text(self._throttled_file).strip(), 16))
 
     def _run_vcgencmd(self) -> Deferred:

@@ -18,10 +18,11 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import defer, interfaces
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -289,9 +290,12 @@ class Demo(service.MultiService):
     async def _join(self) -> DemoAddresses:
         listening: interfaces.IListeningPort = await self.master.when_listening()
         web: interfaces.IListeningPort = await self.master.when_web_listening()
-        master = MasterAddress(_reachable(listening.getHost().host), listening.getHost().port)
-        web_host = _reachable(web.getHost().host)
-        url = f"http://{f'[{web_host}]' if ':' in web_host else web_host}:{web.getHost().port}/"
+        # Both are TCP ports (DemoOptions takes tcp: and tcp6: endpoints only): IP addresses.
+        slave_address = cast(IPv4Address | IPv6Address, listening.getHost())
+        web_address = cast(IPv4Address | IPv6Address, web.getHost())
+        master = MasterAddress(_reachable(slave_address.host), slave_address.port)
+        web_host = _reachable(web_address.host)
+        url = f"http://{f'[{web_host}]' if ':' in web_host else web_host}:{web_address.port}/"
         if not self.running:
             return DemoAddresses(url, master, self.state_dir)
         from picluster.tasks.installed import installed_tasks

@@ -65,6 +65,8 @@ class _Session:
 
     def __init__(self, options: PiClusterOptions, reactor: Any, stdout: TextIO,
                  stderr: TextIO, stdin: TextIO):
+        # PiClusterOptions.postOptions refuses a command line without one.
+        assert options.subCommand is not None
         self.command = options.subCommand
         self.options = options.subOptions
         self.reactor = reactor

@@ -146,6 +146,8 @@ class _CommandOptions(_ShowsText, usage.Options):
 
     # Without one, usage.Options shows the __main__ module's docstring.
     longdesc = ""
+    #: What follows the command's name in its usage line: each command says.
+    synopsis: str
 
     optFlags = [
         ["json", None, "Print machine-readable JSON on stdout."],
@@ -165,6 +167,8 @@ class _CommandOptions(_ShowsText, usage.Options):
     ]
 
     def getSynopsis(self) -> str:
+        # Parsed only as a sub-command of PiClusterOptions, which names it.
+        assert self.parent is not None
         return f"Usage: picluster {self.parent.subCommand} {self.synopsis}"
 
     def parseOptions(self, options: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ not be able to drive the terminal of whoever looks at the cluster.
 from __future__ import annotations
 
 from io import StringIO
-from typing import Any
+from typing import Any, TypeGuard
 
 from rich.console import Console
 from rich.table import Table
@@ -72,12 +72,12 @@ def render(status: Status, now: float, *, width: int | None = None, terminal: bo
         color_system="standard" if terminal else None,
         markup=False, emoji=False, highlight=False, soft_wrap=False,
     )
-    master = status.get("master") if isinstance(status.get("master"), dict) else {}
-    summary = status.get("summary") if isinstance(status.get("summary"), dict) else None
+    master = _object(status.get("master")) or {}
+    summary = _object(status.get("summary"))
     if rows is None and summary is None:
         # A master from before summaries: its list is every slave.
         rows = status.get("slaves") if isinstance(status.get("slaves"), list) else []
-    listed = rows if rows is not None else summary.get("in_trouble")  # type: ignore[union-attr]
+    listed = rows if rows is not None else (summary or {}).get("in_trouble")
     slaves = [slave for slave in listed or [] if isinstance(slave, dict)]
     console.print(_master_line(master, slaves, now))
     console.print(_tasks_line(status.get("tasks")))
@@ -90,7 +90,7 @@ def render(status: Status, now: float, *, width: int | None = None, terminal: bo
         known = summary is not None and (
             _count(summary, "slaves", "connected") + _count(summary, "slaves", "left") > 0)
         console.print("no slave matches" if known else "no slaves connected")
-    if rows is None:
+    if rows is None and summary is not None:
         unnamed = _count(summary, "slaves", "in_trouble") - len(slaves)
         if unnamed > 0:
             console.print(f"and {unnamed} more in trouble: picluster status --state trouble")
@@ -106,7 +106,7 @@ def _master_line(master: dict[str, Any], slaves: list[dict[str, Any]], now: floa
     uptime = master.get("uptime")
     if not _is_number(uptime) and _is_number(master.get("started_at")):
         uptime = now - master["started_at"]
-    counts = master.get("slaves") if isinstance(master.get("slaves"), dict) else {}
+    counts = _object(master.get("slaves")) or {}
     connected = counts.get("connected")
     left = counts.get("left")
     if type(connected) is not int:
@@ -139,7 +139,7 @@ def _summary_lines(summary: dict[str, Any]) -> list[Text]:
     if in_trouble == 0:
         lines.append(Text("no slave in trouble", style="green"))
     else:
-        troubles = summary.get("troubles") if isinstance(summary.get("troubles"), dict) else {}
+        troubles = _object(summary.get("troubles")) or {}
         kinds = [f"{count} {_clean(kind)}" for kind, count in troubles.items()
                  if type(count) is int and count > 0]
         lines.append(Text(f"in trouble: {in_trouble} ({', '.join(kinds)})", style="bold red"))
@@ -147,7 +147,7 @@ def _summary_lines(summary: dict[str, Any]) -> list[Text]:
 
 
 def _count(summary: dict[str, Any], group: str, name: str) -> int:
-    counts = summary.get(group) if isinstance(summary.get(group), dict) else {}
+    counts = _object(summary.get(group)) or {}
     value = counts.get(name)
     return value if type(value) is int else 0
 
@@ -293,8 +293,13 @@ def _ordered(slaves: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- values -------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     return type(value) in (int, float)
+
+
+def _object(value: Any) -> dict[str, Any] | None:
+    """C{value} if it is a JSON object, else C{None}: what a master sends is checked, not trusted."""
+    return value if isinstance(value, dict) else None
 
 
 def _clean(value: Any) -> str:

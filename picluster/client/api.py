@@ -495,8 +495,8 @@ class Client:
         still_open = sorted(waiting.open)
         for start in range(0, len(still_open), MAX_WATCH_IDS):
             asked = still_open[start : start + MAX_WATCH_IDS]
-            watched = connection.request("watch", {"ids": asked})
-            watched.addCallback(lambda reply: checked_payload("watch", reply, "tasks"))
+            watched = connection.request("watch", {"ids": asked}).addCallback(
+                lambda reply: checked_payload("watch", reply, "tasks"))
             watched.addCallback(waiting.take_reply, asked)
             watched.addErrback(self._watch_failed, waiting)
 

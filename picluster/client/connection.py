@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import uuid as uuid_module
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import msgspec
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -71,6 +72,7 @@ class ClientConnection(PeerHandler):
     """A client's session over one connection: hello, then pushed updates."""
 
     log = log
+    protocol: PiClusterProtocol
 
     def __init__(self, protocol: PiClusterProtocol, factory: ClientFactory):
         super().__init__(protocol)
@@ -114,6 +116,9 @@ class ClientFactory(PiClusterFactory, ReconnectingClientFactory):
     """
 
     factor = 2.0
+    # PiClusterFactory's clock times the reconnections too; Twisted's
+    # default (clock = None) has mypy take the attribute for None alone.
+    clock: IReactorTime  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -132,7 +137,8 @@ class ClientFactory(PiClusterFactory, ReconnectingClientFactory):
         self.master = master
         self.client = client
         self.initialDelay = self.delay = initial_delay
-        self.maxDelay = max_delay
+        # Twisted's default (3600) has mypy take maxDelay for an int; it is seconds, any number.
+        self.maxDelay = max_delay  # type: ignore[assignment]
         self.connection: PiClusterProtocol | None = None
 
     def make_handler(self, protocol: PiClusterProtocol) -> ClientConnection:
@@ -144,7 +150,8 @@ class ClientFactory(PiClusterFactory, ReconnectingClientFactory):
         verify_master(protocol.transport, self.token.fingerprint)
 
     def buildProtocol(self, addr: Any) -> PiClusterProtocol:
-        self.connection = super().buildProtocol(addr)
+        # Typed as a protocol or None: a plain Factory's is never None.
+        self.connection = cast(PiClusterProtocol, super().buildProtocol(addr))
         return self.connection
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:

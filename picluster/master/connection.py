@@ -19,7 +19,7 @@ import re
 import sys
 import uuid as uuid_module
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from twisted.internet import defer
@@ -118,6 +118,9 @@ class PeerConnection(PeerHandler):
     """
 
     log = log
+    #: The master's own protocol, not just the L{Connection} a handler sends
+    #: through: it is pinged, timed and trusted here.
+    protocol: PiClusterProtocol
     role: str | None = None
     #: A task result is answered once its task's row is on disk (so that
     #: the slave may forget it): a slave busy with small tasks has a commit's
@@ -252,8 +255,9 @@ class PeerConnection(PeerHandler):
     # -- messages ----------------------------------------------------------
 
     def msg_hello(self, hello: Hello) -> tuple[str, Welcome]:
-        if self.master.trust is not None:
-            return self._proven_hello(hello)
+        trust = self.master.trust
+        if trust is not None:
+            return self._proven_hello(hello, trust)
         version = hello.version
         if type(version) is not int or version != PLAIN_VERSION:
             raise BadMessage(
@@ -284,7 +288,7 @@ class PeerConnection(PeerHandler):
         return ("welcome", Welcome(self.uuid, self.master.keepalive, self.master.dead_after,
                                    max_frame=self.master.max_frame))
 
-    def _proven_hello(self, hello: Hello) -> tuple[str, Welcome]:
+    def _proven_hello(self, hello: Hello, trust: ClusterTrust) -> tuple[str, Welcome]:
         """
         A secure master's hello: version 2, and a proof of a token's secret
         bound to this TLS connection; the credential decides the role.
@@ -301,7 +305,7 @@ class PeerConnection(PeerHandler):
         credential = hello.credential
         binding = channel_binding(self.protocol.transport)
         try:
-            key = self.master.trust.key_of(credential) if credential is not None else None
+            key = trust.key_of(credential) if credential is not None else None
         except TrustError as e:
             # Ours, not the peer's: it may try again once the file is fixed.
             self.log.error("Cannot check a hello: {problem}", problem=str(e))
@@ -319,6 +323,8 @@ class PeerConnection(PeerHandler):
             self.master.refused(self.address, why)
             self.refused_at_hello = True
             raise BadMessage(AUTHENTICATION_FAILED, close=True)
+        # Past the refusals above, both are known: a credential, and the binding its proof held for.
+        assert credential is not None and binding is not None
         if hello.uuid is not None and not _UUID.fullmatch(hello.uuid):
             raise BadMessage(BAD_UUID, supported=list(SUPPORTED_VERSIONS), close=True)
         node_key = self._identify(hello, binding) if hello.role == "slave" else None
@@ -341,6 +347,7 @@ class PeerConnection(PeerHandler):
         uuid from each other are clones: the newcomer is refused.
         """
         nodes = self.master.nodes
+        assert nodes is not None  # a secure master's: made with its trust
         now = self.master.clock.seconds()
         uuid = hello.uuid.lower() if hello.uuid is not None else None
         key = nodes.key_of(uuid) if uuid is not None else None
@@ -378,7 +385,8 @@ class PeerConnection(PeerHandler):
         registry = self.master.registry
         if earlier != self.uuid:
             self.master.stats.reconnections += 1
-        displaced = registry.claim(self, earlier)
+        # The registry holds the master's connections, though it knows them only as LiveSlaves.
+        displaced = cast("PeerConnection | None", registry.claim(self, earlier))
         # The node's charts go on where they stopped.
         before = displaced if displaced is not None else registry.returned(earlier)
         if before is not None and len(before.history) > len(self.history):
@@ -395,7 +403,7 @@ class PeerConnection(PeerHandler):
             old=displaced.address,
         )
         displaced.close("replaced by a newer connection with the same uuid", abort=True)
-        return displaced  # type: ignore[return-value]
+        return displaced
 
     def msg_computer_details(self, details: ComputerDetails) -> None:
         self.computer_details = self.master.shared_texts.details(details)
@@ -426,7 +434,9 @@ class PeerConnection(PeerHandler):
                 self.master.registry, query, wall_time(self.master.clock),
                 slavelist.silent_after(self.master.keepalive),
             )
-            page = slavelist.page(nodes, query, PeerConnection.describe, room)
+            # The registry's live slaves are these connections, whatever it calls them.
+            row = cast("Callable[[slavelist.Node], dict[str, Any]]", PeerConnection.describe)
+            page = slavelist.page(nodes, query, row, room)
             return ("slave_details", page["slaves"] if isinstance(asked, str) else page)
         answer = self.master.cluster_answers.get(question)
         if answer is not None:
@@ -579,7 +589,8 @@ class MasterFactory(PiClusterFactory):
         if why is not None:
             self.refused(format_address(addr), why)
             return None
-        protocol = super().buildProtocol(addr)
+        # Typed as Twisted's protocol, or None; it is always one of ours.
+        protocol = cast(PiClusterProtocol, super().buildProtocol(addr))
         protocol.admitted_host = host
         return protocol
 

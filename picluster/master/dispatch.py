@@ -124,9 +124,9 @@ class Dispatcher:
         # kinds (a few, however many runs) is passed over at once, not
         # after a look at every run.
         kinds: dict[Kind, OpenTask] = {}
-        for holder in holders:
-            for task in holder.ready.values():
-                kinds.setdefault(task.kind, task)
+        for each in holders:
+            for held in each.ready.values():
+                kinds.setdefault(held.kind, held)
         for worker in idle:
             runnable = {kind for kind, example in kinds.items() if worker.may_run(example)}
             while runnable and worker.free_slots > 0:

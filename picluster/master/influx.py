@@ -16,7 +16,7 @@ import math
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode, urlsplit
 
 import msgspec
@@ -98,8 +98,8 @@ def _field_value(name: str, value: Any) -> str | None:
     if name in INTEGER_FIELDS:
         if isinstance(value, float) and not value.is_integer():
             return None
-        number = int(value)
-        return f"{number}i" if number in _INT64 else None
+        whole = int(value)
+        return f"{whole}i" if whole in _INT64 else None
     number = float(value)
     return repr(number) if math.isfinite(number) else None
 
@@ -201,7 +201,9 @@ class InfluxExporter(service.Service):
         if max_points < 1 or batch_size < 1:
             raise ValueError("max_points and batch_size must be at least 1")
         if clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
+
+            clock = cast(interfaces.IReactorTime, reactor)
         if http_client is None:
             # Imported here so that a master without InfluxDB never needs treq.
             import treq as http_client

@@ -42,23 +42,38 @@ def _kept(details: Any) -> Any:
 
 class LiveSlave(Protocol):
     """
-    What the registry reads of a live slave: the master's handler of its
-    connection, L{picluster.master.connection.PeerConnection}.
+    What the registry, and the views of what it holds, read of a live
+    slave: the master's handler of its connection,
+    L{picluster.master.connection.PeerConnection}.
 
     Named here rather than imported: the connections use the registry, and
-    the registry must not import them back.
+    the registry must not import them back.  The registry changes only the
+    C{uuid} (L{SlaveRegistry.claim}); the properties are what the
+    connection works out when asked.
     """
 
     uuid: str
-    address: str
-    hostname: str | None
     computer_details: ComputerDetails | None
     vitals: Vitals | None
     vitals_received_at: float | None
     connected_at: float
-    last_seen: float
-    rtt_ms: float | None
     history: VitalsHistory
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def hostname(self) -> str | None: ...
+
+    @property
+    def last_seen(self) -> float: ...
+
+    @property
+    def rtt_ms(self) -> float | None: ...
+
+    @property
+    def role(self) -> str | None:
+        """C{"slave"} once its hello says so; C{None} before (a plain master lists it from the start)."""
 
 
 @dataclass

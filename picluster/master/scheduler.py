@@ -25,7 +25,7 @@ protocol.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 from twisted.internet import defer
@@ -135,12 +135,13 @@ class Scheduler:
     def start(self, store: TaskStore) -> defer.Deferred[None]:
         """Load the open tasks from C{store}; serve tasks once it is done."""
         self.store = store
-        loading = store.counts()
-        loading.addCallback(self._counted)
-        loading.addCallback(lambda _: store.query(states=("queued", "running")))
-        loading.addCallback(self._loaded)
-        loading.addErrback(self.failed_to_start)
-        return loading
+        return (
+            store.counts()
+            .addCallback(self._counted)
+            .addCallback(lambda _: store.query(states=("queued", "running")))
+            .addCallback(self._loaded)
+            .addErrback(self.failed_to_start)
+        )
 
     def failed_to_start(self, failure: Failure) -> None:
         self._unavailable = f"the task queue is unavailable: {failure.getErrorMessage()}"
@@ -199,7 +200,11 @@ class Scheduler:
                 raise ServiceError(self._unavailable)
             return _
 
-        self._ready.addBoth(lambda result: ready.callback(None) or result)
+        def fire(result: Any) -> Any:
+            ready.callback(None)
+            return result
+
+        self._ready.addBoth(fire)
         return ready.addCallback(check)
 
     def stop(self) -> defer.Deferred[None]:
@@ -250,9 +255,8 @@ class Scheduler:
         key = submitter_key(submitted_by)
         charge = self.quotas.charge(key, len(specs), sum(spec.args_size for spec in specs))
         stored = store.submit(specs, wall_time(self.clock), submitted_by)
-        stored.addCallbacks(self._submitted, self._not_submitted,
-                            callbackArgs=(specs, key), errbackArgs=(charge,))
-        return stored
+        return stored.addCallbacks(self._submitted, self._not_submitted,
+                                   callbackArgs=(specs, key), errbackArgs=(charge,))
 
     def _submitted(self, stored: list[tuple[dict[str, Any], bool]], specs: list[TaskSpec],
                    key: Any) -> tuple[str, Any]:
@@ -287,14 +291,14 @@ class Scheduler:
         self.dispatcher.soon()
         return ("submitted", {"tasks": answers, "warnings": warnings})
 
-    def _not_submitted(self, failure: Failure, charge: Charge) -> None:
+    def _not_submitted(self, failure: Failure, charge: Charge) -> Failure:
         self.quotas.give_back(charge)
         if failure.check(KeyConflict):
             raise wire.BadMessage(str(failure.value), index=failure.value.index)
         if failure.check(StoreError):
             log.error("Submission refused: {problem}", problem=failure.getErrorMessage())
             raise ServiceError(f"cannot store the tasks: {failure.getErrorMessage()}")
-        return failure  # type: ignore[return-value]
+        return failure
 
     def cancel(self, task_id: int) -> defer.Deferred[tuple[str, Any]] | tuple[str, Any]:
         task = self.open.get(task_id)
@@ -304,7 +308,7 @@ class Scheduler:
             return ("tasks", {"tasks": [self.view.show_one(task.record)]})
         found = self.usable_store().query(ids=[task_id])
 
-        def refuse(records: list[dict[str, Any]]) -> None:
+        def refuse(records: list[dict[str, Any]]) -> NoReturn:
             if not records:
                 raise wire.BadMessage(f"no task {task_id}")
             record = self.view.current(records[0])
@@ -388,7 +392,8 @@ class Scheduler:
             log.info("Task {id} finished by an earlier run (attempt {attempt}); keeping it",
                      id=task_id, attempt=attempt)
         elif outcome == "failed" and retry and task.runs <= task.retries:
-            self._run_lost(task, f"run crashed: {report.error.message}")  # type: ignore[union-attr]
+            assert report.error is not None  # a failure without one was refused above
+            self._run_lost(task, f"run crashed: {report.error.message}")
             return None
         assert reporter is not None
         slave, hostname = reporter.uuid, reporter.hostname

@@ -171,11 +171,12 @@ class MasterService(service.MultiService):
             self.when_web_listening().addCallbacks(
                 lambda port: self.site.gate.listening_on(port.getHost().host), lambda _: None
             )
-        self._queue_loaded: defer.Deferred[None] = defer.Deferred()
+        queue_loaded: defer.Deferred[None] = defer.Deferred()
+        self._queue_loaded = queue_loaded
         opened = TaskStore.open(self.db, self.reactor, commit_interval=COMMIT_INTERVAL)
         opened.addCallbacks(self._store_opened, self.scheduler.failed_to_start)
         opened.addErrback(lambda failure: log.failure("Loading the task queue failed", failure))
-        opened.addBoth(lambda _: self._queue_loaded.callback(None))
+        opened.addBoth(lambda _: queue_loaded.callback(None))
 
     def _store_opened(self, store: TaskStore) -> defer.Deferred[None]:
         if not self.running:
@@ -215,10 +216,11 @@ class MasterService(service.MultiService):
             closing.append(connection.when_lost())
             connection.close("master shutting down")
         loading = [self._queue_loaded] if self._queue_loaded is not None else []
-        closed = defer.gatherResults([stopped, *closing, *loading])
+        closed: defer.Deferred[Any] = defer.gatherResults([stopped, *closing, *loading])
         closed.addCallback(lambda _: self.factory.refusals.flush())
-        if self.factory.nodes is not None:
-            closed.addCallback(lambda _: self.factory.nodes.flush())
+        nodes = self.factory.nodes
+        if nodes is not None:
+            closed.addCallback(lambda _: nodes.flush())
         closed.addCallback(lambda _: self.scheduler.stop())
         return closed.addCallback(lambda _: None)
 

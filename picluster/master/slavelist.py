@@ -22,7 +22,7 @@ import heapq
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import msgspec
 
@@ -113,15 +113,16 @@ class SlaveQuery:
 # -- the keys and the cursor ---------------------------------------------------
 
 
-def has_left(node: Node) -> bool:
+def has_left(node: Node) -> TypeGuard[Departure]:
     return getattr(node, "left_at", None) is not None
 
 
 def sort_key(node: Node, order: str) -> tuple[int, Any, str]:
     """Where C{node} stands in a list in C{order}: connected ones first."""
-    left = has_left(node)
+    departure = node if has_left(node) else None
+    left = departure is not None
     if order == "newest":
-        at = node.left_at if left else node.connected_at  # type: ignore[union-attr]
+        at = departure.left_at if departure is not None else node.connected_at
         return (int(left), -float(at), node.uuid)
     return (int(left), (node.hostname or NO_HOSTNAME)[:KEY_NAME_LENGTH], node.uuid)
 
@@ -177,7 +178,7 @@ def troubles(node: Node, now: float, silent_after: float, cloned: bool = False) 
 
 def temperature(node: Node) -> float | None:
     reading = getattr(node.vitals, "cpu_temperature", None)
-    if type(reading) in (int, float) and -1e6 < reading < 1e6:
+    if isinstance(reading, (int, float)) and not isinstance(reading, bool) and -1e6 < reading < 1e6:
         return float(reading)
     return None
 

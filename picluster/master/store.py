@@ -536,7 +536,9 @@ def _insert(txn: Any, specs: list[TaskSpec], now: float,
     known = _by_key(txn, [spec.key for spec in specs if spec.key is not None])
     existing: dict[int, dict[str, Any]] = {}
     for index, spec in enumerate(specs):
-        record = known.get(spec.key) if spec.key is not None else None
+        if spec.key is None:
+            continue
+        record = known.get(spec.key)
         if record is not None:
             if record["name"] != spec.name or msgspec.json.decode(record["args"]) != spec.args:
                 raise KeyConflict(index, spec.key, record["id"])

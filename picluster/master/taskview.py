@@ -12,7 +12,7 @@ next record would not fit, and says so.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -222,7 +222,7 @@ class TaskView:
         return found.addCallbacks(self.show, store_failed)
 
 
-def store_failed(failure: Failure) -> None:
+def store_failed(failure: Failure) -> NoReturn:
     """A store failure, as the L{ServiceError} a peer is told."""
     failure.trap(StoreError)
     raise ServiceError(failure.getErrorMessage())

@@ -25,13 +25,13 @@ from picluster.timebase import wall_time
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from picluster.master.connection import MasterFactory, PeerConnection
-    from picluster.master.registry import Departure, SlaveRegistry
+    from picluster.master.connection import MasterFactory
+    from picluster.master.registry import Departure, LiveSlave, SlaveRegistry
     from picluster.master.scheduler import Scheduler
     from picluster.trust.cluster import ClusterTrust
     from picluster.wire.messages import Throttling
 
-    Node = PeerConnection | Departure
+    Node = LiveSlave | Departure
 
 
 
@@ -121,7 +121,8 @@ def _shown(table: tuple[tuple[str, str, Callable[[Any], Any]], ...], sent: Any) 
 
 def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
     """One node as the API lists it, connected or left (a L{Departure})."""
-    left = slavelist.has_left(node)
+    departure = node if slavelist.has_left(node) else None
+    left = departure is not None
     worker = None if left else master.scheduler.workers.get(node)
     return {
         "uuid": node.uuid,
@@ -131,8 +132,8 @@ def slave_summary(node: Node, master: MasterState) -> dict[str, Any]:
         **_shown(FACTS_SHOWN, node.computer_details),
         "connected_at": node.connected_at,
         "last_seen": node.last_seen,
-        "left_at": node.left_at if left else None,
-        "left_reason": node.left_reason if left else None,
+        "left_at": departure.left_at if departure is not None else None,
+        "left_reason": departure.left_reason if departure is not None else None,
         "rtt_ms": node.rtt_ms,
         **_shown(VITALS_SHOWN, node.vitals),
         "vitals_at": node.vitals_received_at,

@@ -61,8 +61,9 @@ class Backoff(ReconnectingClientFactory):
 
     #: Seconds: the window of the first retry after a session; the shortest wait after an attempt.
     initialDelay = 1.0
+    # (Twisted's default, 3600, has mypy take it for an int; it is seconds, any number.)
     #: Longest wait between attempts that failed.
-    maxDelay = 60.0
+    maxDelay = 60.0  # type: ignore[assignment]
     #: Longest wait between attempts that were turned away (at most C{maxDelay}).
     busyDelay = BUSY_DELAY
     #: Each wait is drawn up to this many times the last.

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -77,6 +78,7 @@ class SlaveSession(PeerHandler):
     """
 
     log = log
+    protocol: PiClusterProtocol
 
     def __init__(self, protocol: PiClusterProtocol, slave: SlaveFactory):
         super().__init__(protocol)
@@ -99,7 +101,8 @@ class SlaveSession(PeerHandler):
 
     def run_session(self) -> defer.Deferred[None]:
         """Run the session until the connection ends; never fails."""
-        session = self._handshake()
+        # Each step changes what the chain carries: Any, not the handshake's Welcome.
+        session: defer.Deferred[Any] = self._handshake()
         session.addCallback(self._introduce)
         session.addCallback(self._ask_master_info)
         session.addCallback(self._offer_work)
@@ -118,7 +121,7 @@ class SlaveSession(PeerHandler):
         sent = self.protocol.request("hello", hello)
         return sent.addCallbacks(self._welcomed, self._not_welcomed)
 
-    def _not_welcomed(self, failure: Failure) -> None:
+    def _not_welcomed(self, failure: Failure) -> NoReturn:
         if failure.check(RemoteError):
             raise HandshakeError(failure.getErrorMessage())
         failure.trap(BadReply)
@@ -181,8 +184,7 @@ class SlaveSession(PeerHandler):
             tags=list(self.slave.tags), holding=runner.holding(), prefetch=runner.prefetch,
         )
         offered = self.protocol.request("worker", offer)
-        offered.addCallbacks(self._work_accepted, self._work_refused)
-        return offered
+        return offered.addCallbacks(self._work_accepted, self._work_refused)
 
     def _work_accepted(self, reply: Reply) -> None:
         runner = self.slave.runner
@@ -333,6 +335,9 @@ class SlaveFactory(PiClusterFactory, Backoff):
     #: Seconds within which the first retry after a lost session comes,
     #: unless told otherwise, and the shortest wait after a failed attempt.
     initialDelay = Backoff.initialDelay
+    # PiClusterFactory's clock times the reconnections too; Twisted's
+    # default (clock = None) has mypy take the attribute for None alone.
+    clock: IReactorTime  # type: ignore[assignment]
     #: Longest wait between two attempts, unless told otherwise.
     maxDelay = Backoff.maxDelay
 
@@ -393,9 +398,9 @@ class SlaveFactory(PiClusterFactory, Backoff):
 
     def _run_finished(self, result: dict[str, Any]) -> None:
         """A run ended: tell the master now if connected, else at the next session."""
-        connection = self.connection
-        if connection is not None and isinstance(getattr(connection, "handler", None), SlaveSession):
-            connection.handler.report_result(result)
+        handler = getattr(self.connection, "handler", None)
+        if isinstance(handler, SlaveSession):
+            handler.report_result(result)
 
     def _after_answers(self, call: Callable[[], Any]) -> None:
         """
@@ -409,7 +414,8 @@ class SlaveFactory(PiClusterFactory, Backoff):
             self.clock.callLater(0, call)
 
     def buildProtocol(self, addr: Any) -> PiClusterProtocol:
-        self.connection = super().buildProtocol(addr)
+        # Typed as a protocol or None: a plain Factory's is never None.
+        self.connection = cast(PiClusterProtocol, super().buildProtocol(addr))
         return self.connection
 
     def startedConnecting(self, connector: Any) -> None:

@@ -4,7 +4,7 @@ C{twistd picluster-slave}: join a master and stay joined.
 
 from __future__ import annotations
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs of its own; types-psutil is no dependency
 from twisted.python import usage
 
 from picluster import address, config

@@ -184,6 +184,9 @@ class NodeBound:
     @ivar refusal: Given the node, why the task is refused outright, or C{None}.
     """
 
+    #: The implementation's name, copied with its docstring by C{functools.update_wrapper}.
+    __name__: str
+
     def __init__(
         self,
         implementation: Callable[..., Any],

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
@@ -72,6 +72,9 @@ class Killable(ProcessProtocol):
     #: Whether the command leads a process group of its own, so that
     #: stopping it stops what it started too.
     group_leader = False
+    #: The process, given to C{makeConnection} as L{start} spawns it: a
+    #: child is written to, closed or stopped only once started.
+    transport: IProcessTransport
 
     def __init__(self, clock: Any):
         self.clock = clock

@@ -24,7 +24,11 @@ ENTRY_POINT_GROUP = "picluster.tasks"
 class EntryPointLike(Protocol):
     name: str
     value: str
-    dist: Any
+
+    # A property: it is only read, and importlib.metadata's entry points
+    # declare it a class attribute.
+    @property
+    def dist(self) -> Any: ...
 
     def load(self) -> Any: ...
 
@@ -53,7 +57,7 @@ def installed_tasks(entry_points: Iterable[EntryPointLike] | None = None) -> Tas
 
 
 def _from_entry_point(catalog: TaskCatalog, entry_point: EntryPointLike) -> Task | None:
-    fields = {
+    fields: dict[str, Any] = {
         "entry_point": entry_point.name,
         "target": getattr(entry_point, "value", None),
         "distribution": _distribution_name(entry_point),

@@ -263,10 +263,12 @@ class BoundedTLSTransport(TLSMemoryBIOProtocol):
             data = self._tlsConnection.bio_read(SEND_CHUNK)
         except SSL.WantReadError:
             return
-        if immediate.writes_directly(self.transport):
-            immediate.write(self.transport, data)
+        transport = self.transport
+        assert transport is not None  # OpenSSL has bytes to send only on a connection made
+        if immediate.writes_directly(transport):
+            immediate.write(transport, data)
         else:
-            self.transport.write(data)
+            transport.write(data)
 
     def dataReceived(self, data: bytes) -> None:
         self._reading = True
@@ -299,9 +301,10 @@ class TLSFactory(TLSMemoryBIOFactory):
         self._sending: dict[BoundedTLSTransport, None] = {}
         self._send_call: Any = None
 
-    def buildProtocol(self, addr: Any) -> BoundedTLSTransport | None:
+    def buildProtocol(self, addr: Any) -> BoundedTLSTransport | None:  # type: ignore[override]
         # The wrapped factory may turn a connection away (its caps): then
         # there is nothing to wrap, and the connection is closed at once.
+        # (IProtocolFactory allows None; Twisted types a WrappingFactory's as never None.)
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None

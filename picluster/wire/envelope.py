@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Union, cast
 
 import msgspec
 
@@ -109,12 +109,13 @@ def _typed_message(message: messages.Message) -> type[TypedMessage]:
     else:
         payload = ("payload", message.payload, None)
     limit = message.max_bytes if message.max_bytes is not None else LARGEST_FRAME
-    return msgspec.defstruct(
+    # A subclass of its base, which defstruct's own type does not say.
+    return cast(type[TypedMessage], msgspec.defstruct(
         f"Typed_{message.type}", [payload, ("id", int | None, None), ("reply_to", int | None, None)],
         bases=(TypedMessage,), tag=message.type, module=__name__,
         namespace={"message_type": message.type, "method_name": f"msg_{message.type}",
                    "max_frame": limit},
-    )
+    ))
 
 
 _TYPED = {name: _typed_message(message) for name, message in messages.MESSAGES.items()}

@@ -21,6 +21,7 @@ what a frame taking too long or being too large does to the connection.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from twisted.internet import protocol
 
@@ -38,6 +39,11 @@ class FrameReceiver(protocol.Protocol):
     """
 
     MAX_LENGTH = 99_999
+
+    #: Twisted types it C{ITransport | None}; while we use it we are
+    #: connected, and every transport we run on (TCP, TLS, a test's) is also
+    #: the consumer we produce for, and can be aborted.
+    transport: Any
 
     # Slots, not an instance dict: a master holds thousands of idle
     # connections, and a dict of many keys costs each of them hundreds of

@@ -93,8 +93,10 @@ class PeerHandler:
         """Name the peer for log lines and L{DisconnectionException}s."""
         return f"peer {self.protocol.peer_address}"
 
-    #: Whether the protocol keeps its lines about this connection to itself.
-    quiet = False
+    @property
+    def quiet(self) -> bool:
+        """Whether the protocol keeps its lines about this connection to itself."""
+        return False
 
     def log_fields(self) -> dict[str, Any]:
         """Fields every log event about this connection carries."""

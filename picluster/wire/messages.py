@@ -174,23 +174,13 @@ INFO_QUESTIONS = ("computer_details", "uuid", "slave_details", "status", "slaves
 MAX_QUESTION_BYTES = 4096
 
 
-def _described(kind: Any, text: str, **limits: Any) -> Any:
-    """C{kind} with its documentation and limits (on what is not null)."""
-    if limits:
-        members = typing.get_args(kind) if isinstance(kind, types.UnionType) else ()
-        if type(None) in members:
-            inner = [member for member in members if member is not type(None)]
-            kind = Annotated[Union[tuple(inner)], Meta(**limits)] | None  # noqa: UP007
-            limits = {}
-    return Annotated[kind, Meta(description=text, **limits)]
-
-
-TaskId = _described(int, "a task's id, given by the master", ge=1)
-Attempt = _described(int, "which run of the task: 1 for the first", ge=1)
-EpochSeconds = _described(float, "seconds since the Unix epoch")
+TaskId = Annotated[int, Meta(description="a task's id, given by the master", ge=1)]
+Attempt = Annotated[int, Meta(description="which run of the task: 1 for the first", ge=1)]
+EpochSeconds = Annotated[float, Meta(description="seconds since the Unix epoch")]
 #: The largest count of bytes a field holds: a 64-bit signed integer.
 MAX_BYTES = 2**63 - 1
 NonEmpty = Annotated[str, Meta(min_length=1)]
+NonNegative = Annotated[int, Meta(ge=0, le=MAX_BYTES)]
 
 
 class Payload(Struct, forbid_unknown_fields=False):
@@ -243,17 +233,23 @@ class Welcome(Payload, omit_defaults=True):
     one, so a plain master's welcome is what it always was.
     """
 
-    uuid: _described(str, "this connection's uuid: the node's identity")
-    keepalive: _described(float, "seconds between the master's pings; ping at least as often (a node"
-                          f" pings no faster than every {SHORTEST_KEEPALIVE:g} s)", gt=0)
-    dead_after: _described(float, "seconds of silence after which the master drops a peer", gt=0)
-    node_key: _described(
-        str | None, "a secure master's new node key for this slave's uuid: keep it with the uuid"
-    ) = None
-    max_frame: _described(
-        int | None, "the largest frame the master takes, in bytes: a slave fails a result that"
-        " would not fit rather than send it", ge=1,
-    ) = None
+    uuid: Annotated[str, Meta(description="this connection's uuid: the node's identity")]
+    keepalive: Annotated[float, Meta(
+        description="seconds between the master's pings; ping at least as often (a node pings no faster"
+                    f" than every {SHORTEST_KEEPALIVE:g} s)",
+        gt=0,
+    )]
+    dead_after: Annotated[float, Meta(
+        description="seconds of silence after which the master drops a peer",
+        gt=0,
+    )]
+    node_key: Annotated[str | None, Meta(
+        description="a secure master's new node key for this slave's uuid: keep it with the uuid",
+    )] = None
+    max_frame: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(
+        description="the largest frame the master takes, in bytes: a slave fails a result that would not "
+                    "fit rather than send it",
+    )] = None
 
 
 # -- machine facts and vitals ------------------------------------------------
@@ -262,35 +258,35 @@ class Welcome(Payload, omit_defaults=True):
 class Throttling(Payload):
     """The Pi firmware's throttling flags (C{vcgencmd get_throttled}), decoded."""
 
-    raw: _described(int | None, "the flags as the firmware gives them") = None
+    raw: Annotated[int | None, Meta(description="the flags as the firmware gives them")] = None
     under_voltage: bool | None = None
     frequency_capped: bool | None = None
     throttled: bool | None = None
     soft_temperature_limit: bool | None = None
-    under_voltage_occurred: _described(bool | None, "since boot") = None
-    frequency_capped_occurred: _described(bool | None, "since boot") = None
-    throttled_occurred: _described(bool | None, "since boot") = None
-    soft_temperature_limit_occurred: _described(bool | None, "since boot") = None
+    under_voltage_occurred: Annotated[bool | None, Meta(description="since boot")] = None
+    frequency_capped_occurred: Annotated[bool | None, Meta(description="since boot")] = None
+    throttled_occurred: Annotated[bool | None, Meta(description="since boot")] = None
+    soft_temperature_limit_occurred: Annotated[bool | None, Meta(description="since boot")] = None
 
 
 class ComputerDetails(Payload):
     """A machine's facts, sent once a connection: what it is."""
 
     hostname: str | None = None
-    model: _described(
-        str | None, "the board, from the device tree, e.g. Raspberry Pi 4 Model B Rev 1.4"
-    ) = None
-    cpu: _described(str | None, "the processor's name") = None
-    cpu_cores: _described(int | None, "logical cores", ge=0, le=MAX_BYTES) = None
-    cpu_frequency_max: _described(float | None, "MHz") = None
-    cpu_frequency_min: _described(float | None, "MHz") = None
-    ram: _described(int | None, "bytes of memory", ge=0, le=MAX_BYTES) = None
-    swap: _described(int | None, "bytes of swap", ge=0, le=MAX_BYTES) = None
+    model: Annotated[str | None, Meta(
+        description="the board, from the device tree, e.g. Raspberry Pi 4 Model B Rev 1.4",
+    )] = None
+    cpu: Annotated[str | None, Meta(description="the processor's name")] = None
+    cpu_cores: Annotated[NonNegative | None, Meta(description="logical cores")] = None
+    cpu_frequency_max: Annotated[float | None, Meta(description="MHz")] = None
+    cpu_frequency_min: Annotated[float | None, Meta(description="MHz")] = None
+    ram: Annotated[NonNegative | None, Meta(description="bytes of memory")] = None
+    swap: Annotated[NonNegative | None, Meta(description="bytes of swap")] = None
     architecture: str | None = None
-    os: _described(str | None, "the operating system's pretty name") = None
-    python: _described(str | None, "the Python version running picluster") = None
+    os: Annotated[str | None, Meta(description="the operating system's pretty name")] = None
+    python: Annotated[str | None, Meta(description="the Python version running picluster")] = None
     picluster_version: str | None = None
-    boot_time: _described(float | None, "seconds since the Unix epoch") = None
+    boot_time: Annotated[float | None, Meta(description="seconds since the Unix epoch")] = None
 
 
 class Vitals(Payload):
@@ -299,24 +295,28 @@ class Vitals(Payload):
     that failed is null; it never costs the rest of the report.
     """
 
-    cpu_percentage: _described(float | None, "percent of all cores busy since the last report") = None
-    cpu_frequency: _described(float | None, "MHz") = None
-    ram_free: _described(int | None, "bytes available", ge=0, le=MAX_BYTES) = None
-    swap_free: _described(int | None, "bytes", ge=0, le=MAX_BYTES) = None
-    cpu_temperature: _described(float | None, "degrees Celsius, from the thermal zone") = None
-    throttling: _described(Throttling | None, "where the Pi firmware exposes it") = None
-    under_voltage: _described(
-        bool | None, "also read from the rpi_volt hwmon where that is all there is"
-    ) = None
-    load_average: _described(
-        list[float] | None, "the 1, 5 and 15 minute load averages (the API shows exactly three)"
-    ) = None
-    disk_free: _described(int | None, "bytes free on the root file system", ge=0, le=MAX_BYTES) = None
-    disk_total: _described(int | None, "bytes", ge=0, le=MAX_BYTES) = None
-    uptime: _described(float | None, "seconds since boot") = None
-    process_rss: _described(
-        int | None, "bytes of memory the slave's own process holds", ge=0, le=MAX_BYTES
-    ) = None
+    cpu_percentage: Annotated[float | None, Meta(
+        description="percent of all cores busy since the last report",
+    )] = None
+    cpu_frequency: Annotated[float | None, Meta(description="MHz")] = None
+    ram_free: Annotated[NonNegative | None, Meta(description="bytes available")] = None
+    swap_free: Annotated[NonNegative | None, Meta(description="bytes")] = None
+    cpu_temperature: Annotated[float | None, Meta(
+        description="degrees Celsius, from the thermal zone",
+    )] = None
+    throttling: Annotated[Throttling | None, Meta(description="where the Pi firmware exposes it")] = None
+    under_voltage: Annotated[bool | None, Meta(
+        description="also read from the rpi_volt hwmon where that is all there is",
+    )] = None
+    load_average: Annotated[list[float] | None, Meta(
+        description="the 1, 5 and 15 minute load averages (the API shows exactly three)",
+    )] = None
+    disk_free: Annotated[NonNegative | None, Meta(description="bytes free on the root file system")] = None
+    disk_total: Annotated[NonNegative | None, Meta(description="bytes")] = None
+    uptime: Annotated[float | None, Meta(description="seconds since boot")] = None
+    process_rss: Annotated[NonNegative | None, Meta(
+        description="bytes of memory the slave's own process holds",
+    )] = None
 
 
 # -- tasks -------------------------------------------------------------------
@@ -325,46 +325,55 @@ class Vitals(Payload):
 class TaskRequirements(StrictPayload):
     """What a slave must have to be given a task."""
 
-    min_ram: _described(int, "bytes of memory (the slave's computer_details ram)", ge=0) = 0
-    min_cores: _described(int, "cores (the slave's computer_details cpu_cores)", ge=0) = 0
-    tags: _described(list[NonEmpty], "all of these among the slave's --tags") = []
-    hostname: _described(str | None, "this slave only", min_length=1) = None
+    min_ram: Annotated[int, Meta(description="bytes of memory (the slave's computer_details ram)", ge=0)] = 0
+    min_cores: Annotated[int, Meta(description="cores (the slave's computer_details cpu_cores)", ge=0)] = 0
+    tags: Annotated[list[NonEmpty], Meta(description="all of these among the slave's --tags")] = []
+    hostname: Annotated[NonEmpty | None, Meta(description="this slave only")] = None
 
 
 class TaskSpec(StrictPayload):
     """One task as a client submits it."""
 
-    name: _described(str, "the task to run", min_length=1, max_length=MAX_NAME_LENGTH)
-    args: _described(
-        dict[str, Any] | None, "the task's keyword arguments; at most --max-args bytes as JSON"
-    ) = None
+    name: Annotated[str, Meta(description="the task to run", min_length=1, max_length=MAX_NAME_LENGTH)]
+    args: Annotated[dict[str, Any] | None, Meta(
+        description="the task's keyword arguments; at most --max-args bytes as JSON",
+    )] = None
     requirements: TaskRequirements | None = None
-    timeout: _described(
-        float | None, "seconds a run may take before it is stopped", gt=0, le=MAX_TIMEOUT
-    ) = None
-    retries: _described(
-        int, "more runs if its slave is lost under it", ge=0, le=MAX_RETRIES
-    ) = DEFAULT_RETRIES
-    key: _described(str | None, "an idempotency key: the same key is the same task", min_length=1,
-                    max_length=MAX_KEY_LENGTH) = None
+    timeout: Annotated[Annotated[float, Meta(gt=0, le=MAX_TIMEOUT)] | None, Meta(
+        description="seconds a run may take before it is stopped",
+    )] = None
+    retries: Annotated[int, Meta(
+        description="more runs if its slave is lost under it",
+        ge=0, le=MAX_RETRIES,
+    )] = DEFAULT_RETRIES
+    key: Annotated[Annotated[str, Meta(min_length=1, max_length=MAX_KEY_LENGTH)] | None, Meta(
+        description="an idempotency key: the same key is the same task",
+    )] = None
 
 
 class Submit(Payload):
-    tasks: _described(list[TaskSpec], "all stored, or none", min_length=1, max_length=MAX_SPECS_PER_SUBMIT)
+    tasks: Annotated[list[TaskSpec], Meta(
+        description="all stored, or none",
+        min_length=1, max_length=MAX_SPECS_PER_SUBMIT,
+    )]
 
 
 class Submitted(Payload):
-    tasks: _described(list[dict[str, Any]], 'per spec, in order: {"id", "key", "state", "duplicate"}')
-    warnings: _described(list[str], "things the user should know, e.g. no slave offers the task") = []
+    tasks: Annotated[list[dict[str, Any]], Meta(
+        description='per spec, in order: {"id", "key", "state", "duplicate"}',
+    )]
+    warnings: Annotated[list[str], Meta(
+        description="things the user should know, e.g. no slave offers the task",
+    )] = []
 
 
 class TaskError(Payload):
     """Why a task failed."""
 
     message: str
-    type: _described(str, "the exception's class name, or a word such as Timeout") = "Error"
+    type: Annotated[str, Meta(description="the exception's class name, or a word such as Timeout")] = "Error"
     traceback: str | None = None
-    kind: _described(str, f"one of {', '.join(ERROR_KINDS)}") = "error"
+    kind: Annotated[str, Meta(description=f"one of {', '.join(ERROR_KINDS)}")] = "error"
 
 
 class TaskRecord(Payload):
@@ -372,44 +381,55 @@ class TaskRecord(Payload):
 
     id: TaskId
     name: str
-    state: _described(str, f"one of {', '.join(TASK_STATES)}")
+    state: Annotated[str, Meta(description=f"one of {', '.join(TASK_STATES)}")]
     key: str | None = None
     args: dict[str, Any] | None = None
     requirements: dict[str, Any] | None = None
     timeout: float | None = None
     retries: int = DEFAULT_RETRIES
-    slave: _described(str | None, "the uuid of the slave running it, or that ran it last") = None
+    slave: Annotated[str | None, Meta(
+        description="the uuid of the slave running it, or that ran it last",
+    )] = None
     slave_hostname: str | None = None
-    attempts: _described(int, "runs handed to slaves") = 0
-    unstarted: _described(
-        int, "of its attempts, those taken back before they started (held ready by a slave"
-        " that was lost or busy, or moved to an idle one): not counted against its retries"
-    ) = 0
+    attempts: Annotated[int, Meta(description="runs handed to slaves")] = 0
+    unstarted: Annotated[int, Meta(
+        description="of its attempts, those taken back before they started (held ready by a slave that was "
+                    "lost or busy, or moved to an idle one): not counted against its retries",
+    )] = 0
     submitted_at: EpochSeconds | None = None
-    submitted_by: _described(
-        str | None, "the credential and address that submitted it: client at 10.0.0.5:40312"
-    ) = None
+    submitted_by: Annotated[str | None, Meta(
+        description="the credential and address that submitted it: client at 10.0.0.5:40312",
+    )] = None
     started_at: EpochSeconds | None = None
     finished_at: EpochSeconds | None = None
-    result: _described(Any, "what the task returned, when done") = None
+    result: Annotated[Any, Meta(description="what the task returned, when done")] = None
     error: TaskError | None = None
-    waiting: _described(str | None, "why a queued task waits") = None
+    waiting: Annotated[str | None, Meta(description="why a queued task waits")] = None
 
 
 class TasksQuery(StrictPayload):
-    ids: _described(list[int] | None, "only these tasks", max_length=MAX_LIST_LIMIT) = None
-    state: _described(str | None, f"only tasks in this state: one of {', '.join(TASK_STATES)}") = None
-    limit: _described(int, "at most this many", ge=1, le=MAX_LIST_LIMIT) = DEFAULT_LIST_LIMIT
-    after: _described(int | None, "only tasks past this id in the list's order: the last id of the"
-                      " previous page") = None
-    order: _described(Literal["oldest", "newest"], "by id, the oldest first, or the newest first") = "oldest"
+    ids: Annotated[Annotated[list[int], Meta(max_length=MAX_LIST_LIMIT)] | None, Meta(
+        description="only these tasks",
+    )] = None
+    state: Annotated[str | None, Meta(
+        description=f"only tasks in this state: one of {', '.join(TASK_STATES)}",
+    )] = None
+    limit: Annotated[int, Meta(description="at most this many", ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT
+    after: Annotated[int | None, Meta(
+        description="only tasks past this id in the list's order: the last id of the previous page",
+    )] = None
+    order: Annotated[Literal["oldest", "newest"], Meta(
+        description="by id, the oldest first, or the newest first",
+    )] = "oldest"
 
 
 class TaskList(Payload):
-    tasks: _described(
-        list[dict[str, Any]], "TaskRecord objects by id (for watch: only their id and state)"
-    )
-    more: _described(bool | None, "true when the list was cut to fit a frame: ask again with after") = None
+    tasks: Annotated[list[dict[str, Any]], Meta(
+        description="TaskRecord objects by id (for watch: only their id and state)",
+    )]
+    more: Annotated[bool | None, Meta(
+        description="true when the list was cut to fit a frame: ask again with after",
+    )] = None
 
 
 class TaskRef(StrictPayload):
@@ -417,11 +437,11 @@ class TaskRef(StrictPayload):
 
 
 class Watch(StrictPayload):
-    ids: _described(list[int], "tasks to watch", max_length=MAX_WATCHED)
+    ids: Annotated[list[int], Meta(description="tasks to watch", max_length=MAX_WATCHED)]
 
 
 class TaskUpdate(Payload):
-    task: _described(TaskRecord, "the task, once it has ended")
+    task: Annotated[TaskRecord, Meta(description="the task, once it has ended")]
 
 
 class Run(Payload):
@@ -434,19 +454,25 @@ class Run(Payload):
 class WorkerOffer(Payload):
     """What a slave offers to run."""
 
-    slots: _described(int, "runs at once", ge=1, le=MAX_SLOTS)
-    tasks: _described(list[NonEmpty], "the task names it runs", max_length=MAX_OFFERS)
-    refused: _described(dict[str, str], "tasks it offers but will not run as things stand, and why") = {}
-    tags: _described(list[NonEmpty], "its --tags", max_length=MAX_OFFERS) = []
-    holding: _described(list[Run], "runs it still holds from an earlier connection: the running"
-                                   " ones, then the ready ones in the order they will start",
-                       max_length=MAX_SLOTS + MAX_PREFETCH) = []
-    prefetch: _described(int, "runs it holds ready beyond its slots, each started as a slot"
-                              " frees, in the order given", ge=0, le=MAX_PREFETCH) = 0
+    slots: Annotated[int, Meta(description="runs at once", ge=1, le=MAX_SLOTS)]
+    tasks: Annotated[list[NonEmpty], Meta(description="the task names it runs", max_length=MAX_OFFERS)]
+    refused: Annotated[dict[str, str], Meta(
+        description="tasks it offers but will not run as things stand, and why",
+    )] = {}
+    tags: Annotated[list[NonEmpty], Meta(description="its --tags", max_length=MAX_OFFERS)] = []
+    holding: Annotated[list[Run], Meta(
+        description="runs it still holds from an earlier connection: the running ones, then the ready ones "
+                    "in the order they will start",
+        max_length=MAX_SLOTS + MAX_PREFETCH,
+    )] = []
+    prefetch: Annotated[int, Meta(
+        description="runs it holds ready beyond its slots, each started as a slot frees, in the order given",
+        ge=0, le=MAX_PREFETCH,
+    )] = 0
 
 
 class WorkerAccepted(Payload):
-    drop: _described(list[Run], "held runs the master has given up on: stop them") = []
+    drop: Annotated[list[Run], Meta(description="held runs the master has given up on: stop them")] = []
 
 
 class RunTask(Payload):
@@ -454,7 +480,7 @@ class RunTask(Payload):
     attempt: Attempt
     name: str
     args: dict[str, Any] | None = None
-    timeout: _described(float | None, "seconds", gt=0) = None
+    timeout: Annotated[Annotated[float, Meta(gt=0)] | None, Meta(description="seconds")] = None
 
 
 class TaskResult(Payload):
@@ -463,9 +489,9 @@ class TaskResult(Payload):
     outcome: Literal["done", "failed"]
     # Kept as the JSON it came as (msgspec.Raw): the master only stores it
     # and passes it on, and decoded it could take a dozen times the room.
-    result: _described(msgspec.Raw, "what the task returned (done)") = msgspec.Raw(b"null")
-    error: _described(TaskError | None, "why it failed (required when failed)") = None
-    retry: _described(bool, "asks for another run; only for a crashed one") = False
+    result: Annotated[msgspec.Raw, Meta(description="what the task returned (done)")] = msgspec.Raw(b"null")
+    error: Annotated[TaskError | None, Meta(description="why it failed (required when failed)")] = None
+    retry: Annotated[bool, Meta(description="asks for another run; only for a crashed one")] = False
 
 
 # -- the slaves, a page at a time -----------------------------------------------
@@ -478,8 +504,10 @@ MAX_SEARCH_LENGTH = 200
 MAX_CURSOR_LENGTH = 600
 
 #: The orders of a list of slaves, and what it may be narrowed to.
-SLAVE_ORDERS = ("hostname", "newest")
-SLAVE_STATES = ("connected", "left", "trouble")
+SlaveOrder = Literal["hostname", "newest"]
+SlaveState = Literal["connected", "left", "trouble"]
+SLAVE_ORDERS: tuple[str, ...] = typing.get_args(SlaveOrder)
+SLAVE_STATES: tuple[str, ...] = typing.get_args(SlaveState)
 
 
 class InfoQuery(StrictPayload):
@@ -488,24 +516,33 @@ class InfoQuery(StrictPayload):
     C{slave_details}, C{slaves} and C{status}; the others ignore it).
     """
 
-    question: _described(str, f"one of {', '.join(INFO_QUESTIONS)}")
-    limit: _described(int, "slaves on the page, at most", ge=1, le=MAX_SLAVES_LIMIT) = DEFAULT_SLAVES_LIMIT
-    after: _described(str | None, "the next cursor of the previous page", max_length=MAX_CURSOR_LENGTH) = None
-    order: _described(Literal[SLAVE_ORDERS], "connected slaves by hostname, or the newest"
-                      " first; then those that left, in the same order") = "hostname"
-    state: _described(Literal[SLAVE_STATES] | None,
-                      "only these: trouble is the nodes the summary names") = None
-    search: _described(str | None, "only slaves whose hostname, address or uuid holds this, in any case",
-                       max_length=MAX_SEARCH_LENGTH) = None
+    question: Annotated[str, Meta(description=f"one of {', '.join(INFO_QUESTIONS)}")]
+    limit: Annotated[int, Meta(
+        description="slaves on the page, at most",
+        ge=1, le=MAX_SLAVES_LIMIT,
+    )] = DEFAULT_SLAVES_LIMIT
+    after: Annotated[Annotated[str, Meta(max_length=MAX_CURSOR_LENGTH)] | None, Meta(
+        description="the next cursor of the previous page",
+    )] = None
+    order: Annotated[SlaveOrder, Meta(
+        description="connected slaves by hostname, or the newest first; then those that left, in the"
+                    " same order",
+    )] = "hostname"
+    state: Annotated[SlaveState | None, Meta(
+        description="only these: trouble is the nodes the summary names",
+    )] = None
+    search: Annotated[Annotated[str, Meta(max_length=MAX_SEARCH_LENGTH)] | None, Meta(
+        description="only slaves whose hostname, address or uuid holds this, in any case",
+    )] = None
 
 
 class SlavePage(Payload):
     """One page of slaves."""
 
-    slaves: _described(list[dict[str, Any]], "the page's slaves, in the order asked for")
-    total: _described(int, "slaves the query matches, on every page")
-    more: _described(bool, "whether there are more: ask again with after set to next")
-    next: _described(str | None, "an opaque cursor for the next page") = None
+    slaves: Annotated[list[dict[str, Any]], Meta(description="the page's slaves, in the order asked for")]
+    total: Annotated[int, Meta(description="slaves the query matches, on every page")]
+    more: Annotated[bool, Meta(description="whether there are more: ask again with after set to next")]
+    next: Annotated[str | None, Meta(description="an opaque cursor for the next page")] = None
 
 
 # -- replies -----------------------------------------------------------------
@@ -515,24 +552,24 @@ class Refusal(Payload):
     """A C{bad_message}: what was wrong, and facts to act on."""
 
     error: str
-    type: _described(Any, "the unknown or refused message type") = None
-    field: _described(str | None, "the payload field that was wrong, as a path") = None
-    got: _described(Any, "the value that was refused") = None
-    index: _described(int | None, "the position of the bad task spec in a submit") = None
-    supported: _described(list[int] | None, "handshake versions the master speaks") = None
-    known: _described(list[str] | None, "the values that would have been accepted") = None
+    type: Annotated[Any, Meta(description="the unknown or refused message type")] = None
+    field: Annotated[str | None, Meta(description="the payload field that was wrong, as a path")] = None
+    got: Annotated[Any, Meta(description="the value that was refused")] = None
+    index: Annotated[int | None, Meta(description="the position of the bad task spec in a submit")] = None
+    supported: Annotated[list[int] | None, Meta(description="handshake versions the master speaks")] = None
+    known: Annotated[list[str] | None, Meta(description="the values that would have been accepted")] = None
     version: Any = None
     role: Any = None
     request: Any = None
-    state: _described(str | None, "the state of the task a cancel named") = None
+    state: Annotated[str | None, Meta(description="the state of the task a cancel named")] = None
     detail: str | None = None
-    position: _described(int | None, "where in the frame decoding failed") = None
+    position: Annotated[int | None, Meta(description="where in the frame decoding failed")] = None
 
 
 class ServiceFailure(Payload):
     """An C{error}: the receiver could not serve a well-formed request."""
 
-    error: _described(str, "what went wrong, for the user")
+    error: Annotated[str, Meta(description="what went wrong, for the user")]
 
 
 # -- the declarations ----------------------------------------------------------
@@ -609,14 +646,13 @@ def _object_type(shape: Any) -> Any:
 
 
 SlaveDetail = dict[str, Any]
-_THIS_UUID = _described(str, "this connection's uuid")
-_SLAVE_DETAILS = _described(
-    list[SlaveDetail] | SlavePage,
-    "asked with a plain question: one object per slave connection, as many as a frame holds;"
-    " asked with an InfoQuery: a page of them",
-)
-_STATUS = _described(dict[str, Any], "the cluster at a glance")
-_SUMMARY = _described(dict[str, Any], "the cluster's counts and its nodes in trouble")
+_THIS_UUID = Annotated[str, Meta(description="this connection's uuid")]
+_SLAVE_DETAILS = Annotated[list[SlaveDetail] | SlavePage, Meta(
+    description="asked with a plain question: one object per slave connection, as many as a frame"
+                " holds; asked with an InfoQuery: a page of them",
+)]
+_STATUS = Annotated[dict[str, Any], Meta(description="the cluster at a glance")]
+_SUMMARY = Annotated[dict[str, Any], Meta(description="the cluster's counts and its nodes in trouble")]
 
 MESSAGES: dict[str, Message] = {}
 
@@ -634,11 +670,11 @@ _declare(
             on_refusal={"close": True, "supported": list(SUPPORTED_VERSIONS)},
             max_bytes=MAX_SMALL_BYTES),
     Message("welcome", Welcome, (MASTER,), "The answer to hello.", reply_only=True),
-    Message("ping", _described(float | None, "the sender's clock, in seconds"), ANYONE,
+    Message("ping", Annotated[float | None, Meta(description="the sender's clock, in seconds")], ANYONE,
             "A keepalive, sent every keepalive interval.  Always answered.",
-            replies={"pong": _described(float | None, "the ping's payload, echoed")},
+            replies={"pong": Annotated[float | None, Meta(description="the ping's payload, echoed")]},
             max_bytes=MAX_SMALL_BYTES),
-    Message("pong", _described(float | None, "the ping's payload, echoed"), ANYONE,
+    Message("pong", Annotated[float | None, Meta(description="the ping's payload, echoed")], ANYONE,
             "The answer to ping; the round trip is recorded.", max_bytes=MAX_SMALL_BYTES),
     Message("message", str, ANYONE, "Free text, logged by the receiver (clipped).",
             max_bytes=MAX_MESSAGE_BYTES),
@@ -646,7 +682,9 @@ _declare(
             "The slave's machine facts, once a connection.", max_bytes=MAX_FACTS_BYTES),
     Message("vitals", Vitals, (SLAVE,), "The slave's readings, every --vitals seconds.",
             max_bytes=MAX_FACTS_BYTES),
-    Message("info", _described(str | InfoQuery, f"one of {', '.join(INFO_QUESTIONS)}, or an InfoQuery"),
+    Message("info", Annotated[str | InfoQuery, Meta(
+                description=f"one of {', '.join(INFO_QUESTIONS)}, or an InfoQuery",
+            )],
             (SLAVE, CLIENT),
             "A question about the master or the cluster.  Always answered.",
             max_bytes=MAX_QUESTION_BYTES,

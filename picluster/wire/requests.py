@@ -46,9 +46,8 @@ class PendingRequests:
     @ivar clock: The L{IReactorTime} of the deadlines.
     """
 
-    def __init__(self) -> None:
-        #: Set by the protocol once connected, from its factory.
-        self.clock: IReactorTime | None = None
+    def __init__(self, clock: IReactorTime):
+        self.clock = clock
         self.waiting: dict[int, Pending] = {}
         self.deadlines: list[tuple[float, int]] = []
         self._ids = itertools.count(1)
@@ -67,8 +66,11 @@ class PendingRequests:
             L{RequestTimeout} and L{fail_all} fails with its reason;
             cancelling it forgets the request.
         """
-        waiting: defer.Deferred[Any] = defer.Deferred(lambda _: self.waiting.pop(request_id, None))
-        deadline = self.clock.seconds() + timeout  # type: ignore[union-attr]
+        def forget(_: defer.Deferred[Any]) -> None:
+            self.waiting.pop(request_id, None)
+
+        waiting: defer.Deferred[Any] = defer.Deferred(forget)
+        deadline = self.clock.seconds() + timeout
         self.waiting[request_id] = (waiting, message_type, deadline, timeout)
         heapq.heappush(self.deadlines, (deadline, request_id))
         if len(self.deadlines) > 2 * len(self.waiting) + 64:
@@ -100,13 +102,11 @@ class PendingRequests:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer_at = when
-        self._timer = self.clock.callLater(  # type: ignore[union-attr]
-            max(0.0, when - self.clock.seconds()), self._time_out  # type: ignore[union-attr]
-        )
+        self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._time_out)
 
     def _time_out(self) -> None:
         self._timer = None
-        now = self.clock.seconds() + _EPSILON  # type: ignore[union-attr]
+        now = self.clock.seconds() + _EPSILON
         # An errback below may send requests (pushing deadlines, perhaps
         # rebuilding the heap) or lose the connection (emptying it): read
         # the heap afresh each time.

@@ -1,8 +1,8 @@
 """
 The documentation builds, warning-free, from the code it describes; the
-README stays a page a newcomer reads; the source passes ruff.
+README stays a page a newcomer reads; the source passes ruff and mypy.
 
-Sphinx and ruff run as child processes, as a contributor would run them.
+Sphinx, ruff and mypy run as child processes, as a contributor would run them.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class DocsTests(unittest.TestCase):
 
 
 class LintTests(unittest.TestCase):
-    """ruff, configured in pyproject.toml, finds nothing."""
+    """ruff and mypy, configured in pyproject.toml, find nothing."""
 
     @defer.inlineCallbacks
     def test_ruffIsClean(self):
@@ -62,3 +62,21 @@ class LintTests(unittest.TestCase):
         )
         status = yield ruff.wait_for_exit(timeout=60)
         self.assertEqual(status, 0, ruff.report())
+
+    @defer.inlineCallbacks
+    def test_mypyIsClean(self):
+        """
+        mypy, with the mypy-zope plugin for Twisted's interfaces, finds no
+        error in the package and its twistd plugins; its cache and output
+        go to a temporary directory, not the checkout.
+        """
+        where = temp_dir(self)
+        mypy = Child(
+            self, "mypy",
+            [sys.executable, "-m", "mypy", "--config-file", os.path.join(REPO_ROOT, "pyproject.toml"),
+             "--cache-dir", os.path.join(where, "cache"), "--no-error-summary",
+             os.path.join(REPO_ROOT, "picluster"), os.path.join(REPO_ROOT, "twisted", "plugins")],
+            cwd=where, env=child_env(),
+        )
+        status = yield mypy.wait_for_exit(timeout=300)
+        self.assertEqual(status, 0, mypy.report())

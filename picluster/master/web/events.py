@@ -14,10 +14,10 @@ but freshness.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -125,10 +125,11 @@ class ClusterEvents(resource.Resource):
         latest = defer.maybeDeferred(self.master.scheduler.view.latest, views.LIVE_TASKS)
         # A task queue that cannot answer must not stop the slaves' picture.
         latest.addErrback(lambda _: [])
-        latest.addCallback(self._event)
-        latest.addCallback(self._write, subscribers)
-        latest.addErrback(lambda failure: log.failure("Building a dashboard event failed", failure))
-        return latest
+        return (
+            latest.addCallback(self._event)
+            .addCallback(self._write, subscribers)
+            .addErrback(lambda failure: log.failure("Building a dashboard event failed", failure))
+        )
 
     def _event(self, tasks: list[dict[str, Any]]) -> bytes:
         event = views.cluster_event(self.master, tasks)
@@ -151,7 +152,8 @@ class ClusterEvents(resource.Resource):
         log.info("Dropping a dashboard that stopped reading ({peer})",
                  peer=subscriber.request.getClientAddress())
         self.subscribers.discard(subscriber)
-        subscriber.request.transport.abortConnection()
+        # Typed as any transport; an HTTP request's is a TCP (or TLS) connection's.
+        cast(ITCPTransport, subscriber.request.transport).abortConnection()
 
     def close(self) -> None:
         """End every stream and the loop: the master is stopping."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+from typing import cast
 
 from twisted.web import resource, server
 
@@ -111,7 +112,9 @@ class Login(resource.Resource):
         return _LOGIN_PAGE
 
     def render_POST(self, request: server.Request) -> bytes:
-        values = request.args.get(b"token") or [b""]
+        # Twisted types C{args} by its class default, C{None}: a received request's is a dict.
+        args = cast("dict[bytes, list[bytes]]", request.args)
+        values = args.get(b"token") or [b""]
         text = values[-1][:MAX_TOKEN_TEXT].decode("utf-8", "replace")
         if not self.gate.token_holds(text):
             return Refusal(403, "that is not this cluster's read-only or client token").render(request)

@@ -23,13 +23,13 @@ import json
 import os
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import exposition
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import pages, resource, server, static
+from twisted.web import http, pages, resource, server, static
 
 from picluster import wire
 from picluster.master import views
@@ -83,7 +83,9 @@ def _json(request: server.Request, code: int, body: Any) -> bytes:
 
 
 def _argument(request: server.Request, name: str) -> str | None:
-    values = request.args.get(name.encode())
+    # Twisted types C{args} by its class default, C{None}: a received request's is a dict.
+    args = cast("dict[bytes, list[bytes]]", request.args)
+    values = args.get(name.encode())
     if not values:
         return None
     try:
@@ -178,7 +180,7 @@ class _NotFoundJSON(resource.Resource):
         return _json(request, 404, {"error": f"not found: {request.path.decode('latin-1')}"})
 
 
-def _not_found_page() -> resource.Resource:
+def _not_found_page() -> resource.IResource:
     return pages.notFound("Not found", "Nothing here: the dashboard is at /.")
 
 
@@ -186,9 +188,11 @@ class _StaticFiles(static.File):
     """The page's assets, without directory listings or index pages."""
 
     indexNames: list[str] = []
-    childNotFound = _not_found_page()
+    # File's type for it is that of its default, the deprecated NoResource;
+    # it only returns and renders it, as any resource.
+    childNotFound = _not_found_page()  # type: ignore[assignment]
 
-    def directoryListing(self) -> resource.Resource:
+    def directoryListing(self) -> resource.IResource:
         return _not_found_page()
 
 
@@ -230,7 +234,7 @@ class Root(resource.Resource):
         for name, child in children.items():
             self.putChild(name, child)
 
-    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
         return _not_found_page()
 
 
@@ -284,7 +288,7 @@ class DashboardSite(server.Site):
         self.events.stop()
         super().stopFactory()
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         """
         No access log: a dashboard and a Prometheus scraping every few
         seconds would write a line each time, on a Pi's SD card.
