@@ -329,7 +329,10 @@ class OptionsTests(unittest.TestCase):
         return master_tap.makeService(options)
 
     def test_defaults(self) -> None:
-        """Without options: 10,000 open tasks, 256 MiB, 1,000 tasks/s (burst 10,000), 7 days, 100,000, 1 GiB."""
+        """
+        Without options: 10,000 open tasks, 256 MiB, 1,000 tasks/s (burst
+        10,000), 7 days, 100,000, 1 GiB; 64 MiB of results waiting for the disk.
+        """
         scheduler = self.service().scheduler
         quotas, retention = scheduler.quotas, scheduler.retention
         self.assertEqual((quotas.max_open, quotas.max_args, quotas.rate, quotas.burst),
@@ -337,18 +340,21 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual((retention.keep_days, retention.keep), (7.0, 100_000))
         self.assertEqual(scheduler.max_db, 1024**3)
         self.assertEqual(scheduler.max_open_tasks, 100_000)
+        self.assertEqual(scheduler.max_results_waiting, 64 * 1024**2)
 
     def test_settings(self) -> None:
         """Each option reaches the part that keeps its bound."""
         scheduler = self.service(
             "--quota-open", "50", "--quota-args", "2M", "--quota-rate", "2.5", "--quota-burst", "40",
             "--keep-finished", "0", "--keep-finished-days", "0.5", "--max-db", "64M",
+            "--max-results-waiting", "8M",
         ).scheduler
         quotas, retention = scheduler.quotas, scheduler.retention
         self.assertEqual((quotas.max_open, quotas.max_args, quotas.rate, quotas.burst),
                          (50, 2 * 1024**2, 2.5, 40))
         self.assertEqual((retention.keep_days, retention.keep), (0.5, 0))
         self.assertEqual(scheduler.max_db, 64 * 1024**2)
+        self.assertEqual(scheduler.max_results_waiting, 8 * 1024**2)
 
     def test_badValues(self) -> None:
         """A bound that makes no sense is refused, naming its option."""
@@ -358,7 +364,8 @@ class OptionsTests(unittest.TestCase):
 
         for option, value in (("quota-open", "0"), ("quota-args", "0"), ("quota-rate", "-1"),
                               ("quota-burst", "x"), ("keep-finished", "-1"),
-                              ("keep-finished-days", "0"), ("max-db", "lots")):
+                              ("keep-finished-days", "0"), ("max-db", "lots"),
+                              ("max-results-waiting", "0")):
             error = self.assertRaises(usage.UsageError, master_tap.Options().parseOptions,
                                       ["--insecure", f"--{option}", value])
             self.assertIn(f"--{option}", str(error))

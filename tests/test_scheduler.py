@@ -7,6 +7,7 @@ from __future__ import annotations
 import struct
 
 import msgspec
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -809,6 +810,121 @@ class RestartTests(unittest.TestCase):
         client.submit(*[PRIMES] * 5)
         client = FakeClient(task_master(clock, pool), clock)
         self.assertEqual(len(client.request("tasks", {"state": "queued"})["payload"]["tasks"]), 5)
+
+
+class StalledDisk:
+    """
+    A disk that takes writes and finishes none of them until L{catch_up}:
+    the store's transaction waits, and what comes meanwhile waits behind it.
+    """
+
+    def __init__(self, test: unittest.TestCase, pool: SynchronousPool):
+        self.pool = pool
+        self.real = pool.runInteraction
+        self.waiting: list[tuple[defer.Deferred, tuple]] = []
+        test.patch(pool, "runInteraction", self._wait)
+
+    def _wait(self, *call: object, **named: object) -> defer.Deferred:
+        waiting: defer.Deferred = defer.Deferred()
+        self.waiting.append((waiting, call))
+        return waiting
+
+    def write_one(self) -> None:
+        """Finish the oldest waiting transaction; the next waits in turn."""
+        result, call = self.waiting.pop(0)
+        self.real(*call).chainDeferred(result)
+
+    def catch_up(self) -> None:
+        """Write what waited, and everything after it as it comes."""
+        self.pool.runInteraction = self.real
+        waiting, self.waiting = self.waiting, []
+        for result, call in waiting:
+            self.real(*call).chainDeferred(result)
+
+
+class DiskBacklogTests(Cluster):
+    """
+    Results waiting for a stalled disk, from every slave together, have a
+    bound (--max-results-waiting): past it, a slave that sends one more is
+    not read until half of them are stored.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.scheduler.max_results_waiting = 1000
+        self.one = FakeSlave(self.master, self.clock, "10.0.0.2", hostname="pi-one", slots=1)
+        self.two = FakeSlave(self.master, self.clock, "10.0.0.3", hostname="pi-two", slots=1)
+        self.ids = self.submit(count=2)
+        (self.run_one,) = self.one.runs()
+        (self.run_two,) = self.two.runs()
+        self.disk = StalledDisk(self, self.pool)
+
+    def report(self, slave: FakeSlave, run: dict, result: object, request_id: int) -> None:
+        slave.protocol.dataReceived(frame({"type": "task_result", "id": request_id, "payload": {
+            "id": run["id"], "attempt": run["attempt"], "outcome": "done", "result": result}}))
+
+    def test_heldPastTheBound(self) -> None:
+        """
+        The slave whose result passes the bound is held, the other read on;
+        once the disk catches up it is read again, and every result is
+        stored and acknowledged; the log says when and for how long.
+        """
+        with capturedLogs() as events:
+            self.report(self.one, self.run_one, "a" * 600, 7)
+            self.assertEqual(self.one.transport.producerState, "producing")
+            self.report(self.two, self.run_two, "b" * 600, 8)
+            self.assertEqual(self.scheduler.results_waiting, 2 * 602)
+            self.assertEqual((self.one.transport.producerState, self.two.transport.producerState),
+                             ("producing", "paused"))
+            self.clock.advance(2)
+            self.disk.catch_up()
+        self.assertEqual(self.scheduler.results_waiting, 0)
+        self.assertEqual(self.two.transport.producerState, "producing")
+        for slave, request_id in ((self.one, 7), (self.two, 8)):
+            self.assertIn(("ack", request_id), [(m["type"], m.get("reply_to")) for m in sent(slave.transport)])
+        records = self.client.records(*self.ids)
+        self.assertEqual([records[i]["result"] for i in self.ids], ["a" * 600, "b" * 600])
+        lines = [formatEvent(event) for event in events if "disk" in formatEvent(event)]
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("passed 1000 bytes (--max-results-waiting)", lines[0])
+        self.assertIn("caught up after 2.0 s: 1 slaves are read again", lines[1])
+
+    def test_readAgainAtHalf(self) -> None:
+        """Held slaves are read again once at most half the bound waits, not at the first row stored."""
+        self.report(self.one, self.run_one, "a" * 600, 7)
+        self.report(self.two, self.run_two, "b" * 600, 8)
+        self.disk.write_one()
+        self.assertEqual(self.scheduler.results_waiting, 602)
+        self.assertEqual(self.two.transport.producerState, "paused")
+        self.disk.write_one()
+        self.assertEqual(self.scheduler.results_waiting, 0)
+        self.assertEqual(self.two.transport.producerState, "producing")
+
+    def test_notSilentWhileHeld(self) -> None:
+        """
+        A slave held for the disk is not dropped as silent, however long the
+        disk takes (its pings wait unread); once read again, silence counts.
+        """
+        dead_after = self.master.dead_after
+        self.report(self.one, self.run_one, "a" * 600, 7)
+        self.report(self.two, self.run_two, "b" * 600, 8)
+        self.clock.advance(dead_after * 4)
+        self.assertFalse(self.two.transport.disconnecting)
+        # The other was read all along, said nothing, and is gone.
+        self.assertTrue(self.one.transport.disconnecting)
+        self.disk.catch_up()
+        self.assertEqual(self.two.transport.producerState, "producing")
+        self.clock.advance(dead_after)
+        self.assertTrue(self.two.transport.disconnecting)
+
+    def test_lostWhileHeld(self) -> None:
+        """A held slave that goes is forgotten: the disk catching up reads nobody."""
+        self.report(self.one, self.run_one, "a" * 600, 7)
+        self.report(self.two, self.run_two, "b" * 600, 8)
+        self.two.lose()
+        self.assertEqual(self.scheduler._held_for_disk, {})
+        self.disk.catch_up()
+        self.assertEqual(self.scheduler.results_waiting, 0)
 
 
 class FullDiskTests(Cluster):

@@ -46,6 +46,7 @@ from picluster.master.workers import OpenTask, Worker
 from picluster.timebase import wall_time
 from picluster.wire import messages
 from picluster.wire.errors import ServiceError
+from picluster.wire.protocol import DISK_BACKLOG
 
 log = Logger()
 
@@ -53,6 +54,15 @@ log = Logger()
 #: past it is refused.  Each submitter's own quotas come first
 #: (L{picluster.master.quotas}).
 DEFAULT_MAX_OPEN_TASKS = 100_000
+
+#: Bytes of results (their JSON, and failures' texts) that may wait for
+#: their rows to be on disk, from every slave together: past it, a slave
+#: that sends another is not read until half of them are stored
+#: (C{--max-results-waiting}).  Each slave has its own cap of 32 besides
+#: (L{picluster.master.connection.PeerConnection.stored_answers}); this one
+#: keeps a disk that stalls under a large cluster from taking the master's
+#: memory, one result a slave at most beyond it.
+DEFAULT_MAX_RESULTS_WAITING = 64 * 1024 * 1024
 
 
 #: Bytes of a submit's answer per task, besides its key: its id, state and
@@ -75,6 +85,7 @@ class Scheduler:
         self, clock: Any, *, overdue_grace: float = 15.0, rejoin_grace: float = 30.0,
         max_args: int = DEFAULT_MAX_ARGS, max_open_tasks: int = DEFAULT_MAX_OPEN_TASKS,
         max_reply: int = wire.DEFAULT_MAX_FRAME - 4096, max_db: int = DEFAULT_MAX_DB,
+        max_results_waiting: int = DEFAULT_MAX_RESULTS_WAITING,
     ):
         self.clock = clock
         #: Task name to why this master refuses to queue it at all.
@@ -85,6 +96,14 @@ class Scheduler:
         self.max_open_tasks = max_open_tasks
         #: Bytes of database (file and log) past which new tasks are refused.
         self.max_db = max_db
+        #: Bytes of results waiting for the disk past which slaves are not read.
+        self.max_results_waiting = max_results_waiting
+        #: Bytes of results waiting for the disk now, and each one's, by task id.
+        self.results_waiting = 0
+        self._result_bytes: dict[int, int] = {}
+        #: The slave connections not read until the disk catches up, and since when.
+        self._held_for_disk: dict[Any, None] = {}
+        self._held_since = 0.0
         #: Each submitter's share of the queue.
         self.quotas = Quotas(clock)
         #: Which finished tasks are pruned from the database, and when.
@@ -119,13 +138,13 @@ class Scheduler:
     def set_limits(self, *, quota_open: int | None = None, quota_args: int | None = None,
                    quota_rate: float | None = None, quota_burst: int | None = None,
                    keep_finished: int | None = None, keep_finished_days: float | None = None,
-                   max_db: int | None = None) -> None:
-        """Set the bounds on what submitters may hold (the master's options); C{None} keeps one."""
+                   max_db: int | None = None, max_results_waiting: int | None = None) -> None:
+        """Set the bounds of the queue and of what waits for its disk (options); C{None} keeps one."""
         for owner, name, value in (
             (self.quotas, "max_open", quota_open), (self.quotas, "max_args", quota_args),
             (self.quotas, "rate", quota_rate), (self.quotas, "burst", quota_burst),
             (self.retention, "keep", keep_finished), (self.retention, "keep_days", keep_finished_days),
-            (self, "max_db", max_db),
+            (self, "max_db", max_db), (self, "max_results_waiting", max_results_waiting),
         ):
             if value is not None:
                 setattr(owner, name, value)
@@ -319,6 +338,7 @@ class Scheduler:
     def forget(self, connection: Any) -> None:
         """A connection has gone: stop pushing to it, and take back its work."""
         self.view.watchers.forget(connection)
+        self._held_for_disk.pop(connection, None)
         worker = self.workers.pop(connection, None)
         if worker is not None:
             self._worker_left(worker)
@@ -397,6 +417,12 @@ class Scheduler:
             return None
         assert reporter is not None
         slave, hostname = reporter.uuid, reporter.hostname
+        # Counted before it is finished: a store that writes at once has the
+        # row on disk before _finish returns.
+        size = len(report.result)
+        if error is not None:
+            size += len(error["message"]) + len(error["traceback"] or "")
+        self._wait_for_disk(task_id, size, connection)
         # The run's own result frees a slot on its reporter alone: refilled
         # below, with no dispatch of every slave.
         self._finish(task, outcome, result, error, slave=slave, hostname=hostname,
@@ -524,9 +550,39 @@ class Scheduler:
 
     def _finished(self, _: Any, task_id: int, record: dict[str, Any]) -> None:
         _, waiters = self._finishing.pop(task_id, (None, []))
+        self.results_waiting -= self._result_bytes.pop(task_id, 0)
+        if self._held_for_disk and self.results_waiting <= self.max_results_waiting // 2:
+            self._disk_caught_up()
         for waiter in waiters:
             waiter.callback(None)
         self.view.ended(task_id, record)
+
+    def _wait_for_disk(self, task_id: int, size: int, connection: Any) -> None:
+        """
+        Count a result of C{size} bytes as held until its row is on disk; past
+        L{max_results_waiting} in all, its slave is not read until the disk
+        has caught up (its pings wait in the socket: it is not dropped as
+        silent meanwhile).
+        """
+        self._result_bytes[task_id] = size
+        self.results_waiting += size
+        if self.results_waiting <= self.max_results_waiting or connection in self._held_for_disk:
+            return
+        if not self._held_for_disk:
+            self._held_since = self.clock.seconds()
+            log.warn("Results waiting for the disk passed {limit} bytes (--max-results-waiting):"
+                     " slaves that send more are not read until it catches up",
+                     limit=self.max_results_waiting)
+        self._held_for_disk[connection] = None
+        connection.hold(DISK_BACKLOG)
+
+    def _disk_caught_up(self) -> None:
+        """Half the results that waited are stored: read every slave held for them again."""
+        held, self._held_for_disk = self._held_for_disk, {}
+        for connection in held:
+            connection.release(DISK_BACKLOG)
+        log.info("The disk caught up after {seconds:.1f} s: {count} slaves are read again",
+                 seconds=self.clock.seconds() - self._held_since, count=len(held))
 
     def _refused_everywhere(self, task: OpenTask) -> bool:
         """

@@ -10,6 +10,7 @@ from picluster import config
 from picluster.clockwatch import ClockWatch
 from picluster.config import server_endpoint
 from picluster.master import admission, quotas, retention
+from picluster.master.scheduler import DEFAULT_MAX_RESULTS_WAITING
 from picluster.master.service import MasterService
 from picluster.master.space import DEFAULT_MAX_DB
 from picluster.master.taskspec import DEFAULT_MAX_ARGS
@@ -160,6 +161,11 @@ class Options(config.Options):
             "Size of --db (with its log) past which new tasks are refused (K, M and G allowed)",
         ),
         config.Setting(
+            "max-results-waiting", positive_size, DEFAULT_MAX_RESULTS_WAITING,
+            "Bytes of task results, from all slaves, that may wait to be written before slaves"
+            " that send more are not read until the disk catches up (K, M and G allowed)",
+        ),
+        config.Setting(
             "web", web_endpoint, config.DEFAULT_WEB,
             "Endpoint of the dashboard, JSON API and /metrics; none to turn it off",
         ),
@@ -259,6 +265,7 @@ def _master_service(options: Options) -> MasterService:
             "quota_rate": options["quota-rate"], "quota_burst": options["quota-burst"],
             "keep_finished": options["keep-finished"],
             "keep_finished_days": options["keep-finished-days"], "max_db": options["max-db"],
+            "max_results_waiting": options["max-results-waiting"],
         },
         web=options["web"],
         web_public=options["web-public"],

@@ -35,6 +35,10 @@ class Connection(Protocol):
 
     def close(self, cause: str, abort: bool = False) -> None: ...
 
+    def hold(self, cause: str) -> None: ...
+
+    def release(self, cause: str) -> None: ...
+
     @property
     def closing(self) -> bool: ...
 
@@ -122,6 +126,14 @@ class PeerHandler:
     def when_lost(self) -> defer.Deferred[DisconnectionException]:
         """Fires with the L{DisconnectionException} once the connection has gone."""
         return self.protocol.when_lost()
+
+    def hold(self, cause: str) -> None:
+        """Stop reading the peer until L{release} is called with the same C{cause}."""
+        self.protocol.hold(cause)
+
+    def release(self, cause: str) -> None:
+        """Read the peer again, once no other cause holds it."""
+        self.protocol.release(cause)
 
     @property
     def closing(self) -> bool:

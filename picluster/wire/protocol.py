@@ -82,9 +82,12 @@ _TYPED_REPLIES = wire.TYPED_REPLIES
 _REFUSALS = frozenset({"bad_message", "error"})
 
 #: Why we may stop reading a peer for our own sake, not for anything it did
-#: (see L{PiClusterProtocol._check_peer_alive}).
+#: (see L{PiClusterProtocol._check_peer_alive}): its own answers waiting for
+#: our disk or our handlers, or (L{DISK_BACKLOG}, which a side's handlers
+#: hold and release) what every peer sent waiting for our disk.
 _STORING, _IN_FLIGHT = "answers waiting to be stored", "requests in flight"
-_OUR_CAUSES = frozenset({_STORING, _IN_FLIGHT})
+DISK_BACKLOG = "the disk's backlog"
+_OUR_CAUSES = frozenset({_STORING, _IN_FLIGHT, DISK_BACKLOG})
 
 
 #: Bad messages logged per connection; past this they are only counted, so a
